@@ -1,0 +1,309 @@
+//! Cart items, their operation logs, products and the catalog.
+//!
+//! A cart item is one (user, product) pair. Its state on a replica is a versioned operation
+//! log: every insert or delete is an [`Operation`] with a globally unique [`OpId`] and a
+//! [`Version`] that orders it against every other operation on the same item. The quantity is
+//! not stored as a counter but *folded* from the log in version order, clamping at zero, so
+//! every replica that holds the same set of operations reports the same quantity no matter in
+//! which order the operations arrived.
+
+use serde::{Deserialize, Serialize};
+
+use crate::version::Version;
+
+/// A CRUSH device id (`device_<id>` in the map). Data node `device_3` has id 3.
+pub type DeviceId = u32;
+
+/// Longest user id, product id, product name or category accepted anywhere, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// A globally unique operation id. Retries of one client request carry the same id, so a
+/// replica that already holds it does not apply it twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OpId(pub u128);
+
+impl std::fmt::Display for OpId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// What an operation does to an item's quantity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum OpKind {
+    /// The seed's ADD: quantity + 1.
+    Add,
+    /// The seed's DELETE: quantity - 1, never below zero.
+    Delete,
+}
+
+/// One entry of an item's operation log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: OpId,
+    pub kind: OpKind,
+    pub version: Version,
+}
+
+impl Operation {
+    /// The position of the operation in a log: by version, then by id, so that the order is
+    /// total even for (invalid) inputs that repeat a version.
+    pub fn log_order(&self) -> (Version, OpId) {
+        (self.version, self.id)
+    }
+}
+
+/// Identifies a cart item: whose cart and which product.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ItemKey {
+    pub user: String,
+    pub product: String,
+}
+
+/// Product facts copied into every replica of an item, so a replica can answer a cart or a
+/// category query without the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ItemMeta {
+    pub price: u64,
+    pub category: String,
+}
+
+/// The folded prefix of an operation log: the quantity after every operation up to and
+/// including `version`. A fresh item has quantity 0 and no version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Base {
+    pub qty: u64,
+    pub version: Option<Version>,
+}
+
+/// One replica's state of one cart item.
+///
+/// Invariant: `ops` is sorted by [`Operation::log_order`], has no two entries with the same id, and holds
+/// only operations newer than `base.version`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemState {
+    pub product: String,
+    pub meta: ItemMeta,
+    pub base: Base,
+    pub ops: Vec<Operation>,
+}
+
+impl ItemState {
+    /// An item that has never seen an operation.
+    pub fn new(product: impl Into<String>, meta: ItemMeta) -> Self {
+        Self {
+            product: product.into(),
+            meta,
+            base: Base::default(),
+            ops: Vec::new(),
+        }
+    }
+
+    /// The quantity: the base folded with every logged operation in version order.
+    pub fn qty(&self) -> u64 {
+        fold_qty(self.base.qty, self.ops.iter().map(|op| op.kind))
+    }
+
+    /// The newest version this replica has seen for the item.
+    pub fn latest_version(&self) -> Option<Version> {
+        self.ops.last().map(|op| op.version).or(self.base.version)
+    }
+
+    /// Whether the log already holds an operation with this id.
+    pub fn contains(&self, id: OpId) -> bool {
+        self.ops.iter().any(|op| op.id == id)
+    }
+
+    /// Adds `op` at its version's place in the log.
+    ///
+    /// Returns `false`, and changes nothing, when the log already holds an operation with the
+    /// same id (a retried request) or when `op` is not newer than the folded base.
+    pub fn apply(&mut self, op: Operation) -> bool {
+        if self.contains(op.id) || self.base.version.is_some_and(|v| op.version <= v) {
+            return false;
+        }
+        let at = self.ops.partition_point(|o| o.log_order() < op.log_order());
+        self.ops.insert(at, op);
+        true
+    }
+}
+
+/// Folds operation kinds onto a starting quantity, clamping at zero.
+pub fn fold_qty(start: u64, kinds: impl IntoIterator<Item = OpKind>) -> u64 {
+    kinds.into_iter().fold(start, |qty, kind| match kind {
+        OpKind::Add => qty.saturating_add(1),
+        OpKind::Delete => qty.saturating_sub(1),
+    })
+}
+
+/// A product of the catalog (the seed's inventory).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Product {
+    pub productid: String,
+    pub name: String,
+    pub category: String,
+    pub price: u64,
+}
+
+impl Product {
+    /// The facts every replica of an item of this product keeps.
+    pub fn meta(&self) -> ItemMeta {
+        ItemMeta {
+            price: self.price,
+            category: self.category.clone(),
+        }
+    }
+
+    /// Checks every field against the identifier rules.
+    ///
+    /// # Errors
+    /// [`InputError`] naming the first field that is empty or too long.
+    pub fn validate(&self) -> Result<(), InputError> {
+        validate_id("productid", &self.productid)?;
+        validate_id("name", &self.name)?;
+        validate_id("category", &self.category)
+    }
+}
+
+/// One line of a shopper's cart, in the seed's cart shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartLine {
+    pub name: String,
+    pub productid: String,
+    pub price: u64,
+    pub category: String,
+    pub qty: u64,
+}
+
+/// A refused piece of client input: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InputError {
+    pub field: String,
+    pub problem: InputProblem,
+}
+
+/// What is wrong with a field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum InputProblem {
+    #[error("must not be empty")]
+    Empty,
+    #[error("is {len} bytes, longer than the {max}-byte limit")]
+    TooLong { len: usize, max: usize },
+    #[error("must not contain '/' or control characters")]
+    ForbiddenCharacter,
+}
+
+/// Checks an identifier (user id, product id or name, category): non-empty, at most
+/// [`MAX_ID_BYTES`], and free of `/` and control characters, because identifiers become
+/// ZooKeeper path segments and storage key parts.
+///
+/// # Errors
+/// [`InputError`] naming `field` and the problem.
+pub fn validate_id(field: &str, value: &str) -> Result<(), InputError> {
+    let problem = if value.is_empty() {
+        Some(InputProblem::Empty)
+    } else if value.len() > MAX_ID_BYTES {
+        Some(InputProblem::TooLong {
+            len: value.len(),
+            max: MAX_ID_BYTES,
+        })
+    } else if value.chars().any(|c| c == '/' || c.is_control()) {
+        Some(InputProblem::ForbiddenCharacter)
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(InputError {
+            field: field.to_owned(),
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(id: u128, kind: OpKind, hlc: u64) -> Operation {
+        Operation {
+            id: OpId(id),
+            kind,
+            version: Version { hlc, gateway: 1 },
+        }
+    }
+
+    fn item() -> ItemState {
+        ItemState::new(
+            "1",
+            ItemMeta {
+                price: 61,
+                category: "1".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn quantity_folds_in_version_order_whatever_the_arrival_order() {
+        let mut a = item();
+        let mut b = item();
+        let ops = [
+            op(1, OpKind::Add, 10),
+            op(2, OpKind::Delete, 20),
+            op(3, OpKind::Delete, 30),
+            op(4, OpKind::Add, 40),
+        ];
+        for o in ops {
+            assert!(a.apply(o));
+        }
+        for o in ops.iter().rev() {
+            assert!(b.apply(*o));
+        }
+        assert_eq!(a, b);
+        // add, delete, delete (clamped at 0), add
+        assert_eq!(a.qty(), 1);
+    }
+
+    #[test]
+    fn a_retried_operation_is_not_applied_twice() {
+        let mut a = item();
+        assert!(a.apply(op(7, OpKind::Add, 10)));
+        assert!(!a.apply(op(7, OpKind::Add, 99)));
+        assert_eq!(a.qty(), 1);
+        assert_eq!(a.ops.len(), 1);
+    }
+
+    #[test]
+    fn operations_older_than_the_base_are_refused() {
+        let mut a = item();
+        a.base = Base {
+            qty: 2,
+            version: Some(Version {
+                hlc: 50,
+                gateway: 1,
+            }),
+        };
+        assert!(!a.apply(op(1, OpKind::Delete, 40)));
+        assert!(a.apply(op(2, OpKind::Delete, 60)));
+        assert_eq!(a.qty(), 1);
+    }
+
+    #[test]
+    fn identifiers_are_checked() {
+        assert!(validate_id("userid", "user1").is_ok());
+        assert_eq!(
+            validate_id("userid", "").unwrap_err().problem,
+            InputProblem::Empty
+        );
+        assert!(matches!(
+            validate_id("userid", &"x".repeat(257)).unwrap_err().problem,
+            InputProblem::TooLong { len: 257, .. }
+        ));
+        assert_eq!(
+            validate_id("item_name", "a/b").unwrap_err().problem,
+            InputProblem::ForbiddenCharacter
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Shared core of cartdb: what every process role (data node, gateway, API server, CLI) agrees on.
+//!
+//! # Layout
+//! - [`cart`]: cart items, operations, products and the catalog.
+//! - [`version`]: operation versions and the hybrid logical clock that issues them.
+//! - [`placement_key`]: the seed's sha1 placement key (`create_hash`).
+//! - [`merge`]: the built-in merge of replica states of one cart item.
+//! - [`wire`]: the request/response enums of the gateway and data node protocols.
+//! - [`rpc`]: length-delimited framing with request ids, a multiplexed client and a server loop.
+//! - [`coord`]: ZooKeeper coordination: membership, the CRUSH map, the catalog and the directory.
+//! - [`config`]: configuration pieces shared by several binaries.
+
+pub mod cart;
+pub mod config;
+pub mod coord;
+pub mod merge;
+pub mod placement_key;
+pub mod rpc;
+pub mod version;
+pub mod wire;

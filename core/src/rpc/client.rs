@@ -1,0 +1,312 @@
+//! The client side: [`RpcClient`] multiplexes concurrent requests over one connection;
+//! [`PeerClient`] reconnects on demand, with a short backoff after a failed attempt.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::connection::{self, FramedStream};
+use super::{Hello, RpcError};
+use crate::wire::ServiceKind;
+
+/// Requests queued for the writer task before `call` waits; bounds memory per connection.
+const OUTGOING_QUEUE: usize = 1024;
+
+type Pending<Resp> = Arc<Mutex<HashMap<u64, oneshot::Sender<Resp>>>>;
+
+/// One connection to a peer, shared by any number of concurrent callers.
+///
+/// Dropping the client closes the connection. Once the connection fails, every pending and
+/// later call fails with [`RpcError::ConnectionClosed`]; make a new client (or use a
+/// [`PeerClient`]).
+pub struct RpcClient<Req, Resp> {
+    addr: String,
+    next_id: AtomicU64,
+    pending: Pending<Resp>,
+    outgoing: mpsc::Sender<Bytes>,
+    closed: CancellationToken,
+    _close_on_drop: DropGuard,
+    _request: PhantomData<fn(Req)>,
+}
+
+impl<Req, Resp> RpcClient<Req, Resp>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    /// Connects to `addr` and checks that it is a `service` speaking our protocol version.
+    ///
+    /// # Errors
+    /// [`RpcError::Connect`] when the TCP connection fails or times out,
+    /// [`RpcError::Handshake`] when the peer is not the expected service.
+    pub async fn connect(
+        addr: &str,
+        service: ServiceKind,
+        timeout: Duration,
+    ) -> Result<Self, RpcError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| RpcError::Connect {
+                addr: addr.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            })?
+            .map_err(|source| RpcError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let mut framed = connection::framed(stream);
+        connection::exchange_hello(&mut framed, Hello::new(service))
+            .await
+            .map_err(|problem| RpcError::Handshake {
+                addr: addr.to_owned(),
+                problem,
+            })?;
+        Ok(Self::start(addr, framed))
+    }
+
+    fn start(addr: &str, framed: FramedStream) -> Self {
+        let (sink, stream) = framed.split();
+        let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+        let pending: Pending<Resp> = Arc::default();
+        let closed = CancellationToken::new();
+        tokio::spawn(write_frames(sink, queue, closed.clone()));
+        tokio::spawn(read_frames(
+            addr.to_owned(),
+            stream,
+            pending.clone(),
+            closed.clone(),
+        ));
+        Self {
+            addr: addr.to_owned(),
+            next_id: AtomicU64::new(1),
+            pending,
+            outgoing,
+            _close_on_drop: closed.clone().drop_guard(),
+            closed,
+            _request: PhantomData,
+        }
+    }
+
+    /// Sends `request` and waits up to `timeout` for its reply.
+    ///
+    /// # Errors
+    /// [`RpcError::Timeout`], [`RpcError::ConnectionClosed`], or [`RpcError::Encode`] for a
+    /// request that cannot be encoded.
+    pub async fn call(&self, request: &Req, timeout: Duration) -> Result<Resp, RpcError> {
+        if self.closed.is_cancelled() {
+            return Err(self.closed_error());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = connection::encode(id, request).map_err(|source| RpcError::Encode {
+            addr: self.addr.clone(),
+            source,
+        })?;
+        let (reply, answer) = oneshot::channel();
+        lock(&self.pending).insert(id, reply);
+        // Removes the pending entry if this future is dropped or times out.
+        let _forget = ForgetOnDrop {
+            pending: &self.pending,
+            id,
+        };
+        if self.outgoing.send(bytes).await.is_err() {
+            return Err(self.closed_error());
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(self.closed_error()),
+            Err(_) => Err(RpcError::Timeout {
+                addr: self.addr.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Whether the connection has failed or been closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// The address this client is connected to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn closed_error(&self) -> RpcError {
+        RpcError::ConnectionClosed {
+            addr: self.addr.clone(),
+        }
+    }
+}
+
+struct ForgetOnDrop<'a, Resp> {
+    pending: &'a Pending<Resp>,
+    id: u64,
+}
+
+impl<Resp> Drop for ForgetOnDrop<'_, Resp> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.id);
+    }
+}
+
+/// A poisoned lock only means another caller panicked mid-insert; the map is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes queued frames, flushing once per burst rather than once per frame.
+async fn write_frames(
+    mut sink: SplitSink<FramedStream, Bytes>,
+    mut queue: mpsc::Receiver<Bytes>,
+    closed: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            () = closed.cancelled() => break,
+            next = queue.recv() => match next { Some(bytes) => bytes, None => break },
+        };
+        if sink.feed(first).await.is_err() {
+            break;
+        }
+        while let Ok(more) = queue.try_recv() {
+            if sink.feed(more).await.is_err() {
+                closed.cancel();
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            break;
+        }
+    }
+    closed.cancel();
+}
+
+/// Routes each reply to the caller waiting for its id; on any failure, closes the client so
+/// that every waiting caller learns the connection is gone.
+async fn read_frames<Resp: DeserializeOwned>(
+    addr: String,
+    mut stream: SplitStream<FramedStream>,
+    pending: Pending<Resp>,
+    closed: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = closed.cancelled() => break,
+            next = stream.next() => next,
+        };
+        let bytes = match next {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => {
+                tracing::warn!(peer = %addr, error = %e, "connection failed");
+                break;
+            }
+            None => break,
+        };
+        match connection::decode::<Resp>(&bytes) {
+            Ok(frame) => {
+                if let Some(waiter) = lock(&pending).remove(&frame.id) {
+                    // The caller may have given up (time-out); nothing to do then.
+                    let _ = waiter.send(frame.body);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(peer = %addr, error = %e, "undecodable reply; closing the connection");
+                break;
+            }
+        }
+    }
+    closed.cancel();
+    // Dropping the senders wakes every waiting caller with "connection closed".
+    lock(&pending).clear();
+}
+
+/// How long a peer whose connection attempt failed is not retried.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
+
+/// A peer at a fixed address, connected on first use and reconnected after failures.
+///
+/// After a failed connection attempt, calls fail fast with [`RpcError::Unreachable`] for a
+/// short backoff, so a dead peer costs its callers nothing but an error.
+pub struct PeerClient<Req, Resp> {
+    addr: String,
+    service: ServiceKind,
+    connect_timeout: Duration,
+    state: tokio::sync::Mutex<PeerState<Req, Resp>>,
+}
+
+struct PeerState<Req, Resp> {
+    client: Option<Arc<RpcClient<Req, Resp>>>,
+    failed_at: Option<Instant>,
+}
+
+impl<Req, Resp> PeerClient<Req, Resp>
+where
+    Req: Serialize,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    /// A peer at `addr` that is expected to be a `service`. Does not connect yet.
+    pub fn new(addr: impl Into<String>, service: ServiceKind, connect_timeout: Duration) -> Self {
+        Self {
+            addr: addr.into(),
+            service,
+            connect_timeout,
+            state: tokio::sync::Mutex::new(PeerState {
+                client: None,
+                failed_at: None,
+            }),
+        }
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `request`, connecting first if there is no live connection.
+    ///
+    /// # Errors
+    /// Any [`RpcError`]; [`RpcError::Unreachable`] during the backoff after a failed connect.
+    pub async fn call(&self, request: &Req, timeout: Duration) -> Result<Resp, RpcError> {
+        let client = self.client().await?;
+        client.call(request, timeout).await
+    }
+
+    async fn client(&self) -> Result<Arc<RpcClient<Req, Resp>>, RpcError> {
+        let mut state = self.state.lock().await;
+        if let Some(client) = state.client.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        if state
+            .failed_at
+            .is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF)
+        {
+            return Err(RpcError::Unreachable {
+                addr: self.addr.clone(),
+            });
+        }
+        match RpcClient::connect(&self.addr, self.service, self.connect_timeout).await {
+            Ok(client) => {
+                let client = Arc::new(client);
+                state.client = Some(client.clone());
+                state.failed_at = None;
+                Ok(client)
+            }
+            Err(e) => {
+                state.client = None;
+                state.failed_at = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+}

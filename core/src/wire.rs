@@ -1,0 +1,195 @@
+//! The messages of cartdb's two internal protocols.
+//!
+//! - gateway -> data node: [`DataRequest`] / [`DataResponse`];
+//! - API server -> gateway: [`GatewayRequest`] / [`GatewayResponse`].
+//!
+//! Both travel as postcard-encoded [`crate::rpc::Frame`]s. postcard is not self-describing, so
+//! these enums only ever grow at the end: append variants and fields, never reorder them, and
+//! bump [`PROTOCOL_VERSION`] when a change is not backwards compatible.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cart::{CartLine, DeviceId, ItemKey, ItemMeta, ItemState, Operation, Product};
+
+/// Sent in the hello frame of every connection; peers refuse a different version.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Which service a connection expects to reach, checked in the hello exchange so that a client
+/// pointed at the wrong port gets a clear error instead of undecodable frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceKind {
+    DataNode,
+    Gateway,
+}
+
+/// A request from a gateway to a data node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataRequest {
+    /// Append `op` to the item's log (durably, before the reply).
+    ///
+    /// With `require_in_cart`, a replica whose folded quantity is 0 refuses with
+    /// [`DataResponse::NotInCart`] and writes nothing: that is how a delete of an item that is
+    /// not in the cart is refused without being half-applied.
+    Apply {
+        key: ItemKey,
+        meta: ItemMeta,
+        op: Operation,
+        require_in_cart: bool,
+    },
+    /// Every item of `user` this replica holds.
+    ReadUser { user: String },
+    /// Users that hold qty > 0 of any item in `category` on this replica.
+    ListCategory { category: String },
+}
+
+/// A data node's answer to one [`DataRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataResponse {
+    /// The operation is durable on this replica (or was already: `duplicate`). `qty` is this
+    /// replica's folded quantity afterwards.
+    Applied { qty: u64, duplicate: bool },
+    /// `require_in_cart` was set and the item's quantity is 0 here; nothing was written.
+    NotInCart,
+    /// The answer to [`DataRequest::ReadUser`], sorted by product id.
+    UserItems { items: Vec<ItemState> },
+    /// The answer to [`DataRequest::ListCategory`], sorted, without duplicates.
+    CategoryUsers { users: Vec<String> },
+    /// The request could not be served.
+    Failed(DataFailure),
+}
+
+/// Why a data node could not serve a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataFailure {
+    /// The store failed to read or persist; `detail` is the storage error.
+    #[error("storage error on device {device}: {detail}")]
+    Storage { device: DeviceId, detail: String },
+    /// The node is shutting down and accepts no more writes.
+    #[error("device {device} is shutting down")]
+    ShuttingDown { device: DeviceId },
+}
+
+/// A request from the API server to a gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GatewayRequest {
+    /// Add one of the product named `item_name` to `user`'s cart.
+    Insert {
+        user: String,
+        item_name: String,
+        idempotency_key: Option<String>,
+    },
+    /// Remove one of the product named `item_name` from `user`'s cart.
+    Delete {
+        user: String,
+        item_name: String,
+        idempotency_key: Option<String>,
+    },
+    /// The merged cart of `user`.
+    ListAll { user: String },
+    /// Users holding an item of `category`.
+    ListCategory { category: String },
+    /// The catalog.
+    Products,
+    /// Add a product to the catalog or replace the one with the same product id.
+    UpsertProduct { product: Product },
+    /// Membership, map epoch and policy of the cluster.
+    Cluster,
+}
+
+/// A gateway's answer to one [`GatewayRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GatewayResponse {
+    /// An insert or delete reached its write quorum; `qty` is the item's quantity afterwards
+    /// as the acknowledging replicas reported it.
+    Updated { qty: u64 },
+    /// The merged cart: items with qty > 0, sorted by name.
+    Cart { items: Vec<CartLine> },
+    /// Users holding an item of the category, sorted.
+    CategoryUsers { users: Vec<String> },
+    /// The catalog, sorted by product id.
+    Products { products: Vec<Product> },
+    /// The cluster as this gateway sees it.
+    Cluster(ClusterStatus),
+    /// The request failed.
+    Failed(GatewayFailure),
+}
+
+/// Why a gateway refused or failed a request. The API server maps each to an HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayFailure {
+    /// No product of the catalog has this name (HTTP 404).
+    #[error("product not available in inventory")]
+    UnknownProduct { name: String },
+    /// A delete of an item whose quantity is 0 (HTTP 404).
+    #[error("product is not available in cart")]
+    NotInCart { name: String },
+    /// A field of the request is unacceptable (HTTP 400).
+    #[error("{field}: {problem}")]
+    InvalidInput { field: String, problem: String },
+    /// Fewer replicas answered than the quorum needs (HTTP 503).
+    #[error("{operation} reached {acked} of the {required} replicas it needs: {errors}")]
+    QuorumNotReached {
+        operation: String,
+        required: usize,
+        acked: usize,
+        errors: String,
+    },
+    /// The coordination service (ZooKeeper) could not be reached or refused a change
+    /// (HTTP 503).
+    #[error("coordination unavailable: {detail}")]
+    CoordinationUnavailable { detail: String },
+    /// A bug or an unexpected state (HTTP 500).
+    #[error("internal error: {detail}")]
+    Internal { detail: String },
+}
+
+/// The cluster as one gateway sees it (`GET /api/cluster`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Every device of the CRUSH map.
+    pub devices: Vec<DeviceStatus>,
+    /// Live gateways.
+    pub gateways: Vec<GatewayInfo>,
+    /// Version of the CRUSH map znode every gateway places with.
+    pub map_epoch: u64,
+    /// The placement policy this gateway runs.
+    pub placement_policy: PolicyInfo,
+    /// Replication factor and quorums.
+    pub replication: ReplicationInfo,
+}
+
+/// One device of the map and whether it is up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub id: DeviceId,
+    pub name: String,
+    pub up: bool,
+    /// CRUSH reweight in 16.16 fixed point: 0 is out, 0x10000 is fully in.
+    pub reweight: u32,
+    /// Where the data node listens, when it is up.
+    pub address: Option<String>,
+}
+
+/// A live gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayInfo {
+    pub id: u32,
+    pub address: String,
+}
+
+/// A loaded WebAssembly policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// Replication settings of a gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationInfo {
+    pub replicas: usize,
+    pub write_quorum: usize,
+    pub read_quorum: usize,
+}

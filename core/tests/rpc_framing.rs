@@ -1,0 +1,118 @@
+//! The framed RPC layer: concurrent requests share a connection, and a peer that sends
+//! garbage loses only its own connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cartdb_core::rpc::{RpcClient, RpcError, Service, serve};
+use cartdb_core::wire::ServiceKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Answers `n` with `n * 2`, after a delay that makes later requests finish first.
+struct Doubler;
+
+impl Service for Doubler {
+    type Request = u64;
+    type Response = u64;
+    const KIND: ServiceKind = ServiceKind::DataNode;
+
+    async fn call(self: Arc<Self>, request: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(50 - request.min(50))).await;
+        request * 2
+    }
+}
+
+type Server = tokio::task::JoinHandle<std::io::Result<()>>;
+
+async fn start() -> (String, CancellationToken, Server) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, Arc::new(Doubler), shutdown.clone()));
+    (addr, shutdown, server)
+}
+
+const T: Duration = Duration::from_secs(5);
+
+/// Replies that come back out of order still reach the caller that asked.
+#[tokio::test]
+async fn concurrent_requests_share_one_connection() {
+    let (addr, shutdown, server) = start().await;
+    let client: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
+        .await
+        .unwrap();
+    let calls = (0..50u64).map(|n| {
+        let client = &client;
+        async move { (n, client.call(&n, T).await.unwrap()) }
+    });
+    for (n, doubled) in futures::future::join_all(calls).await {
+        assert_eq!(doubled, n * 2);
+    }
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// A garbage frame closes that connection only; other clients are still served.
+#[tokio::test]
+async fn garbage_closes_only_the_sender() {
+    let (addr, _shutdown, _server) = start().await;
+    let good: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
+        .await
+        .unwrap();
+
+    let mut raw = TcpStream::connect(&addr).await.unwrap();
+    // An oversize length prefix, then noise.
+    raw.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64];
+    let closed = tokio::time::timeout(T, async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue, // the server's hello
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept a garbage connection open");
+    assert_eq!(good.call(&21, T).await.unwrap(), 42);
+}
+
+/// A client that expects another service is refused with a clear reason.
+#[tokio::test]
+async fn wrong_service_is_refused_at_hello() {
+    let (addr, _shutdown, _server) = start().await;
+    let refused = RpcClient::<u64, u64>::connect(&addr, ServiceKind::Gateway, T).await;
+    match refused {
+        Err(RpcError::Handshake { problem, .. }) => {
+            assert!(problem.contains("DataNode"), "{problem}")
+        }
+        Err(other) => panic!("expected a handshake error, got {other}"),
+        Ok(_) => panic!("a client for the wrong service was accepted"),
+    }
+}
+
+/// A client whose server went away fails instead of hanging.
+#[tokio::test]
+async fn calls_fail_once_the_server_is_gone() {
+    let (addr, shutdown, server) = start().await;
+    let client: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
+        .await
+        .unwrap();
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match client.call(&1, Duration::from_secs(1)).await {
+            Err(RpcError::ConnectionClosed { .. }) => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "still answering: {other:?}"
+            ),
+        }
+        tokio::task::yield_now().await;
+    }
+}
