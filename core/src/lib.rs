@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`cart`]: cart items, operations, products and the catalog.
+//! - [`catalog`]: the validated product catalog and its JSON form.
 //! - [`version`]: operation versions and the hybrid logical clock that issues them.
 //! - [`placement_key`]: the seed's sha1 placement key (`create_hash`).
 //! - [`merge`]: the built-in merge of replica states of one cart item.
@@ -11,6 +12,7 @@
 //! - [`config`]: configuration pieces shared by several binaries.
 
 pub mod cart;
+pub mod catalog;
 pub mod config;
 pub mod coord;
 pub mod merge;

@@ -1,0 +1,94 @@
+//! The API server's one configuration: command-line flags, each with a `CARTDB_*`
+//! environment variable so that compose files can set it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cartdb_core::config::{ConfigError, ZkArgs};
+use clap::Parser;
+
+/// Configuration of `cartdb-api`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "cartdb-api",
+    version,
+    about = "cartdb API server: the shoppers' REST API"
+)]
+pub struct ApiConfig {
+    /// Address the HTTP server listens on. Default `127.0.0.1:8080`.
+    #[arg(long, env = "CARTDB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Bearer token that admin endpoints (`/api/list_category`, `POST /api/products`)
+    /// require. Unset (the default): admin endpoints are open to anyone.
+    #[arg(long, env = "CARTDB_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+    /// How long one gateway may take to connect and answer, in milliseconds, before the
+    /// request fails over to another gateway. Default 3000.
+    #[arg(long, env = "CARTDB_GATEWAY_TIMEOUT_MS", default_value_t = 3000)]
+    pub gateway_timeout_ms: u64,
+    /// How to reach ZooKeeper, where the live gateways are registered.
+    #[command(flatten)]
+    pub zk: ZkArgs,
+}
+
+impl ApiConfig {
+    /// Checks the settings that clap's types alone do not.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the flag: an empty admin token (which would make the admin
+    /// endpoints look protected while any `Bearer ` header passes), a zero gateway time-out,
+    /// or bad ZooKeeper settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(ConfigError::new(
+                "admin-token",
+                "must not be empty; leave it unset to keep admin endpoints open",
+            ));
+        }
+        if self.gateway_timeout_ms == 0 {
+            return Err(ConfigError::new("gateway-timeout-ms", "must be at least 1"));
+        }
+        self.zk.coord_config().map(drop)
+    }
+
+    /// The per-gateway time-out as a duration.
+    pub fn gateway_timeout(&self) -> Duration {
+        Duration::from_millis(self.gateway_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ApiConfig {
+        let argv = std::iter::once("cartdb-api").chain(args.iter().copied());
+        ApiConfig::try_parse_from(argv).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = parse(&[]);
+        assert!(config.validate().is_ok());
+        assert_eq!(config.gateway_timeout(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn an_empty_admin_token_is_refused() {
+        let err = parse(&["--admin-token", ""]).validate().unwrap_err();
+        assert_eq!(err.field, "admin-token");
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused() {
+        let err = parse(&["--gateway-timeout-ms", "0"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "gateway-timeout-ms");
+    }
+}

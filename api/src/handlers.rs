@@ -1,0 +1,241 @@
+//! The endpoint handlers: check the input, ask a gateway, shape the answer.
+//!
+//! Each handler turns its request into one [`GatewayRequest`], and the gateway's reply into
+//! the seed's JSON shape. A [`GatewayResponse::Failed`] becomes an [`ApiError::Gateway`],
+//! whose status comes from the table in [`crate::error`].
+
+use axum::Json;
+use axum::extract::State;
+use cartdb_core::cart::{CartLine, InputError, Product, validate_id};
+use cartdb_core::wire::{ClusterStatus, GatewayInfo, GatewayRequest, GatewayResponse};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use crate::gateways::Reply;
+use crate::routes::AppState;
+
+/// Body of `POST /api/insert` and `POST /api/delete`.
+#[derive(Debug, Deserialize)]
+pub struct CartChange {
+    pub userid: String,
+    pub item_name: String,
+}
+
+impl CartChange {
+    fn validate(&self) -> Result<(), InputError> {
+        validate_id("userid", &self.userid)?;
+        validate_id("item_name", &self.item_name)
+    }
+}
+
+/// Answer of an insert or delete.
+#[derive(Debug, Serialize)]
+pub struct Changed {
+    pub message: &'static str,
+    pub qty: u64,
+}
+
+pub async fn insert(
+    State(state): State<AppState>,
+    key: IdempotencyKey,
+    ApiJson(change): ApiJson<CartChange>,
+) -> Result<Json<Changed>, ApiError> {
+    change.validate()?;
+    let request = GatewayRequest::Insert {
+        user: change.userid,
+        item_name: change.item_name,
+        idempotency_key: Some(key.0),
+    };
+    let qty = updated_qty(&state, &request, "Insert").await?;
+    Ok(Json(Changed {
+        message: "inserted into cart",
+        qty,
+    }))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    key: IdempotencyKey,
+    ApiJson(change): ApiJson<CartChange>,
+) -> Result<Json<Changed>, ApiError> {
+    change.validate()?;
+    let request = GatewayRequest::Delete {
+        user: change.userid,
+        item_name: change.item_name,
+        idempotency_key: Some(key.0),
+    };
+    let qty = updated_qty(&state, &request, "Delete").await?;
+    Ok(Json(Changed {
+        message: "deleted from cart",
+        qty,
+    }))
+}
+
+async fn updated_qty(
+    state: &AppState,
+    request: &GatewayRequest,
+    name: &'static str,
+) -> Result<u64, ApiError> {
+    match ask(state, request).await?.response {
+        GatewayResponse::Updated { qty } => Ok(qty),
+        other => Err(unexpected(name, other)),
+    }
+}
+
+/// Query of `GET /api/list_all`.
+#[derive(Debug, Deserialize)]
+pub struct UserQuery {
+    pub userid: String,
+}
+
+/// A user's cart in the seed's shape.
+#[derive(Debug, Serialize)]
+pub struct Cart {
+    pub userid: String,
+    pub response: Vec<CartLine>,
+}
+
+pub async fn list_all(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<UserQuery>,
+) -> Result<Json<Cart>, ApiError> {
+    validate_id("userid", &query.userid)?;
+    let request = GatewayRequest::ListAll {
+        user: query.userid.clone(),
+    };
+    match ask(&state, &request).await?.response {
+        GatewayResponse::Cart { items } => Ok(Json(Cart {
+            userid: query.userid,
+            response: items,
+        })),
+        other => Err(unexpected("ListAll", other)),
+    }
+}
+
+/// Query of `GET /api/list_category`.
+#[derive(Debug, Deserialize)]
+pub struct CategoryQuery {
+    pub category: String,
+}
+
+/// Users holding an item of a category.
+#[derive(Debug, Serialize)]
+pub struct CategoryUsers {
+    pub category: String,
+    pub users: Vec<String>,
+}
+
+pub async fn list_category(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<CategoryQuery>,
+) -> Result<Json<CategoryUsers>, ApiError> {
+    validate_id("category", &query.category)?;
+    let request = GatewayRequest::ListCategory {
+        category: query.category.clone(),
+    };
+    match ask(&state, &request).await?.response {
+        GatewayResponse::CategoryUsers { users } => Ok(Json(CategoryUsers {
+            category: query.category,
+            users,
+        })),
+        other => Err(unexpected("ListCategory", other)),
+    }
+}
+
+/// The catalog.
+#[derive(Debug, Serialize)]
+pub struct Catalog {
+    pub products: Vec<Product>,
+}
+
+pub async fn products(State(state): State<AppState>) -> Result<Json<Catalog>, ApiError> {
+    match ask(&state, &GatewayRequest::Products).await?.response {
+        GatewayResponse::Products { products } => Ok(Json(Catalog { products })),
+        other => Err(unexpected("Products", other)),
+    }
+}
+
+pub async fn upsert_product(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiJson(product): ApiJson<Product>,
+) -> Result<Json<Product>, ApiError> {
+    product.validate()?;
+    let request = GatewayRequest::UpsertProduct {
+        product: product.clone(),
+    };
+    match ask(&state, &request).await?.response {
+        GatewayResponse::Failed(failure) => Err(failure.into()),
+        // The protocol does not fix which success reply an upsert gets; any one means the
+        // catalog now holds the product.
+        _ => Ok(Json(product)),
+    }
+}
+
+/// Answer of `GET /healthz`.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub gateways: usize,
+}
+
+/// Healthy while at least one gateway is known; it does not call one, so a health check
+/// costs the cluster nothing.
+pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    match state.pool().len() {
+        0 => Err(ApiError::NoGateway),
+        gateways => Ok(Json(Health {
+            status: "ok",
+            gateways,
+        })),
+    }
+}
+
+/// A gateway's view of the cluster, plus this API server's.
+#[derive(Debug, Serialize)]
+pub struct ClusterView {
+    #[serde(flatten)]
+    pub status: ClusterStatus,
+    pub api: ApiView,
+}
+
+/// The API server's own view: the gateways it knows and which one answered.
+#[derive(Debug, Serialize)]
+pub struct ApiView {
+    pub gateways: Vec<GatewayInfo>,
+    pub answered_by: u32,
+}
+
+pub async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
+    let reply = ask(&state, &GatewayRequest::Cluster).await?;
+    match reply.response {
+        GatewayResponse::Cluster(status) => Ok(Json(ClusterView {
+            status,
+            api: ApiView {
+                gateways: state.pool().gateways(),
+                answered_by: reply.gateway,
+            },
+        })),
+        other => Err(unexpected("Cluster", other)),
+    }
+}
+
+async fn ask(state: &AppState, request: &GatewayRequest) -> Result<Reply, ApiError> {
+    Ok(state.pool().call(request).await?)
+}
+
+/// The error for a reply that is not the success variant `request` expects.
+fn unexpected(request: &'static str, response: GatewayResponse) -> ApiError {
+    let reply = match response {
+        GatewayResponse::Failed(failure) => return failure.into(),
+        GatewayResponse::Updated { .. } => "Updated",
+        GatewayResponse::Cart { .. } => "Cart",
+        GatewayResponse::CategoryUsers { .. } => "CategoryUsers",
+        GatewayResponse::Products { .. } => "Products",
+        GatewayResponse::Cluster(_) => "Cluster",
+    };
+    ApiError::UnexpectedReply { request, reply }
+}

@@ -1,0 +1,556 @@
+//! ZooKeeper coordination: membership, the CRUSH map, the catalog and the item directory.
+//!
+//! [`Coordinator`] is the only way cartdb talks to ZooKeeper. Data nodes register their device,
+//! gateways register themselves and record where replicas live, everyone reads the map and the
+//! catalog. The znode layout, data formats and the reasons behind them are in
+//! `docs/zookeeper.md`.
+//!
+//! Reads never touch the network: [`Coordinator::members`], [`Coordinator::map`],
+//! [`Coordinator::catalog`] and [`Coordinator::directory`] hand out in-memory copies that
+//! background followers keep fresh from persistent watches. Writes are bounded ZooKeeper calls
+//! that return a [`CoordError`] naming the operation and the znode.
+//!
+//! # Layout
+//! - [`error`]: the error type, [`CoordError`].
+//! - [`map`]: the CRUSH map document and its reweights, [`ClusterMap`] (pure).
+//! - [`membership`]: who is up, [`Membership`], and the registration data format (pure).
+//! - [`directory`]: the in-memory item directory, [`Directory`].
+//! - `layout`: the znode paths.
+//! - `zk`: one session behind timeouts and typed outcomes.
+//! - `follow`: the watch-driven tasks that keep the in-memory copies fresh.
+//! - `supervisor`: the task that owns the session and replaces it after an expiry.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, info, warn};
+use zookeeper_client::{CreateMode, SessionId, SessionState};
+
+use crate::cart::{DeviceId, ItemKey, Product};
+use crate::catalog::Catalog;
+
+pub mod directory;
+pub mod error;
+mod follow;
+mod layout;
+pub mod map;
+pub mod membership;
+mod supervisor;
+mod zk;
+
+pub use directory::Directory;
+pub use error::CoordError;
+pub use map::{ClusterMap, FULL_WEIGHT, MapError};
+pub use membership::Membership;
+
+use supervisor::{Inner, Slot};
+use zk::{Created, OP_TIMEOUT, Zk};
+
+/// Validated ZooKeeper settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordConfig {
+    pub servers: String,
+    pub chroot: String,
+    pub session_timeout: Duration,
+}
+
+/// How long [`Coordinator::connect`] waits for the first read of the watched state.
+const INITIAL_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Rounds of read-modify-compare-and-set before a catalog update gives up.
+const CAS_ATTEMPTS: u32 = 10;
+
+/// A handle on cartdb's coordination state in ZooKeeper. Cheap to clone; the background tasks
+/// stop when the `shutdown` token given to [`Coordinator::connect`] is cancelled or the last
+/// handle is dropped, and the session is then closed, which removes this process's
+/// registrations at once.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+    _stop_on_drop: Arc<DropGuard>,
+}
+
+impl fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("servers", &self.inner.config.servers)
+            .field("chroot", &self.inner.config.chroot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    /// Connects, creates the chroot and the layout's parent znodes, and starts the supervisor
+    /// (which owns the session and replaces it after an expiry, re-creating this process's
+    /// registrations and re-reading all watched state). Returns once the members, map,
+    /// catalog and directory have been read once (or after 30 s with a warning).
+    ///
+    /// # Errors
+    /// [`CoordError::Connect`] or [`CoordError::Timeout`] when no session can be opened, or
+    /// the failed call when the layout cannot be created.
+    pub async fn connect(
+        config: CoordConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Coordinator, CoordError> {
+        let zk = Zk::open(&config).await?;
+        info!(servers = %config.servers, chroot = %config.chroot, session = %zk.session_id(), "connected to ZooKeeper");
+        let stop = shutdown.child_token();
+        let stop_on_drop = Arc::new(stop.clone().drop_guard());
+        let inner = Arc::new(Inner::new(config));
+        let (tasks, ready) = supervisor::start_session(&inner, &zk, &stop);
+        tokio::spawn(supervisor::supervise(inner.clone(), zk, tasks, stop));
+        let first_reads = futures::future::join_all(ready);
+        if tokio::time::timeout(INITIAL_LOAD_TIMEOUT, first_reads)
+            .await
+            .is_err()
+        {
+            warn!("coordination state not fully read after {INITIAL_LOAD_TIMEOUT:?}; continuing");
+        }
+        Ok(Coordinator {
+            inner,
+            _stop_on_drop: stop_on_drop,
+        })
+    }
+
+    /// Whether a session is established and currently connected.
+    pub fn is_connected(&self) -> bool {
+        matches!(&*self.inner.session.borrow(), Slot::Live(zk) if zk.state() == SessionState::SyncConnected)
+    }
+
+    /// Registers this data node's device at `address` (`host:port`) with an ephemeral znode.
+    /// An ephemeral for this device left by an older session (say, this node before a kill -9
+    /// and a restart within the session timeout) is replaced. The registration is remembered,
+    /// also when this call fails, and re-created after a session expiry.
+    ///
+    /// # Errors
+    /// [`CoordError::InvalidAddress`], or the failed ZooKeeper call.
+    pub async fn register_device(&self, device: DeviceId, address: &str) -> Result<(), CoordError> {
+        check_address(address)?;
+        let mut registrations = self.inner.registrations.lock().await;
+        registrations.devices.insert(device, address.to_owned());
+        let path = &layout::device(device);
+        let data = &membership::encode(address);
+        self.run("register device", |zk| async move {
+            supervisor::ensure_ephemeral(&zk, path, data).await
+        })
+        .await?;
+        info!(device, address, "device registered");
+        Ok(())
+    }
+
+    /// Removes this process's registration of `device` and forgets it. A registration of the
+    /// device by another session is left alone.
+    ///
+    /// # Errors
+    /// The failed ZooKeeper call (the device is forgotten all the same).
+    pub async fn deregister_device(&self, device: DeviceId) -> Result<(), CoordError> {
+        let mut registrations = self.inner.registrations.lock().await;
+        registrations.devices.remove(&device);
+        let path = &layout::device(device);
+        self.run("deregister device", |zk| async move {
+            supervisor::remove_own_ephemeral(&zk, path).await
+        })
+        .await?;
+        info!(device, "device deregistered");
+        Ok(())
+    }
+
+    /// Registers this gateway at `address` and returns its id. The id is allocated from a
+    /// persistent-sequential znode the first time (ids are never reused, even across
+    /// restarts) and kept for the life of the process: later calls and re-registration after
+    /// a session expiry use the same id.
+    ///
+    /// # Errors
+    /// [`CoordError::InvalidAddress`], [`CoordError::GatewayIdsExhausted`], or the failed
+    /// ZooKeeper call.
+    pub async fn register_gateway(&self, address: &str) -> Result<u32, CoordError> {
+        check_address(address)?;
+        let mut registrations = self.inner.registrations.lock().await;
+        let id = match &registrations.gateway {
+            Some((id, _)) => *id,
+            None => self.allocate_gateway_id().await?,
+        };
+        registrations.gateway = Some((id, address.to_owned()));
+        let path = &layout::gateway(id);
+        let data = &membership::encode(address);
+        self.run("register gateway", |zk| async move {
+            supervisor::ensure_ephemeral(&zk, path, data).await
+        })
+        .await?;
+        info!(gateway = id, address, "gateway registered");
+        Ok(id)
+    }
+
+    async fn allocate_gateway_id(&self) -> Result<u32, CoordError> {
+        const OP: &str = "allocate gateway id";
+        let created = self
+            .run(OP, |zk| async move {
+                zk.create(
+                    layout::GATEWAY_ID_PREFIX,
+                    &[],
+                    CreateMode::PersistentSequential,
+                )
+                .await
+            })
+            .await?;
+        match created {
+            Created::New(sequence) => {
+                u32::try_from(sequence).map_err(|_| CoordError::GatewayIdsExhausted { sequence })
+            }
+            other => Err(unexpected(OP, layout::GATEWAY_ID_PREFIX, other)),
+        }
+    }
+
+    /// The live data nodes and gateways. Never touches the network.
+    pub fn members(&self) -> watch::Receiver<Arc<Membership>> {
+        self.inner.members.subscribe()
+    }
+
+    /// Creates `/map` from a CRUSH map (python-crush JSON, as in `config/crush-map.json`) with
+    /// no reweights, at epoch 1. Does nothing when `/map` already exists: the map in ZooKeeper
+    /// is the one every gateway places with, whatever the local file says.
+    ///
+    /// # Errors
+    /// [`CoordError::InvalidMap`] when `map_json` is not a valid map (checked before anything
+    /// is written), or the failed ZooKeeper call.
+    pub async fn bootstrap_map(&self, map_json: &str) -> Result<(), CoordError> {
+        let (doc, map) = map::bootstrap_document(map_json).map_err(CoordError::InvalidMap)?;
+        let doc = &doc;
+        let created = self
+            .run("bootstrap map", |zk| async move {
+                create_once(&zk, "bootstrap map", layout::MAP, doc).await
+            })
+            .await?;
+        if created {
+            info!(
+                devices = map.devices.len(),
+                "CRUSH map bootstrapped at epoch 1"
+            );
+            self.inner.map.publish(map.epoch, Some(Arc::new(map)));
+        } else {
+            debug!("CRUSH map already present; bootstrap skipped");
+        }
+        Ok(())
+    }
+
+    /// The CRUSH map, `None` until one is loaded. Never touches the network.
+    pub fn map(&self) -> watch::Receiver<Option<Arc<ClusterMap>>> {
+        self.inner.map.subscribe()
+    }
+
+    /// Replaces the reweights of the map at `expected_epoch` (compare-and-set on `/map`'s
+    /// version). Returns `Ok(false)` when the map is no longer at that epoch: someone else
+    /// changed it first; re-read [`Coordinator::map`] and decide again. Writing the reweights
+    /// the map already has changes nothing and returns `Ok(true)` without a new epoch.
+    ///
+    /// # Errors
+    /// [`CoordError::UnknownDevice`] when a reweight names a device not in the map,
+    /// [`CoordError::NotBootstrapped`], [`CoordError::InvalidMapData`] when `/map` holds an
+    /// invalid document, or the failed ZooKeeper call.
+    pub async fn set_reweights(
+        &self,
+        expected_epoch: u64,
+        reweights: BTreeMap<DeviceId, u32>,
+    ) -> Result<bool, CoordError> {
+        let reweights = &reweights;
+        let written = self
+            .run("set reweights", |zk| async move {
+                write_reweights(&zk, expected_epoch, reweights).await
+            })
+            .await?;
+        let Some(map) = written else {
+            return Ok(false);
+        };
+        info!(epoch = map.epoch, "reweights set");
+        self.inner.map.publish(map.epoch, Some(Arc::new(map)));
+        Ok(true)
+    }
+
+    /// Creates `/catalog` from `catalog`; does nothing when it already exists.
+    ///
+    /// # Errors
+    /// The failed ZooKeeper call.
+    pub async fn bootstrap_catalog(&self, catalog: &Catalog) -> Result<(), CoordError> {
+        let json = &catalog.to_json();
+        let created = self
+            .run("bootstrap catalog", |zk| async move {
+                create_once(&zk, "bootstrap catalog", layout::CATALOG, json).await
+            })
+            .await?;
+        if created {
+            info!(products = catalog.len(), "catalog bootstrapped");
+            self.inner.catalog.publish(1, Arc::new(catalog.clone()));
+        } else {
+            debug!("catalog already present; bootstrap skipped");
+        }
+        Ok(())
+    }
+
+    /// The catalog; empty until loaded. Never touches the network.
+    pub fn catalog(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.inner.catalog.subscribe()
+    }
+
+    /// Adds `product` to the catalog or replaces the product with the same id, with a
+    /// read-modify-compare-and-set loop (several API servers may edit the catalog at once).
+    /// Returns the catalog as written.
+    ///
+    /// # Errors
+    /// [`CoordError::InvalidCatalog`] when the product is invalid or its name belongs to
+    /// another product, [`CoordError::NotBootstrapped`], [`CoordError::InvalidCatalogData`],
+    /// [`CoordError::Contended`] after 10 lost races, or the failed ZooKeeper call.
+    pub async fn upsert_product(&self, product: Product) -> Result<Arc<Catalog>, CoordError> {
+        const OP: &str = "upsert product";
+        let product = &product;
+        for _ in 0..CAS_ATTEMPTS {
+            let written = self
+                .run(OP, |zk| async move { try_upsert(&zk, product).await })
+                .await?;
+            if let Some((generation, catalog)) = written {
+                self.inner.catalog.publish(generation, catalog.clone());
+                return Ok(catalog);
+            }
+        }
+        Err(CoordError::Contended {
+            op: OP,
+            path: layout::CATALOG.to_owned(),
+            attempts: CAS_ATTEMPTS,
+        })
+    }
+
+    /// The item directory, kept fresh by a persistent recursive watch on `/users` (and
+    /// re-read after every reconnect). Its lookups never touch the network.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.inner.directory.clone()
+    }
+
+    /// Records that `devices` hold replicas of `key`: for each device the directory does not
+    /// list yet, creates `/devices/<d>/<user>/<product>` and then `/users/<user>/<product>/<d>`
+    /// (parents as needed; an existing znode is fine, another gateway may race us). The
+    /// local directory is updated as soon as the znodes exist.
+    ///
+    /// # Errors
+    /// [`CoordError::InvalidName`] when the user or product id cannot be a znode name, or the
+    /// failed ZooKeeper call.
+    pub async fn record_replicas(
+        &self,
+        key: &ItemKey,
+        devices: &[DeviceId],
+    ) -> Result<(), CoordError> {
+        const OP: &str = "record replicas";
+        check_segment(OP, "user", &key.user)?;
+        check_segment(OP, "product", &key.product)?;
+        let missing = &self.inner.directory.missing(key, devices);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.run(OP, |zk| async move { record(&zk, key, missing).await })
+            .await?;
+        for &device in missing {
+            self.inner.directory.insert(&key.user, &key.product, device);
+        }
+        Ok(())
+    }
+
+    /// Runs `call` with the live session; if that session expired during the call, runs it
+    /// once more with the next session (every call passed here is idempotent).
+    async fn run<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, CoordError>
+    where
+        F: Fn(Zk) -> Fut,
+        Fut: Future<Output = Result<T, CoordError>>,
+    {
+        let zk = self.live_session(op, None).await?;
+        let expired = zk.session_id();
+        match call(zk).await {
+            Err(CoordError::SessionExpired) => {
+                call(self.live_session(op, Some(expired)).await?).await
+            }
+            result => result,
+        }
+    }
+
+    /// The live session (other than `not`), waiting up to [`OP_TIMEOUT`] for the supervisor
+    /// to establish one.
+    async fn live_session(
+        &self,
+        op: &'static str,
+        not: Option<SessionId>,
+    ) -> Result<Zk, CoordError> {
+        let mut slots = self.inner.session.subscribe();
+        let usable = |slot: &Slot| match slot {
+            Slot::Live(zk) => Some(zk.session_id()) != not,
+            Slot::Closed => true,
+            Slot::Connecting => false,
+        };
+        let waited = tokio::time::timeout(OP_TIMEOUT, slots.wait_for(usable)).await;
+        let slot = match waited {
+            Err(_) => {
+                return Err(CoordError::NoSession {
+                    op,
+                    waited: OP_TIMEOUT,
+                });
+            }
+            Ok(Err(_)) => return Err(CoordError::ShuttingDown),
+            Ok(Ok(slot)) => slot.clone(),
+        };
+        match slot {
+            Slot::Live(zk) => Ok(zk),
+            Slot::Connecting | Slot::Closed => Err(CoordError::ShuttingDown),
+        }
+    }
+}
+
+/// Creates a persistent znode; `false` when it already existed.
+async fn create_once(
+    zk: &Zk,
+    op: &'static str,
+    path: &str,
+    data: &[u8],
+) -> Result<bool, CoordError> {
+    match zk.create(path, data, CreateMode::Persistent).await? {
+        Created::New(_) => Ok(true),
+        Created::Existed => Ok(false),
+        other => Err(unexpected(op, path, other)),
+    }
+}
+
+/// One compare-and-set of `/map`'s reweights; `None` when the map is not at `expected_epoch`.
+async fn write_reweights(
+    zk: &Zk,
+    expected_epoch: u64,
+    reweights: &BTreeMap<DeviceId, u32>,
+) -> Result<Option<ClusterMap>, CoordError> {
+    const OP: &str = "set reweights";
+    let Some((data, stat)) = zk.get(layout::MAP).await? else {
+        return Err(CoordError::NotBootstrapped {
+            op: OP,
+            path: layout::MAP.to_owned(),
+        });
+    };
+    if zk::generation(&stat) != expected_epoch {
+        return Ok(None);
+    }
+    let current =
+        ClusterMap::parse(&data, expected_epoch).map_err(|source| CoordError::InvalidMapData {
+            path: layout::MAP.to_owned(),
+            source,
+        })?;
+    if let Some(&device) = reweights.keys().find(|d| !current.devices.contains_key(d)) {
+        return Err(CoordError::UnknownDevice { op: OP, device });
+    }
+    if current.reweights == *reweights {
+        return Ok(Some(current));
+    }
+    let doc = map::document(&current.map_json, reweights);
+    let written = zk.set(layout::MAP, &doc, stat.version).await?;
+    Ok(written.map(|stat| ClusterMap {
+        epoch: zk::generation(&stat),
+        reweights: reweights.clone(),
+        ..current
+    }))
+}
+
+/// One read-modify-compare-and-set of `/catalog`; `None` when another writer won the race.
+async fn try_upsert(zk: &Zk, product: &Product) -> Result<Option<(u64, Arc<Catalog>)>, CoordError> {
+    let Some((data, stat)) = zk.get(layout::CATALOG).await? else {
+        return Err(CoordError::NotBootstrapped {
+            op: "upsert product",
+            path: layout::CATALOG.to_owned(),
+        });
+    };
+    let mut catalog =
+        Catalog::from_json(&data).map_err(|source| CoordError::InvalidCatalogData {
+            path: layout::CATALOG.to_owned(),
+            source,
+        })?;
+    if catalog.by_id(&product.productid) == Some(product) {
+        return Ok(Some((zk::generation(&stat), Arc::new(catalog))));
+    }
+    catalog
+        .upsert(product.clone())
+        .map_err(CoordError::InvalidCatalog)?;
+    let written = zk
+        .set(layout::CATALOG, &catalog.to_json(), stat.version)
+        .await?;
+    Ok(written.map(|stat| (zk::generation(&stat), Arc::new(catalog))))
+}
+
+/// Creates both directory entries for each device, the per-device one first: a gateway that
+/// dies in between leaves the item missing from `/users`, so the next request records it
+/// again, instead of an entry in `/users` without its `/devices` counterpart.
+async fn record(zk: &Zk, key: &ItemKey, devices: &[DeviceId]) -> Result<(), CoordError> {
+    let one = |device: DeviceId| async move {
+        zk.ensure_path(&layout::device_item(key, device)).await?;
+        zk.ensure_path(&layout::user_replica(key, device)).await
+    };
+    futures::future::try_join_all(devices.iter().map(|&d| one(d))).await?;
+    Ok(())
+}
+
+fn check_address(address: &str) -> Result<(), CoordError> {
+    membership::check_address(address).map_err(|problem| CoordError::InvalidAddress {
+        address: address.to_owned(),
+        problem,
+    })
+}
+
+fn check_segment(op: &'static str, field: &'static str, value: &str) -> Result<(), CoordError> {
+    match layout::segment_problem(field, value) {
+        None => Ok(()),
+        Some(problem) => Err(CoordError::InvalidName {
+            op,
+            field,
+            value: value.to_owned(),
+            problem,
+        }),
+    }
+}
+
+/// A create outcome that the layout rules out (a parent created at connect is gone, or a
+/// sequential znode "already existed").
+fn unexpected(op: &'static str, path: &str, outcome: Created) -> CoordError {
+    let source = match outcome {
+        Created::Existed => zookeeper_client::Error::NodeExists,
+        _ => zookeeper_client::Error::NoNode,
+    };
+    CoordError::Zk {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Handlers call the coordinator from spawned tasks, so its futures must be `Send`.
+    #[allow(dead_code, clippy::let_underscore_future)]
+    fn api_futures_are_send(c: &Coordinator, key: &ItemKey, product: Product, catalog: &Catalog) {
+        fn send<T: Send>(_: T) {}
+        send(Coordinator::connect(
+            c.inner.config.clone(),
+            CancellationToken::new(),
+        ));
+        send(c.register_device(1, "h:1"));
+        send(c.deregister_device(1));
+        send(c.register_gateway("h:1"));
+        send(c.bootstrap_map("{}"));
+        send(c.set_reweights(1, BTreeMap::new()));
+        send(c.bootstrap_catalog(catalog));
+        send(c.upsert_product(product));
+        send(c.record_replicas(key, &[1]));
+    }
+
+    #[test]
+    fn the_coordinator_is_shareable() {
+        fn shareable<T: Send + Sync + Clone + 'static>() {}
+        shareable::<Coordinator>();
+        shareable::<Arc<Directory>>();
+    }
+}

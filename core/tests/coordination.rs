@@ -1,0 +1,453 @@
+//! Coordination through a real ZooKeeper: membership, the CRUSH map, the catalog, the item
+//! directory, recovery from session expiry, and refusal of malformed znode data.
+//!
+//! Every test uses its own chroot on one shared server (see `support::zk`) and waits for
+//! conditions with a deadline instead of sleeping.
+
+// Test code: a failed step should panic with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cartdb_core::cart::{ItemKey, Product};
+use cartdb_core::catalog::Catalog;
+use cartdb_core::coord::{CoordConfig, CoordError, Coordinator, FULL_WEIGHT};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use zookeeper_client::{Acls, Client, CreateMode};
+
+use support::gate::Gate;
+use support::zk::ZkServer;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const SEED_MAP: &str = include_str!("../../config/crush-map.json");
+const DEFAULT_CATALOG: &[u8] = include_bytes!("../../config/catalog.json");
+
+/// A coordinator and the token that shuts it down (cancelled on drop).
+struct Node {
+    coord: Coordinator,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn config(chroot: &str) -> CoordConfig {
+    CoordConfig {
+        servers: ZkServer::shared().address().to_string(),
+        chroot: format!("/{chroot}"),
+        session_timeout: Duration::from_secs(4),
+    }
+}
+
+async fn node(config: &CoordConfig) -> Node {
+    let shutdown = CancellationToken::new();
+    let coord = Coordinator::connect(config.clone(), shutdown.clone())
+        .await
+        .expect("connect a coordinator");
+    Node { coord, shutdown }
+}
+
+/// A plain ZooKeeper client in the test's chroot, for looking behind the coordinator's back.
+async fn raw_client(config: &CoordConfig) -> Client {
+    let client = Client::connect(&config.servers)
+        .await
+        .expect("connect a raw client");
+    client.chroot(config.chroot.as_str()).expect("chroot")
+}
+
+/// Waits until the channel's value satisfies `check`, then returns it.
+async fn until<T: Clone>(
+    rx: &mut watch::Receiver<T>,
+    what: &str,
+    check: impl FnMut(&T) -> bool,
+) -> T {
+    tokio::time::timeout(DEADLINE, rx.wait_for(check))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .expect("coordinator channel open")
+        .clone()
+}
+
+/// Polls `check` until it holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn key(user: &str, product: &str) -> ItemKey {
+    ItemKey {
+        user: user.into(),
+        product: product.into(),
+    }
+}
+
+fn product(id: &str, name: &str, price: u64) -> Product {
+    Product {
+        productid: id.into(),
+        name: name.into(),
+        category: "4".into(),
+        price,
+    }
+}
+
+/// Registrations appear in and disappear from every coordinator's membership; gateway ids are
+/// unique and stable; shutting a coordinator down removes its registrations at once (well
+/// before its session timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_and_gateways_are_seen_through_members() {
+    let mut slow_expiry = config("members");
+    slow_expiry.session_timeout = Duration::from_secs(10);
+    let a = node(&slow_expiry).await;
+    let b = node(&config("members")).await;
+    let mut members = b.coord.members();
+
+    a.coord.register_device(1, "127.0.0.1:7001").await.unwrap();
+    a.coord.register_device(2, "127.0.0.1:7002").await.unwrap();
+    until(&mut members, "devices 1 and 2", |m| {
+        m.devices == BTreeMap::from([(1, "127.0.0.1:7001".into()), (2, "127.0.0.1:7002".into())])
+    })
+    .await;
+    a.coord.deregister_device(2).await.unwrap();
+    until(&mut members, "device 2 to leave", |m| {
+        m.is_live(1) && !m.is_live(2)
+    })
+    .await;
+
+    let gw_a = a.coord.register_gateway("127.0.0.1:8001").await.unwrap();
+    assert_eq!(
+        a.coord.register_gateway("127.0.0.1:8001").await.unwrap(),
+        gw_a
+    );
+    let gw_b = b.coord.register_gateway("127.0.0.1:8002").await.unwrap();
+    assert_ne!(gw_a, gw_b);
+    until(&mut members, "both gateways", |m| m.gateways.len() == 2).await;
+
+    assert!(matches!(
+        a.coord.register_device(3, "no port").await,
+        Err(CoordError::InvalidAddress { .. })
+    ));
+
+    let handle = a.coord.clone();
+    a.shutdown.cancel();
+    let gone = tokio::time::timeout(
+        Duration::from_secs(5),
+        members.wait_for(|m| m.devices.is_empty() && !m.gateways.contains_key(&gw_a)),
+    );
+    assert!(
+        gone.await.is_ok(),
+        "a's registrations outlived its shutdown"
+    );
+    assert!(matches!(
+        handle.register_device(1, "127.0.0.1:7001").await,
+        Err(CoordError::ShuttingDown)
+    ));
+}
+
+/// The map is bootstrapped once, validated first, and its reweights change only by a
+/// compare-and-set on the epoch that exactly one of two racing writers wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_is_bootstrapped_once_and_reweighted_by_compare_and_set() {
+    let a = node(&config("map")).await;
+    let b = node(&config("map")).await;
+    assert!(matches!(
+        a.coord.bootstrap_map(r#"{"trees": []}"#).await,
+        Err(CoordError::InvalidMap(_))
+    ));
+    a.coord.bootstrap_map(SEED_MAP).await.unwrap();
+    let map = until(&mut b.coord.map(), "the map", Option::is_some)
+        .await
+        .unwrap();
+    assert_eq!((map.epoch, map.devices.len()), (1, 6));
+    assert_eq!(map.devices[&6], "device_6");
+
+    let other = r#"{"trees": [{"id": -1, "name": "r", "children": [{"id": 9, "name": "device_9"}]}], "rules": {}}"#;
+    b.coord.bootstrap_map(other).await.unwrap();
+    let (_, stat) = raw_client(&config("map"))
+        .await
+        .get_data("/map")
+        .await
+        .unwrap();
+    assert_eq!(
+        stat.version, 0,
+        "a second bootstrap must not overwrite the map"
+    );
+
+    assert!(
+        a.coord
+            .set_reweights(1, BTreeMap::from([(3, 0)]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(a.coord.map().borrow().as_ref().unwrap().epoch, 2);
+    let seen = until(&mut b.coord.map(), "epoch 2", |m| {
+        m.as_ref().is_some_and(|m| m.epoch == 2)
+    })
+    .await;
+    let seen = seen.unwrap();
+    assert_eq!((seen.reweight_of(3), seen.reweight_of(1)), (0, FULL_WEIGHT));
+    assert!(
+        !b.coord.set_reweights(1, BTreeMap::new()).await.unwrap(),
+        "stale epoch"
+    );
+    assert!(matches!(
+        a.coord.set_reweights(2, BTreeMap::from([(42, 0)])).await,
+        Err(CoordError::UnknownDevice { device: 42, .. })
+    ));
+
+    let (x, y) = tokio::join!(
+        a.coord.set_reweights(2, BTreeMap::from([(1, 0)])),
+        b.coord.set_reweights(2, BTreeMap::from([(2, 0)])),
+    );
+    assert!(x.unwrap() ^ y.unwrap(), "exactly one racing writer wins");
+    let map = until(&mut a.coord.map(), "epoch 3", |m| {
+        m.as_ref().is_some_and(|m| m.epoch == 3)
+    })
+    .await;
+    assert_eq!(map.unwrap().reweights.len(), 1);
+}
+
+/// The catalog is bootstrapped once; upserts (also concurrent ones) land and reach every
+/// coordinator through its watch; invalid products are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_bootstrap_and_upserts_are_seen_through_the_watch() {
+    let a = node(&config("catalog")).await;
+    let b = node(&config("catalog")).await;
+    let kiwi = product("100", "kiwi", 7);
+    assert!(matches!(
+        a.coord.upsert_product(kiwi.clone()).await,
+        Err(CoordError::NotBootstrapped { .. })
+    ));
+
+    let default = Catalog::from_json(DEFAULT_CATALOG).unwrap();
+    a.coord.bootstrap_catalog(&default).await.unwrap();
+    until(&mut b.coord.catalog(), "the catalog", |c| {
+        c.len() == default.len()
+    })
+    .await;
+    let tiny = Catalog::new(vec![product("1", "other", 1)]).unwrap();
+    b.coord.bootstrap_catalog(&tiny).await.unwrap();
+
+    let written = b.coord.upsert_product(kiwi.clone()).await.unwrap();
+    assert_eq!(written.by_name("kiwi"), Some(&kiwi));
+    assert_eq!(written.len(), default.len() + 1);
+    until(&mut a.coord.catalog(), "kiwi", |c| {
+        c.by_name("kiwi").is_some()
+    })
+    .await;
+
+    let (x, y) = tokio::join!(
+        a.coord.upsert_product(product("101", "plum", 5)),
+        b.coord.upsert_product(product("102", "pear", 6)),
+    );
+    x.unwrap();
+    y.unwrap();
+    let both = |c: &Arc<Catalog>| c.by_name("plum").is_some() && c.by_name("pear").is_some();
+    until(&mut a.coord.catalog(), "plum and pear on a", both).await;
+    until(&mut b.coord.catalog(), "plum and pear on b", both).await;
+
+    assert!(matches!(
+        a.coord.upsert_product(product("103", "pork", 1)).await,
+        Err(CoordError::InvalidCatalog(_))
+    ));
+    assert!(matches!(
+        a.coord.upsert_product(product("", "nameless", 1)).await,
+        Err(CoordError::InvalidCatalog(_))
+    ));
+}
+
+/// Recording replicas creates both directory trees, is idempotent and race-tolerant, and is
+/// seen by other coordinators through their watch and by new ones when they connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_replicas_fills_both_trees_and_every_directory() {
+    let a = node(&config("directory")).await;
+    let b = node(&config("directory")).await;
+    let item = key("user1", "1");
+
+    a.coord.record_replicas(&item, &[1, 3]).await.unwrap();
+    assert!(a.coord.directory().has(&item, 1) && a.coord.directory().has(&item, 3));
+    let raw = raw_client(&config("directory")).await;
+    for path in [
+        "/users/user1/1/1",
+        "/users/user1/1/3",
+        "/devices/1/user1/1",
+        "/devices/3/user1/1",
+    ] {
+        assert!(
+            raw.check_stat(path).await.unwrap().is_some(),
+            "{path} missing"
+        );
+    }
+    a.coord.record_replicas(&item, &[3, 1]).await.unwrap();
+    let b_dir = b.coord.directory();
+    eventually("b to see the replicas", || {
+        b_dir.has(&item, 1) && b_dir.has(&item, 3)
+    })
+    .await;
+
+    let (x, y) = tokio::join!(
+        a.coord.record_replicas(&item, &[6]),
+        b.coord.record_replicas(&item, &[6]),
+    );
+    x.unwrap();
+    y.unwrap();
+    a.coord
+        .record_replicas(&key("user2", "4"), &[2])
+        .await
+        .unwrap();
+
+    let c = node(&config("directory")).await;
+    let c_dir = c.coord.directory();
+    assert!(c_dir.is_loaded());
+    assert_eq!(c_dir.items_of("user1")["1"], BTreeSet::from([1, 3, 6]));
+    assert_eq!(c_dir.missing(&key("user2", "4"), &[2, 5]), vec![5]);
+
+    raw.delete("/users/user1/1/6", None).await.unwrap();
+    eventually("the deletion to reach b", || !b_dir.has(&item, 6)).await;
+
+    assert!(matches!(
+        a.coord.record_replicas(&key("..", "1"), &[1]).await,
+        Err(CoordError::InvalidName { field: "user", .. })
+    ));
+}
+
+/// When a coordinator's session expires (here: cut off from ZooKeeper for longer than the
+/// session timeout), it opens a new session, re-creates its device and gateway registrations
+/// (same gateway id) and re-installs its watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_and_watches_come_back_after_session_expiry() {
+    let gate = Gate::start(ZkServer::shared().address()).await;
+    let mut cut_off = config("expiry");
+    cut_off.servers = gate.address().to_string();
+    cut_off.session_timeout = Duration::from_secs(2);
+    let a = node(&cut_off).await;
+    let observer = node(&config("expiry")).await;
+    let mut members = observer.coord.members();
+
+    a.coord.register_device(5, "127.0.0.1:7005").await.unwrap();
+    let gw = a.coord.register_gateway("127.0.0.1:8005").await.unwrap();
+    until(&mut members, "a's registrations", |m| {
+        m.is_live(5) && m.gateways.contains_key(&gw)
+    })
+    .await;
+
+    gate.close();
+    until(&mut members, "the session to expire", |m| {
+        !m.is_live(5) && m.gateways.is_empty()
+    })
+    .await;
+    // Written while `a` is cut off: only a re-read after the new session can reveal it.
+    observer
+        .coord
+        .record_replicas(&key("late", "2"), &[2])
+        .await
+        .unwrap();
+    gate.open();
+
+    until(&mut members, "a's registrations to come back", |m| {
+        m.devices.get(&5).map(String::as_str) == Some("127.0.0.1:7005")
+            && m.gateways.get(&gw).map(String::as_str) == Some("127.0.0.1:8005")
+    })
+    .await;
+    let a_dir = a.coord.directory();
+    eventually("a to re-read the directory", || {
+        a_dir.has(&key("late", "2"), 2)
+    })
+    .await;
+    observer
+        .coord
+        .record_replicas(&key("later", "3"), &[4])
+        .await
+        .unwrap();
+    eventually("a's new watch to fire", || a_dir.has(&key("later", "3"), 4)).await;
+    a.coord
+        .record_replicas(&key("after", "1"), &[1])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.coord.register_gateway("127.0.0.1:8005").await.unwrap(),
+        gw
+    );
+}
+
+/// A registration left behind by an older session of the same device (a kill -9 and a
+/// restart within the session timeout) is replaced rather than blocking the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_registration_of_the_same_device_is_replaced() {
+    let config = config("takeover");
+    let a = node(&config).await;
+    let old = raw_client(&config).await;
+    let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+    old.create(
+        "/live/ephemeral_4",
+        br#"{"address":"127.0.0.1:1"}"#,
+        &ephemeral,
+    )
+    .await
+    .unwrap();
+
+    a.coord.register_device(4, "127.0.0.1:7004").await.unwrap();
+    let (_, stat) = old.get_data("/live/ephemeral_4").await.unwrap();
+    assert_ne!(stat.ephemeral_owner, old.session_id().0);
+    until(&mut a.coord.members(), "the new address", |m| {
+        m.devices.get(&4).map(String::as_str) == Some("127.0.0.1:7004")
+    })
+    .await;
+}
+
+/// Malformed znode data is refused: the previous map stays published and later valid maps
+/// are still followed; a malformed registration is ignored; a corrupt catalog is not
+/// overwritten by an upsert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_znode_data_is_refused() {
+    let config = config("malformed");
+    let a = node(&config).await;
+    let raw = raw_client(&config).await;
+    a.coord.bootstrap_map(SEED_MAP).await.unwrap();
+    let mut map = a.coord.map();
+    let first = until(&mut map, "epoch 1", Option::is_some).await.unwrap();
+
+    raw.set_data("/map", b"{not json", None).await.unwrap();
+    let valid = format!(r#"{{"map": {}, "reweights": {{"1": 0}}}}"#, first.map_json);
+    raw.set_data("/map", valid.as_bytes(), None).await.unwrap();
+    let third = until(&mut map, "epoch 3", |m| {
+        m.as_ref().is_some_and(|m| m.epoch == 3)
+    })
+    .await;
+    assert_eq!(third.unwrap().reweight_of(1), 0);
+    assert!(map.borrow().is_some(), "the map was never withdrawn");
+
+    let ephemeral = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+    raw.create("/live/ephemeral_7", b"garbage", &ephemeral)
+        .await
+        .unwrap();
+    a.coord.register_device(8, "127.0.0.1:7008").await.unwrap();
+    let members = until(&mut a.coord.members(), "device 8", |m| m.is_live(8)).await;
+    assert!(!members.is_live(7));
+
+    a.coord
+        .bootstrap_catalog(&Catalog::from_json(DEFAULT_CATALOG).unwrap())
+        .await
+        .unwrap();
+    raw.set_data("/catalog", b"[]", None).await.unwrap();
+    assert!(matches!(
+        a.coord.upsert_product(product("100", "kiwi", 7)).await,
+        Err(CoordError::InvalidCatalogData { .. })
+    ));
+    let (data, _) = raw.get_data("/catalog").await.unwrap();
+    assert_eq!(data, b"[]");
+    assert!(
+        !a.coord.catalog().borrow().is_empty(),
+        "the last good catalog stays"
+    );
+}
