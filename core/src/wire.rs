@@ -68,6 +68,10 @@ pub enum DataFailure {
     /// The node is shutting down and accepts no more writes.
     #[error("device {device} is shutting down")]
     ShuttingDown { device: DeviceId },
+    /// A field of the request cannot be stored (the gateway validates first, so this is a
+    /// gateway bug or a foreign client).
+    #[error("device {device} refused the request: {problem}")]
+    InvalidRequest { device: DeviceId, problem: String },
 }
 
 /// A request from the API server to a gateway.

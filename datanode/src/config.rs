@@ -1,0 +1,155 @@
+//! [`DataNodeConfig`]: the data node's command line and `CARTDB_*` environment, validated
+//! once at start into [`NodeSettings`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cartdb_core::cart::DeviceId;
+use cartdb_core::config::{ConfigError, ZkArgs};
+use cartdb_core::coord::CoordConfig;
+use clap::Parser;
+
+/// Largest accepted `--max-batch`: a batch is one fjall batch held in memory.
+const MAX_BATCH_LIMIT: usize = 65_536;
+
+/// Configuration of one data node.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "cartdb-datanode",
+    version,
+    about = "cartdb data node: stores cart items in fjall and serves gateways"
+)]
+pub struct DataNodeConfig {
+    /// This node's CRUSH device id (`device_<id>` in the map). Required.
+    #[arg(long, env = "CARTDB_DEVICE_ID")]
+    pub device_id: DeviceId,
+    /// Address to listen on for gateways. Default: 127.0.0.1:7001.
+    #[arg(long, env = "CARTDB_LISTEN", default_value = "127.0.0.1:7001")]
+    pub listen: SocketAddr,
+    /// `host:port` gateways use to reach this node, registered in ZooKeeper. Default: the
+    /// bound listen address; required when listening on 0.0.0.0 or :: (containers).
+    #[arg(long, env = "CARTDB_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Directory of the node's fjall database, created if missing. Required.
+    #[arg(long, env = "CARTDB_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Most write requests committed together with one fsync. Default: 512.
+    #[arg(long, env = "CARTDB_MAX_BATCH", default_value_t = 512)]
+    pub max_batch: usize,
+    #[command(flatten)]
+    pub zk: ZkArgs,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub device: DeviceId,
+    pub data_dir: PathBuf,
+    /// `None`: advertise the bound address (see [`NodeSettings::advertise_addr`]).
+    pub advertise: Option<String>,
+    pub max_batch: usize,
+    pub coord: CoordConfig,
+}
+
+impl DataNodeConfig {
+    /// Checks every field.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first field that is refused.
+    pub fn settings(&self) -> Result<NodeSettings, ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data-dir", "must not be empty"));
+        }
+        if !(1..=MAX_BATCH_LIMIT).contains(&self.max_batch) {
+            return Err(ConfigError::new("max-batch", "must be between 1 and 65536"));
+        }
+        if let Some(advertise) = &self.advertise {
+            check_host_port(advertise)?;
+        } else if self.listen.ip().is_unspecified() {
+            return Err(ConfigError::new(
+                "advertise",
+                "is required when --listen is an unspecified address such as 0.0.0.0",
+            ));
+        }
+        Ok(NodeSettings {
+            device: self.device_id,
+            data_dir: self.data_dir.clone(),
+            advertise: self.advertise.clone(),
+            max_batch: self.max_batch,
+            coord: self.zk.coord_config()?,
+        })
+    }
+}
+
+impl NodeSettings {
+    /// The address to register: `--advertise`, or else the address the listener is bound to
+    /// (which differs from `--listen` when that asks for port 0).
+    pub fn advertise_addr(&self, bound: SocketAddr) -> String {
+        self.advertise.clone().unwrap_or_else(|| bound.to_string())
+    }
+}
+
+/// Checks `host:port` (a name or an address; IPv6 in brackets) with a non-zero port.
+fn check_host_port(value: &str) -> Result<(), ConfigError> {
+    let refused = || ConfigError::new("advertise", "must be host:port with a non-zero port");
+    let (host, port) = value.rsplit_once(':').ok_or_else(refused)?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = !host.is_empty() && !host.chars().any(|c| c.is_whitespace() || c == '/');
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        Err(refused())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> DataNodeConfig {
+        let mut argv = vec![
+            "cartdb-datanode",
+            "--device-id",
+            "3",
+            "--data-dir",
+            "/tmp/x",
+        ];
+        argv.extend_from_slice(args);
+        DataNodeConfig::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = parse(&[]).settings().unwrap();
+        assert_eq!(settings.device, 3);
+        assert_eq!(settings.max_batch, 512);
+        let bound: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        assert_eq!(settings.advertise_addr(bound), "127.0.0.1:7001");
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let field = |args: &[&str]| parse(args).settings().unwrap_err().field;
+        assert_eq!(field(&["--max-batch", "0"]), "max-batch");
+        assert_eq!(field(&["--listen", "0.0.0.0:7001"]), "advertise");
+        assert_eq!(field(&["--advertise", "node1"]), "advertise");
+        assert_eq!(field(&["--advertise", "node1:0"]), "advertise");
+        assert_eq!(field(&["--zk-chroot", "cartdb"]), "zk-chroot");
+    }
+
+    #[test]
+    fn an_advertised_name_is_accepted_on_any_listen_address() {
+        let settings = parse(&["--listen", "0.0.0.0:7001", "--advertise", "datanode1:7001"])
+            .settings()
+            .unwrap();
+        let bound: SocketAddr = "0.0.0.0:7001".parse().unwrap();
+        assert_eq!(settings.advertise_addr(bound), "datanode1:7001");
+    }
+
+    #[test]
+    fn the_device_id_and_data_dir_are_required() {
+        assert!(DataNodeConfig::try_parse_from(["cartdb-datanode", "--data-dir", "/x"]).is_err());
+        assert!(DataNodeConfig::try_parse_from(["cartdb-datanode", "--device-id", "1"]).is_err());
+    }
+}

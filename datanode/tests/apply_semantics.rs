@@ -1,0 +1,168 @@
+//! Apply semantics through the store: quantities fold in version order, retries are not
+//! applied twice, and a delete of an item not in the cart writes nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use cartdb_core::cart::{ItemKey, OpKind};
+use cartdb_core::wire::{DataFailure, DataResponse};
+use cartdb_datanode::store::CartStore;
+use common::{applied, close, duplicate, op, open};
+
+fn key(user: &str, product: &str) -> ItemKey {
+    ItemKey {
+        user: user.into(),
+        product: product.into(),
+    }
+}
+
+/// Operations that arrive out of version order still fold in version order: the replica
+/// ends with the quantity of the version-ordered log, clamped at zero along the way.
+#[tokio::test]
+async fn quantity_folds_in_version_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path(), 16);
+    // Version order: add(10), add(20), delete(30), delete(40), delete(50), add(60) -> 1.
+    // Arrival order differs; deletes do not require the item in the cart here (a replica
+    // catching up applies whatever the quorum accepted).
+    let arrivals = [
+        (6, OpKind::Add, 60),
+        (3, OpKind::Delete, 30),
+        (1, OpKind::Add, 10),
+        (5, OpKind::Delete, 50),
+        (2, OpKind::Add, 20),
+        (4, OpKind::Delete, 40),
+    ];
+    for (id, kind, hlc) in arrivals {
+        let mut request = op("u1", "p1", "c1", id, kind, hlc);
+        request.require_in_cart = false;
+        assert!(matches!(
+            writer.apply(request).await,
+            DataResponse::Applied {
+                duplicate: false,
+                ..
+            }
+        ));
+    }
+    let item = store.read_item(&key("u1", "p1")).unwrap().unwrap();
+    assert_eq!(item.qty(), 1);
+    assert!(item.ops.windows(2).all(|w| w[0].version < w[1].version));
+    close(store, writer).await;
+    let reopened = CartStore::open(dir.path()).unwrap();
+    assert_eq!(
+        reopened.read_item(&key("u1", "p1")).unwrap().unwrap().qty(),
+        1
+    );
+}
+
+/// A retried operation (same id) is answered as a duplicate with the current quantity and
+/// not logged twice, in the same batch or a later one.
+#[tokio::test]
+async fn a_retry_is_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path(), 16);
+    let add = op("u1", "p1", "c1", 1, OpKind::Add, 10);
+    let (first, second) = tokio::join!(writer.apply(add.clone()), writer.apply(add.clone()));
+    let mut replies = [first, second];
+    replies.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(replies, [applied(1), duplicate(1)]);
+    assert_eq!(writer.apply(add).await, duplicate(1));
+    let item = store.read_item(&key("u1", "p1")).unwrap().unwrap();
+    assert_eq!(item.ops.len(), 1);
+}
+
+/// A retried delete that took the quantity to zero is a duplicate, not "not in cart".
+#[tokio::test]
+async fn a_retried_delete_is_a_duplicate_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, writer) = open(dir.path(), 16);
+    assert_eq!(
+        writer.apply(op("u1", "p1", "c1", 1, OpKind::Add, 10)).await,
+        applied(1)
+    );
+    let delete = op("u1", "p1", "c1", 2, OpKind::Delete, 20);
+    assert_eq!(writer.apply(delete.clone()).await, applied(0));
+    assert_eq!(writer.apply(delete).await, duplicate(0));
+}
+
+/// A delete of an item that is not in the cart (never added, or back at zero) is refused
+/// with NotInCart and writes nothing.
+#[tokio::test]
+async fn a_delete_not_in_cart_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path(), 16);
+    let delete = op("u1", "p1", "c1", 1, OpKind::Delete, 10);
+    assert_eq!(writer.apply(delete).await, DataResponse::NotInCart);
+    assert_eq!(store.read_item(&key("u1", "p1")).unwrap(), None);
+    assert!(store.read_user("u1").unwrap().is_empty());
+
+    assert_eq!(
+        writer.apply(op("u1", "p1", "c1", 2, OpKind::Add, 20)).await,
+        applied(1)
+    );
+    assert_eq!(
+        writer
+            .apply(op("u1", "p1", "c1", 3, OpKind::Delete, 30))
+            .await,
+        applied(0)
+    );
+    let before = store.read_item(&key("u1", "p1")).unwrap();
+    assert_eq!(
+        writer
+            .apply(op("u1", "p1", "c1", 4, OpKind::Delete, 40))
+            .await,
+        DataResponse::NotInCart
+    );
+    assert_eq!(store.read_item(&key("u1", "p1")).unwrap(), before);
+}
+
+/// A user's items come back sorted by product id, and other users' items never leak into
+/// a prefix scan (even when one user id is a prefix of another).
+#[tokio::test]
+async fn read_user_is_sorted_and_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path(), 16);
+    for (id, (user, product)) in [("u1", "p3"), ("u1", "p1"), ("u10", "p2"), ("u1", "p2")]
+        .into_iter()
+        .enumerate()
+    {
+        let id = u128::try_from(id).unwrap() + 1;
+        assert_eq!(
+            writer
+                .apply(op(user, product, "c", id, OpKind::Add, 1))
+                .await,
+            applied(1)
+        );
+    }
+    let products: Vec<String> = store
+        .read_user("u1")
+        .unwrap()
+        .into_iter()
+        .map(|i| i.product)
+        .collect();
+    assert_eq!(products, ["p1", "p2", "p3"]);
+    assert_eq!(store.read_user("u10").unwrap().len(), 1);
+}
+
+/// Identifiers that could break the key layout are refused before they reach a batch, and
+/// the store keeps accepting valid writes.
+#[tokio::test]
+async fn invalid_identifiers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, writer) = open(dir.path(), 16);
+    for bad in [
+        op("u\0x", "p", "c", 1, OpKind::Add, 1),
+        op("u", "p", "", 2, OpKind::Add, 1),
+    ] {
+        let reply = writer.apply(bad).await;
+        assert!(
+            matches!(reply, DataResponse::Failed(DataFailure::InvalidRequest { .. })),
+            "{reply:?}"
+        );
+    }
+    assert_eq!(
+        writer.apply(op("u", "p", "c", 3, OpKind::Add, 1)).await,
+        applied(1)
+    );
+}

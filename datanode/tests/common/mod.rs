@@ -1,0 +1,80 @@
+//! Helpers shared by the behaviour tests: request builders and a store with its writer.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+#![allow(clippy::expect_used, reason = "tests fail loudly")]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cartdb_core::cart::{ItemKey, ItemMeta, OpId, OpKind, Operation};
+use cartdb_core::version::Version;
+use cartdb_core::wire::DataResponse;
+use cartdb_datanode::group_commit::{ApplyRequest, GroupCommit, GroupCommitSettings};
+use cartdb_datanode::store::CartStore;
+
+pub const DEVICE: u32 = 7;
+
+/// An operation on `user`'s `product` in `category`, with version `hlc`.
+pub fn op(
+    user: &str,
+    product: &str,
+    category: &str,
+    id: u128,
+    kind: OpKind,
+    hlc: u64,
+) -> ApplyRequest {
+    ApplyRequest {
+        key: ItemKey {
+            user: user.into(),
+            product: product.into(),
+        },
+        meta: ItemMeta {
+            price: 10,
+            category: category.into(),
+        },
+        op: Operation {
+            id: OpId(id),
+            kind,
+            version: Version { hlc, gateway: 1 },
+        },
+        require_in_cart: kind == OpKind::Delete,
+    }
+}
+
+/// Opens the store in `dir` and starts a writer over it.
+pub fn open(dir: &Path, max_batch: usize) -> (Arc<CartStore>, GroupCommit) {
+    let store = Arc::new(CartStore::open(dir).expect("open store"));
+    let settings = GroupCommitSettings {
+        device: DEVICE,
+        max_batch,
+    };
+    let writer = GroupCommit::start(store.clone(), settings).expect("start writer");
+    (store, writer)
+}
+
+/// Stops the writer and drops the store, so the directory can be opened again.
+pub async fn close(store: Arc<CartStore>, writer: GroupCommit) {
+    writer.shutdown().await.expect("stop writer");
+    drop(writer);
+    assert_eq!(
+        Arc::strong_count(&store),
+        1,
+        "the writer thread still holds the store"
+    );
+    drop(store);
+}
+
+pub fn applied(qty: u64) -> DataResponse {
+    DataResponse::Applied {
+        qty,
+        duplicate: false,
+    }
+}
+
+pub fn duplicate(qty: u64) -> DataResponse {
+    DataResponse::Applied {
+        qty,
+        duplicate: true,
+    }
+}

@@ -1,0 +1,190 @@
+//! Protocol robustness: a peer that sends garbage, an oversize length prefix or an
+//! undecodable request has its connection closed, and the node keeps serving proper clients.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cartdb_core::cart::OpKind;
+use cartdb_core::rpc::{Hello, RpcClient, serve};
+use cartdb_core::wire::{DataRequest, DataResponse, ServiceKind};
+use cartdb_datanode::group_commit::GroupCommitSettings;
+use cartdb_datanode::service::DataNodeService;
+use common::op;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+type Client = RpcClient<DataRequest, DataResponse>;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn start_node(
+    dir: &std::path::Path,
+) -> (
+    String,
+    Arc<DataNodeService>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let settings = GroupCommitSettings {
+        device: common::DEVICE,
+        max_batch: 64,
+    };
+    let service = DataNodeService::open(dir, settings).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn({
+        let (service, shutdown) = (service.clone(), shutdown.clone());
+        async move { serve(listener, service, shutdown).await.unwrap() }
+    });
+    (addr, service, shutdown, server)
+}
+
+fn apply(id: u128, kind: OpKind) -> DataRequest {
+    let request = op("u1", "p1", "fruit", id, kind, u64::try_from(id).unwrap());
+    DataRequest::Apply {
+        key: request.key,
+        meta: request.meta,
+        op: request.op,
+        require_in_cart: request.require_in_cart,
+    }
+}
+
+async fn write_frame(stream: &mut TcpStream, body: &[u8]) {
+    stream
+        .write_u32(u32::try_from(body.len()).unwrap())
+        .await
+        .unwrap();
+    stream.write_all(body).await.unwrap();
+}
+
+/// Connects raw and completes the hello, as a well-behaved client would.
+async fn raw_after_hello(addr: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let hello = postcard::to_stdvec(&Hello::new(ServiceKind::DataNode)).unwrap();
+    write_frame(&mut stream, &hello).await;
+    let len = stream.read_u32().await.unwrap();
+    let mut theirs = vec![0; usize::try_from(len).unwrap()];
+    stream.read_exact(&mut theirs).await.unwrap();
+    stream
+}
+
+/// Waits for the server to close the connection (EOF or reset), ignoring what it sends.
+async fn assert_closed_by_server(mut stream: TcpStream) {
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+}
+
+/// The full request set works over RPC: apply, read the user back, list the category.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proper_client_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, service, shutdown, server) = start_node(dir.path()).await;
+    let client = Client::connect(&addr, ServiceKind::DataNode, TIMEOUT)
+        .await
+        .unwrap();
+    let reply = client.call(&apply(1, OpKind::Add), TIMEOUT).await.unwrap();
+    assert_eq!(
+        reply,
+        DataResponse::Applied {
+            qty: 1,
+            duplicate: false
+        }
+    );
+    let reply = client
+        .call(&DataRequest::ReadUser { user: "u1".into() }, TIMEOUT)
+        .await
+        .unwrap();
+    let DataResponse::UserItems { items } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(items.len(), 1);
+    let reply = client
+        .call(
+            &DataRequest::ListCategory {
+                category: "fruit".into(),
+            },
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reply,
+        DataResponse::CategoryUsers {
+            users: vec!["u1".into()]
+        }
+    );
+    shutdown.cancel();
+    server.await.unwrap();
+    service.close().await.unwrap();
+}
+
+/// Garbage instead of a hello, an oversize length prefix and an undecodable request each
+/// close only their own connection; a client connected before and one connected after are
+/// both served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peers_are_disconnected_and_others_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, service, shutdown, server) = start_node(dir.path()).await;
+    let before = Client::connect(&addr, ServiceKind::DataNode, TIMEOUT)
+        .await
+        .unwrap();
+
+    let mut garbage = TcpStream::connect(&addr).await.unwrap();
+    garbage
+        .write_all(b"\x00\x00\x00\x05hello, not a cartdb peer")
+        .await
+        .unwrap();
+    assert_closed_by_server(garbage).await;
+
+    let mut oversize = raw_after_hello(&addr).await;
+    oversize.write_u32(u32::MAX).await.unwrap();
+    oversize.write_all(&[0; 64]).await.unwrap();
+    assert_closed_by_server(oversize).await;
+
+    let mut undecodable = raw_after_hello(&addr).await;
+    write_frame(&mut undecodable, &[0xff; 16]).await;
+    assert_closed_by_server(undecodable).await;
+
+    let reply = before.call(&apply(1, OpKind::Add), TIMEOUT).await.unwrap();
+    assert_eq!(
+        reply,
+        DataResponse::Applied {
+            qty: 1,
+            duplicate: false
+        }
+    );
+    let after = Client::connect(&addr, ServiceKind::DataNode, TIMEOUT)
+        .await
+        .unwrap();
+    let reply = after.call(&apply(2, OpKind::Add), TIMEOUT).await.unwrap();
+    assert_eq!(
+        reply,
+        DataResponse::Applied {
+            qty: 2,
+            duplicate: false
+        }
+    );
+
+    shutdown.cancel();
+    server.await.unwrap();
+    service.close().await.unwrap();
+}
+
+/// A client that expects a gateway is refused at the hello.
+#[tokio::test]
+async fn the_wrong_service_is_refused_at_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, _service, shutdown, server) = start_node(dir.path()).await;
+    let wrong =
+        RpcClient::<DataRequest, DataResponse>::connect(&addr, ServiceKind::Gateway, TIMEOUT).await;
+    assert!(wrong.is_err());
+    shutdown.cancel();
+    server.await.unwrap();
+}
