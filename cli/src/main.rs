@@ -1,0 +1,49 @@
+//! `cartdb`: the operator CLI.
+//!
+//! # Layout
+//! - `policy`: `cartdb policy place|verify`, running placement policy components.
+//! - `bench`: `cartdb bench`, load and latency measurement of a running API server.
+//!
+//! Adding a subcommand: one [`Command`] variant and one arm in [`run`].
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod policy;
+
+/// The cartdb operator CLI.
+#[derive(Debug, Parser)]
+#[command(name = "cartdb", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run placement policies: place keys, or verify against conformance vectors.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Drive a running API server with a cart-like load and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+/// Runs one command; `Ok` carries the exit code of a command that ran to its end.
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Policy(command) => policy::run(command),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
