@@ -2,6 +2,8 @@
 //! header gets the same JSON error shape and status table as every other failure.
 
 use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use cartdb_core::cart::validate_id;
@@ -9,7 +11,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// A JSON body; rejections become 400 (or 413 for an oversize body).
+/// A JSON object body; rejections become 400 (or 413 for an oversize body).
+///
+/// Only an object is accepted: serde's derived structs would otherwise also accept an array
+/// and fill the fields by position, so `["u1","pork"]` would be taken as an insert.
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
 
@@ -17,7 +22,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let Json(value) = Json::<T>::from_request(request, state).await?;
+        let (parts, body) = request.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|e| ApiError::from(JsonRejection::from(e)))?;
+        let is_array = bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'[');
+        let rebuilt = Request::from_parts(parts, Body::from(bytes));
+        let Json(value) = Json::<T>::from_request(rebuilt, state).await?;
+        if is_array {
+            return Err(ApiError::MalformedJson {
+                detail: "the body must be a JSON object".to_owned(),
+            });
+        }
         Ok(Self(value))
     }
 }

@@ -41,6 +41,23 @@ async fn malformed_json_is_400() {
     }
 }
 
+/// An array whose items would fill the fields by position is still not an object: 400.
+#[tokio::test]
+async fn positional_arrays_are_400() {
+    for (uri, body) in [
+        ("/api/insert", r#"["u1","pork"]"#),
+        ("/api/delete", r#"["u1","pork"]"#),
+        ("/api/products", r#"["778","dates","4",5]"#),
+    ] {
+        expect(
+            post_json(uri, body),
+            StatusCode::BAD_REQUEST,
+            "must be a JSON object",
+        )
+        .await;
+    }
+}
+
 /// A body that is not declared as JSON is 400, not axum's 415 plain text.
 #[tokio::test]
 async fn wrong_content_type_is_400() {

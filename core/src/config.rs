@@ -14,7 +14,11 @@ pub struct ZkArgs {
     #[arg(long = "zk", env = "CARTDB_ZK", default_value = "127.0.0.1:2181")]
     pub servers: String,
     /// Znode under which all of cartdb's state lives.
-    #[arg(long = "zk-chroot", env = "CARTDB_ZK_CHROOT", default_value = "/cartdb")]
+    #[arg(
+        long = "zk-chroot",
+        env = "CARTDB_ZK_CHROOT",
+        default_value = "/cartdb"
+    )]
     pub chroot: String,
     /// ZooKeeper session timeout in milliseconds: how long a silent process keeps its
     /// ephemeral znodes (and so stays "up").
@@ -73,15 +77,25 @@ impl Replication {
     ///
     /// # Errors
     /// [`ConfigError`] naming the offending setting.
-    pub fn new(replicas: usize, write_quorum: usize, read_quorum: usize) -> Result<Self, ConfigError> {
+    pub fn new(
+        replicas: usize,
+        write_quorum: usize,
+        read_quorum: usize,
+    ) -> Result<Self, ConfigError> {
         if replicas == 0 {
             return Err(ConfigError::new("replicas", "must be at least 1"));
         }
         if write_quorum == 0 || write_quorum > replicas {
-            return Err(ConfigError::new("write-quorum", "must be between 1 and replicas"));
+            return Err(ConfigError::new(
+                "write-quorum",
+                "must be between 1 and replicas",
+            ));
         }
         if read_quorum == 0 || read_quorum > replicas {
-            return Err(ConfigError::new("read-quorum", "must be between 1 and replicas"));
+            return Err(ConfigError::new(
+                "read-quorum",
+                "must be between 1 and replicas",
+            ));
         }
         if read_quorum + write_quorum <= replicas {
             return Err(ConfigError::new(

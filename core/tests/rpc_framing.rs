@@ -1,5 +1,6 @@
 //! The framed RPC layer: concurrent requests share a connection, and a peer that sends
 //! garbage loses only its own connection.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -62,6 +62,39 @@ pub struct CoordConfig {
 /// How long [`Coordinator::connect`] waits for the first read of the watched state.
 const INITIAL_LOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a starting process keeps trying to reach ZooKeeper. Processes may start before
+/// ZooKeeper does (compose starts them together), and a ZooKeeper that is still writing its
+/// first snapshot can time out a request or two.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Opens the first session, retrying failures that a ZooKeeper still starting up causes
+/// until [`STARTUP_DEADLINE`]; a configuration error (a bad chroot) fails at once.
+async fn open_with_retries(
+    config: &CoordConfig,
+    shutdown: &CancellationToken,
+) -> Result<Zk, CoordError> {
+    let deadline = tokio::time::Instant::now() + STARTUP_DEADLINE;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let error = match Zk::open(config).await {
+            Ok(zk) => return Ok(zk),
+            Err(e) => e,
+        };
+        // Only a bad chroot is final; anything ZooKeeper says while starting may pass.
+        let retryable = !matches!(error, CoordError::InvalidName { .. });
+        if !retryable || tokio::time::Instant::now() + delay > deadline {
+            return Err(error);
+        }
+        warn!(servers = %config.servers, error = %error, "ZooKeeper not reachable yet; retrying");
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(CoordError::ShuttingDown),
+            // A back-off between attempts, not synchronisation.
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// Rounds of read-modify-compare-and-set before a catalog update gives up.
 const CAS_ATTEMPTS: u32 = 10;
 
@@ -97,7 +130,7 @@ impl Coordinator {
         config: CoordConfig,
         shutdown: CancellationToken,
     ) -> Result<Coordinator, CoordError> {
-        let zk = Zk::open(&config).await?;
+        let zk = open_with_retries(&config, &shutdown).await?;
         info!(servers = %config.servers, chroot = %config.chroot, session = %zk.session_id(), "connected to ZooKeeper");
         let stop = shutdown.child_token();
         let stop_on_drop = Arc::new(stop.clone().drop_guard());

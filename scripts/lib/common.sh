@@ -1,0 +1,59 @@
+# shellcheck shell=bash
+# Shared helpers for cartdb's scripts: messages, the repository root, and polling with a
+# deadline. Source it; it defines functions only.
+
+# The repository root (the parent of scripts/).
+CARTDB_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export CARTDB_REPO
+
+# Messages go to stderr so that a script's stdout stays usable.
+if [[ -t 2 ]]; then
+    _c_bold=$'\e[1m' _c_red=$'\e[31m' _c_green=$'\e[32m' _c_yellow=$'\e[33m' _c_off=$'\e[0m'
+else
+    _c_bold='' _c_red='' _c_green='' _c_yellow='' _c_off=''
+fi
+
+info() { printf '%s==>%s %s\n' "$_c_bold" "$_c_off" "$*" >&2; }
+ok() { printf '%s ok%s %s\n' "$_c_green" "$_c_off" "$*" >&2; }
+warn() { printf '%swarning:%s %s\n' "$_c_yellow" "$_c_off" "$*" >&2; }
+die() {
+    printf '%serror:%s %s\n' "$_c_red" "$_c_off" "$*" >&2
+    exit 1
+}
+
+# section TITLE: a visible header between the steps of a long script.
+section() {
+    printf '\n%s========== %s ==========%s\n' "$_c_bold" "$*" "$_c_off" >&2
+}
+
+# poll_until TIMEOUT_SECONDS DESCRIPTION COMMAND [ARGS...]
+# Runs COMMAND until it succeeds or the deadline passes (returns 1 then). Pauses 0.2 s
+# between attempts; the command is what is waited for, never the pause.
+poll_until() {
+    local timeout=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + timeout))
+    until "$@"; do
+        if ((SECONDS >= deadline)); then
+            warn "gave up after ${timeout}s waiting for ${what}"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# port_in_use PORT: true if something accepts connections on 127.0.0.1:PORT.
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# log_tail FILE [LINES]: the last lines of a log, indented, for error reports.
+log_tail() {
+    local file=$1 lines=${2:-30}
+    if [[ -f $file ]]; then
+        printf -- '----- last %s lines of %s -----\n' "$lines" "$file" >&2
+        tail -n "$lines" "$file" | sed 's/^/  | /' >&2
+    else
+        printf -- '----- %s does not exist -----\n' "$file" >&2
+    fi
+}

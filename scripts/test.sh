@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Everything CI checks, in order, with a header per step and a summary at the end:
+#
+#   1. dependencies         scripts/install-deps.sh
+#   2. format               cargo fmt --all --check
+#   3. build                cargo build --workspace --all-targets (makes target/debug/cartdb-*,
+#                           which the cluster tests run as processes, and target/policies/*.wasm)
+#   4. lint                 cargo clippy --workspace --all-targets -- -D warnings
+#   5. unit and crate tests cargo test --workspace --exclude cartdb-tests --no-fail-fast
+#   6. cluster tests        cargo test -p cartdb-tests --no-fail-fast -- --test-threads=2
+#   7. policy conformance   cartdb policy verify against every ../shared/crush/*-vectors.csv
+#
+# The cluster tests run at most two clusters at a time: each is a ZooKeeper JVM plus nine
+# cartdb processes, and CI has 2 cores. Two overlap one cluster's start-up with another's
+# test, about halving the wall time of one at a time, while more would make the processes
+# compete for CPU long enough to risk 2-second ZooKeeper sessions expiring by accident.
+#
+# A failed step does not hide the later ones (except a failed build, after which nothing
+# can run); the script exits non-zero if any step failed.
+set -euo pipefail
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+cd "$CARTDB_REPO"
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$CARTDB_REPO/target}"
+SHARED="$CARTDB_REPO/../shared"
+if [[ ${CI:-} == true ]]; then
+    # A fresh clone builds everything once: incremental artefacts only cost time and disk.
+    export CARGO_INCREMENTAL=0
+fi
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export CARTDB_BIN_DIR="$TARGET_DIR/debug"
+
+results=()
+failed=0
+# step NAME COMMAND...: runs one step under a header and records PASS/FAIL with its duration.
+step() {
+    local name=$1 started=$SECONDS status=0
+    shift
+    section "$name"
+    "$@" || status=$?
+    if ((status == 0)); then
+        results+=("PASS  $name ($((SECONDS - started))s)")
+    else
+        results+=("FAIL  $name ($((SECONDS - started))s, exit $status)")
+        failed=1
+    fi
+    return "$status"
+}
+
+summary() {
+    section "summary"
+    printf '  %s\n' "${results[@]}" >&2
+    if ((failed)); then
+        printf '\n%s\n' "FAILED" >&2
+        exit 1
+    fi
+    printf '\n%s\n' "all steps passed" >&2
+}
+
+# verify_policies: runs `cartdb policy verify` for every <name>-vectors.csv in shared/crush
+# with its <name>-map.json, printing the closing lines; fails on any failed vector.
+verify_policies() {
+    local crush="$SHARED/crush" vectors map name out status any=0 bad=0
+    if [[ ! -d $crush ]]; then
+        warn "$crush not found: the conformance vectors live in shared/crush beside the repository"
+        warn "(clone or copy the project's shared/ folder next to this repository, at $SHARED)"
+        return 1
+    fi
+    for vectors in "$crush"/*-vectors.csv; do
+        [[ -f $vectors ]] || continue
+        any=1
+        name=$(basename "$vectors" -vectors.csv)
+        map="$crush/$name-map.json"
+        if [[ ! -f $map ]]; then
+            warn "$map not found for $vectors"
+            bad=1
+            continue
+        fi
+        info "$name: cartdb policy verify --policy target/policies/crush.wasm --map $map --vectors $vectors"
+        status=0
+        out=$("$TARGET_DIR/debug/cartdb" policy verify --policy "$TARGET_DIR/policies/crush.wasm" \
+            --map "$map" --vectors "$vectors" 2>&1) || status=$?
+        if ((status != 0)) || ! grep -Eq '^[0-9]+ passed, 0 failed' <<<"$out"; then
+            printf '%s\n' "$out" | tail -n 40
+            warn "$name: conformance failed (exit $status)"
+            bad=1
+        else
+            printf '%s\n' "$out" | tail -n 5
+        fi
+    done
+    ((any)) || { warn "no *-vectors.csv in $crush"; return 1; }
+    return "$bad"
+}
+
+step "dependencies (scripts/install-deps.sh)" "$CARTDB_REPO/scripts/install-deps.sh" || summary
+step "format (cargo fmt --all --check)" cargo fmt --all --check || true
+if ! step "build (cargo build --workspace --all-targets)" cargo build --workspace --all-targets; then
+    summary
+fi
+step "lint (cargo clippy --workspace --all-targets -- -D warnings)" \
+    cargo clippy --workspace --all-targets -- -D warnings || true
+step "unit and crate tests (cargo test --workspace --exclude cartdb-tests --no-fail-fast)" \
+    cargo test --workspace --exclude cartdb-tests --no-fail-fast || true
+step "cluster tests (cargo test -p cartdb-tests --no-fail-fast -- --test-threads=2)" \
+    cargo test -p cartdb-tests --no-fail-fast -- --test-threads=2 || true
+step "policy conformance (cartdb policy verify)" verify_policies || true
+summary

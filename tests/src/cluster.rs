@@ -1,0 +1,475 @@
+//! [`Cluster`]: ZooKeeper, the data nodes, the gateways and the API server of one test, each a
+//! real OS process on its own free loopback port, all under one temporary directory.
+//!
+//! ```text
+//! <tmp>/cartdb-cluster-XXXX/
+//!   zookeeper/{zoo.cfg,data/,zookeeper.log}
+//!   datanode-<id>/data/      datanode-<id>.log
+//!   gateway-<n>.log          api.log
+//! ```
+//!
+//! Data nodes and gateways are numbered from 1 (data node `i` is CRUSH device `device_i`).
+//! A restarted process gets the same command line: the same port and the same data directory.
+//! Dropping the cluster kills every process (API, gateways, data nodes, then ZooKeeper) and
+//! prints the tail of every log; the test harness shows that output only for failing tests.
+//! The directory is kept when the test panicked or `CARTDB_KEEP_CLUSTER` is set.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::client::ApiClient;
+use crate::ports::free_port;
+use crate::process::Service;
+use crate::view::ClusterView;
+use crate::wait::Deadline;
+use crate::zookeeper::ZooKeeper;
+
+/// What to start. `Default` is the seed's shape: 6 data nodes, 2 gateways, RF=3, W=2, R=2.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Data nodes, devices `device_1..=device_n` of the CRUSH map.
+    pub datanodes: usize,
+    /// Gateways.
+    pub gateways: usize,
+    /// Replicas of every item (RF).
+    pub replicas: usize,
+    /// Acknowledgements a write needs (W).
+    pub write_quorum: usize,
+    /// Replies a read needs (R).
+    pub read_quorum: usize,
+    /// The API server's admin bearer token, if any.
+    pub admin_token: Option<String>,
+    /// ZooKeeper session timeout of every process: how long a silent process stays "up".
+    pub zk_session_timeout_ms: u64,
+    /// How long [`Cluster::start`] waits for everything to come up.
+    pub start_timeout: Duration,
+    /// The CRUSH map file (default `<workspace>/config/crush-map.json`).
+    pub map_file: Option<PathBuf>,
+    /// The catalog file (default `<workspace>/config/catalog.json`).
+    pub catalog_file: Option<PathBuf>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            datanodes: 6,
+            gateways: 2,
+            replicas: 3,
+            write_quorum: 2,
+            read_quorum: 2,
+            admin_token: None,
+            zk_session_timeout_ms: 2_000,
+            start_timeout: Duration::from_secs(90),
+            map_file: None,
+            catalog_file: None,
+        }
+    }
+}
+
+/// The files a cluster is made from, checked before anything starts.
+#[derive(Debug, Clone)]
+struct Artifacts {
+    datanode: PathBuf,
+    gateway: PathBuf,
+    api: PathBuf,
+    policy: PathBuf,
+    map: PathBuf,
+    catalog: PathBuf,
+}
+
+impl Artifacts {
+    fn locate(options: &ClusterOptions) -> anyhow::Result<Self> {
+        let bin = bin_dir();
+        let root = workspace_root();
+        let artifacts = Self {
+            datanode: bin.join("cartdb-datanode"),
+            gateway: bin.join("cartdb-gateway"),
+            api: bin.join("cartdb-api"),
+            policy: PathBuf::from(cartdb_policies::CRUSH_POLICY_WASM),
+            map: options
+                .map_file
+                .clone()
+                .unwrap_or_else(|| root.join("config/crush-map.json")),
+            catalog: options
+                .catalog_file
+                .clone()
+                .unwrap_or_else(|| root.join("config/catalog.json")),
+        };
+        for binary in [&artifacts.datanode, &artifacts.gateway, &artifacts.api] {
+            if !binary.is_file() {
+                bail!(
+                    "{} not found: run `cargo build --workspace` first (or set CARTDB_BIN_DIR to the directory holding the cartdb binaries)",
+                    binary.display()
+                );
+            }
+        }
+        for file in [&artifacts.policy, &artifacts.map, &artifacts.catalog] {
+            if !file.is_file() {
+                bail!(
+                    "{} not found: run `cargo build --workspace` first",
+                    file.display()
+                );
+            }
+        }
+        Ok(artifacts)
+    }
+}
+
+/// The workspace root (the parent of this crate's folder).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Where the `cartdb-*` binaries are: `CARTDB_BIN_DIR`, else the profile directory of the
+/// running test executable (`target/<profile>/deps/..`), else `<workspace>/target/debug`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARTDB_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let from_exe = std::env::current_exe().ok().and_then(|exe| {
+        let deps = exe.parent()?;
+        (deps.file_name()? == "deps").then(|| deps.parent().map(Path::to_path_buf))?
+    });
+    from_exe.unwrap_or_else(|| workspace_root().join("target/debug"))
+}
+
+/// A running cartdb cluster. See the module docs for its layout.
+#[derive(Debug)]
+pub struct Cluster {
+    options: ClusterOptions,
+    client: ApiClient,
+    api: Service,
+    gateways: Vec<Service>,
+    datanodes: Vec<Service>,
+    zookeeper: ZooKeeper,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts ZooKeeper, then every data node, gateway and the API server, and waits until
+    /// `/api/cluster` shows every device up and in and every gateway registered.
+    ///
+    /// # Errors
+    /// When a binary or input file is missing, a process exits during start-up, or the
+    /// cluster is not ready within `options.start_timeout`; the error carries the log tails.
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<Self> {
+        let artifacts = Artifacts::locate(&options)?;
+        let dir = tempfile::Builder::new()
+            .prefix("cartdb-cluster-")
+            .tempdir()
+            .context("creating the cluster directory")?;
+        let zk_dir = dir.path().join("zookeeper");
+        let zookeeper = ZooKeeper::start(&zk_dir, free_port()?, options.start_timeout).await?;
+        let api_port = free_port()?;
+        let api_url = format!("http://127.0.0.1:{api_port}");
+        let api = Self::api_service(&artifacts, dir.path(), api_port, &zookeeper, &options);
+        let mut cluster = Self {
+            client: ApiClient::new(api_url, options.admin_token.clone())?,
+            options,
+            api,
+            gateways: Vec::new(),
+            datanodes: Vec::new(),
+            zookeeper,
+            dir: Some(dir),
+        };
+        match cluster.launch(&artifacts).await {
+            Ok(()) => Ok(cluster),
+            Err(error) => {
+                let tails = cluster.log_tails(40);
+                let kept = cluster.keep_dir();
+                Err(error.context(format!(
+                    "cluster start-up failed (directory kept: {kept})\n{tails}"
+                )))
+            }
+        }
+    }
+
+    async fn launch(&mut self, artifacts: &Artifacts) -> anyhow::Result<()> {
+        for id in 1..=self.options.datanodes {
+            let mut node = self.datanode_service(artifacts, id)?;
+            node.start()?;
+            self.datanodes.push(node);
+        }
+        for n in 1..=self.options.gateways {
+            let mut gateway = self.gateway_service(artifacts, n)?;
+            gateway.start()?;
+            self.gateways.push(gateway);
+        }
+        self.api.start()?;
+        let (devices, gateways) = (self.options.datanodes, self.options.gateways);
+        let what = "every device up and in and every gateway registered";
+        self.wait_for_view(what, self.options.start_timeout, |view| {
+            view.devices.len() == devices
+                && view.devices_up_and_in() == devices
+                && view.gateways == gateways
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn datanode_service(&self, artifacts: &Artifacts, id: usize) -> anyhow::Result<Service> {
+        let root = self.path();
+        let data = root.join(format!("datanode-{id}/data"));
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let log = root.join(format!("datanode-{id}.log"));
+        Ok(
+            Service::new(format!("datanode-{id}"), &artifacts.datanode, log)
+                .args(["--device-id".to_owned(), id.to_string()])
+                .args(["--listen".to_owned(), format!("127.0.0.1:{}", free_port()?)])
+                .args(["--data-dir".into(), data.into_os_string()])
+                .args(self.zk_args()),
+        )
+    }
+
+    fn gateway_service(&self, artifacts: &Artifacts, n: usize) -> anyhow::Result<Service> {
+        let o = &self.options;
+        let log = self.path().join(format!("gateway-{n}.log"));
+        Ok(
+            Service::new(format!("gateway-{n}"), &artifacts.gateway, log)
+                .args(["--listen".to_owned(), format!("127.0.0.1:{}", free_port()?)])
+                .args(self.zk_args())
+                .args([
+                    "--placement-policy".into(),
+                    artifacts.policy.clone().into_os_string(),
+                ])
+                .args(["--map-file".into(), artifacts.map.clone().into_os_string()])
+                .args([
+                    "--catalog-file".into(),
+                    artifacts.catalog.clone().into_os_string(),
+                ])
+                .args(["--replicas".to_owned(), o.replicas.to_string()])
+                .args(["--write-quorum".to_owned(), o.write_quorum.to_string()])
+                .args(["--read-quorum".to_owned(), o.read_quorum.to_string()]),
+        )
+    }
+
+    fn api_service(
+        artifacts: &Artifacts,
+        dir: &Path,
+        port: u16,
+        zk: &ZooKeeper,
+        options: &ClusterOptions,
+    ) -> Service {
+        let mut api = Service::new("api", &artifacts.api, dir.join("api.log"))
+            .args(["--listen".to_owned(), format!("127.0.0.1:{port}")])
+            .args(["--zk".to_owned(), zk.connect_string()])
+            .args([
+                "--zk-session-timeout-ms".to_owned(),
+                options.zk_session_timeout_ms.to_string(),
+            ]);
+        if let Some(token) = &options.admin_token {
+            api = api.args(["--admin-token", token]);
+        }
+        api
+    }
+
+    fn zk_args(&self) -> [String; 4] {
+        [
+            "--zk".to_owned(),
+            self.zookeeper.connect_string(),
+            "--zk-session-timeout-ms".to_owned(),
+            self.options.zk_session_timeout_ms.to_string(),
+        ]
+    }
+
+    /// The cluster's directory.
+    pub fn path(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map_or(Path::new("."), tempfile::TempDir::path)
+    }
+
+    /// The options the cluster was started with.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    /// The API server's base URL, e.g. `http://127.0.0.1:23456`.
+    pub fn api_url(&self) -> &str {
+        self.client.base()
+    }
+
+    /// A client of the API server (with the admin token, if the cluster has one).
+    pub fn client(&self) -> &ApiClient {
+        &self.client
+    }
+
+    /// `host:port` of the cluster's ZooKeeper.
+    pub fn zk_connect_string(&self) -> String {
+        self.zookeeper.connect_string()
+    }
+
+    /// Data node `id` (1-based, the CRUSH device id).
+    ///
+    /// # Errors
+    /// When there is no such data node.
+    pub fn datanode(&mut self, id: usize) -> anyhow::Result<&mut Service> {
+        let count = self.datanodes.len();
+        id.checked_sub(1)
+            .and_then(|i| self.datanodes.get_mut(i))
+            .with_context(|| format!("no data node {id} (the cluster has 1..={count})"))
+    }
+
+    /// Gateway `n` (1-based).
+    ///
+    /// # Errors
+    /// When there is no such gateway.
+    pub fn gateway(&mut self, n: usize) -> anyhow::Result<&mut Service> {
+        let count = self.gateways.len();
+        n.checked_sub(1)
+            .and_then(|i| self.gateways.get_mut(i))
+            .with_context(|| format!("no gateway {n} (the cluster has 1..={count})"))
+    }
+
+    /// The API server process.
+    pub fn api(&mut self) -> &mut Service {
+        &mut self.api
+    }
+
+    /// SIGKILLs data node `id`.
+    ///
+    /// # Errors
+    /// When there is no such node or it cannot be killed.
+    pub fn kill_datanode(&mut self, id: usize) -> anyhow::Result<()> {
+        self.datanode(id)?.kill()
+    }
+
+    /// Starts data node `id` again: same port, same data directory (killing it first if it runs).
+    ///
+    /// # Errors
+    /// When there is no such node or it cannot be started.
+    pub fn restart_datanode(&mut self, id: usize) -> anyhow::Result<()> {
+        self.datanode(id)?.restart()
+    }
+
+    /// SIGSTOPs data node `id`.
+    ///
+    /// # Errors
+    /// When there is no such node or it is not running.
+    pub fn pause_datanode(&mut self, id: usize) -> anyhow::Result<()> {
+        self.datanode(id)?.pause()
+    }
+
+    /// SIGCONTs data node `id`.
+    ///
+    /// # Errors
+    /// When there is no such node or it is not running.
+    pub fn resume_datanode(&mut self, id: usize) -> anyhow::Result<()> {
+        self.datanode(id)?.resume()
+    }
+
+    /// SIGKILLs gateway `n`.
+    ///
+    /// # Errors
+    /// When there is no such gateway or it cannot be killed.
+    pub fn kill_gateway(&mut self, n: usize) -> anyhow::Result<()> {
+        self.gateway(n)?.kill()
+    }
+
+    /// Starts gateway `n` again with the same command line.
+    ///
+    /// # Errors
+    /// When there is no such gateway or it cannot be started.
+    pub fn restart_gateway(&mut self, n: usize) -> anyhow::Result<()> {
+        self.gateway(n)?.restart()
+    }
+
+    /// `GET /api/cluster`, parsed.
+    ///
+    /// # Errors
+    /// When the API cannot be reached, answers an error, or the document cannot be parsed.
+    pub async fn view(&self) -> anyhow::Result<ClusterView> {
+        let reply = self.client.cluster().await?;
+        if reply.status != 200 {
+            bail!("/api/cluster answered {reply}");
+        }
+        ClusterView::parse(&reply.json)
+    }
+
+    /// Polls `/api/cluster` until `condition` holds (up to `timeout`); fails early, with the
+    /// log tail, if a process that should be running has exited.
+    ///
+    /// # Errors
+    /// When the deadline passes (naming `what` and the last view) or a process died.
+    pub async fn wait_for_view(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&ClusterView) -> bool,
+    ) -> anyhow::Result<ClusterView> {
+        let mut deadline = Deadline::after(timeout);
+        let mut last;
+        loop {
+            self.ensure_running()?;
+            match self.view().await {
+                Ok(view) if condition(&view) => return Ok(view),
+                Ok(view) => last = view.raw.to_string(),
+                Err(error) => last = format!("{error:#}"),
+            }
+            if deadline.has_passed() {
+                bail!("timed out after {timeout:?} waiting for {what}; last /api/cluster: {last}");
+            }
+            deadline.pause().await;
+        }
+    }
+
+    /// Fails, with its log tail, if a started process (not killed by the test) has exited.
+    ///
+    /// # Errors
+    /// Names the first process found dead.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.zookeeper.service_mut().ensure_running()?;
+        for service in self.datanodes.iter_mut().chain(self.gateways.iter_mut()) {
+            service.ensure_running()?;
+        }
+        self.api.ensure_running()
+    }
+
+    /// The last `lines` lines of every process's log, labelled.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let services = std::iter::once(self.zookeeper.service())
+            .chain(self.datanodes.iter())
+            .chain(self.gateways.iter())
+            .chain(std::iter::once(&self.api));
+        for service in services {
+            out.push_str(&format!(
+                "----- {} ({}) -----\n{}\n",
+                service.name(),
+                service.log_path().display(),
+                service.log_tail(lines)
+            ));
+        }
+        out
+    }
+
+    /// Keeps the cluster directory after the test; returns its path.
+    fn keep_dir(&mut self) -> String {
+        match self.dir.take() {
+            Some(dir) => dir.keep().display().to_string(),
+            None => "already kept".to_owned(),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let keep = std::thread::panicking() || std::env::var_os("CARTDB_KEEP_CLUSTER").is_some();
+        let tails = self.log_tails(25);
+        let _ = self.api.kill();
+        for service in self.gateways.iter_mut().chain(self.datanodes.iter_mut()) {
+            let _ = service.kill();
+        }
+        let _ = self.zookeeper.service_mut().kill();
+        let location = match &self.dir {
+            None => "kept (see the start-up error)".to_owned(),
+            Some(_) if keep => format!("kept at {}", self.keep_dir()),
+            Some(dir) => format!("{} (removed)", dir.path().display()),
+        };
+        // The test harness shows this only when the test failed.
+        eprintln!("harness: cluster directory {location}; log tails:\n{tails}");
+    }
+}

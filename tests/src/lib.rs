@@ -1,0 +1,39 @@
+//! Cluster test harness for cartdb: real Apache ZooKeeper and the real `cartdb-*` binaries run
+//! as separate OS processes on free loopback ports, with fault injection (kill -9, SIGSTOP /
+//! SIGCONT, restart) and an HTTP client for the REST API.
+//!
+//! ```text
+//!   test ──HTTP──> cartdb-api ──> cartdb-gateway x2 ──> cartdb-datanode x6
+//!                      \               |                     |
+//!                       `─────────> ZooKeeper (java, standalone) <─'
+//! ```
+//!
+//! The binaries are taken from `CARTDB_BIN_DIR`, or else from the profile directory of the
+//! running test executable (normally `<workspace>/target/debug`): run
+//! `cargo build --workspace` before the cluster tests. Every process writes its output to a log
+//! file in the cluster's temporary directory; when a test fails, dropping the [`Cluster`] prints
+//! the tail of every log and keeps the directory.
+//!
+//! # Layout
+//! - [`cluster`]: [`Cluster::start`] with [`ClusterOptions`], fault injection and the readiness wait.
+//! - [`client`]: [`ApiClient`], a thin REST client returning `(status, json)` as [`Reply`].
+//! - [`view`]: [`ClusterView`], the parsed `/api/cluster` document.
+//! - [`process`]: [`Service`], one managed child process with its log file.
+//! - [`zookeeper`]: [`ZooKeeper`], a standalone server in a directory, and the `ruok` probe.
+//! - [`ports`]: free loopback ports outside the kernel's ephemeral range.
+//! - [`wait`]: [`wait_until`] and [`Deadline`], polling with a deadline (never a bare sleep).
+
+pub mod client;
+pub mod cluster;
+pub mod ports;
+pub mod process;
+pub mod view;
+pub mod wait;
+pub mod zookeeper;
+
+pub use client::{ApiClient, Reply};
+pub use cluster::{Cluster, ClusterOptions};
+pub use process::Service;
+pub use view::ClusterView;
+pub use wait::{Deadline, wait_until};
+pub use zookeeper::ZooKeeper;
