@@ -1,0 +1,176 @@
+//! The gateway's command line and environment: one [`GatewayConfig`], validated once into
+//! [`GatewaySettings`] so that every component receives only checked values.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cartdb_core::config::{ConfigError, Replication, ZkArgs};
+use cartdb_core::coord::CoordConfig;
+use clap::Parser;
+
+/// Configuration of one gateway process. Every flag can also be set by its `CARTDB_*`
+/// environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cartdb-gateway", version, about)]
+pub struct GatewayConfig {
+    /// Address the gateway listens on for API servers. Default: 127.0.0.1:7100.
+    #[arg(long, env = "CARTDB_LISTEN", default_value = "127.0.0.1:7100")]
+    pub listen: String,
+
+    /// Address other processes should use to reach this gateway, registered in ZooKeeper.
+    /// Default: the address the listener is bound to.
+    #[arg(long, env = "CARTDB_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Path to the placement policy, a WebAssembly component of the
+    /// `cartdb:policy/placement-policy` world. Required.
+    #[arg(long, env = "CARTDB_PLACEMENT_POLICY")]
+    pub placement_policy: PathBuf,
+
+    /// CRUSH map JSON written to ZooKeeper at start when the cluster has no map yet
+    /// (ignored when it has one). Default: none.
+    #[arg(long, env = "CARTDB_MAP_FILE")]
+    pub map_file: Option<PathBuf>,
+
+    /// Catalog JSON (a list of products) written to ZooKeeper at start when the cluster has
+    /// no catalog yet (ignored when it has one). Default: none.
+    #[arg(long, env = "CARTDB_CATALOG_FILE")]
+    pub catalog_file: Option<PathBuf>,
+
+    /// Rule of the CRUSH map used for placement; an empty value selects the map's only
+    /// rule. Default: data.
+    #[arg(long, env = "CARTDB_RULE", default_value = "data")]
+    pub rule: String,
+
+    /// Replicas of every cart item (RF). Default: 3.
+    #[arg(long, env = "CARTDB_REPLICAS", default_value_t = 3)]
+    pub replicas: usize,
+
+    /// Durable acknowledgements an insert or delete waits for (W). Default: 2.
+    #[arg(long, env = "CARTDB_WRITE_QUORUM", default_value_t = 2)]
+    pub write_quorum: usize,
+
+    /// Replicas of an item a cart read must hear from (R); R + W must exceed RF.
+    /// Default: 2.
+    #[arg(long, env = "CARTDB_READ_QUORUM", default_value_t = 2)]
+    pub read_quorum: usize,
+
+    /// Time limit of one request, from its arrival to its answer, in milliseconds.
+    /// Default: 2000.
+    #[arg(long, env = "CARTDB_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
+    pub request_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub zk: ZkArgs,
+}
+
+/// Shortest and longest accepted request time limits.
+const REQUEST_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=600_000;
+
+/// A [`GatewayConfig`] that passed [`GatewayConfig::validate`].
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub advertise: Option<String>,
+    pub placement_policy: PathBuf,
+    pub map_file: Option<PathBuf>,
+    pub catalog_file: Option<PathBuf>,
+    /// `None`: the map's only rule.
+    pub rule: Option<String>,
+    pub replication: Replication,
+    pub request_timeout: Duration,
+    pub coord: CoordConfig,
+}
+
+impl GatewayConfig {
+    /// Checks every field once.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first refused field: quorums that do not overlap
+    /// (`R + W <= RF`), an out-of-range request time-out, an empty advertised address, or
+    /// bad ZooKeeper settings.
+    pub fn validate(&self) -> Result<GatewaySettings, ConfigError> {
+        let replication = Replication::new(self.replicas, self.write_quorum, self.read_quorum)?;
+        if !REQUEST_TIMEOUT_RANGE_MS.contains(&self.request_timeout_ms) {
+            return Err(ConfigError::new(
+                "request-timeout-ms",
+                "must be between 10 and 600000",
+            ));
+        }
+        if self
+            .advertise
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            return Err(ConfigError::new("advertise", "must not be empty when set"));
+        }
+        if self.placement_policy.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "placement-policy",
+                "must name a .wasm component",
+            ));
+        }
+        let rule = Some(self.rule.trim())
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned);
+        Ok(GatewaySettings {
+            advertise: self.advertise.clone(),
+            placement_policy: self.placement_policy.clone(),
+            map_file: self.map_file.clone(),
+            catalog_file: self.catalog_file.clone(),
+            rule,
+            replication,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            coord: self.zk.coord_config()?,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> GatewayConfig {
+        let mut argv = vec!["cartdb-gateway", "--placement-policy", "crush.wasm"];
+        argv.extend_from_slice(args);
+        GatewayConfig::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = parse(&[]).validate().unwrap();
+        assert_eq!(settings.replication, Replication::new(3, 2, 2).unwrap());
+        assert_eq!(settings.request_timeout, Duration::from_millis(2000));
+        assert_eq!(settings.rule.as_deref(), Some("data"));
+    }
+
+    #[test]
+    fn quorums_that_do_not_overlap_are_refused() {
+        let error = parse(&["--read-quorum", "1"]).validate().unwrap_err();
+        assert_eq!(error.field, "read-quorum");
+        let error = parse(&["--write-quorum", "4"]).validate().unwrap_err();
+        assert_eq!(error.field, "write-quorum");
+    }
+
+    #[test]
+    fn other_fields_are_named_in_errors() {
+        let error = parse(&["--request-timeout-ms", "0"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(error.field, "request-timeout-ms");
+        let error = parse(&["--advertise", " "]).validate().unwrap_err();
+        assert_eq!(error.field, "advertise");
+        let error = parse(&["--zk", ""]).validate().unwrap_err();
+        assert_eq!(error.field, "zk");
+    }
+
+    #[test]
+    fn an_empty_rule_means_the_maps_only_rule() {
+        assert_eq!(parse(&["--rule", ""]).validate().unwrap().rule, None);
+    }
+
+    #[test]
+    fn the_policy_is_required() {
+        assert!(GatewayConfig::try_parse_from(["cartdb-gateway"]).is_err());
+    }
+}

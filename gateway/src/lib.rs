@@ -1,0 +1,269 @@
+//! cartdb gateway: places cart items with a WebAssembly placement policy (CRUSH), writes each
+//! operation to W of its RF replicas, and reads carts by merging R or more replicas.
+//!
+//! ```text
+//! API server --GatewayRequest--> service --placement--> write / read --DataRequest--> data nodes
+//!                                   |                        ^
+//!                 catalog, directory (local copies)    cluster view (map + members + placers)
+//!                                   |                        ^
+//!                             coordination <------ ZooKeeper ------> cluster keeper (background)
+//! ```
+//!
+//! # Layout
+//! - [`config`]: [`GatewayConfig`], the command line, validated into [`GatewaySettings`].
+//! - [`service`]: [`GatewayService`], the `rpc::Service` answering API servers.
+//! - [`write`](mod@write): the insert/delete fan-out; [`write_quorum`]: its pure decision
+//!   ([`write_quorum::QuorumTracker`]).
+//! - [`read`]: `list_all` and `list_category`; [`read_resolution`]: the pure read plan,
+//!   per-item read quorum and merge; [`cart_lines`]: the cart a shopper sees.
+//! - [`op_id`]: operation ids from idempotency keys.
+//! - [`replicas`]: connections to the data nodes.
+//! - [`placement`]: pooled policy instances at one map epoch.
+//! - [`cluster_view`]: the current map, membership and placers; reweight decisions.
+//! - [`cluster_keeper`]: the background task that keeps the cluster view current.
+//! - [`coordination`]: the narrow trait the request path uses to reach ZooKeeper.
+//! - `policy`: the WebAssembly placement policy host.
+
+pub mod cart_lines;
+pub mod cluster_keeper;
+pub mod cluster_view;
+pub mod config;
+pub mod coordination;
+pub mod op_id;
+pub mod placement;
+pub mod policy;
+pub mod read;
+pub mod read_resolution;
+pub mod replicas;
+pub mod service;
+pub mod write;
+pub mod write_quorum;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cartdb_core::catalog::Catalog;
+use cartdb_core::coord::{ClusterMap, Coordinator};
+use cartdb_core::rpc;
+use cartdb_core::wire::PolicyInfo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{GatewayConfig, GatewaySettings};
+pub use service::{GatewayService, ServiceParts};
+
+use crate::cluster_keeper::{ClusterKeeper, build_placers};
+use crate::cluster_view::{ClusterView, Topology};
+use crate::policy::{PlacementPolicy, PolicyEngine};
+use crate::replicas::Replicas;
+
+/// Longest wait for a TCP connection to a data node. Connections are made on loopback or a
+/// LAN, where anything slower is a dead or unreachable node; while one attempt runs, other
+/// requests to the same node wait for it.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Runs a gateway on `listener` until `shutdown` is cancelled.
+///
+/// Start-up: validate the configuration, load the placement policy, connect to ZooKeeper,
+/// bootstrap the map and catalog from files when ZooKeeper has none, wait until both exist,
+/// register the gateway (its id orders its versions) and serve. Shutdown: stop accepting,
+/// finish the requests in flight, stop the background tasks, then close the ZooKeeper
+/// session, which deregisters the gateway.
+///
+/// # Errors
+/// Invalid configuration, an unloadable policy or map, ZooKeeper unreachable at start, or an
+/// unreadable bootstrap file; each with context.
+pub async fn run(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = config.validate()?;
+    let policy = load_policy(&settings.placement_policy).await?;
+    // The session outlives `shutdown` on purpose: it is closed only after the drain.
+    let session = CancellationToken::new();
+    let Some(coordinator) = connect(&settings, &session, &shutdown).await? else {
+        return Ok(());
+    };
+    let Some(map) = wait_until_ready(&coordinator, &shutdown).await? else {
+        return Ok(());
+    };
+    let (view, replicas) = initial_view(&coordinator, &policy, map, &settings).await?;
+    let address = advertised_address(&settings, &listener)?;
+    let gateway_id = coordinator
+        .register_gateway(&address)
+        .await
+        .context("cannot register the gateway in ZooKeeper")?;
+    let keeper = ClusterKeeper {
+        coordinator: coordinator.clone(),
+        view: view.clone(),
+        replicas: replicas.clone(),
+        policy: policy.clone(),
+        rule: settings.rule.clone(),
+    };
+    let keeper = tokio::spawn(keeper.run(shutdown.clone()));
+    let service = Arc::new(GatewayService::new(ServiceParts {
+        view,
+        replicas,
+        coordination: Arc::new(coordinator.clone()),
+        catalog: coordinator.catalog(),
+        directory: coordinator.directory(),
+        gateway_id,
+        replication: settings.replication,
+        request_timeout: settings.request_timeout,
+        policy: PolicyInfo {
+            name: policy.name().to_owned(),
+            sha256: policy.sha256().to_owned(),
+        },
+    }));
+    tracing::info!(%address, gateway = gateway_id, "gateway serving");
+    let served = rpc::serve(listener, service, shutdown.clone()).await;
+    if let Err(e) = keeper.await {
+        tracing::error!(error = %e, "the cluster keeper failed");
+    }
+    session.cancel();
+    drop(coordinator);
+    tracing::info!("gateway stopped");
+    served.context("serving API servers failed")
+}
+
+/// Connects to ZooKeeper (the session ends when `session` is cancelled) and bootstraps the
+/// map and catalog; `None` when `shutdown` came first.
+async fn connect(
+    settings: &GatewaySettings,
+    session: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Coordinator>> {
+    let connect = Coordinator::connect(settings.coord.clone(), session.clone());
+    let coordinator = tokio::select! {
+        () = shutdown.cancelled() => return Ok(None),
+        connected = connect => connected.context("cannot connect to ZooKeeper")?,
+    };
+    bootstrap(&coordinator, settings).await?;
+    Ok(Some(coordinator))
+}
+
+/// The first cluster view (placers for `map`, the current membership) and the data node
+/// connections.
+async fn initial_view(
+    coordinator: &Coordinator,
+    policy: &PlacementPolicy,
+    map: Arc<ClusterMap>,
+    settings: &GatewaySettings,
+) -> anyhow::Result<(Arc<ClusterView>, Arc<Replicas>)> {
+    let placers = build_placers(policy.clone(), map.clone(), settings.rule.clone())
+        .await
+        .with_context(|| format!("cannot place with the map at epoch {}", map.epoch))?;
+    let members = coordinator.members().borrow().clone();
+    let connect_timeout = settings.request_timeout.min(MAX_CONNECT_TIMEOUT);
+    let replicas = Arc::new(Replicas::new(connect_timeout));
+    replicas.refresh(&members.devices);
+    let topology = Topology::new(map, members, Arc::new(placers));
+    Ok((Arc::new(ClusterView::new(topology)), replicas))
+}
+
+/// Compiles the policy component off the async workers.
+async fn load_policy(path: &Path) -> anyhow::Result<PlacementPolicy> {
+    let path = path.to_owned();
+    let policy = tokio::task::spawn_blocking(move || {
+        let engine = PolicyEngine::new()?;
+        PlacementPolicy::load(&engine, &path)
+    })
+    .await
+    .context("loading the placement policy failed")?
+    .context("cannot load the placement policy")?;
+    tracing::info!(
+        policy = policy.name(),
+        sha256 = policy.sha256(),
+        "placement policy loaded"
+    );
+    Ok(policy)
+}
+
+/// Writes the map and catalog files to ZooKeeper when it has none yet.
+async fn bootstrap(coordinator: &Coordinator, settings: &GatewaySettings) -> anyhow::Result<()> {
+    if let Some(path) = &settings.map_file {
+        let bytes = read_file(path)
+            .await
+            .with_context(|| format!("cannot read the map file {}", path.display()))?;
+        let json = String::from_utf8(bytes)
+            .with_context(|| format!("the map file {} is not UTF-8", path.display()))?;
+        coordinator
+            .bootstrap_map(&json)
+            .await
+            .with_context(|| format!("cannot bootstrap the map from {}", path.display()))?;
+    }
+    if let Some(path) = &settings.catalog_file {
+        let bytes = read_file(path)
+            .await
+            .with_context(|| format!("cannot read the catalog file {}", path.display()))?;
+        let catalog = Catalog::from_json(&bytes)
+            .with_context(|| format!("invalid catalog file {}", path.display()))?;
+        coordinator
+            .bootstrap_catalog(&catalog)
+            .await
+            .with_context(|| format!("cannot bootstrap the catalog from {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads a whole file off the async workers.
+async fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = path.to_owned();
+    Ok(tokio::task::spawn_blocking(move || std::fs::read(path)).await??)
+}
+
+/// The address to register: `--advertise`, or else the bound address.
+fn advertised_address(
+    settings: &GatewaySettings,
+    listener: &TcpListener,
+) -> anyhow::Result<String> {
+    if let Some(address) = &settings.advertise {
+        return Ok(address.clone());
+    }
+    let bound = listener
+        .local_addr()
+        .context("cannot read the listener's address")?;
+    if bound.ip().is_unspecified() {
+        tracing::warn!(%bound, "listening on a wildcard address; set --advertise to an address other processes can reach");
+    }
+    Ok(bound.to_string())
+}
+
+/// Waits until ZooKeeper holds a map and a non-empty catalog; `None` when `shutdown` came
+/// first.
+///
+/// # Errors
+/// When the coordinator stops publishing before both are present.
+async fn wait_until_ready(
+    coordinator: &Coordinator,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Arc<ClusterMap>>> {
+    let mut map = coordinator.map();
+    let mut catalog = coordinator.catalog();
+    let mut logged = false;
+    loop {
+        let current = map.borrow_and_update().clone();
+        let has_catalog = !catalog.borrow_and_update().is_empty();
+        if let (Some(current), true) = (current, has_catalog) {
+            return Ok(Some(current));
+        }
+        if !logged {
+            tracing::info!(
+                has_map = map.borrow().is_some(),
+                has_catalog,
+                "waiting for a CRUSH map and a catalog in ZooKeeper \
+                 (start a gateway with --map-file and --catalog-file to provide them)"
+            );
+            logged = true;
+        }
+        let changed = tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            changed = map.changed() => changed,
+            changed = catalog.changed() => changed,
+        };
+        changed.context("the coordinator stopped before a map and a catalog were present")?;
+    }
+}

@@ -1,0 +1,343 @@
+//! [`PlacementPolicy`] (a compiled, checked placement component) and [`Placer`] (one live
+//! instance holding a loaded map).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, ResourceAny};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+use super::bindings::{self, PlacementPolicyPre, Reweight};
+use super::validate::{DeviceView, validate_placement};
+use super::{PolicyEngine, PolicyError};
+
+/// Most replicas one `place` call may ask for (the reference guest's own cap).
+pub const MAX_REPLICAS: u32 = 1024;
+/// Longest policy name kept; a longer one is truncated.
+const MAX_NAME_BYTES: usize = 128;
+
+/// Per-store host state: only the resource limiter.
+struct HostState {
+    limits: StoreLimits,
+}
+
+/// A loaded placement policy component: compiled once, cheap to share (`Clone` is an `Arc`).
+#[derive(Clone)]
+pub struct PlacementPolicy {
+    inner: Arc<Loaded>,
+}
+
+struct Loaded {
+    engine: PolicyEngine,
+    path: PathBuf,
+    sha256: String,
+    name: String,
+    pre: PlacementPolicyPre<HostState>,
+}
+
+impl std::fmt::Debug for PlacementPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlacementPolicy")
+            .field("path", &self.inner.path)
+            .field("name", &self.inner.name)
+            .field("sha256", &self.inner.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PlacementPolicy {
+    /// Reads, hashes and compiles the component at `path`, refuses it if it imports
+    /// anything or does not implement `cartdb:policy/placement-policy@0.1.0`, and asks it
+    /// its name. Blocking (compilation takes tens of milliseconds): async callers should
+    /// use `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`PolicyError::Read`], [`PolicyError::TooLarge`], [`PolicyError::Compile`],
+    /// [`PolicyError::Imports`], [`PolicyError::WrongWorld`], or an error of the `name`
+    /// call ([`PolicyError::Trapped`], [`PolicyError::TimedOut`], [`PolicyError::Instantiate`]).
+    pub fn load(engine: &PolicyEngine, path: &Path) -> Result<Self, PolicyError> {
+        let bytes = read_capped(path, engine.limits().max_file_bytes)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let component =
+            Component::new(engine.engine(), &bytes).map_err(|e| PolicyError::Compile {
+                path: path.to_owned(),
+                detail: format!("{e:#}"),
+            })?;
+        let linker = linker_for(engine, &component, path)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(PlacementPolicyPre::new)
+            .map_err(|e| PolicyError::WrongWorld {
+                path: path.to_owned(),
+                detail: format!("{e:#}"),
+            })?;
+        let mut loaded = Loaded {
+            engine: engine.clone(),
+            path: path.to_owned(),
+            sha256,
+            name: String::new(),
+            pre,
+        };
+        loaded.name = loaded.call_name()?;
+        Ok(Self {
+            inner: Arc::new(loaded),
+        })
+    }
+
+    /// The name the policy reports (at most 128 bytes).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Lower-case hex SHA-256 of the component file's bytes.
+    #[must_use]
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+
+    /// The file the policy was loaded from.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// A new instance with `map_json` loaded for `rule` (`None`: the map's only rule) and
+    /// `reweights` (`(device, 16.16 weight)`; unlisted devices are fully in). The instance
+    /// stays alive for every later [`Placer::place`]. Blocking.
+    ///
+    /// # Errors
+    /// [`PolicyError::InvalidMap`] (the host cannot read the map's devices),
+    /// [`PolicyError::InvalidReweight`], [`PolicyError::Instantiate`], [`PolicyError::Guest`]
+    /// (the guest refused the map or rule), [`PolicyError::Trapped`], [`PolicyError::TimedOut`].
+    pub fn placer(
+        &self,
+        map_json: &str,
+        rule: Option<&str>,
+        reweights: &[(u32, u32)],
+    ) -> Result<Placer, PolicyError> {
+        let loaded = &self.inner;
+        let view =
+            DeviceView::new(map_json, reweights).map_err(|problem| PolicyError::InvalidMap {
+                path: loaded.path.clone(),
+                problem,
+            })?;
+        let guest_reweights = reweights
+            .iter()
+            .map(|&r| Reweight::try_from(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PolicyError::InvalidReweight {
+                path: loaded.path.clone(),
+                device: e.0,
+            })?;
+        let (mut store, instance) = loaded.instantiate()?;
+        let result = instance
+            .cartdb_policy_placement()
+            .call_load(&mut store, map_json, rule, &guest_reweights)
+            .map_err(|e| loaded.call_error(e, loaded.engine.limits().load_timeout))?;
+        let resource = result.map_err(|message| PolicyError::Guest {
+            path: loaded.path.clone(),
+            message,
+        })?;
+        Ok(Placer {
+            policy: self.clone(),
+            store,
+            instance,
+            resource,
+            view,
+            poisoned: false,
+        })
+    }
+}
+
+impl Loaded {
+    /// A fresh store (memory cap, load deadline) and instance.
+    fn instantiate(&self) -> Result<(Store<HostState>, bindings::PlacementPolicy), PolicyError> {
+        let limits = self.engine.limits();
+        let state = HostState {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.max_memory_bytes)
+                .instances(8)
+                .build(),
+        };
+        let mut store = Store::new(self.engine.engine(), state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(PolicyEngine::ticks(limits.load_timeout));
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| PolicyError::Instantiate {
+                path: self.path.clone(),
+                detail: format!("{e:#}"),
+            })?;
+        Ok((store, instance))
+    }
+
+    fn call_name(&self) -> Result<String, PolicyError> {
+        let (mut store, instance) = self.instantiate()?;
+        let mut name = instance
+            .call_name(&mut store)
+            .map_err(|e| self.call_error(e, self.engine.limits().load_timeout))?;
+        if name.len() > MAX_NAME_BYTES {
+            let end = (0..=MAX_NAME_BYTES)
+                .rev()
+                .find(|&i| name.is_char_boundary(i))
+                .unwrap_or(0);
+            name.truncate(end);
+        }
+        Ok(name)
+    }
+
+    /// A failed guest call: a timeout when the epoch deadline fired, else a trap.
+    fn call_error(&self, error: wasmtime::Error, timeout: Duration) -> PolicyError {
+        let path = self.path.clone();
+        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            PolicyError::TimedOut { path, timeout }
+        } else {
+            PolicyError::Trapped {
+                path,
+                detail: format!("{error:#}"),
+            }
+        }
+    }
+}
+
+/// One live policy instance with a map loaded. Not `Sync`: keep one per thread or behind a
+/// mutex. After a trap or timeout it is poisoned and every call fails with
+/// [`PolicyError::Poisoned`]: discard it and create another with [`PlacementPolicy::placer`]
+/// (the guest's state may be corrupt, so it is never reused).
+pub struct Placer {
+    policy: PlacementPolicy,
+    store: Store<HostState>,
+    instance: bindings::PlacementPolicy,
+    resource: ResourceAny,
+    view: DeviceView,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Placer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placer")
+            .field("policy", &self.policy)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Placer {
+    /// The devices for placement key `x`, primary first: distinct devices of the map that
+    /// are in, at most `replicas`, at least one when any device is in.
+    ///
+    /// # Errors
+    /// [`PolicyError::TooManyReplicas`] above [`MAX_REPLICAS`]; [`PolicyError::Poisoned`];
+    /// [`PolicyError::Trapped`] or [`PolicyError::TimedOut`] (which poison the placer);
+    /// [`PolicyError::InvalidResult`] when the answer fails validation.
+    pub fn place(&mut self, x: u32, replicas: u32) -> Result<Vec<u32>, PolicyError> {
+        let loaded = &self.policy.inner;
+        if self.poisoned {
+            return Err(PolicyError::Poisoned {
+                path: loaded.path.clone(),
+            });
+        }
+        if replicas > MAX_REPLICAS {
+            let path = loaded.path.clone();
+            return Err(PolicyError::TooManyReplicas {
+                path,
+                requested: replicas,
+                max: MAX_REPLICAS,
+            });
+        }
+        let timeout = loaded.engine.limits().call_timeout;
+        self.store.set_epoch_deadline(PolicyEngine::ticks(timeout));
+        let placed = self
+            .instance
+            .cartdb_policy_placement()
+            .placer()
+            .call_place(&mut self.store, self.resource, x, replicas)
+            .map_err(|e| {
+                self.poisoned = true;
+                loaded.call_error(e, timeout)
+            })?;
+        validate_placement(&self.view, &placed, replicas).map_err(|problem| {
+            PolicyError::InvalidResult {
+                path: loaded.path.clone(),
+                problem,
+            }
+        })
+    }
+
+    /// Whether an earlier trap or timeout made this placer unusable.
+    #[must_use]
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// The policy this placer is an instance of.
+    #[must_use]
+    pub fn policy(&self) -> &PlacementPolicy {
+        &self.policy
+    }
+}
+
+/// Reads at most `max` bytes of `path`; a larger file is refused without reading it all.
+fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, PolicyError> {
+    let read_error = |source| PolicyError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > max {
+        return Err(PolicyError::TooLarge {
+            path: path.to_owned(),
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
+/// An empty linker, except for type-only interfaces (such as `cartdb:policy/types`, which
+/// the world pulls in for its records): they carry no functions, hence no capability.
+/// Anything else the component imports is refused, naming every such import.
+fn linker_for(
+    engine: &PolicyEngine,
+    component: &Component,
+    path: &Path,
+) -> Result<Linker<HostState>, PolicyError> {
+    let engine = engine.engine();
+    let mut linker = Linker::new(engine);
+    let mut refused = Vec::new();
+    for (name, item) in component.component_type().imports(engine) {
+        let type_only = match &item.ty {
+            ComponentItem::ComponentInstance(instance) => instance
+                .exports(engine)
+                .all(|(_, export)| matches!(export.ty, ComponentItem::Type(_))),
+            ComponentItem::Type(_) => true,
+            _ => false,
+        };
+        if !type_only {
+            refused.push(name.to_owned());
+        } else if matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+            linker.instance(name).map_err(|e| PolicyError::WrongWorld {
+                path: path.to_owned(),
+                detail: format!("{e:#}"),
+            })?;
+        }
+    }
+    if refused.is_empty() {
+        Ok(linker)
+    } else {
+        Err(PolicyError::Imports {
+            path: path.to_owned(),
+            imports: refused,
+        })
+    }
+}

@@ -1,0 +1,280 @@
+//! The read paths: a user's cart (`list_all`) and the users of a category (`list_category`).
+//!
+//! ```text
+//! list_all(user)
+//!   plan    = directory.items_of(user) + current placement of each item
+//!             (nothing known: every live device)                   -- ReadPlan, pure
+//!   ask     = ReadUser to every planned device at once; an answer naming an item the
+//!             plan lacks adds that item's placement, whose new devices are asked at once
+//!   stop    = when ReadPlan::is_decided (every item has its read quorum and fewer than W
+//!             asked devices are silent), when all answered, or at the deadline
+//!   resolve = per-item read quorum + merge                          -- ReadResolution, pure
+//! ```
+//!
+//! A read does not wait for the slowest replica once its answer is decided: with fewer than
+//! W asked devices silent, every acknowledged write (held by W devices) has been seen, so a
+//! paused data node does not hold every read up for the whole request time limit.
+//!
+//! Read repair (writing the merged state back to [`ReadResolution::stale`]) is a later,
+//! separate step; this module only reports the stale replicas.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+
+use cartdb_core::cart::{DeviceId, ItemKey, ItemState};
+use cartdb_core::config::Replication;
+use cartdb_core::coord::Directory;
+use cartdb_core::wire::{DataRequest, DataResponse};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::time::Instant;
+
+use crate::cluster_view::Topology;
+use crate::policy::PolicyError;
+use crate::read_resolution::{ReadPlan, ReadResolution, ReadShortfall};
+use crate::replicas::{ReplicaError, Replicas, response_name};
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// Too few replicas answered.
+    #[error("{0}")]
+    Shortfall(ReadShortfall),
+    /// The placement policy failed.
+    #[error("placement failed: {0}")]
+    Placement(#[from] PolicyError),
+}
+
+/// Reads and merges `user`'s cart (see the module docs and [`crate::read_resolution`] for
+/// the quorum rule).
+///
+/// # Errors
+/// [`ReadError::Shortfall`] when an item (or the broadcast) heard from too few replicas
+/// before `deadline`; [`ReadError::Placement`] when the policy fails.
+pub async fn read_cart(
+    replicas: &Replicas,
+    topology: &Topology,
+    directory: &Directory,
+    user: &str,
+    replication: Replication,
+    deadline: Instant,
+) -> Result<ReadResolution, ReadError> {
+    let mut plan = match ReadPlan::from_directory(directory.items_of(user)) {
+        Some(plan) => plan,
+        None => ReadPlan::broadcast(topology.members.devices.keys().copied()),
+    };
+    let known: Vec<String> = plan.products().map(str::to_owned).collect();
+    add_placements(&mut plan, topology, user, known, replication)?;
+    let request = DataRequest::ReadUser {
+        user: user.to_owned(),
+    };
+    let mut round = ReadRound::new(replicas, &request, deadline, user_items);
+    round.ask(plan.devices());
+    while let Some(device) = round.next().await {
+        let unknown = round
+            .answer(device)
+            .map(|states| plan.unknown_products(states))
+            .unwrap_or_default();
+        if !unknown.is_empty() {
+            add_placements(&mut plan, topology, user, unknown, replication)?;
+            round.ask(plan.devices());
+        }
+        let decided = plan.is_decided(
+            |d| round.answer(d).is_some(),
+            round.silent(),
+            replication.read_quorum,
+            replication.write_quorum,
+        );
+        if decided {
+            break;
+        }
+    }
+    let (answered, failures) = round.finish();
+    ReadResolution::resolve(
+        &plan,
+        &answered,
+        &failures,
+        replication.read_quorum,
+        replication.write_quorum,
+    )
+    .map_err(ReadError::Shortfall)
+}
+
+/// The users holding an item of `category`: the sorted union of the live devices' answers.
+///
+/// A user acknowledged by W replicas cannot be missed while fewer than W live devices are
+/// silent, so that is the quorum, and the read stops waiting as soon as it holds.
+///
+/// # Errors
+/// [`ReadShortfall`] when W or more live devices (or all of them) did not answer before
+/// `deadline`.
+pub async fn read_category(
+    replicas: &Replicas,
+    topology: &Topology,
+    category: &str,
+    replication: Replication,
+    deadline: Instant,
+) -> Result<Vec<String>, ReadShortfall> {
+    let live: BTreeSet<DeviceId> = topology.members.devices.keys().copied().collect();
+    let request = DataRequest::ListCategory {
+        category: category.to_owned(),
+    };
+    let mut round = ReadRound::new(replicas, &request, deadline, category_users);
+    round.ask(live.iter().copied());
+    while round.next().await.is_some() {
+        if round.silent() < replication.write_quorum && round.answered_count() > 0 {
+            break;
+        }
+    }
+    let silent = round.silent();
+    let (answered, failures) = round.finish();
+    if answered.is_empty() || silent >= replication.write_quorum {
+        return Err(ReadShortfall {
+            required: (live.len() + 1)
+                .saturating_sub(replication.write_quorum)
+                .max(1),
+            answered: answered.len(),
+            product: None,
+            failures,
+        });
+    }
+    let users: BTreeSet<String> = answered.into_values().flatten().collect();
+    Ok(users.into_iter().collect())
+}
+
+/// Adds the current placement of each of `products` to the plan.
+fn add_placements(
+    plan: &mut ReadPlan,
+    topology: &Topology,
+    user: &str,
+    products: Vec<String>,
+    replication: Replication,
+) -> Result<(), PolicyError> {
+    for product in products {
+        let key = ItemKey {
+            user: user.to_owned(),
+            product,
+        };
+        let placed = topology.replicas_for(&key, replication.replicas)?;
+        plan.add_replicas(&key.product, placed);
+    }
+    Ok(())
+}
+
+type Reply<'a, T> = Pin<Box<dyn Future<Output = (DeviceId, Result<T, ReplicaError>)> + Send + 'a>>;
+
+/// One request sent to a growing set of devices, with the answers so far.
+struct ReadRound<'a, T> {
+    replicas: &'a Replicas,
+    request: &'a DataRequest,
+    deadline: Instant,
+    accept: fn(DeviceId, DataResponse) -> Result<T, ReplicaError>,
+    in_flight: FuturesUnordered<Reply<'a, T>>,
+    asked: BTreeSet<DeviceId>,
+    answered: BTreeMap<DeviceId, T>,
+    failures: Vec<(DeviceId, String)>,
+}
+
+impl<'a, T: Send + 'a> ReadRound<'a, T> {
+    /// A round of `request`; `accept` turns a response into the wanted value.
+    fn new(
+        replicas: &'a Replicas,
+        request: &'a DataRequest,
+        deadline: Instant,
+        accept: fn(DeviceId, DataResponse) -> Result<T, ReplicaError>,
+    ) -> Self {
+        Self {
+            replicas,
+            request,
+            deadline,
+            accept,
+            in_flight: FuturesUnordered::new(),
+            asked: BTreeSet::new(),
+            answered: BTreeMap::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Sends the request to each of `devices` not asked yet.
+    fn ask(&mut self, devices: impl IntoIterator<Item = DeviceId>) {
+        for device in devices {
+            if !self.asked.insert(device) {
+                continue;
+            }
+            let (replicas, request, accept) = (self.replicas, self.request, self.accept);
+            let timeout = self.deadline.saturating_duration_since(Instant::now());
+            self.in_flight.push(Box::pin(async move {
+                let result = replicas.call(device, request, timeout).await;
+                (device, result.and_then(|response| accept(device, response)))
+            }));
+        }
+    }
+
+    /// Waits for the next answer and records it; `None` when nothing is in flight or the
+    /// deadline passed.
+    async fn next(&mut self) -> Option<DeviceId> {
+        let (device, result) = tokio::time::timeout_at(self.deadline, self.in_flight.next())
+            .await
+            .ok()??;
+        match result {
+            Ok(value) => {
+                self.answered.insert(device, value);
+            }
+            Err(e) => self.failures.push((device, e.to_string())),
+        }
+        Some(device)
+    }
+
+    /// `device`'s answer, if it gave a usable one.
+    fn answer(&self, device: DeviceId) -> Option<&T> {
+        self.answered.get(&device)
+    }
+
+    fn answered_count(&self) -> usize {
+        self.answered.len()
+    }
+
+    /// Devices asked that have not given a usable answer (failed or still pending).
+    fn silent(&self) -> usize {
+        self.asked.len() - self.answered.len()
+    }
+
+    /// The usable answers, and why every other asked device has none.
+    fn finish(self) -> (BTreeMap<DeviceId, T>, Vec<(DeviceId, String)>) {
+        let mut failures = self.failures;
+        for device in &self.asked {
+            let known =
+                self.answered.contains_key(device) || failures.iter().any(|(d, _)| d == device);
+            if !known {
+                failures.push((
+                    *device,
+                    "no answer within the request time limit".to_owned(),
+                ));
+            }
+        }
+        (self.answered, failures)
+    }
+}
+
+fn user_items(device: DeviceId, response: DataResponse) -> Result<Vec<ItemState>, ReplicaError> {
+    match response {
+        DataResponse::UserItems { items } => Ok(items),
+        other => Err(unexpected(device, "ReadUser", &other)),
+    }
+}
+
+fn category_users(device: DeviceId, response: DataResponse) -> Result<Vec<String>, ReplicaError> {
+    match response {
+        DataResponse::CategoryUsers { users } => Ok(users),
+        other => Err(unexpected(device, "ListCategory", &other)),
+    }
+}
+
+fn unexpected(device: DeviceId, request: &'static str, response: &DataResponse) -> ReplicaError {
+    ReplicaError::Unexpected {
+        device,
+        request,
+        response: response_name(response),
+    }
+}

@@ -1,0 +1,183 @@
+//! Connections to the data nodes: one multiplexed [`PeerClient`] per live device.
+//!
+//! The set of clients follows the membership: the cluster keeper calls
+//! [`Replicas::refresh`] whenever a device registers, leaves or moves to another address. A
+//! request only takes a snapshot of the current set (an atomic pointer load), so the per
+//! request path never waits for a lock or makes a connection map.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use cartdb_core::cart::DeviceId;
+use cartdb_core::rpc::{PeerClient, RpcError};
+use cartdb_core::wire::{DataFailure, DataRequest, DataResponse, ServiceKind};
+
+/// A connection to one data node.
+pub type DataClient = PeerClient<DataRequest, DataResponse>;
+
+/// Why a request to one replica got no usable answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// No data node is registered for the device.
+    #[error("device {device} is down (no data node registered)")]
+    Down { device: DeviceId },
+    /// The request or its reply was lost: connection, time-out or handshake trouble.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// The data node answered that it could not serve the request.
+    #[error(transparent)]
+    Refused(DataFailure),
+    /// The data node answered with a response of the wrong kind (a bug on either side).
+    #[error("device {device} answered {request} with an unexpected {response}")]
+    Unexpected {
+        device: DeviceId,
+        request: &'static str,
+        response: &'static str,
+    },
+}
+
+/// Every live data node, by device id.
+pub struct Replicas {
+    peers: ArcSwap<BTreeMap<DeviceId, Arc<DataClient>>>,
+    connect_timeout: Duration,
+}
+
+impl Replicas {
+    /// No peers yet; connections made later give up after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            peers: ArcSwap::from_pointee(BTreeMap::new()),
+            connect_timeout,
+        }
+    }
+
+    /// Makes the peer set match `devices` (device id -> address): keeps the client of every
+    /// device whose address is unchanged, makes clients for new or moved devices (they
+    /// connect on first use) and drops the rest, closing their connections.
+    pub fn refresh(&self, devices: &BTreeMap<DeviceId, String>) {
+        let current = self.peers.load();
+        if same_addresses(&current, devices) {
+            return;
+        }
+        let next = devices
+            .iter()
+            .map(|(device, addr)| {
+                let client = match current.get(device) {
+                    Some(client) if client.addr() == addr => client.clone(),
+                    _ => Arc::new(DataClient::new(
+                        addr.clone(),
+                        ServiceKind::DataNode,
+                        self.connect_timeout,
+                    )),
+                };
+                (*device, client)
+            })
+            .collect();
+        self.peers.store(Arc::new(next));
+    }
+
+    /// The client of `device`, if a data node is registered for it.
+    pub fn peer(&self, device: DeviceId) -> Option<Arc<DataClient>> {
+        self.peers.load().get(&device).cloned()
+    }
+
+    /// Every live device's id, in order.
+    pub fn devices(&self) -> Vec<DeviceId> {
+        self.peers.load().keys().copied().collect()
+    }
+
+    /// Sends `request` to `device` and waits up to `timeout` for the answer.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Down`] when no data node is registered for the device, otherwise the
+    /// RPC's error or the data node's refusal.
+    pub async fn call(
+        &self,
+        device: DeviceId,
+        request: &DataRequest,
+        timeout: Duration,
+    ) -> Result<DataResponse, ReplicaError> {
+        let peer = self.peer(device).ok_or(ReplicaError::Down { device })?;
+        call_peer(&peer, request, timeout).await
+    }
+}
+
+/// Sends one request on a peer's connection; a `Failed` answer becomes an error.
+///
+/// # Errors
+/// As [`Replicas::call`].
+pub async fn call_peer(
+    peer: &DataClient,
+    request: &DataRequest,
+    timeout: Duration,
+) -> Result<DataResponse, ReplicaError> {
+    match peer.call(request, timeout).await? {
+        DataResponse::Failed(failure) => Err(ReplicaError::Refused(failure)),
+        response => Ok(response),
+    }
+}
+
+fn same_addresses(
+    current: &BTreeMap<DeviceId, Arc<DataClient>>,
+    devices: &BTreeMap<DeviceId, String>,
+) -> bool {
+    current.len() == devices.len()
+        && current
+            .iter()
+            .zip(devices)
+            .all(|((d1, client), (d2, addr))| d1 == d2 && client.addr() == addr)
+}
+
+/// The name of a response variant, for error messages.
+pub fn response_name(response: &DataResponse) -> &'static str {
+    match response {
+        DataResponse::Applied { .. } => "Applied",
+        DataResponse::NotInCart => "NotInCart",
+        DataResponse::UserItems { .. } => "UserItems",
+        DataResponse::CategoryUsers { .. } => "CategoryUsers",
+        DataResponse::Failed(_) => "Failed",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    fn addrs(entries: &[(DeviceId, &str)]) -> BTreeMap<DeviceId, String> {
+        entries.iter().map(|(d, a)| (*d, (*a).to_owned())).collect()
+    }
+
+    #[tokio::test]
+    async fn refresh_keeps_unchanged_clients_and_replaces_moved_ones() {
+        let replicas = Replicas::new(Duration::from_millis(100));
+        replicas.refresh(&addrs(&[(1, "127.0.0.1:1"), (2, "127.0.0.1:2")]));
+        let one = replicas.peer(1).unwrap();
+        let two = replicas.peer(2).unwrap();
+        replicas.refresh(&addrs(&[
+            (1, "127.0.0.1:1"),
+            (2, "127.0.0.1:22"),
+            (3, "127.0.0.1:3"),
+        ]));
+        assert!(Arc::ptr_eq(&one, &replicas.peer(1).unwrap()));
+        assert!(!Arc::ptr_eq(&two, &replicas.peer(2).unwrap()));
+        assert_eq!(replicas.peer(2).unwrap().addr(), "127.0.0.1:22");
+        assert_eq!(replicas.devices(), vec![1, 2, 3]);
+        replicas.refresh(&addrs(&[(3, "127.0.0.1:3")]));
+        assert!(replicas.peer(1).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_device_without_a_data_node_is_down() {
+        let replicas = Replicas::new(Duration::from_millis(100));
+        let request = DataRequest::ReadUser { user: "u".into() };
+        let error = replicas
+            .call(7, &request, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ReplicaError::Down { device: 7 }));
+    }
+}

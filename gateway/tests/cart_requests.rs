@@ -1,0 +1,449 @@
+//! The gateway service end to end, in process: the real CRUSH policy component, six fake
+//! data nodes over real sockets, and an in-memory coordination service.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use cartdb_core::cart::{DeviceId, ItemKey, Product};
+use cartdb_core::catalog::Catalog;
+use cartdb_core::config::Replication;
+use cartdb_core::coord::{ClusterMap, CoordError, Directory, Membership};
+use cartdb_core::wire::{GatewayFailure, GatewayRequest, GatewayResponse, PolicyInfo};
+use cartdb_gateway::cluster_view::{ClusterView, Topology};
+use cartdb_gateway::coordination::Coordination;
+use cartdb_gateway::placement::PlacerPool;
+use cartdb_gateway::policy::{PlacementPolicy, PolicyEngine};
+use cartdb_gateway::replicas::Replicas;
+use cartdb_gateway::{GatewayService, ServiceParts};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+use common::{RunningNode, start_nodes};
+
+/// Coordination kept in memory: remembers recorded replicas and edits the catalog.
+struct FakeCoordination {
+    recorded: Mutex<Vec<(ItemKey, Vec<DeviceId>)>>,
+    catalog: watch::Sender<Arc<Catalog>>,
+}
+
+impl Coordination for FakeCoordination {
+    fn record_replicas<'a>(
+        &'a self,
+        key: &'a ItemKey,
+        devices: &'a [DeviceId],
+    ) -> BoxFuture<'a, Result<(), CoordError>> {
+        self.recorded
+            .lock()
+            .unwrap()
+            .push((key.clone(), devices.to_vec()));
+        async { Ok(()) }.boxed()
+    }
+
+    fn upsert_product(&self, product: Product) -> BoxFuture<'_, Result<Arc<Catalog>, CoordError>> {
+        let mut catalog = (**self.catalog.borrow()).clone();
+        let result = catalog
+            .upsert(product)
+            .map(|()| {
+                let catalog = Arc::new(catalog);
+                self.catalog.send_replace(catalog.clone());
+                catalog
+            })
+            .map_err(CoordError::InvalidCatalog);
+        async move { result }.boxed()
+    }
+}
+
+/// The reference CRUSH policy, compiled once for all tests of this file.
+static POLICY: LazyLock<PlacementPolicy> = LazyLock::new(|| {
+    let engine = PolicyEngine::new().unwrap();
+    PlacementPolicy::load(&engine, Path::new(cartdb_policies::CRUSH_POLICY_WASM)).unwrap()
+});
+
+struct TestGateway {
+    service: GatewayService,
+    placers: Arc<PlacerPool>,
+    coordination: Arc<FakeCoordination>,
+    nodes: BTreeMap<DeviceId, RunningNode>,
+}
+
+fn config_file(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../config")
+            .join(name),
+    )
+    .unwrap()
+}
+
+impl TestGateway {
+    async fn start() -> TestGateway {
+        let (nodes, addresses) = start_nodes(6).await;
+        let policy = POLICY.clone();
+        let map_json = String::from_utf8(config_file("crush-map.json")).unwrap();
+        let map = ClusterMap::parse(format!(r#"{{"map": {map_json}}}"#).as_bytes(), 1).unwrap();
+        let placers = Arc::new(PlacerPool::build(policy.clone(), &map, Some("data")).unwrap());
+        let members = Membership {
+            devices: addresses.clone(),
+            gateways: BTreeMap::from([(1, "127.0.0.1:7100".to_owned())]),
+        };
+        let replicas = Arc::new(Replicas::new(Duration::from_secs(1)));
+        replicas.refresh(&addresses);
+        let catalog = Catalog::from_json(&config_file("catalog.json")).unwrap();
+        let (catalog_tx, catalog_rx) = watch::channel(Arc::new(catalog));
+        let coordination = Arc::new(FakeCoordination {
+            recorded: Mutex::default(),
+            catalog: catalog_tx,
+        });
+        let service = GatewayService::new(ServiceParts {
+            view: Arc::new(ClusterView::new(Topology::new(
+                Arc::new(map),
+                Arc::new(members),
+                placers.clone(),
+            ))),
+            replicas,
+            coordination: coordination.clone(),
+            catalog: catalog_rx,
+            directory: Arc::new(Directory::default()),
+            gateway_id: 1,
+            replication: Replication::new(3, 2, 2).unwrap(),
+            request_timeout: Duration::from_secs(2),
+            policy: PolicyInfo {
+                name: policy.name().to_owned(),
+                sha256: policy.sha256().to_owned(),
+            },
+        });
+        TestGateway {
+            service,
+            placers,
+            coordination,
+            nodes,
+        }
+    }
+
+    /// The replicas of `user`'s item with product id `productid`.
+    fn replicas_of(&self, user: &str, productid: &str) -> Vec<DeviceId> {
+        let key = ItemKey {
+            user: user.into(),
+            product: productid.into(),
+        };
+        self.placers.replicas_for(&key, 3).unwrap()
+    }
+
+    async fn insert(&self, user: &str, item: &str, key: Option<&str>) -> GatewayResponse {
+        self.service
+            .handle(GatewayRequest::Insert {
+                user: user.into(),
+                item_name: item.into(),
+                idempotency_key: key.map(str::to_owned),
+            })
+            .await
+    }
+
+    async fn delete(&self, user: &str, item: &str) -> GatewayResponse {
+        self.service
+            .handle(GatewayRequest::Delete {
+                user: user.into(),
+                item_name: item.into(),
+                idempotency_key: None,
+            })
+            .await
+    }
+
+    /// The cart as (name, qty) pairs.
+    async fn cart(&self, user: &str) -> Vec<(String, u64)> {
+        match self
+            .service
+            .handle(GatewayRequest::ListAll { user: user.into() })
+            .await
+        {
+            GatewayResponse::Cart { items } => items.into_iter().map(|l| (l.name, l.qty)).collect(),
+            other => panic!("expected a cart, got {other:?}"),
+        }
+    }
+}
+
+fn failure(response: GatewayResponse) -> GatewayFailure {
+    match response {
+        GatewayResponse::Failed(failure) => failure,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// Inserts and deletes change the quantity one at a time, and the cart shows the result
+/// with the catalog's facts.
+#[tokio::test]
+async fn inserts_and_deletes_update_the_cart() {
+    let gw = TestGateway::start().await;
+    assert_eq!(
+        gw.insert("user1", "pork", None).await,
+        GatewayResponse::Updated { qty: 1 }
+    );
+    assert_eq!(
+        gw.insert("user1", "pork", None).await,
+        GatewayResponse::Updated { qty: 2 }
+    );
+    assert_eq!(
+        gw.insert("user1", "soap", None).await,
+        GatewayResponse::Updated { qty: 1 }
+    );
+    assert_eq!(
+        gw.delete("user1", "pork").await,
+        GatewayResponse::Updated { qty: 1 }
+    );
+    assert_eq!(
+        gw.cart("user1").await,
+        [("pork".to_owned(), 1), ("soap".to_owned(), 1)]
+    );
+    let GatewayResponse::Cart { items } = gw
+        .service
+        .handle(GatewayRequest::ListAll {
+            user: "user1".into(),
+        })
+        .await
+    else {
+        panic!("expected a cart");
+    };
+    assert_eq!(
+        (
+            items[0].productid.as_str(),
+            items[0].price,
+            items[0].category.as_str()
+        ),
+        ("1", 61, "1")
+    );
+    assert!(gw.cart("nobody").await.is_empty());
+}
+
+/// An item is written to the devices the CRUSH policy places it on (keyed by user and
+/// product id), and those devices are recorded in the directory.
+#[tokio::test]
+async fn items_go_to_their_placement_and_are_recorded() {
+    let gw = TestGateway::start().await;
+    let placed = gw.replicas_of("user1", "1");
+    assert_eq!(placed.len(), 3);
+    gw.insert("user1", "pork", None).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for (device, node) in &gw.nodes {
+        let expected = u64::from(placed.contains(device));
+        assert_eq!(node.node.qty("user1", "1"), expected, "device {device}");
+    }
+    let recorded = gw.coordination.recorded.lock().unwrap().clone();
+    assert_eq!(recorded.len(), 1);
+    let devices = &recorded[0].1;
+    assert!(
+        devices.len() >= 2 && devices.iter().all(|d| placed.contains(d)),
+        "{devices:?}"
+    );
+}
+
+/// A retry with the same idempotency key is applied once.
+#[tokio::test]
+async fn a_retried_insert_is_applied_once() {
+    let gw = TestGateway::start().await;
+    assert_eq!(
+        gw.insert("user1", "pork", Some("k-1")).await,
+        GatewayResponse::Updated { qty: 1 }
+    );
+    assert_eq!(
+        gw.insert("user1", "pork", Some("k-1")).await,
+        GatewayResponse::Updated { qty: 1 }
+    );
+    assert_eq!(
+        gw.insert("user1", "pork", Some("k-2")).await,
+        GatewayResponse::Updated { qty: 2 }
+    );
+}
+
+/// Deleting what is not in the cart is refused and changes nothing.
+#[tokio::test]
+async fn deleting_an_item_not_in_the_cart_is_refused() {
+    let gw = TestGateway::start().await;
+    let refused = failure(gw.delete("user1", "pork").await);
+    assert_eq!(
+        refused,
+        GatewayFailure::NotInCart {
+            name: "pork".into()
+        }
+    );
+    gw.insert("user1", "pork", None).await;
+    gw.delete("user1", "pork").await;
+    let refused = failure(gw.delete("user1", "pork").await);
+    assert_eq!(refused.to_string(), "product is not available in cart");
+    assert!(gw.cart("user1").await.is_empty());
+}
+
+/// Unknown products and bad identifiers are refused before any replica is asked.
+#[tokio::test]
+async fn bad_requests_are_refused() {
+    let gw = TestGateway::start().await;
+    let unknown = failure(gw.insert("user1", "caviar", None).await);
+    assert_eq!(unknown.to_string(), "product not available in inventory");
+    let invalid = failure(gw.insert("a/b", "pork", None).await);
+    assert!(
+        matches!(invalid, GatewayFailure::InvalidInput { ref field, .. } if field == "userid"),
+        "{invalid:?}"
+    );
+    let invalid = failure(gw.insert("user1", "pork", Some("")).await);
+    assert!(
+        matches!(invalid, GatewayFailure::InvalidInput { ref field, .. } if field == "idempotency_key")
+    );
+    for node in gw.nodes.values() {
+        assert_eq!(
+            node.node.applies.load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+    }
+}
+
+/// With one replica of an item down, writes and reads still reach their quorums.
+#[tokio::test]
+async fn one_replica_down_is_tolerated() {
+    let gw = TestGateway::start().await;
+    let placed = gw.replicas_of("user1", "1");
+    gw.nodes[&placed[0]].stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        gw.insert("user1", "pork", None).await,
+        GatewayResponse::Updated { qty: 1 }
+    );
+    assert_eq!(gw.cart("user1").await, [("pork".to_owned(), 1)]);
+}
+
+/// With two of an item's three replicas down, a write fails with a quorum error naming them.
+#[tokio::test]
+async fn two_replicas_down_fail_the_write() {
+    let gw = TestGateway::start().await;
+    let placed = gw.replicas_of("user1", "1");
+    gw.nodes[&placed[1]].stop();
+    gw.nodes[&placed[2]].stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let GatewayFailure::QuorumNotReached {
+        operation, errors, ..
+    } = failure(gw.insert("user1", "pork", None).await)
+    else {
+        panic!("expected a quorum failure");
+    };
+    assert_eq!(operation, "insert");
+    for device in &placed[1..] {
+        assert!(errors.contains(&format!("device {device}:")), "{errors}");
+    }
+}
+
+/// A category lists every user holding one of its products, once, sorted.
+#[tokio::test]
+async fn categories_list_their_users() {
+    let gw = TestGateway::start().await;
+    gw.insert("user2", "pork", None).await;
+    gw.insert("user1", "soap", None).await;
+    gw.insert("user1", "pork", None).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let response = gw
+        .service
+        .handle(GatewayRequest::ListCategory {
+            category: "1".into(),
+        })
+        .await;
+    assert_eq!(
+        response,
+        GatewayResponse::CategoryUsers {
+            users: vec!["user1".into(), "user2".into()]
+        }
+    );
+}
+
+/// A new product can be sold at once; a product that clashes with another's name is
+/// refused as bad input.
+#[tokio::test]
+async fn products_can_be_added() {
+    let gw = TestGateway::start().await;
+    let product = Product {
+        productid: "900".into(),
+        name: "truffle".into(),
+        category: "9".into(),
+        price: 500,
+    };
+    let response = gw
+        .service
+        .handle(GatewayRequest::UpsertProduct { product })
+        .await;
+    let GatewayResponse::Products { products } = response else {
+        panic!("expected the catalog, got {response:?}");
+    };
+    assert!(products.iter().any(|p| p.name == "truffle"));
+    assert_eq!(
+        gw.insert("user1", "truffle", None).await,
+        GatewayResponse::Updated { qty: 1 }
+    );
+
+    let clash = Product {
+        productid: "901".into(),
+        name: "pork".into(),
+        category: "1".into(),
+        price: 1,
+    };
+    let refused = failure(
+        gw.service
+            .handle(GatewayRequest::UpsertProduct { product: clash })
+            .await,
+    );
+    assert!(
+        matches!(refused, GatewayFailure::InvalidInput { .. }),
+        "{refused:?}"
+    );
+}
+
+/// The cluster status lists the map's devices, the epoch and the policy.
+#[tokio::test]
+async fn the_cluster_status_describes_the_map() {
+    let gw = TestGateway::start().await;
+    let GatewayResponse::Cluster(status) = gw.service.handle(GatewayRequest::Cluster).await else {
+        panic!("expected the cluster status");
+    };
+    assert_eq!(status.devices.len(), 6);
+    assert!(status.devices.iter().all(|d| d.up && d.reweight == 0x10000));
+    assert_eq!(status.map_epoch, 1);
+    assert_eq!(status.placement_policy.sha256.len(), 64);
+    assert_eq!(status.replication.write_quorum, 2);
+    assert_eq!(status.gateways.len(), 1);
+}
+
+/// A slow replica holds up neither writes nor reads once their quorums are reached.
+#[tokio::test]
+async fn a_slow_replica_does_not_hold_up_requests() {
+    let gw = TestGateway::start().await;
+    gw.insert("user1", "pork", None).await;
+    let placed = gw.replicas_of("user1", "1");
+    gw.nodes[&placed[0]]
+        .node
+        .set_delay(Duration::from_millis(1500));
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        gw.insert("user1", "pork", None).await,
+        GatewayResponse::Updated { qty: 2 }
+    );
+    assert_eq!(gw.cart("user1").await, [("pork".to_owned(), 2)]);
+    let response = gw
+        .service
+        .handle(GatewayRequest::ListCategory {
+            category: "1".into(),
+        })
+        .await;
+    assert_eq!(
+        response,
+        GatewayResponse::CategoryUsers {
+            users: vec!["user1".into()]
+        }
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+}
