@@ -157,7 +157,10 @@ async fn invalid_identifiers_are_refused() {
     ] {
         let reply = writer.apply(bad).await;
         assert!(
-            matches!(reply, DataResponse::Failed(DataFailure::InvalidRequest { .. })),
+            matches!(
+                reply,
+                DataResponse::Failed(DataFailure::InvalidRequest { .. })
+            ),
             "{reply:?}"
         );
     }

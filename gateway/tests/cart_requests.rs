@@ -25,7 +25,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::watch;
 
-use common::{RunningNode, start_nodes};
+use common::{RunningNode, eventually, start_nodes};
 
 /// Coordination kept in memory: remembers recorded replicas and edits the catalog.
 struct FakeCoordination {
@@ -136,6 +136,20 @@ impl TestGateway {
         self.placers.replicas_for(&key, 3).unwrap()
     }
 
+    /// Waits until every replica of `user`'s item with product id `productid` holds `qty`:
+    /// the gateway answers at W acknowledgements, possibly before the last replica has it.
+    async fn until_replicated(&self, user: &str, productid: &str, qty: u64) {
+        let placed = self.replicas_of(user, productid);
+        let what =
+            format!("every replica {placed:?} of {user}'s product {productid} to hold {qty}");
+        eventually(&what, || {
+            placed
+                .iter()
+                .all(|device| self.nodes[device].node.qty(user, productid) == qty)
+        })
+        .await;
+    }
+
     async fn insert(&self, user: &str, item: &str, key: Option<&str>) -> GatewayResponse {
         self.service
             .handle(GatewayRequest::Insert {
@@ -166,6 +180,14 @@ impl TestGateway {
             GatewayResponse::Cart { items } => items.into_iter().map(|l| (l.name, l.qty)).collect(),
             other => panic!("expected a cart, got {other:?}"),
         }
+    }
+
+    async fn list_category(&self, category: &str) -> GatewayResponse {
+        self.service
+            .handle(GatewayRequest::ListCategory {
+                category: category.into(),
+            })
+            .await
     }
 }
 
@@ -229,7 +251,7 @@ async fn items_go_to_their_placement_and_are_recorded() {
     let placed = gw.replicas_of("user1", "1");
     assert_eq!(placed.len(), 3);
     gw.insert("user1", "pork", None).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.until_replicated("user1", "1", 1).await;
     for (device, node) in &gw.nodes {
         let expected = u64::from(placed.contains(device));
         assert_eq!(node.node.qty("user1", "1"), expected, "device {device}");
@@ -307,8 +329,7 @@ async fn bad_requests_are_refused() {
 async fn one_replica_down_is_tolerated() {
     let gw = TestGateway::start().await;
     let placed = gw.replicas_of("user1", "1");
-    gw.nodes[&placed[0]].stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.nodes[&placed[0]].stop_and_wait().await;
     assert_eq!(
         gw.insert("user1", "pork", None).await,
         GatewayResponse::Updated { qty: 1 }
@@ -321,9 +342,8 @@ async fn one_replica_down_is_tolerated() {
 async fn two_replicas_down_fail_the_write() {
     let gw = TestGateway::start().await;
     let placed = gw.replicas_of("user1", "1");
-    gw.nodes[&placed[1]].stop();
-    gw.nodes[&placed[2]].stop();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    gw.nodes[&placed[1]].stop_and_wait().await;
+    gw.nodes[&placed[2]].stop_and_wait().await;
     let GatewayFailure::QuorumNotReached {
         operation, errors, ..
     } = failure(gw.insert("user1", "pork", None).await)
@@ -343,15 +363,11 @@ async fn categories_list_their_users() {
     gw.insert("user2", "pork", None).await;
     gw.insert("user1", "soap", None).await;
     gw.insert("user1", "pork", None).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let response = gw
-        .service
-        .handle(GatewayRequest::ListCategory {
-            category: "1".into(),
-        })
-        .await;
+    gw.until_replicated("user2", "1", 1).await;
+    gw.until_replicated("user1", "2", 1).await;
+    gw.until_replicated("user1", "1", 1).await;
     assert_eq!(
-        response,
+        gw.list_category("1").await,
         GatewayResponse::CategoryUsers {
             users: vec!["user1".into(), "user2".into()]
         }
@@ -429,14 +445,8 @@ async fn a_slow_replica_does_not_hold_up_requests() {
         GatewayResponse::Updated { qty: 2 }
     );
     assert_eq!(gw.cart("user1").await, [("pork".to_owned(), 2)]);
-    let response = gw
-        .service
-        .handle(GatewayRequest::ListCategory {
-            category: "1".into(),
-        })
-        .await;
     assert_eq!(
-        response,
+        gw.list_category("1").await,
         GatewayResponse::CategoryUsers {
             users: vec!["user1".into()]
         }

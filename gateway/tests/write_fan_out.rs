@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,55 +18,85 @@ use cartdb_gateway::write::{ItemWrite, replicate};
 use cartdb_gateway::write_quorum::WriteOutcome;
 use tokio::time::Instant;
 
-use common::{dead_address, start_nodes};
+use common::{RunningNode, dead_address, eventually, start_nodes};
 
 const DEVICES: [DeviceId; 3] = [1, 2, 3];
 
-fn rf3() -> Replication {
-    Replication::new(3, 2, 2).unwrap()
+/// Three fake data nodes (the devices of [`DEVICES`]), the gateway's connections to them
+/// and a clock for the operations' versions.
+struct Fixture {
+    nodes: BTreeMap<DeviceId, RunningNode>,
+    replicas: Replicas,
+    clock: HybridClock,
 }
 
-fn write(kind: OpKind, id: u128, clock: &HybridClock) -> Arc<ItemWrite> {
-    Arc::new(ItemWrite {
-        key: ItemKey {
-            user: "user1".into(),
-            product: "1".into(),
-        },
-        meta: ItemMeta {
-            price: 61,
-            category: "1".into(),
-        },
-        op: Operation {
-            id: OpId(id),
-            kind,
-            version: clock.now(),
-        },
-    })
-}
+impl Fixture {
+    async fn start() -> Fixture {
+        let (nodes, addresses) = start_nodes(3).await;
+        let replicas = Replicas::new(Duration::from_secs(1));
+        replicas.refresh(&addresses);
+        Fixture {
+            nodes,
+            replicas,
+            clock: HybridClock::new(1),
+        }
+    }
 
-fn deadline() -> Instant {
-    Instant::now() + Duration::from_secs(2)
+    /// The nodes' addresses by device id.
+    fn addresses(&self) -> BTreeMap<DeviceId, String> {
+        self.nodes
+            .iter()
+            .map(|(device, node)| (*device, node.address.clone()))
+            .collect()
+    }
+
+    /// Replicates operation `id` of `kind` on user1's pork to every device, with 2 s to go.
+    async fn write(&self, kind: OpKind, id: u128) -> WriteOutcome {
+        self.write_by(kind, id, Instant::now() + Duration::from_secs(2))
+            .await
+    }
+
+    /// As [`Fixture::write`], giving up at `deadline`.
+    async fn write_by(&self, kind: OpKind, id: u128, deadline: Instant) -> WriteOutcome {
+        let write = Arc::new(ItemWrite {
+            key: ItemKey {
+                user: "user1".into(),
+                product: "1".into(),
+            },
+            meta: ItemMeta {
+                price: 61,
+                category: "1".into(),
+            },
+            op: Operation {
+                id: OpId(id),
+                kind,
+                version: self.clock.now(),
+            },
+        });
+        let rf3 = Replication::new(3, 2, 2).unwrap();
+        replicate(&self.replicas, &DEVICES, write, rf3, deadline).await
+    }
+
+    /// The quantity of user1's pork on `device`.
+    fn qty(&self, device: DeviceId) -> u64 {
+        self.nodes[&device].node.qty("user1", "1")
+    }
+
+    /// The apply requests `device` has received.
+    fn applies(&self, device: DeviceId) -> usize {
+        self.nodes[&device].node.applies.load(Ordering::SeqCst)
+    }
 }
 
 /// An insert is acknowledged once W replicas applied it, without waiting for a slow third,
 /// and the slow replica still receives it.
 #[tokio::test]
 async fn an_insert_does_not_wait_for_the_slowest_replica() {
-    let (nodes, addresses) = start_nodes(3).await;
-    let replicas = Replicas::new(Duration::from_secs(1));
-    replicas.refresh(&addresses);
-    nodes[&3].node.set_delay(Duration::from_millis(800));
-    let clock = HybridClock::new(1);
+    let fx = Fixture::start().await;
+    fx.nodes[&3].node.set_delay(Duration::from_millis(800));
 
     let started = Instant::now();
-    let outcome = replicate(
-        &replicas,
-        &DEVICES,
-        write(OpKind::Add, 1, &clock),
-        rf3(),
-        deadline(),
-    )
-    .await;
+    let outcome = fx.write(OpKind::Add, 1).await;
     assert_eq!(
         outcome,
         WriteOutcome::Acknowledged {
@@ -79,38 +110,29 @@ async fn an_insert_does_not_wait_for_the_slowest_replica() {
         started.elapsed()
     );
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        nodes[&3].node.qty("user1", "1"),
-        1,
-        "the slow replica got the write"
-    );
+    eventually("the slow replica (device 3) to get the write", || {
+        fx.qty(3) == 1
+    })
+    .await;
 }
 
 /// A retried operation (same op id) is applied once on every replica.
 #[tokio::test]
 async fn a_retry_with_the_same_op_id_is_not_applied_twice() {
-    let (nodes, addresses) = start_nodes(3).await;
-    let replicas = Replicas::new(Duration::from_secs(1));
-    replicas.refresh(&addresses);
-    let clock = HybridClock::new(1);
+    let fx = Fixture::start().await;
     for _ in 0..2 {
-        let outcome = replicate(
-            &replicas,
-            &DEVICES,
-            write(OpKind::Add, 7, &clock),
-            rf3(),
-            deadline(),
-        )
-        .await;
+        let outcome = fx.write(OpKind::Add, 7).await;
         assert!(
             matches!(outcome, WriteOutcome::Acknowledged { qty: 1, .. }),
             "{outcome:?}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("both attempts to reach every replica", || {
+        DEVICES.iter().all(|&device| fx.applies(device) >= 2)
+    })
+    .await;
     for device in DEVICES {
-        assert_eq!(nodes[&device].node.qty("user1", "1"), 1);
+        assert_eq!(fx.qty(device), 1, "device {device}");
     }
 }
 
@@ -118,31 +140,17 @@ async fn a_retry_with_the_same_op_id_is_not_applied_twice() {
 /// says not-in-cart) is sent the delete again unconditionally and counts toward W.
 #[tokio::test]
 async fn a_delete_is_resent_to_a_stale_replica() {
-    let (nodes, addresses) = start_nodes(3).await;
-    let replicas = Replicas::new(Duration::from_secs(1));
-    replicas.refresh(&addresses);
-    let clock = HybridClock::new(1);
-    let insert = replicate(
-        &replicas,
-        &DEVICES,
-        write(OpKind::Add, 1, &clock),
-        rf3(),
-        deadline(),
-    )
-    .await;
+    let fx = Fixture::start().await;
+    let insert = fx.write(OpKind::Add, 1).await;
     assert!(matches!(insert, WriteOutcome::Acknowledged { .. }));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    nodes[&2].node.wipe();
-    nodes[&3].node.set_failing(true);
-
-    let outcome = replicate(
-        &replicas,
-        &DEVICES,
-        write(OpKind::Delete, 2, &clock),
-        rf3(),
-        deadline(),
-    )
+    eventually("the insert to reach every replica", || {
+        DEVICES.iter().all(|&device| fx.qty(device) == 1)
+    })
     .await;
+    fx.nodes[&2].node.wipe();
+    fx.nodes[&3].node.set_failing(true);
+
+    let outcome = fx.write(OpKind::Delete, 2).await;
     assert_eq!(
         outcome,
         WriteOutcome::Acknowledged {
@@ -150,31 +158,17 @@ async fn a_delete_is_resent_to_a_stale_replica() {
             acked: vec![1, 2]
         }
     );
-    assert_eq!(
-        nodes[&2].node.applies.load(Ordering::SeqCst),
-        3,
-        "insert, refused delete, forced delete"
-    );
+    assert_eq!(fx.applies(2), 3, "insert, refused delete, forced delete");
 }
 
 /// A delete of an item no replica holds is "not in cart", and nothing is written.
 #[tokio::test]
 async fn a_delete_of_an_absent_item_is_not_in_cart() {
-    let (nodes, addresses) = start_nodes(3).await;
-    let replicas = Replicas::new(Duration::from_secs(1));
-    replicas.refresh(&addresses);
-    let clock = HybridClock::new(1);
-    let outcome = replicate(
-        &replicas,
-        &DEVICES,
-        write(OpKind::Delete, 1, &clock),
-        rf3(),
-        deadline(),
-    )
-    .await;
+    let fx = Fixture::start().await;
+    let outcome = fx.write(OpKind::Delete, 1).await;
     assert_eq!(outcome, WriteOutcome::NotInCart);
     for device in DEVICES {
-        assert_eq!(nodes[&device].node.qty("user1", "1"), 0);
+        assert_eq!(fx.qty(device), 0);
     }
 }
 
@@ -182,20 +176,12 @@ async fn a_delete_of_an_absent_item_is_not_in_cart() {
 /// why.
 #[tokio::test]
 async fn too_few_replicas_fail_the_write_and_name_the_devices() {
-    let (nodes, mut addresses) = start_nodes(3).await;
+    let fx = Fixture::start().await;
+    let mut addresses = fx.addresses();
     addresses.insert(2, dead_address().await);
     addresses.remove(&3);
-    let replicas = Replicas::new(Duration::from_secs(1));
-    replicas.refresh(&addresses);
-    let clock = HybridClock::new(1);
-    let outcome = replicate(
-        &replicas,
-        &DEVICES,
-        write(OpKind::Add, 1, &clock),
-        rf3(),
-        deadline(),
-    )
-    .await;
+    fx.replicas.refresh(&addresses);
+    let outcome = fx.write(OpKind::Add, 1).await;
     let WriteOutcome::QuorumNotReached(failure) = outcome else {
         panic!("expected a quorum failure, got {outcome:?}");
     };
@@ -205,28 +191,17 @@ async fn too_few_replicas_fail_the_write_and_name_the_devices() {
     let text = failure.to_string();
     assert!(text.contains("device 2: cannot connect"), "{text}");
     assert!(text.contains("device 3: device 3 is down"), "{text}");
-    drop(nodes);
 }
 
 /// A replica that answers after the deadline counts as failed.
 #[tokio::test]
 async fn replicas_slower_than_the_deadline_fail_the_write() {
-    let (nodes, addresses) = start_nodes(3).await;
-    let replicas = Replicas::new(Duration::from_secs(1));
-    replicas.refresh(&addresses);
-    nodes[&1].node.set_delay(Duration::from_millis(500));
-    nodes[&2].node.set_delay(Duration::from_millis(500));
-    let clock = HybridClock::new(1);
+    let fx = Fixture::start().await;
+    fx.nodes[&1].node.set_delay(Duration::from_millis(500));
+    fx.nodes[&2].node.set_delay(Duration::from_millis(500));
     let started = Instant::now();
     let deadline = Instant::now() + Duration::from_millis(150);
-    let outcome = replicate(
-        &replicas,
-        &DEVICES,
-        write(OpKind::Add, 1, &clock),
-        rf3(),
-        deadline,
-    )
-    .await;
+    let outcome = fx.write_by(OpKind::Add, 1, deadline).await;
     assert!(started.elapsed() < Duration::from_millis(400));
     let WriteOutcome::QuorumNotReached(failure) = outcome else {
         panic!("expected a quorum failure, got {outcome:?}");

@@ -1,6 +1,7 @@
 //! A fake data node for the gateway's behaviour tests: a real [`rpc::Service`] on a loopback
 //! port that keeps item operation logs in memory (no fsync, no ZooKeeper), and can be told
-//! to answer slowly, to refuse, or to stop.
+//! to answer slowly, to refuse, or to stop; and [`eventually`], for waiting on something
+//! that happens after the gateway has already answered.
 
 #![allow(dead_code, reason = "each test file uses a different part")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
@@ -13,7 +14,8 @@ use std::time::Duration;
 use cartdb_core::cart::{DeviceId, ItemKey, ItemState};
 use cartdb_core::rpc;
 use cartdb_core::wire::{DataFailure, DataRequest, DataResponse, ServiceKind};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 /// The state and behaviour of one fake data node.
@@ -153,6 +155,20 @@ impl RunningNode {
     pub fn stop(&self) {
         self.stop.cancel();
     }
+
+    /// Stops the node and waits until its address refuses connections, so the next request
+    /// sent to it finds it down.
+    pub async fn stop_and_wait(&self) {
+        self.stop();
+        let what = format!(
+            "device {} at {} to refuse connections",
+            self.node.device, self.address
+        );
+        eventually_async(&what, || async {
+            TcpStream::connect(&self.address).await.is_err()
+        })
+        .await;
+    }
 }
 
 impl Drop for RunningNode {
@@ -179,4 +195,38 @@ pub async fn start_nodes(
 pub async fn dead_address() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().to_string()
+}
+
+/// How long [`eventually`] waits before failing the test. Generous, because it only bounds
+/// how long a failing test takes: a passing one goes on as soon as its condition holds.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// How often [`eventually`] checks its condition.
+const POLL_EVERY: Duration = Duration::from_millis(5);
+
+/// Waits until `check` holds, checking every few milliseconds; fails the test, naming `what`
+/// it waited for, if it still does not hold after [`PATIENCE`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    eventually_async(what, || std::future::ready(check())).await;
+}
+
+/// [`eventually`] for a condition that has to be awaited.
+pub async fn eventually_async<F>(what: &str, mut check: impl FnMut() -> F)
+where
+    F: Future<Output = bool>,
+{
+    let give_up = Instant::now() + PATIENCE;
+    let mut polls = tokio::time::interval(POLL_EVERY);
+    polls.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        // The first tick is immediate: a condition that already holds costs no wait.
+        polls.tick().await;
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "gave up after {PATIENCE:?} waiting for {what}"
+        );
+    }
 }
