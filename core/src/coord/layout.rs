@@ -56,6 +56,11 @@ pub(crate) fn device_item(key: &ItemKey, device: DeviceId) -> String {
     format!("{DEVICES}/{device}/{}/{}", key.user, key.product)
 }
 
+/// `/devices/<device>/<user>`.
+pub(crate) fn device_user(device: DeviceId, user: &str) -> String {
+    format!("{DEVICES}/{device}/{user}")
+}
+
 /// `/users/<user>`.
 pub(crate) fn user(user: &str) -> String {
     format!("{USERS}/{user}")

@@ -20,7 +20,7 @@
 //! - `follow`: the watch-driven tasks that keep the in-memory copies fresh.
 //! - `supervisor`: the task that owns the session and replaces it after an expiry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -382,8 +382,10 @@ impl Coordinator {
         if missing.is_empty() {
             return Ok(());
         }
-        self.run(OP, |zk| async move { record(&zk, key, missing).await })
-            .await?;
+        self.run(OP, |zk| async move {
+            record(&zk, &self.inner.directory, key, missing).await
+        })
+        .await?;
         for &device in missing {
             self.inner.directory.insert(&key.user, &key.product, device);
         }
@@ -516,13 +518,53 @@ async fn try_upsert(zk: &Zk, product: &Product) -> Result<Option<(u64, Arc<Catal
 /// Creates both directory entries for each device, the per-device one first: a gateway that
 /// dies in between leaves the item missing from `/users`, so the next request records it
 /// again, instead of an entry in `/users` without its `/devices` counterpart.
-async fn record(zk: &Zk, key: &ItemKey, devices: &[DeviceId]) -> Result<(), CoordError> {
+/// Records `devices` as replicas of `key`: usually one `multi` transaction that creates the
+/// item's missing parents (known from the directory cache) and its leaves, so recording a new
+/// item costs one ZooKeeper round trip. When the cache was stale (another gateway recorded
+/// something first) or a device's own parent is missing, the transaction changes nothing and
+/// each path is settled on its own.
+async fn record(
+    zk: &Zk,
+    directory: &Directory,
+    key: &ItemKey,
+    devices: &[DeviceId],
+) -> Result<(), CoordError> {
+    let plan = record_plan(&directory.items_of(&key.user), key, devices);
+    if let Created::New(_) = zk.create_all(&plan).await? {
+        return Ok(());
+    }
     let one = |device: DeviceId| async move {
         zk.ensure_path(&layout::device_item(key, device)).await?;
         zk.ensure_path(&layout::user_replica(key, device)).await
     };
     futures::future::try_join_all(devices.iter().map(|&d| one(d))).await?;
     Ok(())
+}
+
+/// The znodes to create, parents first, to record `devices` for `key`, given what the
+/// directory already holds for the user. `/devices/<d>` itself is assumed to exist; when it
+/// does not (the first item ever on a device), the transaction fails and the slow path
+/// creates it.
+fn record_plan(
+    known: &BTreeMap<String, BTreeSet<DeviceId>>,
+    key: &ItemKey,
+    devices: &[DeviceId],
+) -> Vec<String> {
+    let mut plan = Vec::new();
+    if known.is_empty() {
+        plan.push(layout::user(&key.user));
+    }
+    if !known.contains_key(&key.product) {
+        plan.push(layout::user_product(&key.user, &key.product));
+    }
+    for &device in devices {
+        if !known.values().any(|held| held.contains(&device)) {
+            plan.push(layout::device_user(device, &key.user));
+        }
+        plan.push(layout::device_item(key, device));
+        plan.push(layout::user_replica(key, device));
+    }
+    plan
 }
 
 fn check_address(address: &str) -> Result<(), CoordError> {
@@ -585,5 +627,52 @@ mod tests {
         fn shareable<T: Send + Sync + Clone + 'static>() {}
         shareable::<Coordinator>();
         shareable::<Arc<Directory>>();
+    }
+}
+
+#[cfg(test)]
+mod record_plan_tests {
+    use super::*;
+
+    fn key() -> ItemKey {
+        ItemKey {
+            user: "u1".into(),
+            product: "7".into(),
+        }
+    }
+
+    #[test]
+    fn a_new_user_gets_every_parent_before_the_leaves() {
+        let plan = record_plan(&BTreeMap::new(), &key(), &[1, 3]);
+        assert_eq!(
+            plan,
+            [
+                "/users/u1",
+                "/users/u1/7",
+                "/devices/1/u1",
+                "/devices/1/u1/7",
+                "/users/u1/7/1",
+                "/devices/3/u1",
+                "/devices/3/u1/7",
+                "/users/u1/7/3",
+            ]
+        );
+    }
+
+    #[test]
+    fn parents_the_cache_knows_are_not_created_again() {
+        let known = BTreeMap::from([("2".to_owned(), BTreeSet::from([1]))]);
+        let plan = record_plan(&known, &key(), &[1, 3]);
+        assert_eq!(
+            plan,
+            [
+                "/users/u1/7",
+                "/devices/1/u1/7",
+                "/users/u1/7/1",
+                "/devices/3/u1",
+                "/devices/3/u1/7",
+                "/users/u1/7/3",
+            ]
+        );
     }
 }
