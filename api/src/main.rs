@@ -12,6 +12,8 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let config = ApiConfig::parse();
     tracing_subscriber::fmt()
+        // Colour codes only help a terminal; in a log file they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match start(config) {
@@ -25,7 +27,10 @@ fn main() -> ExitCode {
 
 fn start(config: ApiConfig) -> anyhow::Result<()> {
     config.validate()?;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
