@@ -264,12 +264,17 @@ async fn products_are_listed_and_an_added_product_can_be_bought() -> Result<()> 
     refused.expect_status(401);
     let added = api.add_product(&kiwi).await?;
     assert!(added.is_success(), "adding a product: {added}");
-    let listed = api.products().await?;
-    assert!(
-        listed.product("kiwi").is_some(),
-        "kiwi not listed after adding it: {listed}"
-    );
-    // The gateways learn the catalog through ZooKeeper watches: poll until one accepts it.
+    // The gateway that wrote the catalog knows kiwi at once; the other learns it through its
+    // ZooKeeper watch a moment later, and the API server picks a gateway at random.
+    wait_until(
+        "kiwi to be listed by the gateways",
+        Duration::from_secs(15),
+        || async {
+            let listed = api.products().await?;
+            Ok(listed.product("kiwi").is_some().then_some(()))
+        },
+    )
+    .await?;
     let bought = wait_until(
         "the gateways to know kiwi",
         Duration::from_secs(15),
