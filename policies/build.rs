@@ -5,8 +5,7 @@
 //!        --wit-component--> components --check: no imports--> <target>/policies/*.wasm
 //! TEST_GUESTS (WAT)    --wat + component metadata + wit-component--> same directory
 //! ```
-//! To add a policy guest (e.g. the merge policy), add a workspace member crate and one
-//! entry to [`GUESTS`].
+//! To add a policy guest, add a workspace member crate and one entry to [`GUESTS`].
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -35,16 +34,34 @@ struct Guest {
     doc: &'static str,
 }
 
-const GUESTS: &[Guest] = &[Guest {
-    package: "cartdb-policy-crush",
-    dir: "crush",
-    core_module: "cartdb_policy_crush",
-    artifact: "crush.wasm",
-    constant: "CRUSH_POLICY_WASM",
-    doc: "The reference CRUSH (straw2) placement policy component.",
-}];
+const GUESTS: &[Guest] = &[
+    Guest {
+        package: "cartdb-policy-crush",
+        dir: "crush",
+        core_module: "cartdb_policy_crush",
+        artifact: "crush.wasm",
+        constant: "CRUSH_POLICY_WASM",
+        doc: "The reference CRUSH (straw2) placement policy component.",
+    },
+    Guest {
+        package: "cartdb-policy-merge",
+        dir: "merge",
+        core_module: "cartdb_policy_merge",
+        artifact: "merge.wasm",
+        constant: "MERGE_POLICY_WASM",
+        doc: "The reference merge policy component: the gateway's built-in merge.",
+    },
+    Guest {
+        package: "cartdb-policy-merge-lww",
+        dir: "merge-lww",
+        core_module: "cartdb_policy_merge_lww",
+        artifact: "merge-lww.wasm",
+        constant: "MERGE_LWW_POLICY_WASM",
+        doc: "An example merge policy component, last writer wins: it drops acknowledged operations.",
+    },
+];
 
-/// A hand-written placement guest that misbehaves in one way, for host tests.
+/// A hand-written guest that misbehaves in one way, for host tests.
 struct TestGuest {
     artifact: &'static str,
     constant: &'static str,
@@ -53,10 +70,20 @@ struct TestGuest {
     world: &'static str,
     /// Extra WAT imports.
     imports: &'static str,
-    /// WAT body of `load`, leaving the return-area pointer on the stack.
-    load: &'static str,
-    /// WAT body of `placer.place`, leaving the return-area pointer on the stack.
-    place: &'static str,
+    /// The exported functions' bodies, which also decide the template.
+    exports: Exports,
+}
+
+/// WAT bodies of a test guest's functions; each leaves its return-area pointer on the stack.
+enum Exports {
+    /// `placement-policy`: `load` and `placer.place`.
+    Placement {
+        load: &'static str,
+        place: &'static str,
+    },
+    /// `merge-policy`: `merge`, whose parameters are `$states` (pointer to the list of
+    /// item states, 40 bytes each) and `$len`.
+    Merge { merge: &'static str },
 }
 
 const LOAD_OK: &str = "(i32.store8 (i32.const 64) (i32.const 0))
@@ -75,8 +102,10 @@ const TEST_GUESTS: &[TestGuest] = &[
         doc: "`place` always returns device 99, which no test map has.",
         world: "placement-policy",
         imports: "",
-        load: LOAD_OK,
-        place: PLACE_99,
+        exports: Exports::Placement {
+            load: LOAD_OK,
+            place: PLACE_99,
+        },
     },
     TestGuest {
         artifact: "test-trap.wasm",
@@ -84,8 +113,10 @@ const TEST_GUESTS: &[TestGuest] = &[
         doc: "`place` traps (`unreachable`).",
         world: "placement-policy",
         imports: "",
-        load: LOAD_OK,
-        place: "unreachable",
+        exports: Exports::Placement {
+            load: LOAD_OK,
+            place: "unreachable",
+        },
     },
     TestGuest {
         artifact: "test-spin.wasm",
@@ -93,8 +124,10 @@ const TEST_GUESTS: &[TestGuest] = &[
         doc: "`place` loops forever.",
         world: "placement-policy",
         imports: "",
-        load: LOAD_OK,
-        place: "(loop $forever (br $forever)) unreachable",
+        exports: Exports::Placement {
+            load: LOAD_OK,
+            place: "(loop $forever (br $forever)) unreachable",
+        },
     },
     TestGuest {
         artifact: "test-load-error.wasm",
@@ -102,11 +135,13 @@ const TEST_GUESTS: &[TestGuest] = &[
         doc: "`load` returns the error \"evil says no\".",
         world: "placement-policy",
         imports: "",
-        load: "(i32.store8 (i32.const 64) (i32.const 1))
+        exports: Exports::Placement {
+            load: "(i32.store8 (i32.const 64) (i32.const 1))
      (i32.store (i32.const 68) (i32.const 16))
      (i32.store (i32.const 72) (i32.const 12))
      (i32.const 64)",
-        place: PLACE_99,
+            place: PLACE_99,
+        },
     },
     TestGuest {
         artifact: "test-imports.wasm",
@@ -114,8 +149,84 @@ const TEST_GUESTS: &[TestGuest] = &[
         doc: "Imports a host function `host-log` (policies must import nothing).",
         world: "evil-imports",
         imports: r#"(import "$root" "host-log" (func (param i32 i32)))"#,
-        load: LOAD_OK,
-        place: PLACE_99,
+        exports: Exports::Placement {
+            load: LOAD_OK,
+            place: PLACE_99,
+        },
+    },
+    TestGuest {
+        artifact: "test-merge-trap.wasm",
+        constant: "MERGE_TRAP_WASM",
+        doc: "`merge` traps (`unreachable`) when given more than one state; returns a lone state unchanged.",
+        world: "merge-policy",
+        imports: "",
+        exports: Exports::Merge {
+            merge: "(if (i32.gt_u (local.get $len) (i32.const 1)) (then unreachable))
+     (i32.store8 (i32.const 256) (i32.const 0))
+     (memory.copy (i32.const 264) (local.get $states) (i32.const 40))
+     (i32.const 256)",
+        },
+    },
+    TestGuest {
+        artifact: "test-merge-spin.wasm",
+        constant: "MERGE_SPIN_WASM",
+        doc: "`merge` loops forever when given more than one state; returns a lone state unchanged.",
+        world: "merge-policy",
+        imports: "",
+        exports: Exports::Merge {
+            merge:
+                "(if (i32.gt_u (local.get $len) (i32.const 1)) (then (loop $forever (br $forever))))
+     (i32.store8 (i32.const 256) (i32.const 0))
+     (memory.copy (i32.const 264) (local.get $states) (i32.const 40))
+     (i32.const 256)",
+        },
+    },
+    TestGuest {
+        artifact: "test-merge-unknown-op.wasm",
+        constant: "MERGE_UNKNOWN_OP_WASM",
+        doc: "`merge` returns the base of `states[0]` and an operation no input has: id 0xdead << 64 | 0xbeef, add, version (1, 0).",
+        world: "merge-policy",
+        imports: "",
+        exports: Exports::Merge {
+            merge: "(i32.store8 (i32.const 256) (i32.const 0))
+     (memory.copy (i32.const 264) (local.get $states) (i32.const 32))
+     (i64.store (i32.const 512) (i64.const 0xdead))
+     (i64.store (i32.const 520) (i64.const 0xbeef))
+     (i32.store8 (i32.const 528) (i32.const 0))
+     (i64.store (i32.const 536) (i64.const 1))
+     (i32.store (i32.const 544) (i32.const 0))
+     (i32.store (i32.const 296) (i32.const 512))
+     (i32.store (i32.const 300) (i32.const 1))
+     (i32.const 256)",
+        },
+    },
+    TestGuest {
+        artifact: "test-merge-bad-base.wasm",
+        constant: "MERGE_BAD_BASE_WASM",
+        doc: "`merge` returns a base no input has: quantity 2^63, no version, no operations.",
+        world: "merge-policy",
+        imports: "",
+        exports: Exports::Merge {
+            merge: "(i32.store8 (i32.const 256) (i32.const 0))
+     (i64.store (i32.const 264) (i64.const 0x8000000000000000))
+     (i32.store8 (i32.const 272) (i32.const 0))
+     (i32.store (i32.const 296) (i32.const 0))
+     (i32.store (i32.const 300) (i32.const 0))
+     (i32.const 256)",
+        },
+    },
+    TestGuest {
+        artifact: "test-merge-refuses.wasm",
+        constant: "MERGE_REFUSES_WASM",
+        doc: "`merge` returns the error \"evil says no\".",
+        world: "merge-policy",
+        imports: "",
+        exports: Exports::Merge {
+            merge: "(i32.store8 (i32.const 256) (i32.const 1))
+     (i32.store (i32.const 264) (i32.const 16))
+     (i32.store (i32.const 268) (i32.const 12))
+     (i32.const 256)",
+        },
     },
 ];
 
@@ -311,7 +422,7 @@ fn build_test_guest(workspace: &Path, guest: &TestGuest, out: &Path) -> Result<(
     let test_pkg = resolve
         .push_str("test-guests.wit", TEST_WIT)
         .context("parsing the test WIT")?;
-    let pkg = if guest.world == "placement-policy" {
+    let pkg = if matches!(guest.world, "placement-policy" | "merge-policy") {
         policy_pkg
     } else {
         test_pkg
@@ -333,20 +444,42 @@ fn build_test_guest(workspace: &Path, guest: &TestGuest, out: &Path) -> Result<(
     write_if_changed(out, &component)
 }
 
-/// A minimal canonical-ABI implementation of `placement-policy` with a bump allocator.
-/// Memory map: 0 name's return area, 16 strings, 64 load's return area, 96 place's return
-/// area, 128 the returned list, 1024.. the heap for arguments the host passes in.
+/// A minimal canonical-ABI implementation of the guest's world with a bump allocator that
+/// never frees (the tests make few calls). Memory map: 0 name's return area, 16 strings,
+/// 64 load's return area, 96 place's return area, 128 the returned list, 256 merge's return
+/// area (`result<item-state, string>`: tag at 256, payload at 264: base quantity, version
+/// tag at 272, hlc at 280, gateway at 288, ops pointer at 296 and length at 300), 512 the
+/// returned operations (40 bytes each), 1024.. the heap for arguments the host passes in.
 fn test_guest_wat(guest: &TestGuest) -> String {
     let TestGuest {
-        imports,
-        load,
-        place,
-        ..
+        imports, exports, ..
     } = guest;
+    let (resource_import, functions) = match exports {
+        Exports::Placement { load, place } => (
+            r#"(import "[export]cartdb:policy/placement@0.1.0" "[resource-new]placer"
+    (func $resource_new (param i32) (result i32)))"#,
+            format!(
+                r#"(func (export "cartdb:policy/placement@0.1.0#load")
+    (param i32 i32 i32 i32 i32 i32 i32) (result i32)
+    {load})
+  (func (export "cartdb:policy/placement@0.1.0#[method]placer.place")
+    (param i32 i32 i32) (result i32)
+    {place})
+  (func (export "cartdb:policy/placement@0.1.0#[dtor]placer") (param i32))"#
+            ),
+        ),
+        Exports::Merge { merge } => (
+            "",
+            format!(
+                r#"(func (export "cartdb:policy/merge@0.1.0#merge")
+    (param $states i32) (param $len i32) (result i32)
+    {merge})"#
+            ),
+        ),
+    };
     format!(
         r#"(module
-  (import "[export]cartdb:policy/placement@0.1.0" "[resource-new]placer"
-    (func $resource_new (param i32) (result i32)))
+  {resource_import}
   {imports}
   (memory (export "memory") 4)
   (global $heap (mut i32) (i32.const 1024))
@@ -362,13 +495,7 @@ fn test_guest_wat(guest: &TestGuest) -> String {
     (i32.store (i32.const 0) (i32.const 16))
     (i32.store (i32.const 4) (i32.const 4))
     (i32.const 0))
-  (func (export "cartdb:policy/placement@0.1.0#load")
-    (param i32 i32 i32 i32 i32 i32 i32) (result i32)
-    {load})
-  (func (export "cartdb:policy/placement@0.1.0#[method]placer.place")
-    (param i32 i32 i32) (result i32)
-    {place})
-  (func (export "cartdb:policy/placement@0.1.0#[dtor]placer") (param i32))
+  {functions}
 )"#
     )
 }

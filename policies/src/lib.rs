@@ -8,14 +8,17 @@
 //!
 //! # Layout
 //! - [`CRUSH_POLICY_WASM`]: the reference CRUSH placement policy.
+//! - [`MERGE_POLICY_WASM`]: the reference merge policy (the gateway's built-in merge).
+//! - [`MERGE_LWW_POLICY_WASM`]: an example merge policy that breaks the merge laws.
 //! - [`test_guests`]: deliberately misbehaving components for host tests.
 
 include!(concat!(env!("OUT_DIR"), "/policies.rs"));
 
-/// Deliberately misbehaving placement components, for tests of the host's defences.
+/// Deliberately misbehaving components, for tests of the host's defences.
 ///
-/// All are tiny hand-written core modules (WAT) given the `placement-policy` world's
-/// component metadata; `load` always succeeds.
+/// All are tiny hand-written core modules (WAT) given a world's component metadata: the
+/// placement ones (whose `load` succeeds unless said otherwise) `placement-policy`, the
+/// `MERGE_*` ones `merge-policy`.
 pub mod test_guests {
     include!(concat!(env!("OUT_DIR"), "/test_guests.rs"));
 }
