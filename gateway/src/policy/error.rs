@@ -1,10 +1,12 @@
-//! [`PolicyError`]: everything that can go wrong loading or calling a policy component.
+//! [`PolicyError`]: everything that can go wrong loading or calling a policy component
+//! (placement or merge).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use thiserror::Error;
 
+use super::merge_validate::InvalidMerge;
 use super::validate::{InvalidPlacement, MapProblem};
 
 /// Why a policy could not be loaded or called. Variants name the component file.
@@ -30,9 +32,13 @@ pub enum PolicyError {
     /// The component imports something: policies must be pure (no WASI, no host calls).
     #[error("policy {} imports {}; a policy must import nothing", path.display(), imports.join(", "))]
     Imports { path: PathBuf, imports: Vec<String> },
-    /// The component does not export the `cartdb:policy/placement-policy` world.
-    #[error("policy {} does not implement cartdb:policy/placement-policy@0.1.0: {detail}", path.display())]
-    WrongWorld { path: PathBuf, detail: String },
+    /// The component does not export the world it was loaded for (`world`).
+    #[error("policy {} does not implement {world}: {detail}", path.display())]
+    WrongWorld {
+        path: PathBuf,
+        world: &'static str,
+        detail: String,
+    },
     /// A new instance could not be created (e.g. the instance pool is exhausted).
     #[error("cannot instantiate policy {}: {detail}", path.display())]
     Instantiate { path: PathBuf, detail: String },
@@ -64,7 +70,37 @@ pub enum PolicyError {
         path: PathBuf,
         problem: InvalidPlacement,
     },
+    /// A merge was asked for no states at all.
+    #[error("nothing to merge: merge policy {} was given no states", path.display())]
+    NothingToMerge { path: PathBuf },
+    /// A merge was asked for states of different products: a merge is per item.
+    #[error("merge policy {} was given states of products {first:?} and {other:?}; a merge is per item", path.display())]
+    MixedProducts {
+        path: PathBuf,
+        first: String,
+        other: String,
+    },
+    /// The merge guest returned an error instead of a state.
+    #[error("policy {} refused to merge: {message}", path.display())]
+    MergeRefused { path: PathBuf, message: String },
+    /// The merge guest answered, but the answer is not a merge of its inputs.
+    #[error("policy {} returned an invalid merge: {problem}", path.display())]
+    InvalidMerge {
+        path: PathBuf,
+        problem: InvalidMerge,
+    },
     /// The placer trapped or timed out before; create a new one.
     #[error("placer of policy {} is unusable after an earlier trap or timeout", path.display())]
     Poisoned { path: PathBuf },
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every policy call returns this error, so a fat variant costs every caller a large
+    /// move; clippy's `result_large_err` draws the line at 128 bytes.
+    #[test]
+    fn the_error_stays_small() {
+        let size = std::mem::size_of::<super::PolicyError>();
+        assert!(size <= 128, "PolicyError is {size} bytes");
+    }
 }

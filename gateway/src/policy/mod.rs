@@ -1,30 +1,47 @@
-//! The WebAssembly policy host: loads placement policy components and calls them safely.
+//! The WebAssembly policy host: loads placement and merge policy components and calls
+//! them safely.
 //!
 //! ```text
 //! PolicyEngine (one per process: wasmtime Engine, pooling allocator, epoch ticker)
-//!   └─ PlacementPolicy::load(path)   read (size cap) + sha256 + compile once + refuse
-//!        │                           imports + type-check the world (PlacementPolicyPre)
-//!        └─ placer(map, rule, reweights)   Store (memory cap) + instance + guest `load`
-//!             └─ Placer::place(x, n)       epoch deadline + guest call + validation
+//!   ├─ PlacementPolicy::load(path)   read (size cap) + sha256 + compile once + refuse
+//!   │    │                           imports + type-check the world (PlacementPolicyPre)
+//!   │    └─ placer(map, rule, reweights)   Store (memory cap) + instance + guest `load`
+//!   │         └─ Placer::place(x, n)       epoch deadline + guest call + validation
+//!   └─ MergePolicy::load(path)       the same checks, then one live instance (re-made
+//!        │                           after a trap or time-out)
+//!        └─ merge(states)            epoch deadline + guest call + validation against
+//!                                    the inputs + product facts attached by the host
 //! ```
 //! Policies are untrusted: a component may import nothing (no WASI), every call runs under
-//! a memory cap and a deadline, a trap or timeout poisons its [`Placer`], and every answer
-//! is validated against the map before the gateway sees it.
+//! a memory cap and a deadline, a trap or timeout poisons its [`Placer`] (or discards the
+//! merge instance), and every answer is validated before the gateway sees it. The laws a
+//! merge policy must keep are checked by [`merge_laws`], on any merge function.
 //!
 //! # Layout
-//! - `bindings`: the only `bindgen!`, plus conversions to domain types.
+//! - `bindings`: the only `bindgen!`s, plus conversions to domain types.
+//! - `component`: what loading any component takes (read, hash, compile, refuse imports,
+//!   stores under the limits).
 //! - `engine`: [`PolicyEngine`] and [`PolicyLimits`].
 //! - `placement`: [`PlacementPolicy`] and [`Placer`].
-//! - `validate`: pure checks of guest answers ([`InvalidPlacement`], [`MapProblem`]).
+//! - `merge`: [`MergePolicy`].
+//! - [`merge_laws`]: the merge-law conformance suite ([`merge_laws::check_laws`]).
+//! - `validate`: pure checks of placement answers ([`InvalidPlacement`], [`MapProblem`]).
+//! - `merge_validate`: pure checks of merge answers ([`InvalidMerge`]).
 //! - `error`: [`PolicyError`].
 
 mod bindings;
+mod component;
 mod engine;
 mod error;
+mod merge;
+pub mod merge_laws;
+mod merge_validate;
 mod placement;
 mod validate;
 
 pub use engine::{PolicyEngine, PolicyLimits};
 pub use error::PolicyError;
+pub use merge::MergePolicy;
+pub use merge_validate::InvalidMerge;
 pub use placement::{MAX_REPLICAS, PlacementPolicy, Placer};
 pub use validate::{InvalidPlacement, MapProblem};

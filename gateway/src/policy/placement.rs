@@ -1,30 +1,22 @@
 //! [`PlacementPolicy`] (a compiled, checked placement component) and [`Placer`] (one live
 //! instance holding a loaded map).
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, Linker, ResourceAny};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
 
 use super::bindings::{self, PlacementPolicyPre, Reweight};
+use super::component::{self, HostState};
 use super::validate::{DeviceView, validate_placement};
 use super::{PolicyEngine, PolicyError};
 
 /// Most replicas one `place` call may ask for (the reference guest's own cap).
 pub const MAX_REPLICAS: u32 = 1024;
-/// Longest policy name kept; a longer one is truncated.
-const MAX_NAME_BYTES: usize = 128;
-
-/// Per-store host state: only the resource limiter.
-struct HostState {
-    limits: StoreLimits,
-}
+/// The world a placement component must implement, as errors name it.
+const WORLD: &str = "cartdb:policy/placement-policy@0.1.0";
 
 /// A loaded placement policy component: compiled once, cheap to share (`Clone` is an `Arc`).
 #[derive(Clone)]
@@ -61,19 +53,18 @@ impl PlacementPolicy {
     /// [`PolicyError::Imports`], [`PolicyError::WrongWorld`], or an error of the `name`
     /// call ([`PolicyError::Trapped`], [`PolicyError::TimedOut`], [`PolicyError::Instantiate`]).
     pub fn load(engine: &PolicyEngine, path: &Path) -> Result<Self, PolicyError> {
-        let bytes = read_capped(path, engine.limits().max_file_bytes)?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        let component =
-            Component::new(engine.engine(), &bytes).map_err(|e| PolicyError::Compile {
-                path: path.to_owned(),
-                detail: format!("{e:#}"),
-            })?;
-        let linker = linker_for(engine, &component, path)?;
+        let bytes = component::read_capped(path, engine.limits().max_file_bytes)?;
+        let component::Compiled {
+            sha256,
+            component,
+            linker,
+        } = component::compile(engine, path, &bytes)?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(PlacementPolicyPre::new)
             .map_err(|e| PolicyError::WrongWorld {
                 path: path.to_owned(),
+                world: WORLD,
                 detail: format!("{e:#}"),
             })?;
         let mut loaded = Loaded {
@@ -158,16 +149,7 @@ impl PlacementPolicy {
 impl Loaded {
     /// A fresh store (memory cap, load deadline) and instance.
     fn instantiate(&self) -> Result<(Store<HostState>, bindings::PlacementPolicy), PolicyError> {
-        let limits = self.engine.limits();
-        let state = HostState {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.max_memory_bytes)
-                .instances(8)
-                .build(),
-        };
-        let mut store = Store::new(self.engine.engine(), state);
-        store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(PolicyEngine::ticks(limits.load_timeout));
+        let mut store = component::new_store(&self.engine);
         let instance = self
             .pre
             .instantiate(&mut store)
@@ -180,30 +162,15 @@ impl Loaded {
 
     fn call_name(&self) -> Result<String, PolicyError> {
         let (mut store, instance) = self.instantiate()?;
-        let mut name = instance
+        let name = instance
             .call_name(&mut store)
             .map_err(|e| self.call_error(e, self.engine.limits().load_timeout))?;
-        if name.len() > MAX_NAME_BYTES {
-            let end = (0..=MAX_NAME_BYTES)
-                .rev()
-                .find(|&i| name.is_char_boundary(i))
-                .unwrap_or(0);
-            name.truncate(end);
-        }
-        Ok(name)
+        Ok(component::truncate_name(name))
     }
 
     /// A failed guest call: a timeout when the epoch deadline fired, else a trap.
     fn call_error(&self, error: wasmtime::Error, timeout: Duration) -> PolicyError {
-        let path = self.path.clone();
-        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            PolicyError::TimedOut { path, timeout }
-        } else {
-            PolicyError::Trapped {
-                path,
-                detail: format!("{error:#}"),
-            }
-        }
+        component::call_error(&self.path, &error, timeout)
     }
 }
 
@@ -281,63 +248,5 @@ impl Placer {
     #[must_use]
     pub fn policy(&self) -> &PlacementPolicy {
         &self.policy
-    }
-}
-
-/// Reads at most `max` bytes of `path`; a larger file is refused without reading it all.
-fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, PolicyError> {
-    let read_error = |source| PolicyError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(read_error)?;
-    let mut bytes = Vec::new();
-    file.take(max.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    if bytes.len() as u64 > max {
-        return Err(PolicyError::TooLarge {
-            path: path.to_owned(),
-            max,
-        });
-    }
-    Ok(bytes)
-}
-
-/// An empty linker, except for type-only interfaces (such as `cartdb:policy/types`, which
-/// the world pulls in for its records): they carry no functions, hence no capability.
-/// Anything else the component imports is refused, naming every such import.
-fn linker_for(
-    engine: &PolicyEngine,
-    component: &Component,
-    path: &Path,
-) -> Result<Linker<HostState>, PolicyError> {
-    let engine = engine.engine();
-    let mut linker = Linker::new(engine);
-    let mut refused = Vec::new();
-    for (name, item) in component.component_type().imports(engine) {
-        let type_only = match &item.ty {
-            ComponentItem::ComponentInstance(instance) => instance
-                .exports(engine)
-                .all(|(_, export)| matches!(export.ty, ComponentItem::Type(_))),
-            ComponentItem::Type(_) => true,
-            _ => false,
-        };
-        if !type_only {
-            refused.push(name.to_owned());
-        } else if matches!(item.ty, ComponentItem::ComponentInstance(_)) {
-            linker.instance(name).map_err(|e| PolicyError::WrongWorld {
-                path: path.to_owned(),
-                detail: format!("{e:#}"),
-            })?;
-        }
-    }
-    if refused.is_empty() {
-        Ok(linker)
-    } else {
-        Err(PolicyError::Imports {
-            path: path.to_owned(),
-            imports: refused,
-        })
     }
 }
