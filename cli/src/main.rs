@@ -1,7 +1,7 @@
 //! `cartdb`: the operator CLI.
 //!
 //! # Layout
-//! - `policy`: `cartdb policy place|verify`, running placement policy components.
+//! - `policy`: `cartdb policy place|verify|verify-merge`, running policy components.
 //! - `bench`: `cartdb bench`, load and latency measurement of a running API server.
 //!
 //! Adding a subcommand: one [`Command`] variant and one arm in [`run`].
@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run placement policies: place keys, or verify against conformance vectors.
+    /// Run policy components: place keys, verify placement against conformance vectors, or
+    /// check a merge policy against the merge laws.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Drive a running API server with a cart-like load and report throughput and latency.

@@ -1,8 +1,11 @@
-//! `cartdb policy`: run a placement policy component outside the gateway.
+//! `cartdb policy`: run a policy component outside the gateway.
 //!
 //! - `place` prints the devices for each placement key.
 //! - `verify` replays conformance vectors (`x,replicas,reweights,devices` rows, as in
 //!   `shared/crush/*-vectors.csv`) and ends with the line `N passed, M failed`.
+//! - `verify-merge` checks a merge policy against the merge laws
+//!   (`cartdb_gateway::policy::merge_laws`): one line per law, `N passed, M failed`, then
+//!   the smallest counterexample of each broken law.
 //!
 //! Reweights are written `DEVICE=W` with W a fraction of 1.0 (`0`, `0.25`, `1`), turned
 //! into 16.16 fixed point as `(W * 65536) as u32`, exactly like the vector files and
@@ -16,7 +19,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use cartdb_gateway::policy::{PlacementPolicy, Placer, PolicyEngine};
+use cartdb_gateway::policy::merge_laws::{self, Outcome};
+use cartdb_gateway::policy::{MergePolicy, PlacementPolicy, Placer, PolicyEngine};
 use clap::{Args, Subcommand};
 
 /// Mismatches printed in full by `verify`; later ones are only counted.
@@ -37,6 +41,14 @@ pub enum PolicyCommand {
     /// are `DEV=W;DEV=W` (W a fraction, empty = all in), devices `A|B|C`, primary first.
     /// Prints the first mismatches, then exactly `N passed, M failed`.
     Verify(VerifyArgs),
+    /// Check a merge policy against the merge laws; exit non-zero if it breaks any.
+    ///
+    /// Runs the policy on random replica histories (retried operations, colliding
+    /// versions, replicas that missed writes, compacted bases) and checks that merging is
+    /// commutative, associative and idempotent and drops no acknowledged operation.
+    /// Prints one line per law, then exactly `N passed, M failed`, then the smallest
+    /// counterexample found for each broken law. The same seed gives the same cases.
+    VerifyMerge(VerifyMergeArgs),
 }
 
 /// What every policy subcommand loads.
@@ -77,6 +89,19 @@ pub struct VerifyArgs {
     vectors: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct VerifyMergeArgs {
+    /// The merge policy component (.wasm, world cartdb:policy/merge-policy).
+    #[arg(long, value_name = "P.wasm")]
+    policy: PathBuf,
+    /// Random cases per law.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    cases: u32,
+    /// Seed of the random cases.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+}
+
 /// Runs a `policy` subcommand.
 ///
 /// # Errors
@@ -85,6 +110,7 @@ pub fn run(command: PolicyCommand) -> Result<ExitCode> {
     match command {
         PolicyCommand::Place(args) => place(&args),
         PolicyCommand::Verify(args) => verify(&args),
+        PolicyCommand::VerifyMerge(args) => verify_merge(&args),
     }
 }
 
@@ -180,6 +206,53 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     }
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn verify_merge(args: &VerifyMergeArgs) -> Result<ExitCode> {
+    let engine = PolicyEngine::new()?;
+    let policy = MergePolicy::load(&engine, &args.policy)?;
+    eprintln!(
+        "checking {} ({}, sha256 {}): {} cases per law, seed {}",
+        args.policy.display(),
+        policy.name(),
+        policy.sha256(),
+        args.cases,
+        args.seed
+    );
+    let started = Instant::now();
+    let report = merge_laws::check_laws(&|states| policy.merge(states), args.cases, args.seed);
+    eprintln!("checked in {:.2?}", started.elapsed());
+    for result in &report.results {
+        let verdict = match result.outcome {
+            Outcome::Passed => "passed",
+            Outcome::Failed { .. } => "FAILED",
+            Outcome::Aborted { .. } => "ABORTED",
+        };
+        println!("{}: {verdict}", result.law);
+    }
+    println!("{} passed, {} failed", report.passed(), report.failed());
+    for result in &report.results {
+        match &result.outcome {
+            Outcome::Passed => {}
+            Outcome::Failed {
+                reason,
+                counterexample,
+            } => {
+                println!("\n{} ({}):", result.law, result.law.statement());
+                println!("  counterexample: {counterexample}");
+                println!("  {reason}");
+            }
+            Outcome::Aborted { reason } => {
+                println!("\n{} ({}):", result.law, result.law.statement());
+                println!("  aborted: {reason}");
+            }
+        }
+    }
+    Ok(if report.all_passed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
