@@ -51,6 +51,7 @@ debug) build_cmd=(cargo build --workspace) ;;
 esac
 BIN="$TARGET_DIR/$PROFILE"
 POLICY="$TARGET_DIR/policies/crush.wasm"
+MERGE_POLICY="$TARGET_DIR/policies/merge.wasm"
 MAP="$CARTDB_REPO/config/crush-map.json"
 CATALOG="$CARTDB_REPO/config/catalog.json"
 API_URL="http://127.0.0.1:$API_PORT"
@@ -167,8 +168,8 @@ for i in $(seq "$DATANODES"); do
 done
 for i in $(seq "$GATEWAYS"); do
     launch "gateway-$i" "$BIN/cartdb-gateway" --listen "127.0.0.1:$(gateway_port "$i")" --zk "$ZK" \
-        --placement-policy "$POLICY" --map-file "$MAP" --catalog-file "$CATALOG" \
-        --replicas 3 --write-quorum 2 --read-quorum 2
+        --placement-policy "$POLICY" --merge-policy "$MERGE_POLICY" \
+        --map-file "$MAP" --catalog-file "$CATALOG" --replicas 3 --write-quorum 2 --read-quorum 2
     GATEWAY_PIDS+=("$LAUNCHED")
 done
 launch api "$BIN/cartdb-api" --listen "127.0.0.1:$API_PORT" --zk "$ZK"

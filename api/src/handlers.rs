@@ -7,7 +7,7 @@
 use axum::Json;
 use axum::extract::State;
 use cartdb_core::cart::{CartLine, InputError, Product, validate_id};
-use cartdb_core::wire::{ClusterStatus, GatewayInfo, GatewayRequest, GatewayResponse};
+use cartdb_core::wire::{ClusterStatus, GatewayInfo, GatewayRequest, GatewayResponse, ReplicaDump};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Admin;
@@ -213,13 +213,40 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>,
     let reply = ask(&state, &GatewayRequest::Cluster).await?;
     match reply.response {
         GatewayResponse::Cluster(status) => Ok(Json(ClusterView {
-            status,
+            status: *status,
             api: ApiView {
                 gateways: state.pool().gateways(),
                 answered_by: reply.gateway,
             },
         })),
         other => Err(unexpected("Cluster", other)),
+    }
+}
+
+/// Every live replica's own state of a user's items.
+#[derive(Debug, Serialize)]
+pub struct Replicas {
+    pub userid: String,
+    pub replicas: Vec<ReplicaDump>,
+}
+
+/// `GET /api/admin/replicas?userid=U` (admin): the unmerged state each live data node holds
+/// of the user's items, to check that replicas converged.
+pub async fn replicas(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<UserQuery>,
+) -> Result<Json<Replicas>, ApiError> {
+    validate_id("userid", &query.userid)?;
+    let request = GatewayRequest::Replicas {
+        user: query.userid.clone(),
+    };
+    match ask(&state, &request).await?.response {
+        GatewayResponse::Replicas { replicas } => Ok(Json(Replicas {
+            userid: query.userid,
+            replicas,
+        })),
+        other => Err(unexpected("Replicas", other)),
     }
 }
 
@@ -236,6 +263,7 @@ fn unexpected(request: &'static str, response: GatewayResponse) -> ApiError {
         GatewayResponse::CategoryUsers { .. } => "CategoryUsers",
         GatewayResponse::Products { .. } => "Products",
         GatewayResponse::Cluster(_) => "Cluster",
+        GatewayResponse::Replicas { .. } => "Replicas",
     };
     ApiError::UnexpectedReply { request, reply }
 }

@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
             get(handlers::products).post(handlers::upsert_product),
         )
         .route("/api/cluster", get(handlers::cluster))
+        .route("/api/admin/replicas", get(handlers::replicas))
         .route("/healthz", get(handlers::healthz))
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(method_not_allowed)

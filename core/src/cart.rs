@@ -128,6 +128,96 @@ impl ItemState {
     }
 }
 
+impl ItemState {
+    /// The state in brief: what a replica answers to a cart read, and what replicas compare
+    /// to find out whether they agree without shipping their logs.
+    pub fn summary(&self) -> ItemSummary {
+        ItemSummary {
+            product: self.product.clone(),
+            meta: self.meta.clone(),
+            base: self.base,
+            qty: self.qty(),
+            latest: self.latest_version(),
+            ops: u32::try_from(self.ops.len()).unwrap_or(u32::MAX),
+            digest: StateDigest::of(&self.base, &self.ops),
+        }
+    }
+}
+
+/// One replica's state of one item without its operation log.
+///
+/// Two replicas whose summaries are equal hold the same base and (up to a 64-bit hash
+/// collision) the same operations, so a cart read that finds its replicas' summaries equal
+/// needs no logs and no merge. Data nodes keep the summary up to date on every write, so
+/// answering with it costs one small value per item however long the log is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ItemSummary {
+    pub product: String,
+    pub meta: ItemMeta,
+    pub base: Base,
+    /// The folded quantity ([`ItemState::qty`]).
+    pub qty: u64,
+    /// [`ItemState::latest_version`].
+    pub latest: Option<Version>,
+    /// Operations in the log (not counting those folded into the base).
+    pub ops: u32,
+    pub digest: StateDigest,
+}
+
+/// An order-independent hash of a base and a set of operations: the XOR of one 64-bit hash
+/// per operation and one of the base. XOR makes it incremental (adding an operation is one
+/// XOR), and a log never holds an operation id twice, so no pair of entries can cancel out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StateDigest(pub u64);
+
+impl StateDigest {
+    /// The digest of `base` and `ops`, in any order.
+    pub fn of<'a>(base: &Base, ops: impl IntoIterator<Item = &'a Operation>) -> Self {
+        ops.into_iter()
+            .fold(Self::of_base(base), |digest, op| digest.with(op))
+    }
+
+    /// The digest with `op` added (or, since XOR is its own inverse, removed).
+    #[must_use]
+    pub fn with(self, op: &Operation) -> Self {
+        let kind = match op.kind {
+            OpKind::Add => 1,
+            OpKind::Delete => 2,
+        };
+        let words = [
+            op.id.0 as u64,
+            (op.id.0 >> 64) as u64,
+            op.version.hlc,
+            u64::from(op.version.gateway) << 8 | kind,
+        ];
+        Self(self.0 ^ mix_words(&words))
+    }
+
+    /// The digest with the base `from` replaced by `to`.
+    #[must_use]
+    pub fn rebased(self, from: &Base, to: &Base) -> Self {
+        Self(self.0 ^ Self::of_base(from).0 ^ Self::of_base(to).0)
+    }
+
+    fn of_base(base: &Base) -> Self {
+        let (hlc, gateway) = base
+            .version
+            .map_or((0, 0), |v| (v.hlc, u64::from(v.gateway) + 1));
+        Self(mix_words(&[0xba5e, base.qty, hlc, gateway]))
+    }
+}
+
+/// A fixed 64-bit hash of a few words (splitmix64 finalisers chained). It must never change:
+/// replicas built from different releases compare digests.
+fn mix_words(words: &[u64]) -> u64 {
+    words.iter().fold(0x9e37_79b9_7f4a_7c15_u64, |acc, &w| {
+        let mut z = (acc ^ w).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
 /// Folds operation kinds onto a starting quantity, clamping at zero.
 pub fn fold_qty(start: u64, kinds: impl IntoIterator<Item = OpKind>) -> u64 {
     kinds.into_iter().fold(start, |qty, kind| match kind {
@@ -288,6 +378,43 @@ mod tests {
         assert!(!a.apply(op(1, OpKind::Delete, 40)));
         assert!(a.apply(op(2, OpKind::Delete, 60)));
         assert_eq!(a.qty(), 1);
+    }
+
+    #[test]
+    fn digests_ignore_arrival_order_and_follow_every_change() {
+        let mut a = item();
+        let mut b = item();
+        let ops = [op(1, OpKind::Add, 10), op(2, OpKind::Delete, 20)];
+        for o in ops {
+            a.apply(o);
+        }
+        for o in ops.iter().rev() {
+            b.apply(*o);
+        }
+        assert_eq!(a.summary(), b.summary());
+        let before = a.summary().digest;
+        let third = op(3, OpKind::Add, 30);
+        a.apply(third);
+        assert_eq!(a.summary().digest, before.with(&third), "incremental");
+        assert_ne!(a.summary().digest, before);
+        let mut other_kind = b.clone();
+        other_kind.apply(op(3, OpKind::Delete, 30));
+        assert_ne!(other_kind.summary().digest, a.summary().digest);
+        let rebased = Base {
+            qty: 1,
+            version: Some(Version {
+                hlc: 20,
+                gateway: 1,
+            }),
+        };
+        let mut folded = a.clone();
+        folded.base = rebased;
+        folded.ops.retain(|o| o.version.hlc > 20);
+        let expected = a.summary().digest.with(&ops[0]).with(&ops[1]);
+        assert_eq!(
+            folded.summary().digest,
+            expected.rebased(&Base::default(), &rebased)
+        );
     }
 
     #[test]

@@ -26,13 +26,25 @@ use crate::cart::{ItemState, OpId, Operation};
 
 /// Merges two states of the same item. See the module docs for the laws it keeps.
 pub fn merge(a: &ItemState, b: &ItemState) -> ItemState {
-    let base = if b.base.version > a.base.version {
-        b.base
-    } else {
-        a.base
-    };
+    merge_many(&[a, b])
+}
+
+/// Merges any number of states of one item in one pass; `states` must not be empty.
+///
+/// Equal states (the common case: replicas that agree) are merged by returning a copy of
+/// the first, which is what the union below would give anyway.
+fn merge_many(states: &[&ItemState]) -> ItemState {
+    let first = states[0];
+    if states[1..].iter().all(|s| *s == first) {
+        return first.clone();
+    }
+    let base = states
+        .iter()
+        .map(|s| s.base)
+        .max_by_key(|b| (b.version, b.qty))
+        .unwrap_or(first.base);
     let mut by_id: BTreeMap<OpId, Operation> = BTreeMap::new();
-    for op in a.ops.iter().chain(&b.ops) {
+    for op in states.iter().flat_map(|s| &s.ops) {
         by_id
             .entry(op.id)
             .and_modify(|held| {
@@ -47,10 +59,9 @@ pub fn merge(a: &ItemState, b: &ItemState) -> ItemState {
         .filter(|op| base.version.is_none_or(|v| op.version > v))
         .collect();
     ops.sort_by_key(Operation::log_order);
-    let meta = newest_meta(a, b);
     ItemState {
-        product: a.product.clone(),
-        meta,
+        product: first.product.clone(),
+        meta: newest_meta(states),
         base,
         ops,
     }
@@ -58,33 +69,39 @@ pub fn merge(a: &ItemState, b: &ItemState) -> ItemState {
 
 /// Product facts of the state that saw the newest operation; ties go to the larger facts so
 /// the choice does not depend on argument order.
-fn newest_meta(a: &ItemState, b: &ItemState) -> crate::cart::ItemMeta {
+fn newest_meta(states: &[&ItemState]) -> crate::cart::ItemMeta {
     let key = |s: &ItemState| (s.latest_version(), s.meta.price, s.meta.category.clone());
-    if key(b) > key(a) {
-        b.meta.clone()
-    } else {
-        a.meta.clone()
-    }
+    states
+        .iter()
+        .max_by_key(|s| key(s))
+        .map_or_else(|| states[0].meta.clone(), |s| s.meta.clone())
 }
 
 /// Merges all states of one item; `None` for no states.
 pub fn merge_all<'a>(states: impl IntoIterator<Item = &'a ItemState>) -> Option<ItemState> {
-    let mut states = states.into_iter();
-    let first = states.next()?.clone();
-    Some(states.fold(first, |acc, s| merge(&acc, s)))
+    let states: Vec<&ItemState> = states.into_iter().collect();
+    merge_states(&states)
+}
+
+/// Merges the states of one item in one pass; `None` for no states.
+pub fn merge_states(states: &[&ItemState]) -> Option<ItemState> {
+    (!states.is_empty()).then(|| merge_many(states))
 }
 
 /// Merges the answers of several replicas, each a list of item states, into one state per
 /// product, sorted by product id.
-pub fn merge_replies(replies: &[Vec<ItemState>]) -> Vec<ItemState> {
-    let mut by_product: BTreeMap<&str, ItemState> = BTreeMap::new();
-    for state in replies.iter().flatten() {
+pub fn merge_replies<'a>(replies: impl IntoIterator<Item = &'a [ItemState]>) -> Vec<ItemState> {
+    let mut by_product: BTreeMap<&str, Vec<&ItemState>> = BTreeMap::new();
+    for state in replies.into_iter().flatten() {
         by_product
             .entry(state.product.as_str())
-            .and_modify(|held| *held = merge(held, state))
-            .or_insert_with(|| state.clone());
+            .or_default()
+            .push(state);
     }
-    by_product.into_values().collect()
+    by_product
+        .into_values()
+        .map(|states| merge_many(&states))
+        .collect()
 }
 
 #[cfg(test)]
@@ -163,7 +180,7 @@ mod tests {
             });
         }
         stale.apply(full.ops[0]);
-        let merged = merge_replies(&[vec![stale], vec![full]]);
+        let merged = merge_replies([&[stale][..], &[full][..]]);
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].qty(), 2);
     }

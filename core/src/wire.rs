@@ -9,10 +9,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cart::{CartLine, DeviceId, ItemKey, ItemMeta, ItemState, Operation, Product};
+use crate::cart::{
+    Base, CartLine, DeviceId, ItemKey, ItemMeta, ItemState, ItemSummary, Operation, Product,
+    StateDigest,
+};
 
 /// Sent in the hello frame of every connection; peers refuse a different version.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Which service a connection expects to reach, checked in the hello exchange so that a client
 /// pointed at the wrong port gets a clear error instead of undecodable frames.
@@ -40,6 +43,28 @@ pub enum DataRequest {
     ReadUser { user: String },
     /// Users that hold qty > 0 of any item in `category` on this replica.
     ListCategory { category: String },
+    /// The summary of every item of `user` this replica holds: what a cart read asks first.
+    ReadSummaries { user: String },
+    /// The full states (with logs) of these items of `user`, for the items whose replicas'
+    /// summaries disagree. Items this replica has never seen are left out of the answer.
+    ReadItems { user: String, products: Vec<String> },
+    /// Read repair: add what this replica lacks of an item's merged state. `ops` are
+    /// operations it did not hold; `base` is a newer folded base than its own, if any.
+    /// Operations already held (or folded) are skipped, so a repeated repair is harmless.
+    Repair {
+        key: ItemKey,
+        meta: ItemMeta,
+        base: Option<Base>,
+        ops: Vec<Operation>,
+    },
+    /// Compaction: fold the operations up to `upto` into the item's base, provided the
+    /// item's digest is still `digest` (the state the gateway saw on every replica) and
+    /// `upto` is older than the node's compaction grace. Otherwise nothing changes.
+    Compact {
+        key: ItemKey,
+        upto: crate::version::Version,
+        digest: StateDigest,
+    },
 }
 
 /// A data node's answer to one [`DataRequest`].
@@ -56,6 +81,14 @@ pub enum DataResponse {
     CategoryUsers { users: Vec<String> },
     /// The request could not be served.
     Failed(DataFailure),
+    /// The answer to [`DataRequest::ReadSummaries`], sorted by product id.
+    Summaries { items: Vec<ItemSummary> },
+    /// The answer to [`DataRequest::Repair`]: the replica now holds the merged state's
+    /// operations; `added` is how many it lacked.
+    Repaired { added: u32 },
+    /// The answer to [`DataRequest::Compact`]: how many log entries were folded (0 when
+    /// the digest no longer matched, `upto` was too recent, or nothing was that old).
+    Compacted { folded: u32 },
 }
 
 /// Why a data node could not serve a request.
@@ -72,6 +105,26 @@ pub enum DataFailure {
     /// gateway bug or a foreign client).
     #[error("device {device} refused the request: {problem}")]
     InvalidRequest { device: DeviceId, problem: String },
+    /// The operation is not newer than the item's folded base here, so it can no longer be
+    /// ordered against what the base folded (see compaction in docs/design.md).
+    #[error(
+        "device {device} refused an operation of version {version:?}: not newer than the item's folded base {base:?}"
+    )]
+    TooOld {
+        device: DeviceId,
+        version: crate::version::Version,
+        base: crate::version::Version,
+    },
+    /// The operation's version is older than the node's acceptance window: a write that
+    /// took too long on its way (see compaction in docs/design.md). Nothing was written.
+    #[error(
+        "device {device} refused an operation issued {age_ms} ms ago: older than its {window_ms} ms acceptance window"
+    )]
+    Expired {
+        device: DeviceId,
+        age_ms: u64,
+        window_ms: u64,
+    },
 }
 
 /// A request from the API server to a gateway.
@@ -99,6 +152,9 @@ pub enum GatewayRequest {
     UpsertProduct { product: Product },
     /// Membership, map epoch and policy of the cluster.
     Cluster,
+    /// Every live replica's own state of `user`'s items, unmerged (admin, for checking
+    /// that replicas converged).
+    Replicas { user: String },
 }
 
 /// A gateway's answer to one [`GatewayRequest`].
@@ -114,9 +170,21 @@ pub enum GatewayResponse {
     /// The catalog, sorted by product id.
     Products { products: Vec<Product> },
     /// The cluster as this gateway sees it.
-    Cluster(ClusterStatus),
+    Cluster(Box<ClusterStatus>),
     /// The request failed.
     Failed(GatewayFailure),
+    /// The answer to [`GatewayRequest::Replicas`]: one entry per live device, by device id.
+    Replicas { replicas: Vec<ReplicaDump> },
+}
+
+/// One device's own state of a user's items.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaDump {
+    pub device: DeviceId,
+    /// The device's items, sorted by product id; `None` when it did not answer.
+    pub items: Option<Vec<ItemState>>,
+    /// Why it did not answer.
+    pub error: Option<String>,
 }
 
 /// Why a gateway refused or failed a request. The API server maps each to an HTTP status.
@@ -162,6 +230,46 @@ pub struct ClusterStatus {
     pub placement_policy: PolicyInfo,
     /// Replication factor and quorums.
     pub replication: ReplicationInfo,
+    /// Read repair, compaction and anti-entropy as this gateway sees them.
+    pub maintenance: MaintenanceStatus,
+}
+
+/// Counters of the work that makes replicas converge, from the answering gateway, and the
+/// anti-entropy sweep's progress as its leader last published it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceStatus {
+    /// The merge policy this gateway runs; `None`: the built-in reference merge.
+    pub merge_policy: Option<PolicyInfo>,
+    /// Replica repairs confirmed (read repair and anti-entropy).
+    pub repairs: u64,
+    /// Operations those repairs added.
+    pub repaired_ops: u64,
+    /// Repairs that failed (retried by a later read or sweep).
+    pub repair_failures: u64,
+    /// Merges that fell back to the built-in merge because the policy failed.
+    pub merge_fallbacks: u64,
+    /// Compaction requests sent to replicas.
+    pub compactions: u64,
+    /// Log entries folded into bases by them.
+    pub folded_ops: u64,
+    /// The anti-entropy sweep; `None` until a leader has published progress.
+    pub anti_entropy: Option<SweepStatus>,
+}
+
+/// Progress of the anti-entropy sweep, published by the gateway that leads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepStatus {
+    /// The gateway running the sweep (the live gateway with the smallest id).
+    pub leader: u32,
+    /// Full passes over every user finished since that gateway started leading.
+    pub sweeps_completed: u64,
+    /// Users compared in the current pass, and how many it covers.
+    pub users_done: u64,
+    pub users_total: u64,
+    /// Item replicas repaired by the sweep since that gateway started leading.
+    pub repairs: u64,
+    /// Wall-clock milliseconds of the last update.
+    pub updated_ms: u64,
 }
 
 /// One device of the map and whether it is up.

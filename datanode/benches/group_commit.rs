@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cartdb_core::cart::{ItemKey, ItemMeta, OpId, OpKind, Operation};
 use cartdb_core::version::Version;
 use cartdb_core::wire::DataResponse;
-use cartdb_datanode::group_commit::{ApplyRequest, GroupCommit, GroupCommitSettings};
+use cartdb_datanode::group_commit::{ApplyRequest, GroupCommit, GroupCommitSettings, Timing};
 use cartdb_datanode::store::CartStore;
 use hdrhistogram::Histogram;
 
@@ -49,6 +49,7 @@ async fn run(writers: u64, length: Duration, then_read: bool) -> anyhow::Result<
     let settings = GroupCommitSettings {
         device: 1,
         max_batch: 512,
+        timing: Timing::ANY_AGE,
     };
     let writer = Arc::new(GroupCommit::start(store.clone(), settings)?);
     let started = Instant::now();
@@ -96,7 +97,7 @@ async fn read_for(store: &Arc<CartStore>, writers: u64, length: Duration) -> any
                         (reads + r) % writers,
                         (reads * 7919) % USERS_PER_WRITER
                     );
-                    store.read_user(&user)?;
+                    store.read_user(&user, None)?;
                     reads += 1;
                 }
                 Ok(reads)

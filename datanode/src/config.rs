@@ -3,11 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cartdb_core::cart::DeviceId;
 use cartdb_core::config::{ConfigError, ZkArgs};
 use cartdb_core::coord::CoordConfig;
 use clap::Parser;
+
+use crate::group_commit::Timing;
 
 /// Largest accepted `--max-batch`: a batch is one fjall batch held in memory.
 const MAX_BATCH_LIMIT: usize = 65_536;
@@ -36,6 +39,19 @@ pub struct DataNodeConfig {
     /// Most write requests committed together with one fsync. Default: 512.
     #[arg(long, env = "CARTDB_MAX_BATCH", default_value_t = 512)]
     pub max_batch: usize,
+    /// Seconds after its version's clock reading that an operation is still accepted;
+    /// older ones are refused. Must exceed the gateways' request time limit plus clock
+    /// skew between machines. Default: 30.
+    #[arg(long, env = "CARTDB_ACCEPT_WINDOW_SECS", default_value_t = 30)]
+    pub accept_window_secs: u64,
+    /// Seconds an operation stays in the log before compaction may fold it into the
+    /// item's base. Must exceed --accept-window-secs. Default: 60.
+    #[arg(long, env = "CARTDB_COMPACTION_GRACE_SECS", default_value_t = 60)]
+    pub compaction_grace_secs: u64,
+    /// Seconds a folded operation's id is remembered, so a retry with the same
+    /// Idempotency-Key is still recognised. Default: 3600.
+    #[arg(long, env = "CARTDB_IDEMPOTENCY_WINDOW_SECS", default_value_t = 3600)]
+    pub idempotency_window_secs: u64,
     #[command(flatten)]
     pub zk: ZkArgs,
 }
@@ -48,6 +64,7 @@ pub struct NodeSettings {
     /// `None`: advertise the bound address (see [`NodeSettings::advertise_addr`]).
     pub advertise: Option<String>,
     pub max_batch: usize,
+    pub timing: Timing,
     pub coord: CoordConfig,
 }
 
@@ -63,6 +80,21 @@ impl DataNodeConfig {
         if !(1..=MAX_BATCH_LIMIT).contains(&self.max_batch) {
             return Err(ConfigError::new("max-batch", "must be between 1 and 65536"));
         }
+        if self.accept_window_secs == 0 {
+            return Err(ConfigError::new("accept-window-secs", "must be above 0"));
+        }
+        if self.compaction_grace_secs <= self.accept_window_secs {
+            return Err(ConfigError::new(
+                "compaction-grace-secs",
+                "must exceed --accept-window-secs",
+            ));
+        }
+        if self.idempotency_window_secs < self.compaction_grace_secs {
+            return Err(ConfigError::new(
+                "idempotency-window-secs",
+                "must be at least --compaction-grace-secs",
+            ));
+        }
         if let Some(advertise) = &self.advertise {
             check_host_port(advertise)?;
         } else if self.listen.ip().is_unspecified() {
@@ -76,6 +108,11 @@ impl DataNodeConfig {
             data_dir: self.data_dir.clone(),
             advertise: self.advertise.clone(),
             max_batch: self.max_batch,
+            timing: Timing {
+                accept_window: Some(Duration::from_secs(self.accept_window_secs)),
+                grace: Duration::from_secs(self.compaction_grace_secs),
+                id_retention: Duration::from_secs(self.idempotency_window_secs),
+            },
             coord: self.zk.coord_config()?,
         })
     }

@@ -24,10 +24,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cartdb_core::cart::{
-    DeviceId, InputError, ItemKey, ItemMeta, ItemState, Operation, validate_id,
+    Base, DeviceId, InputError, ItemKey, ItemMeta, ItemSummary, OpId, Operation, StateDigest,
+    fold_qty, validate_id,
 };
+use cartdb_core::version::Version;
 use cartdb_core::wire::{DataFailure, DataResponse};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -44,129 +47,435 @@ pub struct ApplyRequest {
     pub require_in_cart: bool,
 }
 
-/// What one [`ApplyRequest`] does to an item, decided from the item's current state alone.
+/// One `DataRequest::Repair`: add what this replica lacks of a merged state.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// The operation is already in the log (or folded into its base): nothing to write.
-    Duplicate { qty: u64 },
-    /// `require_in_cart` was set and the quantity is 0: nothing to write.
-    NotInCart,
-    /// Write this new state.
-    Write(ItemState),
+pub struct RepairRequest {
+    pub key: ItemKey,
+    pub meta: ItemMeta,
+    /// A folded base newer than this replica's, if the merged state has one.
+    pub base: Option<Base>,
+    pub ops: Vec<Operation>,
 }
 
-impl Decision {
-    /// Decides `request` against the item's `current` state (`None`: never seen here).
-    ///
-    /// A retry is recognised before `require_in_cart` is checked, so a retried delete that
-    /// took the quantity to 0 is answered as a duplicate, not as "not in cart".
-    pub fn decide(current: Option<&ItemState>, request: &ApplyRequest) -> Self {
-        let mut state = match current {
-            Some(state) => state.clone(),
-            None => ItemState::new(request.key.product.clone(), request.meta.clone()),
-        };
-        if state.contains(request.op.id) {
-            return Self::Duplicate { qty: state.qty() };
-        }
-        if request.require_in_cart && state.qty() == 0 {
-            return Self::NotInCart;
-        }
-        if !state.apply(request.op) {
-            // Older than the folded base: it (or its effect) is already accounted for.
-            return Self::Duplicate { qty: state.qty() };
-        }
-        // The gateway sends the catalog's current facts; the newest ones win.
-        state.meta = request.meta.clone();
-        Self::Write(state)
-    }
+/// One `DataRequest::Compact`: fold the log up to `upto` into the base, if the item is
+/// still in the state (`digest`) the gateway saw on every replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactRequest {
+    pub key: ItemKey,
+    pub upto: Version,
+    pub digest: StateDigest,
+}
 
-    /// The answer to the request, once the write (if any) is durable.
-    pub fn reply(&self) -> DataResponse {
+/// A write the writer thread serialises with every other write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteRequest {
+    Apply(ApplyRequest),
+    Repair(RepairRequest),
+    Compact(CompactRequest),
+}
+
+/// The clock rules that make compaction safe (see "Compaction" in docs/design.md).
+///
+/// Compaction folds operations older than `grace` into the base once every replica holds
+/// the same log. That is only safe if no operation that old can still arrive later: so an
+/// operation older than `accept_window` (< `grace`) is refused. Folded operations' ids are
+/// remembered for `id_retention`, so retries are recognised that long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// `None`: accept operations of any age (tests that use small synthetic versions).
+    pub accept_window: Option<Duration>,
+    pub grace: Duration,
+    pub id_retention: Duration,
+}
+
+impl Timing {
+    /// For tests with synthetic versions: any age is accepted and anything may be folded.
+    pub const ANY_AGE: Self = Self {
+        accept_window: None,
+        grace: Duration::ZERO,
+        id_retention: Duration::from_secs(365 * 24 * 3600),
+    };
+}
+
+impl WriteRequest {
+    fn key(&self) -> &ItemKey {
         match self {
-            Self::Duplicate { qty } => DataResponse::Applied {
-                qty: *qty,
-                duplicate: true,
-            },
-            Self::NotInCart => DataResponse::NotInCart,
-            Self::Write(state) => DataResponse::Applied {
-                qty: state.qty(),
-                duplicate: false,
-            },
+            Self::Apply(r) => &r.key,
+            Self::Repair(r) => &r.key,
+            Self::Compact(r) => &r.key,
+        }
+    }
+
+    /// The product facts the request carries, if any.
+    fn meta(&self) -> Option<&ItemMeta> {
+        match self {
+            Self::Apply(r) => Some(&r.meta),
+            Self::Repair(r) => Some(&r.meta),
+            Self::Compact(_) => None,
         }
     }
 }
 
-/// The items one batch touches: their state before the batch and as the batch leaves them.
+/// What a write did, decided against the item's state alone; the reply once it is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The operation was added (`duplicate: false`) or was already there; `qty` afterwards.
+    Applied { qty: u64, duplicate: bool },
+    /// `require_in_cart` was set and the quantity is 0: nothing written.
+    NotInCart,
+    /// The operation is not newer than the folded base: nothing written.
+    TooOld { version: Version, base: Version },
+    /// A repair added this many operations.
+    Repaired { added: u32 },
+    /// The operation is older than the acceptance window: nothing written.
+    Expired { age_ms: u64, window_ms: u64 },
+    /// A compaction folded this many log entries.
+    Compacted { folded: u32 },
+}
+
+impl Outcome {
+    /// The reply to send for this outcome on `device`.
+    pub fn reply(&self, device: DeviceId) -> DataResponse {
+        match *self {
+            Self::Applied { qty, duplicate } => DataResponse::Applied { qty, duplicate },
+            Self::NotInCart => DataResponse::NotInCart,
+            Self::TooOld { version, base } => DataResponse::Failed(DataFailure::TooOld {
+                device,
+                version,
+                base,
+            }),
+            Self::Repaired { added } => DataResponse::Repaired { added },
+            Self::Expired { age_ms, window_ms } => DataResponse::Failed(DataFailure::Expired {
+                device,
+                age_ms,
+                window_ms,
+            }),
+            Self::Compacted { folded } => DataResponse::Compacted { folded },
+        }
+    }
+}
+
+/// What the writer reads from the store while deciding: [`CartStore`] in production.
+pub trait ItemReader {
+    /// See [`CartStore::read_summary`].
+    ///
+    /// # Errors
+    /// As [`CartStore::read_summary`].
+    fn read_summary(&self, key: &ItemKey) -> Result<Option<ItemSummary>, StoreError>;
+
+    /// See [`CartStore::find_op`].
+    ///
+    /// # Errors
+    /// As [`CartStore::find_op`].
+    fn find_op(&self, key: &ItemKey, id: OpId) -> Result<Option<Operation>, StoreError>;
+
+    /// See [`CartStore::read_log`].
+    ///
+    /// # Errors
+    /// As [`CartStore::read_log`].
+    fn read_log(&self, key: &ItemKey) -> Result<Vec<Operation>, StoreError>;
+
+    /// See [`CartStore::read_ids`].
+    ///
+    /// # Errors
+    /// As [`CartStore::read_ids`].
+    fn read_ids(&self, key: &ItemKey) -> Result<Vec<Operation>, StoreError>;
+}
+
+/// The items one batch touches: each item's head before the batch and as the batch leaves
+/// it, and the log entries the batch adds or folds.
 ///
 /// Requests are decided in arrival order against this overlay, so two operations on the same
-/// item in one batch compose, and the batch writes each item once, with the index change
-/// from its state before the batch to its state after.
-#[derive(Debug, Default)]
+/// item in one batch compose, and the batch writes each item's head once, with the index
+/// change from its state before the batch to its state after.
+///
+/// An operation newer than the item's newest one (the common case) updates the head in
+/// place: quantity, version, count and digest. Only an operation that arrives out of version
+/// order, or a repair that brings a newer base, reads the item's log to fold it again.
+#[derive(Debug)]
 pub struct BatchPlan {
     items: BTreeMap<ItemKey, Slot>,
+    timing: Timing,
+    /// Wall-clock milliseconds when the batch is decided.
+    now_ms: u64,
 }
 
 #[derive(Debug)]
 struct Slot {
-    before: Option<ItemState>,
-    /// The state after this batch's writes so far; `None` while unchanged.
-    after: Option<ItemState>,
+    before: Option<ItemSummary>,
+    head: ItemSummary,
+    added: Vec<Operation>,
+    folded: Vec<Operation>,
+    /// Ids of folded operations to forget (older than the idempotency window).
+    forgotten: Vec<OpId>,
+    /// The whole log as the batch leaves it so far, once something needed it.
+    log: Option<Vec<Operation>>,
+    changed: bool,
 }
 
 impl Slot {
-    fn current(&self) -> Option<&ItemState> {
-        self.after.as_ref().or(self.before.as_ref())
+    fn load(
+        key: &ItemKey,
+        meta: Option<&ItemMeta>,
+        reader: &dyn ItemReader,
+    ) -> Result<Self, StoreError> {
+        let before = reader.read_summary(key)?;
+        let head = before.clone().unwrap_or_else(|| ItemSummary {
+            product: key.product.clone(),
+            meta: meta.cloned().unwrap_or(ItemMeta {
+                price: 0,
+                category: String::new(),
+            }),
+            base: Base::default(),
+            qty: 0,
+            latest: None,
+            ops: 0,
+            digest: StateDigest::of(&Base::default(), []),
+        });
+        Ok(Self {
+            before,
+            head,
+            added: Vec::new(),
+            folded: Vec::new(),
+            forgotten: Vec::new(),
+            log: None,
+            changed: false,
+        })
+    }
+
+    /// Whether the item holds (or has folded) an operation with this id.
+    fn holds(&self, key: &ItemKey, id: OpId, reader: &dyn ItemReader) -> Result<bool, StoreError> {
+        if self.added.iter().any(|op| op.id == id) {
+            return Ok(true);
+        }
+        Ok(self.before.is_some() && reader.find_op(key, id)?.is_some())
+    }
+
+    fn log(
+        &mut self,
+        key: &ItemKey,
+        reader: &dyn ItemReader,
+    ) -> Result<&mut Vec<Operation>, StoreError> {
+        if self.log.is_none() {
+            let mut log = if self.before.is_some() {
+                reader.read_log(key)?
+            } else {
+                Vec::new()
+            };
+            log.retain(|op| !self.folded.contains(op));
+            log.extend(self.added.iter().filter(|op| !self.folded.contains(op)));
+            log.sort_by_key(Operation::log_order);
+            self.log = Some(log);
+        }
+        Ok(self.log.get_or_insert_with(Vec::new))
+    }
+
+    /// Adds an operation the item does not hold yet. `false` when it is too old.
+    fn add(
+        &mut self,
+        key: &ItemKey,
+        op: Operation,
+        reader: &dyn ItemReader,
+    ) -> Result<bool, StoreError> {
+        if self
+            .head
+            .base
+            .version
+            .is_some_and(|base| op.version <= base)
+        {
+            return Ok(false);
+        }
+        if self.head.latest.is_none_or(|latest| op.version > latest) {
+            self.head.qty = fold_qty(self.head.qty, [op.kind]);
+            self.head.latest = Some(op.version);
+            if let Some(log) = &mut self.log {
+                log.push(op);
+            }
+        } else {
+            let base_qty = self.head.base.qty;
+            let log = self.log(key, reader)?;
+            let at = log.partition_point(|o| o.log_order() < op.log_order());
+            log.insert(at, op);
+            self.head.qty = fold_qty(base_qty, log.iter().map(|o| o.kind));
+        }
+        self.head.ops = self.head.ops.saturating_add(1);
+        self.head.digest = self.head.digest.with(&op);
+        self.added.push(op);
+        self.changed = true;
+        Ok(true)
+    }
+
+    /// Adopts `base`, newer than the item's own: its operations up to the base's version are
+    /// folded into it (their log entries go; their id entries stay, to recognise retries).
+    fn rebase(
+        &mut self,
+        key: &ItemKey,
+        base: Base,
+        reader: &dyn ItemReader,
+    ) -> Result<(), StoreError> {
+        let log = self.log(key, reader)?;
+        let cut = log.partition_point(|op| base.version.is_some_and(|v| op.version <= v));
+        let folded: Vec<Operation> = log.drain(..cut).collect();
+        let kept = log.clone();
+        self.folded.extend(folded);
+        self.head.base = base;
+        self.head.qty = fold_qty(base.qty, kept.iter().map(|o| o.kind));
+        self.head.latest = kept.last().map(|op| op.version).or(base.version);
+        self.head.ops = u32::try_from(kept.len()).unwrap_or(u32::MAX);
+        self.head.digest = StateDigest::of(&base, &kept);
+        self.changed = true;
+        Ok(())
+    }
+
+    fn set_meta(&mut self, meta: &ItemMeta) {
+        if self.head.meta != *meta {
+            self.head.meta = meta.clone();
+            self.changed = true;
+        }
     }
 }
 
 impl BatchPlan {
-    /// Decides `request` against the overlay, loading the item with `load` the first time the
-    /// batch touches it, and returns the reply to send once the batch is durable.
+    /// An empty batch decided at `now_ms` (wall-clock milliseconds) under `timing`.
+    pub fn new(timing: Timing, now_ms: u64) -> Self {
+        Self {
+            items: BTreeMap::new(),
+            timing,
+            now_ms,
+        }
+    }
+
+    /// Decides `request` against the overlay, loading what it needs through `reader`, and
+    /// returns the outcome to answer once the batch is durable.
     ///
     /// # Errors
-    /// Whatever `load` returns; the overlay is left unchanged.
-    pub fn apply<E>(
+    /// Whatever `reader` returns. An apply reads everything it needs before it changes the
+    /// overlay, so a failed one changes nothing. A repair that fails part-way keeps the
+    /// operations it added so far; that is harmless, since a repair only adds operations
+    /// the merged state holds and the next read repairs the rest.
+    pub fn decide(
         &mut self,
-        request: &ApplyRequest,
-        load: impl FnOnce(&ItemKey) -> Result<Option<ItemState>, E>,
-    ) -> Result<DataResponse, E> {
-        let slot = match self.items.entry(request.key.clone()) {
+        request: &WriteRequest,
+        reader: &dyn ItemReader,
+    ) -> Result<Outcome, StoreError> {
+        let key = request.key();
+        let (timing, now_ms) = (self.timing, self.now_ms);
+        let age_ms = |version: Version| now_ms.saturating_sub(version.millis());
+        let slot = match self.items.entry(key.clone()) {
             std::collections::btree_map::Entry::Occupied(slot) => slot.into_mut(),
-            std::collections::btree_map::Entry::Vacant(slot) => slot.insert(Slot {
-                before: load(&request.key)?,
-                after: None,
-            }),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(Slot::load(key, request.meta(), reader)?)
+            }
         };
-        let decision = Decision::decide(slot.current(), request);
-        let reply = decision.reply();
-        if let Decision::Write(state) = decision {
-            slot.after = Some(state);
+        match request {
+            WriteRequest::Apply(apply) => {
+                // A retry is recognised before `require_in_cart` is checked, so a retried
+                // delete that took the quantity to 0 is a duplicate, not "not in cart".
+                if slot.holds(key, apply.op.id, reader)? {
+                    return Ok(Outcome::Applied {
+                        qty: slot.head.qty,
+                        duplicate: true,
+                    });
+                }
+                if apply.require_in_cart && slot.head.qty == 0 {
+                    return Ok(Outcome::NotInCart);
+                }
+                if let Some(window) = timing.accept_window {
+                    let window_ms = millis(window);
+                    let age_ms = age_ms(apply.op.version);
+                    if age_ms > window_ms {
+                        return Ok(Outcome::Expired { age_ms, window_ms });
+                    }
+                }
+                if !slot.add(key, apply.op, reader)? {
+                    return Ok(Outcome::TooOld {
+                        version: apply.op.version,
+                        base: slot.head.base.version.unwrap_or(apply.op.version),
+                    });
+                }
+                // The gateway sends the catalog's current facts; the newest ones win.
+                slot.set_meta(&apply.meta);
+                Ok(Outcome::Applied {
+                    qty: slot.head.qty,
+                    duplicate: false,
+                })
+            }
+            WriteRequest::Repair(repair) => {
+                if let Some(base) = repair.base
+                    && base.version > slot.head.base.version
+                {
+                    slot.rebase(key, base, reader)?;
+                }
+                let mut added = 0u32;
+                for op in &repair.ops {
+                    if !slot.holds(key, op.id, reader)? && slot.add(key, *op, reader)? {
+                        added = added.saturating_add(1);
+                    }
+                }
+                if slot.changed {
+                    slot.set_meta(&repair.meta);
+                }
+                Ok(Outcome::Repaired { added })
+            }
+            WriteRequest::Compact(compact) => {
+                let too_recent = age_ms(compact.upto) < millis(timing.grace);
+                if slot.before.is_none() || slot.head.digest != compact.digest || too_recent {
+                    return Ok(Outcome::Compacted { folded: 0 });
+                }
+                let (base_qty, base_version) = (slot.head.base.qty, slot.head.base.version);
+                if base_version.is_some_and(|v| v >= compact.upto) {
+                    return Ok(Outcome::Compacted { folded: 0 });
+                }
+                let log = slot.log(key, reader)?;
+                let cut = log.partition_point(|op| op.version <= compact.upto);
+                if cut == 0 {
+                    return Ok(Outcome::Compacted { folded: 0 });
+                }
+                let base = Base {
+                    qty: fold_qty(base_qty, log[..cut].iter().map(|op| op.kind)),
+                    version: Some(compact.upto),
+                };
+                slot.rebase(key, base, reader)?;
+                let retention = millis(timing.id_retention);
+                let held: Vec<OpId> = slot.log(key, reader)?.iter().map(|op| op.id).collect();
+                slot.forgotten = reader
+                    .read_ids(key)?
+                    .into_iter()
+                    .filter(|op| age_ms(op.version) > retention && !held.contains(&op.id))
+                    .map(|op| op.id)
+                    .collect();
+                Ok(Outcome::Compacted {
+                    folded: u32::try_from(cut).unwrap_or(u32::MAX),
+                })
+            }
         }
-        Ok(reply)
     }
 
     /// The writes that make the batch's changes, one per changed item.
     pub fn into_writes(self) -> Vec<ItemWrite> {
         self.items
             .into_iter()
-            .filter_map(|(key, slot)| {
-                let state = slot.after?;
-                let index = IndexChange::between(slot.before.as_ref(), &state);
-                Some(ItemWrite { key, state, index })
+            .filter(|(_, slot)| slot.changed)
+            .map(|(key, slot)| ItemWrite {
+                index: IndexChange::between(slot.before.as_ref(), &slot.head),
+                key,
+                head: slot.head,
+                added: slot.added,
+                folded: slot.folded,
+                forgotten: slot.forgotten,
             })
             .collect()
     }
 }
 
+/// Whole milliseconds of `d`, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// What the writer needs from the store: [`CartStore`] in production; tests use a fake
 /// whose commits fail, since a real fsync failure cannot be provoked on demand.
-pub trait ItemLog: Send + Sync + 'static {
-    /// See [`CartStore::read_item`].
-    ///
-    /// # Errors
-    /// As [`CartStore::read_item`].
-    fn read_item(&self, key: &ItemKey) -> Result<Option<ItemState>, StoreError>;
-
+pub trait ItemLog: ItemReader + Send + Sync + 'static {
     /// See [`CartStore::commit`]: atomic and durable before it returns.
     ///
     /// # Errors
@@ -174,11 +483,25 @@ pub trait ItemLog: Send + Sync + 'static {
     fn commit(&self, writes: &[ItemWrite]) -> Result<(), StoreError>;
 }
 
-impl ItemLog for CartStore {
-    fn read_item(&self, key: &ItemKey) -> Result<Option<ItemState>, StoreError> {
-        CartStore::read_item(self, key)
+impl ItemReader for CartStore {
+    fn read_summary(&self, key: &ItemKey) -> Result<Option<ItemSummary>, StoreError> {
+        CartStore::read_summary(self, key)
     }
 
+    fn find_op(&self, key: &ItemKey, id: OpId) -> Result<Option<Operation>, StoreError> {
+        CartStore::find_op(self, key, id)
+    }
+
+    fn read_log(&self, key: &ItemKey) -> Result<Vec<Operation>, StoreError> {
+        CartStore::read_log(self, key)
+    }
+
+    fn read_ids(&self, key: &ItemKey) -> Result<Vec<Operation>, StoreError> {
+        CartStore::read_ids(self, key)
+    }
+}
+
+impl ItemLog for CartStore {
     fn commit(&self, writes: &[ItemWrite]) -> Result<(), StoreError> {
         CartStore::commit(self, writes)
     }
@@ -191,6 +514,7 @@ pub struct GroupCommitSettings {
     pub device: DeviceId,
     /// Most requests in one batch (one fsync).
     pub max_batch: usize,
+    pub timing: Timing,
 }
 
 /// Counters of the write path, for tests, benchmarks and logs.
@@ -247,13 +571,13 @@ pub enum StopError {
 }
 
 enum Message {
-    Apply(Job),
+    Write(Job),
     /// Stop accepting; commit what is queued, then end the thread.
     Stop,
 }
 
 struct Job {
-    request: ApplyRequest,
+    request: WriteRequest,
     reply: oneshot::Sender<DataResponse>,
 }
 
@@ -283,6 +607,7 @@ impl GroupCommit {
             store,
             device: settings.device,
             max_batch,
+            timing: settings.timing,
             queue: receiver,
             counters: counters.clone(),
             failed: failed.clone(),
@@ -306,6 +631,22 @@ impl GroupCommit {
     /// A request whose identifiers cannot be key parts is refused here, so it never reaches
     /// (and fails) a batch.
     pub async fn apply(&self, request: ApplyRequest) -> DataResponse {
+        self.write(WriteRequest::Apply(request)).await
+    }
+
+    /// Adds what the replica lacks of a merged state and answers once it is durable.
+    /// Cancellation and refusals as for [`GroupCommit::apply`].
+    pub async fn repair(&self, request: RepairRequest) -> DataResponse {
+        self.write(WriteRequest::Repair(request)).await
+    }
+
+    /// Folds the item's old operations into its base if it is still in the state the
+    /// gateway saw (see [`CompactRequest`]) and answers once that is durable.
+    pub async fn compact(&self, request: CompactRequest) -> DataResponse {
+        self.write(WriteRequest::Compact(request)).await
+    }
+
+    async fn write(&self, request: WriteRequest) -> DataResponse {
         if let Err(e) = check_ids(&request) {
             return DataResponse::Failed(DataFailure::InvalidRequest {
                 device: self.device,
@@ -314,7 +655,7 @@ impl GroupCommit {
         }
         let (reply, answer) = oneshot::channel();
         let job = Job { request, reply };
-        if self.queue.send(Message::Apply(job)).await.is_err() {
+        if self.queue.send(Message::Write(job)).await.is_err() {
             return DataResponse::Failed(DataFailure::ShuttingDown {
                 device: self.device,
             });
@@ -370,6 +711,7 @@ struct Writer {
     store: Arc<dyn ItemLog>,
     device: DeviceId,
     max_batch: usize,
+    timing: Timing,
     queue: mpsc::Receiver<Message>,
     counters: Arc<Counters>,
     failed: CancellationToken,
@@ -416,7 +758,7 @@ impl Writer {
 
     fn take(&mut self, message: Message, jobs: &mut Vec<Job>) {
         match message {
-            Message::Apply(job) => jobs.push(job),
+            Message::Write(job) => jobs.push(job),
             // Queued requests are still received (and committed) after `close`.
             Message::Stop => self.queue.close(),
         }
@@ -431,7 +773,7 @@ impl Writer {
             answer_all(jobs, &storage_failure(self.device, detail));
             return;
         }
-        let mut plan = BatchPlan::default();
+        let mut plan = BatchPlan::new(self.timing, wall_clock_ms());
         let replies: Vec<DataResponse> = jobs
             .iter()
             .map(|job| self.decide(&mut plan, &job.request))
@@ -453,12 +795,14 @@ impl Writer {
     }
 
     /// Decides one request; a failed read fails only that request.
-    fn decide(&self, plan: &mut BatchPlan, request: &ApplyRequest) -> DataResponse {
-        plan.apply(request, |key| self.store.read_item(key))
-            .unwrap_or_else(|e| {
-                tracing::error!(key = ?request.key, error = %e, "cannot read an item to apply an operation");
+    fn decide(&self, plan: &mut BatchPlan, request: &WriteRequest) -> DataResponse {
+        match plan.decide(request, self.store.as_ref()) {
+            Ok(outcome) => outcome.reply(self.device),
+            Err(e) => {
+                tracing::error!(key = ?request.key(), error = %e, "cannot read an item to apply an operation");
                 storage_failure(self.device, e.to_string())
-            })
+            }
+        }
     }
 
     /// A commit failed: fjall has poisoned the database, so no later write can succeed.
@@ -476,10 +820,20 @@ impl Writer {
 
 /// The identifiers that become key parts: anything `validate_id` refuses could break the
 /// store's key layout.
-fn check_ids(request: &ApplyRequest) -> Result<(), InputError> {
-    validate_id("userid", &request.key.user)?;
-    validate_id("productid", &request.key.product)?;
-    validate_id("category", &request.meta.category)
+fn check_ids(request: &WriteRequest) -> Result<(), InputError> {
+    validate_id("userid", &request.key().user)?;
+    validate_id("productid", &request.key().product)?;
+    match request.meta() {
+        Some(meta) => validate_id("category", &meta.category),
+        None => Ok(()),
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, millis)
 }
 
 fn answer_each(jobs: Vec<Job>, replies: Vec<DataResponse>) {
@@ -504,165 +858,122 @@ fn storage_failure(device: DeviceId, detail: String) -> DataResponse {
 #[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 mod tests {
     use std::collections::HashMap;
-    use std::convert::Infallible;
     use std::sync::atomic::Ordering;
 
-    use cartdb_core::cart::{OpId, OpKind};
-    use cartdb_core::version::Version;
+    use cartdb_core::cart::{ItemState, OpKind};
 
     use super::*;
 
-    fn request(id: u128, kind: OpKind, hlc: u64, require_in_cart: bool) -> ApplyRequest {
-        ApplyRequest {
-            key: ItemKey {
-                user: "u1".into(),
-                product: "p1".into(),
-            },
-            meta: ItemMeta {
-                price: 5,
-                category: "c1".into(),
-            },
-            op: Operation {
-                id: OpId(id),
-                kind,
-                version: Version { hlc, gateway: 1 },
-            },
+    fn op(id: u128, kind: OpKind, hlc: u64) -> Operation {
+        Operation {
+            id: OpId(id),
+            kind,
+            version: Version { hlc, gateway: 1 },
+        }
+    }
+
+    fn key() -> ItemKey {
+        ItemKey {
+            user: "u1".into(),
+            product: "p1".into(),
+        }
+    }
+
+    fn meta(category: &str) -> ItemMeta {
+        ItemMeta {
+            price: 5,
+            category: category.into(),
+        }
+    }
+
+    fn request(id: u128, kind: OpKind, hlc: u64, require_in_cart: bool) -> WriteRequest {
+        WriteRequest::Apply(ApplyRequest {
+            key: key(),
+            meta: meta("c1"),
+            op: op(id, kind, hlc),
             require_in_cart,
-        }
+        })
     }
 
-    fn applied(qty: u64, duplicate: bool) -> DataResponse {
-        DataResponse::Applied { qty, duplicate }
+    fn applied(qty: u64, duplicate: bool) -> Outcome {
+        Outcome::Applied { qty, duplicate }
     }
 
-    fn empty(_: &ItemKey) -> Result<Option<ItemState>, Infallible> {
-        Ok(None)
-    }
-
-    #[test]
-    fn a_new_item_takes_the_request_meta() {
-        let Decision::Write(state) = Decision::decide(None, &request(1, OpKind::Add, 1, false))
-        else {
-            panic!("expected a write");
-        };
-        assert_eq!(state.qty(), 1);
-        assert_eq!(state.product, "p1");
-        assert_eq!(state.meta.category, "c1");
-    }
-
-    #[test]
-    fn meta_follows_the_newest_request() {
-        let Decision::Write(old) = Decision::decide(None, &request(1, OpKind::Add, 1, false))
-        else {
-            panic!("expected a write");
-        };
-        let mut moved = request(2, OpKind::Add, 2, false);
-        moved.meta.category = "c2".into();
-        let Decision::Write(new) = Decision::decide(Some(&old), &moved) else {
-            panic!("expected a write");
-        };
-        assert_eq!(new.meta.category, "c2");
-    }
-
-    #[test]
-    fn a_retry_is_a_duplicate_even_when_the_item_is_now_empty() {
-        let Decision::Write(state) = Decision::decide(None, &request(1, OpKind::Add, 1, false))
-        else {
-            panic!("expected a write");
-        };
-        let delete = request(2, OpKind::Delete, 2, true);
-        let Decision::Write(state) = Decision::decide(Some(&state), &delete) else {
-            panic!("expected a write");
-        };
-        assert_eq!(
-            Decision::decide(Some(&state), &delete),
-            Decision::Duplicate { qty: 0 }
-        );
-        assert_eq!(
-            Decision::decide(Some(&state), &request(3, OpKind::Delete, 3, true)),
-            Decision::NotInCart
-        );
-    }
-
-    #[test]
-    fn a_delete_of_an_unknown_item_is_not_in_cart() {
-        assert_eq!(
-            Decision::decide(None, &request(1, OpKind::Delete, 1, true)),
-            Decision::NotInCart
-        );
-    }
-
-    #[test]
-    fn operations_in_one_batch_compose() {
-        let mut plan = BatchPlan::default();
-        let add = request(1, OpKind::Add, 1, false);
-        assert_eq!(plan.apply(&add, empty), Ok(applied(1, false)));
-        assert_eq!(plan.apply(&add, empty), Ok(applied(1, true)));
-        let add2 = request(2, OpKind::Add, 2, false);
-        assert_eq!(plan.apply(&add2, empty), Ok(applied(2, false)));
-        let writes = plan.into_writes();
-        assert_eq!(writes.len(), 1, "one write per item");
-        assert_eq!(writes[0].state.ops.len(), 2);
-        assert_eq!(writes[0].index.insert.as_deref(), Some("c1"));
-    }
-
-    #[test]
-    fn an_item_that_ends_the_batch_as_it_started_keeps_its_index_entry() {
-        let mut store = HashMap::new();
-        let mut seed = BatchPlan::default();
-        let _ = seed.apply(&request(1, OpKind::Add, 1, false), empty);
-        for w in seed.into_writes() {
-            store.insert(w.key, w.state);
-        }
-        let load = |k: &ItemKey| Ok::<_, Infallible>(store.get(k).cloned());
-        let mut plan = BatchPlan::default();
-        assert_eq!(
-            plan.apply(&request(2, OpKind::Delete, 2, true), load),
-            Ok(applied(0, false))
-        );
-        assert_eq!(
-            plan.apply(&request(3, OpKind::Delete, 3, true), load),
-            Ok(DataResponse::NotInCart)
-        );
-        assert_eq!(
-            plan.apply(&request(4, OpKind::Add, 4, false), load),
-            Ok(applied(1, false))
-        );
-        let writes = plan.into_writes();
-        assert_eq!(writes.len(), 1);
-        assert!(writes[0].index.is_empty(), "qty went 1 -> 0 -> 1");
-    }
-
-    #[test]
-    fn refusals_and_duplicates_write_nothing() {
-        let mut plan = BatchPlan::default();
-        assert_eq!(
-            plan.apply(&request(1, OpKind::Delete, 1, true), empty),
-            Ok(DataResponse::NotInCart)
-        );
-        assert!(plan.into_writes().is_empty());
-    }
-
-    #[test]
-    fn a_failed_load_fails_only_that_request() {
-        let mut plan = BatchPlan::default();
-        let failed = plan.apply(&request(1, OpKind::Add, 1, false), |_| Err("disk"));
-        assert_eq!(failed, Err("disk"));
-        assert!(plan.into_writes().is_empty());
-    }
-
-    /// An in-memory log whose commits fail while `failing` is set.
+    /// An in-memory log: full item states, committed from [`ItemWrite`]s the way the store
+    /// does it. Commits fail while `failing` is set.
     #[derive(Default)]
-    struct FlakyLog {
+    struct MemoryLog {
         items: Mutex<HashMap<ItemKey, ItemState>>,
+        /// The id entries: every operation ever added, until forgotten.
+        ids: Mutex<HashMap<ItemKey, Vec<Operation>>>,
         failing: std::sync::atomic::AtomicBool,
+        reads_fail: bool,
     }
 
-    impl ItemLog for FlakyLog {
-        fn read_item(&self, key: &ItemKey) -> Result<Option<ItemState>, StoreError> {
-            Ok(self.items.lock().unwrap().get(key).cloned())
+    impl MemoryLog {
+        fn state(&self) -> Option<ItemState> {
+            self.items.lock().unwrap().get(&key()).cloned()
         }
 
+        fn check(&self) -> Result<(), StoreError> {
+            if self.reads_fail {
+                return Err(StoreError::Persist {
+                    source: fjall::Error::Poisoned,
+                });
+            }
+            Ok(())
+        }
+
+        fn run(&self, requests: &[WriteRequest]) -> (Vec<Outcome>, Vec<ItemWrite>) {
+            let mut plan = BatchPlan::new(Timing::ANY_AGE, 0);
+            let outcomes = requests
+                .iter()
+                .map(|r| plan.decide(r, self).unwrap())
+                .collect();
+            let writes = plan.into_writes();
+            self.commit(&writes).unwrap();
+            (outcomes, writes)
+        }
+    }
+
+    impl ItemReader for MemoryLog {
+        fn read_summary(&self, key: &ItemKey) -> Result<Option<ItemSummary>, StoreError> {
+            self.check()?;
+            Ok(self.items.lock().unwrap().get(key).map(ItemState::summary))
+        }
+
+        fn find_op(&self, key: &ItemKey, id: OpId) -> Result<Option<Operation>, StoreError> {
+            self.check()?;
+            let ids = self.ids.lock().unwrap();
+            Ok(ids
+                .get(key)
+                .and_then(|ops| ops.iter().find(|o| o.id == id).copied()))
+        }
+
+        fn read_log(&self, key: &ItemKey) -> Result<Vec<Operation>, StoreError> {
+            self.check()?;
+            Ok(self
+                .items
+                .lock()
+                .unwrap()
+                .get(key)
+                .map(|s| s.ops.clone())
+                .unwrap_or_default())
+        }
+
+        fn read_ids(&self, key: &ItemKey) -> Result<Vec<Operation>, StoreError> {
+            self.check()?;
+            Ok(self
+                .ids
+                .lock()
+                .unwrap()
+                .get(key)
+                .cloned()
+                .unwrap_or_default())
+        }
+    }
+
+    impl ItemLog for MemoryLog {
         fn commit(&self, writes: &[ItemWrite]) -> Result<(), StoreError> {
             if self.failing.load(Ordering::SeqCst) {
                 return Err(StoreError::Commit {
@@ -671,11 +982,257 @@ mod tests {
                 });
             }
             let mut items = self.items.lock().unwrap();
+            let mut ids = self.ids.lock().unwrap();
             for w in writes {
-                items.insert(w.key.clone(), w.state.clone());
+                let known = ids.entry(w.key.clone()).or_default();
+                known.extend(&w.added);
+                known.retain(|o| !w.forgotten.contains(&o.id));
+                let state = items
+                    .entry(w.key.clone())
+                    .or_insert_with(|| ItemState::new(w.head.product.clone(), w.head.meta.clone()));
+                state.ops.retain(|o| !w.folded.contains(o));
+                for op in w.added.iter().filter(|o| !w.folded.contains(o)) {
+                    let at = state
+                        .ops
+                        .partition_point(|o| o.log_order() < op.log_order());
+                    state.ops.insert(at, *op);
+                }
+                state.base = w.head.base;
+                state.meta = w.head.meta.clone();
+                assert_eq!(
+                    state.summary(),
+                    w.head,
+                    "the head matches the log it summarises"
+                );
             }
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_new_item_takes_the_request_meta() {
+        let log = MemoryLog::default();
+        let (outcomes, writes) = log.run(&[request(1, OpKind::Add, 1, false)]);
+        assert_eq!(outcomes, [applied(1, false)]);
+        assert_eq!(writes[0].head.meta.category, "c1");
+        assert_eq!(writes[0].index.insert.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn meta_follows_the_newest_request() {
+        let log = MemoryLog::default();
+        log.run(&[request(1, OpKind::Add, 1, false)]);
+        let WriteRequest::Apply(mut moved) = request(2, OpKind::Add, 2, false) else {
+            unreachable!()
+        };
+        moved.meta.category = "c2".into();
+        log.run(&[WriteRequest::Apply(moved)]);
+        assert_eq!(log.state().unwrap().meta.category, "c2");
+    }
+
+    #[test]
+    fn a_retry_is_a_duplicate_even_when_the_item_is_now_empty() {
+        let log = MemoryLog::default();
+        log.run(&[request(1, OpKind::Add, 1, false)]);
+        let delete = request(2, OpKind::Delete, 2, true);
+        assert_eq!(
+            log.run(std::slice::from_ref(&delete)).0,
+            [applied(0, false)]
+        );
+        let (outcomes, writes) = log.run(&[delete, request(3, OpKind::Delete, 3, true)]);
+        assert_eq!(outcomes, [applied(0, true), Outcome::NotInCart]);
+        assert!(writes.is_empty());
+    }
+
+    #[test]
+    fn a_delete_of_an_unknown_item_is_not_in_cart_and_writes_nothing() {
+        let log = MemoryLog::default();
+        let (outcomes, writes) = log.run(&[request(1, OpKind::Delete, 1, true)]);
+        assert_eq!(outcomes, [Outcome::NotInCart]);
+        assert!(writes.is_empty());
+    }
+
+    #[test]
+    fn operations_in_one_batch_compose() {
+        let log = MemoryLog::default();
+        let add = request(1, OpKind::Add, 1, false);
+        let (outcomes, writes) = log.run(&[add.clone(), add, request(2, OpKind::Add, 2, false)]);
+        assert_eq!(
+            outcomes,
+            [applied(1, false), applied(1, true), applied(2, false)]
+        );
+        assert_eq!(writes.len(), 1, "one write per item");
+        assert_eq!(writes[0].added.len(), 2);
+        assert_eq!(writes[0].index.insert.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn an_operation_out_of_version_order_refolds_the_log() {
+        let log = MemoryLog::default();
+        log.run(&[
+            request(1, OpKind::Add, 10, false),
+            request(2, OpKind::Delete, 30, false),
+        ]);
+        // add@10, delete@30 -> 0; a delete@20 in between makes add, delete, delete -> 0
+        // (clamped); an add@5 before everything makes add, add, delete, delete -> 0, where
+        // appending it would have given 1.
+        assert_eq!(
+            log.run(&[request(3, OpKind::Delete, 20, false)]).0,
+            [applied(0, false)]
+        );
+        assert_eq!(
+            log.run(&[request(4, OpKind::Add, 5, false)]).0,
+            [applied(0, false)]
+        );
+        let state = log.state().unwrap();
+        assert_eq!(state.qty(), 0);
+        assert_eq!(state.ops.len(), 4);
+    }
+
+    #[test]
+    fn an_item_that_ends_the_batch_as_it_started_keeps_its_index_entry() {
+        let log = MemoryLog::default();
+        log.run(&[request(1, OpKind::Add, 1, false)]);
+        let (outcomes, writes) = log.run(&[
+            request(2, OpKind::Delete, 2, true),
+            request(3, OpKind::Delete, 3, true),
+            request(4, OpKind::Add, 4, false),
+        ]);
+        assert_eq!(
+            outcomes,
+            [applied(0, false), Outcome::NotInCart, applied(1, false)]
+        );
+        assert_eq!(writes.len(), 1);
+        assert!(writes[0].index.is_empty(), "qty went 1 -> 0 -> 1");
+    }
+
+    #[test]
+    fn a_repair_adds_only_what_is_missing_and_adopts_a_newer_base() {
+        let log = MemoryLog::default();
+        log.run(&[request(1, OpKind::Add, 10, false)]);
+        let base = Base {
+            qty: 2,
+            version: Some(Version {
+                hlc: 20,
+                gateway: 1,
+            }),
+        };
+        let repair = WriteRequest::Repair(RepairRequest {
+            key: key(),
+            meta: meta("c1"),
+            base: Some(base),
+            ops: vec![op(1, OpKind::Add, 10), op(5, OpKind::Add, 30)],
+        });
+        assert_eq!(
+            log.run(std::slice::from_ref(&repair)).0,
+            [Outcome::Repaired { added: 1 }]
+        );
+        let state = log.state().unwrap();
+        assert_eq!(state.base, base);
+        assert_eq!(state.ops, [op(5, OpKind::Add, 30)]);
+        assert_eq!(state.qty(), 3);
+        let (outcomes, writes) = log.run(&[repair]);
+        assert_eq!(outcomes, [Outcome::Repaired { added: 0 }]);
+        assert!(writes.is_empty(), "a repeated repair writes nothing");
+        assert!(matches!(
+            log.run(&[request(9, OpKind::Add, 15, false)]).0[..],
+            [Outcome::TooOld { .. }]
+        ));
+    }
+
+    fn run_at(log: &MemoryLog, timing: Timing, now_ms: u64, request: &WriteRequest) -> Outcome {
+        let mut plan = BatchPlan::new(timing, now_ms);
+        let outcome = plan.decide(request, log).unwrap();
+        log.commit(&plan.into_writes()).unwrap();
+        outcome
+    }
+
+    /// Versions whose clock reading is `ms` milliseconds.
+    fn at_ms(id: u128, kind: OpKind, ms: u64) -> WriteRequest {
+        request(id, kind, ms << 16, false)
+    }
+
+    #[test]
+    fn compaction_folds_only_old_operations_of_the_state_the_gateway_saw() {
+        let log = MemoryLog::default();
+        let timing = Timing {
+            accept_window: Some(Duration::from_secs(30)),
+            grace: Duration::from_secs(60),
+            id_retention: Duration::from_secs(3600),
+        };
+        let now = 1_000_000;
+        for (id, kind, ms) in [
+            (1, OpKind::Add, now - 90_000),
+            (2, OpKind::Add, now - 80_000),
+        ] {
+            // Accepted when they were new.
+            assert_eq!(
+                run_at(&log, timing, ms, &at_ms(id, kind, ms)),
+                applied(id as u64, false)
+            );
+        }
+        assert_eq!(
+            run_at(&log, timing, now, &at_ms(3, OpKind::Delete, now - 1_000)),
+            applied(1, false)
+        );
+        let digest = log.state().unwrap().summary().digest;
+        let compact = |upto_ms: u64, digest| {
+            WriteRequest::Compact(CompactRequest {
+                key: key(),
+                upto: Version {
+                    hlc: upto_ms << 16,
+                    gateway: u32::MAX,
+                },
+                digest,
+            })
+        };
+        let stale_digest = StateDigest(digest.0 ^ 1);
+        assert_eq!(
+            run_at(&log, timing, now, &compact(now - 61_000, stale_digest)),
+            Outcome::Compacted { folded: 0 },
+            "the state changed since the gateway compared replicas"
+        );
+        assert_eq!(
+            run_at(&log, timing, now, &compact(now - 10_000, digest)),
+            Outcome::Compacted { folded: 0 },
+            "younger than the grace"
+        );
+        assert_eq!(
+            run_at(&log, timing, now, &compact(now - 61_000, digest)),
+            Outcome::Compacted { folded: 2 }
+        );
+        let state = log.state().unwrap();
+        assert_eq!((state.base.qty, state.ops.len(), state.qty()), (2, 1, 1));
+        // An operation at or below the base is refused; so is one outside the window.
+        assert!(matches!(
+            run_at(&log, timing, now, &at_ms(4, OpKind::Add, now - 70_000)),
+            Outcome::Expired { .. }
+        ));
+        let mut no_window = timing;
+        no_window.accept_window = None;
+        assert!(matches!(
+            run_at(&log, no_window, now, &at_ms(4, OpKind::Add, now - 70_000)),
+            Outcome::TooOld { .. }
+        ));
+        // A retry of a folded operation is still a duplicate.
+        assert_eq!(
+            run_at(&log, timing, now, &at_ms(1, OpKind::Add, now - 500)),
+            applied(1, true)
+        );
+    }
+
+    #[test]
+    fn a_failed_read_fails_only_that_request() {
+        let log = MemoryLog {
+            reads_fail: true,
+            ..MemoryLog::default()
+        };
+        let mut plan = BatchPlan::new(Timing::ANY_AGE, 0);
+        assert!(
+            plan.decide(&request(1, OpKind::Add, 1, false), &log)
+                .is_err()
+        );
+        assert!(plan.into_writes().is_empty());
     }
 
     fn is_storage_failure(reply: &DataResponse) -> bool {
@@ -685,20 +1242,35 @@ mod tests {
         )
     }
 
+    fn apply(id: u128, hlc: u64) -> ApplyRequest {
+        ApplyRequest {
+            key: key(),
+            meta: meta("c1"),
+            op: op(id, OpKind::Add, hlc),
+            require_in_cart: false,
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_commit_fails_its_batch_and_refuses_later_writes() {
-        let log = Arc::new(FlakyLog::default());
+        let log = Arc::new(MemoryLog::default());
         let settings = GroupCommitSettings {
             device: 9,
             max_batch: 8,
+            timing: Timing::ANY_AGE,
         };
         let writer = GroupCommit::start(log.clone(), settings).unwrap();
-        let add = |id, hlc| request(id, OpKind::Add, hlc, false);
-        assert_eq!(writer.apply(add(1, 1)).await, applied(1, false));
+        assert_eq!(
+            writer.apply(apply(1, 1)).await,
+            DataResponse::Applied {
+                qty: 1,
+                duplicate: false
+            }
+        );
         assert!(!writer.has_failed());
 
         log.failing.store(true, Ordering::SeqCst);
-        let (a, b) = tokio::join!(writer.apply(add(2, 2)), writer.apply(add(1, 1)));
+        let (a, b) = tokio::join!(writer.apply(apply(2, 2)), writer.apply(apply(1, 1)));
         assert!(is_storage_failure(&a), "{a:?}");
         assert!(
             is_storage_failure(&b),
@@ -709,16 +1281,8 @@ mod tests {
         // fjall stays poisoned after a failed fsync, so the writer refuses even if the
         // underlying store would now accept the write.
         log.failing.store(false, Ordering::SeqCst);
-        assert!(is_storage_failure(&writer.apply(add(3, 3)).await));
-        assert_eq!(
-            log.items
-                .lock()
-                .unwrap()
-                .values()
-                .next()
-                .map(ItemState::qty),
-            Some(1)
-        );
+        assert!(is_storage_failure(&writer.apply(apply(3, 3)).await));
+        assert_eq!(log.state().map(|s| s.qty()), Some(1));
         writer.shutdown().await.unwrap();
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod group_commit;
+pub mod head_cache;
 pub mod service;
 pub mod store;
 
@@ -50,6 +51,7 @@ pub async fn run(
     let group_commit = GroupCommitSettings {
         device: settings.device,
         max_batch: settings.max_batch,
+        timing: settings.timing,
     };
     let node = DataNodeService::open(&settings.data_dir, group_commit)
         .await

@@ -1,12 +1,23 @@
 //! [`CartStore`]: the data node's fjall database, behind a small synchronous API.
 //!
-//! Two keyspaces, both written only through [`CartStore::commit`], whose one fjall batch is
+//! Three keyspaces, all written only through [`CartStore::commit`], whose one fjall batch is
 //! atomic across them:
 //!
 //! ```text
-//! items       user 0x00 product               -> FORMAT_V1 ++ postcard(ItemState)
-//! categories  category 0x00 user 0x00 product -> (empty)
+//! items       user 0x00 product                           -> FORMAT_V2 ++ postcard(ItemSummary)
+//! log         user 0x00 product 0x00 'l' hlc gateway id   -> kind          (the operation log)
+//!             user 0x00 product 0x00 'i' id               -> hlc gateway kind   (by op id)
+//! categories  category 0x00 user 0x00 product             -> (empty)
 //! ```
+//!
+//! An item is a small head (its [`ItemSummary`]: base, folded quantity, newest version,
+//! digest) plus one key per operation. A write adds one log entry, one id entry and a new
+//! head, whatever the length of the log; a cart read scans heads only. An earlier layout
+//! kept the whole log in one value: every write rewrote it and every read decoded it, and
+//! under the cluster benchmark that decoding was most of a data node's CPU and throughput
+//! fell as logs grew. Log entries sort by version, so [`CartStore::read_log`] returns a log
+//! in fold order; the id entries answer "is this a retry?" with one point read. Integers are
+//! big-endian so that byte order is numeric order.
 //!
 //! A `categories` entry exists exactly while that item's folded quantity on this replica is
 //! above zero, so a user leaves a category as soon as their last item of it reaches 0.
@@ -16,11 +27,21 @@
 
 use std::path::{Path, PathBuf};
 
-use cartdb_core::cart::{InputError, ItemKey, ItemState, validate_id};
+use cartdb_core::cart::{
+    InputError, ItemKey, ItemState, ItemSummary, OpId, OpKind, Operation, validate_id,
+};
+use cartdb_core::version::Version;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+use crate::head_cache::HeadCache;
+
 /// Leading byte of every `items` value; a new encoding gets a new byte, never a reuse.
-const FORMAT_V1: u8 = 1;
+/// (1 was the whole-log layout described in the module docs.)
+const FORMAT_V2: u8 = 2;
+/// Tag of a log entry key, after `user 0x00 product 0x00`.
+const LOG_TAG: u8 = b'l';
+/// Tag of an id entry key.
+const ID_TAG: u8 = b'i';
 /// Separator between the parts of a key.
 const SEP: u8 = 0;
 
@@ -93,6 +114,9 @@ pub enum StoreError {
     /// A stored key does not have the layout described in the module docs, or is not UTF-8.
     #[error("malformed key {key}")]
     MalformedKey { key: String },
+    /// A stored log or id entry has a value of the wrong shape.
+    #[error("log entry {key} has a malformed value of {len} bytes")]
+    MalformedEntry { key: String, len: usize },
     /// An item state could not be encoded (a bug).
     #[error("cannot encode item {key}: {source}")]
     Encode {
@@ -109,14 +133,24 @@ pub enum StoreError {
 pub struct CartStore {
     db: Database,
     items: Keyspace,
+    log: Keyspace,
     categories: Keyspace,
+    heads: HeadCache,
 }
 
-/// One item's new state and the category index change that goes with it, written together.
+/// One item's change, written together: its new head, the operations added to and removed
+/// from its log, and the category index change that goes with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemWrite {
     pub key: ItemKey,
-    pub state: ItemState,
+    pub head: ItemSummary,
+    /// New log entries (each also gets an id entry).
+    pub added: Vec<Operation>,
+    /// Log entries folded into the base; their id entries stay, so retries are still
+    /// recognised.
+    pub folded: Vec<Operation>,
+    /// Id entries to drop: folded operations older than the idempotency window.
+    pub forgotten: Vec<OpId>,
     pub index: IndexChange,
 }
 
@@ -132,7 +166,7 @@ pub struct IndexChange {
 impl IndexChange {
     /// The change that takes the index from `before` to `after`: an item is listed under its
     /// category exactly while its quantity is above zero.
-    pub fn between(before: Option<&ItemState>, after: &ItemState) -> Self {
+    pub fn between(before: Option<&ItemSummary>, after: &ItemSummary) -> Self {
         let was = before.and_then(listed_category);
         let is = listed_category(after);
         if was == is {
@@ -151,8 +185,8 @@ impl IndexChange {
 }
 
 /// The category an item is listed under, if its quantity is above zero.
-fn listed_category(state: &ItemState) -> Option<&str> {
-    (state.qty() > 0).then_some(state.meta.category.as_str())
+fn listed_category(head: &ItemSummary) -> Option<&str> {
+    (head.qty > 0).then_some(head.meta.category.as_str())
 }
 
 impl CartStore {
@@ -174,48 +208,163 @@ impl CartStore {
             .open()
             .map_err(open_error)?;
         let items = db.keyspace("items", keyspace_options).map_err(open_error)?;
+        let log = db.keyspace("log", keyspace_options).map_err(open_error)?;
         let categories = db
             .keyspace("categories", keyspace_options)
             .map_err(open_error)?;
         Ok(Self {
             db,
             items,
+            log,
             categories,
+            heads: HeadCache::default(),
         })
     }
 
-    /// The state of one item, if this replica has seen an operation on it.
+    /// The head of one item, if this replica has seen an operation on it.
     ///
     /// # Errors
     /// [`StoreError::InvalidId`] for an identifier that cannot be a key part,
     /// [`StoreError::Read`] when fjall fails, and a decoding error naming the key when the
     /// stored value is corrupt.
-    pub fn read_item(&self, key: &ItemKey) -> Result<Option<ItemState>, StoreError> {
+    pub fn read_summary(&self, key: &ItemKey) -> Result<Option<ItemSummary>, StoreError> {
+        if let Some(cached) = self.heads.item(key) {
+            return Ok(cached);
+        }
         let raw = item_key(key)?;
         let value = self.items.get(&raw).map_err(|source| StoreError::Read {
             key: show_key(&raw),
             source,
         })?;
         value
-            .map(|v| decode_item(&raw, &key.product, &v))
+            .map(|v| decode_head(&raw, &key.product, &v))
             .transpose()
     }
 
-    /// Every item of `user` on this replica, sorted by product id.
+    /// The heads of every item of `user` on this replica, sorted by product id.
     ///
     /// # Errors
-    /// As [`CartStore::read_item`], for the first item that fails.
-    pub fn read_user(&self, user: &str) -> Result<Vec<ItemState>, StoreError> {
+    /// As [`CartStore::read_summary`], for the first item that fails.
+    pub fn read_user_summaries(&self, user: &str) -> Result<Vec<ItemSummary>, StoreError> {
         let prefix = key_prefix("userid", user)?;
+        self.heads.user(user, || self.scan_heads(&prefix))
+    }
+
+    /// The heads under `prefix` (`user 0x00`), from fjall.
+    fn scan_heads(&self, prefix: &[u8]) -> Result<Vec<ItemSummary>, StoreError> {
         self.items
+            .prefix(prefix)
+            .map(|guard| {
+                let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
+                    key: show_key(prefix),
+                    source,
+                })?;
+                let product = product_of(&raw[prefix.len()..], &raw)?;
+                decode_head(&raw, product, &value)
+            })
+            .collect()
+    }
+
+    /// The operation with id `id` in the item's log (or folded into its base), if any.
+    ///
+    /// # Errors
+    /// As [`CartStore::read_summary`]; [`StoreError::MalformedEntry`] for a corrupt entry.
+    pub fn find_op(&self, key: &ItemKey, id: OpId) -> Result<Option<Operation>, StoreError> {
+        let mut raw = log_prefix(key)?;
+        raw.push(ID_TAG);
+        raw.extend_from_slice(&id.0.to_be_bytes());
+        let value = self.log.get(&raw).map_err(|source| StoreError::Read {
+            key: show_key(&raw),
+            source,
+        })?;
+        value.map(|v| decode_id_entry(&raw, id, &v)).transpose()
+    }
+
+    /// The item's operation log (without the folded base), in version order.
+    ///
+    /// # Errors
+    /// As [`CartStore::find_op`].
+    pub fn read_log(&self, key: &ItemKey) -> Result<Vec<Operation>, StoreError> {
+        let mut prefix = log_prefix(key)?;
+        prefix.push(LOG_TAG);
+        self.log
             .prefix(&prefix)
             .map(|guard| {
                 let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
                     key: show_key(&prefix),
                     source,
                 })?;
-                let product = product_of(&raw[prefix.len()..], &raw)?;
-                decode_item(&raw, product, &value)
+                decode_log_entry(&raw, &raw[prefix.len()..], &value)
+            })
+            .collect()
+    }
+
+    /// Every operation id the item remembers (logged or folded), with its version and kind.
+    ///
+    /// # Errors
+    /// As [`CartStore::find_op`].
+    pub fn read_ids(&self, key: &ItemKey) -> Result<Vec<Operation>, StoreError> {
+        let mut prefix = log_prefix(key)?;
+        prefix.push(ID_TAG);
+        self.log
+            .prefix(&prefix)
+            .map(|guard| {
+                let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
+                    key: show_key(&prefix),
+                    source,
+                })?;
+                let id: &[u8; 16] =
+                    raw[prefix.len()..]
+                        .try_into()
+                        .map_err(|_| StoreError::MalformedKey {
+                            key: show_key(&raw),
+                        })?;
+                decode_id_entry(&raw, OpId(u128::from_be_bytes(*id)), &value)
+            })
+            .collect()
+    }
+
+    /// The full state of one item (head and log), if this replica has seen it.
+    ///
+    /// # Errors
+    /// As [`CartStore::read_log`].
+    pub fn read_item(&self, key: &ItemKey) -> Result<Option<ItemState>, StoreError> {
+        let Some(head) = self.read_summary(key)? else {
+            return Ok(None);
+        };
+        Ok(Some(ItemState {
+            ops: self.read_log(key)?,
+            product: head.product,
+            meta: head.meta,
+            base: head.base,
+        }))
+    }
+
+    /// The full states of `user`'s items on this replica, sorted by product id: every item,
+    /// or only those named in `products`.
+    ///
+    /// # Errors
+    /// As [`CartStore::read_item`], for the first item that fails.
+    pub fn read_user(
+        &self,
+        user: &str,
+        products: Option<&[String]>,
+    ) -> Result<Vec<ItemState>, StoreError> {
+        let heads = self.read_user_summaries(user)?;
+        heads
+            .into_iter()
+            .filter(|head| products.is_none_or(|wanted| wanted.contains(&head.product)))
+            .map(|head| {
+                let key = ItemKey {
+                    user: user.to_owned(),
+                    product: head.product.clone(),
+                };
+                Ok(ItemState {
+                    ops: self.read_log(&key)?,
+                    product: head.product,
+                    meta: head.meta,
+                    base: head.base,
+                })
             })
             .collect()
     }
@@ -264,7 +413,10 @@ impl CartStore {
         batch.commit().map_err(|source| StoreError::Commit {
             writes: writes.len(),
             source,
-        })
+        })?;
+        // Durable now; readers must see it before the writer acknowledges anything.
+        self.heads.written(writes.iter().map(|w| (&w.key, &w.head)));
+        Ok(())
     }
 
     /// Adds one item write and its index change to `batch`.
@@ -274,7 +426,25 @@ impl CartStore {
         write: &ItemWrite,
     ) -> Result<(), StoreError> {
         let raw = item_key(&write.key)?;
-        let value = encode_item(&raw, &write.state)?;
+        let value = encode_head(&raw, &write.head)?;
+        let prefix = log_prefix(&write.key)?;
+        for op in &write.added {
+            batch.insert(&self.log, id_entry_key(&prefix, op.id), id_entry_value(op));
+            // An operation added and folded by the same batch needs no log entry at all.
+            if !write.folded.contains(op) {
+                batch.insert(
+                    &self.log,
+                    log_entry_key(&prefix, op),
+                    vec![kind_byte(op.kind)],
+                );
+            }
+        }
+        for op in write.folded.iter().filter(|op| !write.added.contains(op)) {
+            batch.remove(&self.log, log_entry_key(&prefix, op));
+        }
+        for id in &write.forgotten {
+            batch.remove(&self.log, id_entry_key(&prefix, *id));
+        }
         if let Some(category) = &write.index.remove {
             batch.remove(&self.categories, index_key(category, &write.key)?);
         }
@@ -345,9 +515,103 @@ fn user_of_index_key<'a>(rest: &'a [u8], raw: &[u8]) -> Result<&'a str, StoreErr
     Ok(user)
 }
 
-fn encode_item(raw: &[u8], state: &ItemState) -> Result<Vec<u8>, StoreError> {
-    let mut value = vec![FORMAT_V1];
-    postcard::to_io(state, &mut value).map_err(|source| StoreError::Encode {
+/// `user 0x00 product 0x00`: the prefix of every log and id entry of the item.
+fn log_prefix(key: &ItemKey) -> Result<Vec<u8>, StoreError> {
+    let mut raw = item_key(key)?;
+    raw.push(SEP);
+    Ok(raw)
+}
+
+/// Log entry key: the prefix, `'l'`, then the version and id, so entries sort by
+/// [`Operation::log_order`].
+fn log_entry_key(prefix: &[u8], op: &Operation) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(prefix.len() + 29);
+    raw.extend_from_slice(prefix);
+    raw.push(LOG_TAG);
+    raw.extend_from_slice(&op.version.hlc.to_be_bytes());
+    raw.extend_from_slice(&op.version.gateway.to_be_bytes());
+    raw.extend_from_slice(&op.id.0.to_be_bytes());
+    raw
+}
+
+fn id_entry_key(prefix: &[u8], id: OpId) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(prefix.len() + 17);
+    raw.extend_from_slice(prefix);
+    raw.push(ID_TAG);
+    raw.extend_from_slice(&id.0.to_be_bytes());
+    raw
+}
+
+fn id_entry_value(op: &Operation) -> Vec<u8> {
+    let mut value = Vec::with_capacity(13);
+    value.extend_from_slice(&op.version.hlc.to_be_bytes());
+    value.extend_from_slice(&op.version.gateway.to_be_bytes());
+    value.push(kind_byte(op.kind));
+    value
+}
+
+fn kind_byte(kind: OpKind) -> u8 {
+    match kind {
+        OpKind::Add => 0,
+        OpKind::Delete => 1,
+    }
+}
+
+fn kind_of(byte: u8) -> Option<OpKind> {
+    match byte {
+        0 => Some(OpKind::Add),
+        1 => Some(OpKind::Delete),
+        _ => None,
+    }
+}
+
+/// Decodes a log entry from its key's tail after the tag (`hlc gateway id`) and its value.
+fn decode_log_entry(raw: &[u8], tail: &[u8], value: &[u8]) -> Result<Operation, StoreError> {
+    let malformed = || StoreError::MalformedEntry {
+        key: show_key(raw),
+        len: value.len(),
+    };
+    let (hlc, rest) = tail.split_first_chunk::<8>().ok_or_else(malformed)?;
+    let (gateway, rest) = rest.split_first_chunk::<4>().ok_or_else(malformed)?;
+    let id: &[u8; 16] = rest.try_into().map_err(|_| malformed())?;
+    let kind = match value {
+        [byte] => kind_of(*byte).ok_or_else(malformed)?,
+        _ => return Err(malformed()),
+    };
+    Ok(Operation {
+        id: OpId(u128::from_be_bytes(*id)),
+        kind,
+        version: Version {
+            hlc: u64::from_be_bytes(*hlc),
+            gateway: u32::from_be_bytes(*gateway),
+        },
+    })
+}
+
+fn decode_id_entry(raw: &[u8], id: OpId, value: &[u8]) -> Result<Operation, StoreError> {
+    let malformed = || StoreError::MalformedEntry {
+        key: show_key(raw),
+        len: value.len(),
+    };
+    let (hlc, rest) = value.split_first_chunk::<8>().ok_or_else(malformed)?;
+    let (gateway, rest) = rest.split_first_chunk::<4>().ok_or_else(malformed)?;
+    let kind = match rest {
+        [byte] => kind_of(*byte).ok_or_else(malformed)?,
+        _ => return Err(malformed()),
+    };
+    Ok(Operation {
+        id,
+        kind,
+        version: Version {
+            hlc: u64::from_be_bytes(*hlc),
+            gateway: u32::from_be_bytes(*gateway),
+        },
+    })
+}
+
+fn encode_head(raw: &[u8], head: &ItemSummary) -> Result<Vec<u8>, StoreError> {
+    let mut value = vec![FORMAT_V2];
+    postcard::to_io(head, &mut value).map_err(|source| StoreError::Encode {
         key: show_key(raw),
         source,
     })?;
@@ -355,27 +619,27 @@ fn encode_item(raw: &[u8], state: &ItemState) -> Result<Vec<u8>, StoreError> {
 }
 
 /// Decodes an `items` value stored under `raw`, which names `product`.
-fn decode_item(raw: &[u8], product: &str, value: &[u8]) -> Result<ItemState, StoreError> {
+fn decode_head(raw: &[u8], product: &str, value: &[u8]) -> Result<ItemSummary, StoreError> {
     let (&format, body) = value
         .split_first()
         .ok_or_else(|| StoreError::EmptyValue { key: show_key(raw) })?;
-    if format != FORMAT_V1 {
+    if format != FORMAT_V2 {
         return Err(StoreError::UnknownFormat {
             key: show_key(raw),
             format,
         });
     }
-    let state: ItemState = postcard::from_bytes(body).map_err(|source| StoreError::Corrupt {
+    let head: ItemSummary = postcard::from_bytes(body).map_err(|source| StoreError::Corrupt {
         key: show_key(raw),
         source,
     })?;
-    if state.product != product {
+    if head.product != product {
         return Err(StoreError::ProductMismatch {
             key: show_key(raw),
-            stored: state.product,
+            stored: head.product,
         });
     }
-    Ok(state)
+    Ok(head)
 }
 
 /// A key for error messages: separators shown as `/` (which identifiers never contain).
@@ -412,9 +676,9 @@ mod tests {
 
     #[test]
     fn index_follows_quantity_and_category() {
-        let zero = state(&[], "c1");
-        let one = state(&[OpKind::Add], "c1");
-        let moved = state(&[OpKind::Add], "c2");
+        let zero = state(&[], "c1").summary();
+        let one = state(&[OpKind::Add], "c1").summary();
+        let moved = state(&[OpKind::Add], "c2").summary();
         assert_eq!(IndexChange::between(None, &zero), IndexChange::default());
         assert_eq!(
             IndexChange::between(None, &one).insert.as_deref(),
@@ -432,24 +696,49 @@ mod tests {
 
     #[test]
     fn values_round_trip_and_corruption_names_the_key() {
-        let s = state(&[OpKind::Add, OpKind::Add], "c1");
+        let s = state(&[OpKind::Add, OpKind::Add], "c1").summary();
         let raw = b"u1\0p1";
-        let value = encode_item(raw, &s).unwrap();
-        assert_eq!(decode_item(raw, "p1", &value).unwrap(), s);
-        let err = decode_item(raw, "p1", &[9, 1, 2]).unwrap_err();
+        let value = encode_head(raw, &s).unwrap();
+        assert_eq!(decode_head(raw, "p1", &value).unwrap(), s);
+        let err = decode_head(raw, "p1", &[9, 1, 2]).unwrap_err();
         assert!(err.to_string().contains("u1/p1"), "{err}");
         assert!(matches!(
-            decode_item(raw, "p1", &[]),
+            decode_head(raw, "p1", &[]),
             Err(StoreError::EmptyValue { .. })
         ));
         assert!(matches!(
-            decode_item(raw, "p1", &[FORMAT_V1, 0xff]),
+            decode_head(raw, "p1", &[FORMAT_V2, 0xff]),
             Err(StoreError::Corrupt { .. })
         ));
         assert!(matches!(
-            decode_item(raw, "other", &value),
+            decode_head(raw, "other", &value),
             Err(StoreError::ProductMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn log_and_id_entries_round_trip_and_sort_by_version() {
+        let prefix = b"u1\0p1\0".to_vec();
+        let op = |id: u128, hlc| Operation {
+            id: OpId(id),
+            kind: OpKind::Delete,
+            version: Version { hlc, gateway: 3 },
+        };
+        let (early, late) = (op(u128::MAX, 5), op(1, 300));
+        let (k1, k2) = (
+            log_entry_key(&prefix, &early),
+            log_entry_key(&prefix, &late),
+        );
+        assert!(k1 < k2, "byte order is version order");
+        let tail = &k1[prefix.len() + 1..];
+        assert_eq!(decode_log_entry(&k1, tail, &[1]).unwrap(), early);
+        assert!(decode_log_entry(&k1, tail, &[7]).is_err());
+        assert!(decode_log_entry(&k1, &tail[1..], &[1]).is_err());
+        let id_key = id_entry_key(&prefix, late.id);
+        let value = id_entry_value(&late);
+        assert_eq!(decode_id_entry(&id_key, late.id, &value).unwrap(), late);
+        let err = decode_id_entry(&id_key, late.id, &value[1..]).unwrap_err();
+        assert!(err.to_string().contains("u1/p1/i"), "{err}");
     }
 
     #[test]

@@ -81,7 +81,7 @@ async fn concurrent_writes_are_batched_acknowledged_and_durable() {
     close(store, writer).await;
     let store = CartStore::open(dir.path()).unwrap();
     for task in 0..TASKS {
-        let items = store.read_user(&user(task)).unwrap();
+        let items = store.read_user(&user(task), None).unwrap();
         assert_eq!(items.len(), PRODUCTS);
         for n in 0..OPS_PER_TASK {
             let item = items.iter().find(|i| i.product == product(n)).unwrap();

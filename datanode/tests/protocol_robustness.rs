@@ -11,7 +11,7 @@ use std::time::Duration;
 use cartdb_core::cart::OpKind;
 use cartdb_core::rpc::{Hello, RpcClient, serve};
 use cartdb_core::wire::{DataRequest, DataResponse, ServiceKind};
-use cartdb_datanode::group_commit::GroupCommitSettings;
+use cartdb_datanode::group_commit::{GroupCommitSettings, Timing};
 use cartdb_datanode::service::DataNodeService;
 use common::op;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,6 +33,7 @@ async fn start_node(
     let settings = GroupCommitSettings {
         device: common::DEVICE,
         max_batch: 64,
+        timing: Timing::ANY_AGE,
     };
     let service = DataNodeService::open(dir, settings).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,18 +1,18 @@
-//! Turning merged item states into the cart a shopper sees. Pure.
+//! Turning merged item summaries into the cart a shopper sees. Pure.
 
-use cartdb_core::cart::{CartLine, ItemState};
+use cartdb_core::cart::{CartLine, ItemSummary};
 
-/// The cart lines of merged item states: only items with a quantity above zero, named by
+/// The cart lines of merged item summaries: only items with a quantity above zero, named by
 /// `name_of(productid)` (the stored product id when the catalog no longer has the product),
 /// sorted by name and then product id. Price and category are the ones stored with the item.
 pub fn cart_lines<'a>(
-    merged: &[ItemState],
+    merged: &[ItemSummary],
     name_of: impl Fn(&str) -> Option<&'a str>,
 ) -> Vec<CartLine> {
     let mut lines: Vec<CartLine> = merged
         .iter()
         .filter_map(|item| {
-            let qty = item.qty();
+            let qty = item.qty;
             (qty > 0).then(|| CartLine {
                 name: name_of(&item.product).unwrap_or(&item.product).to_owned(),
                 productid: item.product.clone(),
@@ -29,7 +29,7 @@ pub fn cart_lines<'a>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 mod tests {
-    use cartdb_core::cart::{ItemMeta, OpId, OpKind, Operation};
+    use cartdb_core::cart::{ItemMeta, ItemState, OpId, OpKind, Operation};
     use cartdb_core::version::Version;
 
     use super::*;
@@ -70,7 +70,8 @@ mod tests {
             item("2", &[OpKind::Add, OpKind::Add]),
             item("3", &[OpKind::Add, OpKind::Delete]),
             item("9", &[OpKind::Add]),
-        ];
+        ]
+        .map(|state| state.summary());
         let lines = cart_lines(&merged, names);
         let summary: Vec<(&str, &str, u64)> = lines
             .iter()

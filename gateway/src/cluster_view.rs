@@ -9,7 +9,9 @@ use arc_swap::ArcSwap;
 use cartdb_core::cart::{DeviceId, ItemKey};
 use cartdb_core::config::Replication;
 use cartdb_core::coord::{ClusterMap, FULL_WEIGHT, Membership};
-use cartdb_core::wire::{ClusterStatus, DeviceStatus, GatewayInfo, PolicyInfo, ReplicationInfo};
+use cartdb_core::wire::{
+    ClusterStatus, DeviceStatus, GatewayInfo, MaintenanceStatus, PolicyInfo, ReplicationInfo,
+};
 
 use crate::placement::PlacerPool;
 use crate::policy::PolicyError;
@@ -82,6 +84,7 @@ impl Topology {
                 write_quorum: replication.write_quorum,
                 read_quorum: replication.read_quorum,
             },
+            maintenance: MaintenanceStatus::default(),
         }
     }
 }

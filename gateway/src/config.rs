@@ -1,12 +1,15 @@
 //! The gateway's command line and environment: one [`GatewayConfig`], validated once into
 //! [`GatewaySettings`] so that every component receives only checked values.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use cartdb_core::config::{ConfigError, Replication, ZkArgs};
 use cartdb_core::coord::CoordConfig;
 use clap::Parser;
+
+use crate::compaction::CompactionSettings;
 
 /// Configuration of one gateway process. Every flag can also be set by its `CARTDB_*`
 /// environment variable.
@@ -55,17 +58,37 @@ pub struct GatewayConfig {
     #[arg(long, env = "CARTDB_READ_QUORUM", default_value_t = 2)]
     pub read_quorum: usize,
 
-    /// Time limit of one request, from its arrival to its answer, in milliseconds.
-    /// Default: 2000.
+    /// Time limit of one request, from its arrival to its answer, in milliseconds. It must
+    /// stay below the data nodes' --accept-window-secs. Default: 2000.
     #[arg(long, env = "CARTDB_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
     pub request_timeout_ms: u64,
+
+    /// Path to a merge policy, a WebAssembly component of the `cartdb:policy/merge-policy`
+    /// world, used to merge replicas that disagree. Default: none (the built-in reference
+    /// merge, which the gateway also falls back to whenever the policy fails).
+    #[arg(long, env = "CARTDB_MERGE_POLICY")]
+    pub merge_policy: Option<PathBuf>,
+
+    /// Seconds an operation stays in an item's log before compaction may fold it into the
+    /// base; must match the data nodes' --compaction-grace-secs. Default: 60.
+    #[arg(long, env = "CARTDB_COMPACTION_GRACE_SECS", default_value_t = 60)]
+    pub compaction_grace_secs: u64,
+
+    /// Compact an item once its log holds at least this many operations. Default: 32.
+    #[arg(long, env = "CARTDB_COMPACT_MIN_OPS", default_value_t = 32)]
+    pub compact_min_ops: u32,
+
+    /// Users the anti-entropy sweep compares per second, on the gateway that leads it;
+    /// 0 turns the sweep off. Default: 20.
+    #[arg(long, env = "CARTDB_ANTI_ENTROPY_USERS_PER_SEC", default_value_t = 20)]
+    pub anti_entropy_users_per_sec: u32,
 
     #[command(flatten)]
     pub zk: ZkArgs,
 }
 
 /// Shortest and longest accepted request time limits.
-const REQUEST_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=600_000;
+const REQUEST_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=20_000;
 
 /// A [`GatewayConfig`] that passed [`GatewayConfig::validate`].
 #[derive(Debug, Clone)]
@@ -78,6 +101,10 @@ pub struct GatewaySettings {
     pub rule: Option<String>,
     pub replication: Replication,
     pub request_timeout: Duration,
+    pub merge_policy: Option<PathBuf>,
+    pub compaction: CompactionSettings,
+    /// `None`: no anti-entropy sweep.
+    pub anti_entropy_users_per_sec: Option<NonZeroU32>,
     pub coord: CoordConfig,
 }
 
@@ -93,7 +120,23 @@ impl GatewayConfig {
         if !REQUEST_TIMEOUT_RANGE_MS.contains(&self.request_timeout_ms) {
             return Err(ConfigError::new(
                 "request-timeout-ms",
-                "must be between 10 and 600000",
+                "must be between 10 and 20000 (below the data nodes' acceptance window)",
+            ));
+        }
+        if self.compaction_grace_secs == 0 {
+            return Err(ConfigError::new("compaction-grace-secs", "must be above 0"));
+        }
+        if self.compact_min_ops == 0 {
+            return Err(ConfigError::new("compact-min-ops", "must be above 0"));
+        }
+        if self
+            .merge_policy
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::new(
+                "merge-policy",
+                "must name a .wasm component when set",
             ));
         }
         if self
@@ -120,6 +163,12 @@ impl GatewayConfig {
             rule,
             replication,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            merge_policy: self.merge_policy.clone(),
+            compaction: CompactionSettings {
+                grace: Duration::from_secs(self.compaction_grace_secs),
+                min_ops: self.compact_min_ops,
+            },
+            anti_entropy_users_per_sec: NonZeroU32::new(self.anti_entropy_users_per_sec),
             coord: self.zk.coord_config()?,
         })
     }

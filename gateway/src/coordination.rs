@@ -10,6 +10,7 @@ use std::sync::Arc;
 use cartdb_core::cart::{DeviceId, ItemKey, Product};
 use cartdb_core::catalog::Catalog;
 use cartdb_core::coord::{CoordError, Coordinator};
+use cartdb_core::wire::SweepStatus;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
@@ -32,6 +33,15 @@ pub trait Coordination: Send + Sync + 'static {
     /// [`CoordError::InvalidCatalog`] when the product does not fit the catalog (its name
     /// belongs to another product), other [`CoordError`]s when the catalog is unreachable.
     fn upsert_product(&self, product: Product) -> BoxFuture<'_, Result<Arc<Catalog>, CoordError>>;
+
+    /// See [`Coordinator::publish_sweep`].
+    fn publish_sweep<'a>(
+        &'a self,
+        status: &'a SweepStatus,
+    ) -> BoxFuture<'a, Result<(), CoordError>>;
+
+    /// See [`Coordinator::read_sweep`].
+    fn read_sweep(&self) -> BoxFuture<'_, Result<Option<SweepStatus>, CoordError>>;
 }
 
 impl Coordination for Coordinator {
@@ -45,5 +55,16 @@ impl Coordination for Coordinator {
 
     fn upsert_product(&self, product: Product) -> BoxFuture<'_, Result<Arc<Catalog>, CoordError>> {
         Coordinator::upsert_product(self, product).boxed()
+    }
+
+    fn publish_sweep<'a>(
+        &'a self,
+        status: &'a SweepStatus,
+    ) -> BoxFuture<'a, Result<(), CoordError>> {
+        Coordinator::publish_sweep(self, status).boxed()
+    }
+
+    fn read_sweep(&self) -> BoxFuture<'_, Result<Option<SweepStatus>, CoordError>> {
+        Coordinator::read_sweep(self).boxed()
     }
 }

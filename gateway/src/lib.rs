@@ -24,15 +24,18 @@
 //! - [`coordination`]: the narrow trait the request path uses to reach ZooKeeper.
 //! - `policy`: the WebAssembly placement policy host.
 
+pub mod anti_entropy;
 pub mod cart_lines;
 pub mod cluster_keeper;
 pub mod cluster_view;
+pub mod compaction;
 pub mod config;
 pub mod coordination;
 pub mod op_id;
 pub mod placement;
 pub mod policy;
 pub mod read;
+pub mod read_repair;
 pub mod read_resolution;
 pub mod replicas;
 pub mod service;
@@ -54,9 +57,11 @@ use tokio_util::sync::CancellationToken;
 pub use config::{GatewayConfig, GatewaySettings};
 pub use service::{GatewayService, ServiceParts};
 
+use crate::anti_entropy::AntiEntropy;
 use crate::cluster_keeper::{ClusterKeeper, build_placers};
 use crate::cluster_view::{ClusterView, Topology};
-use crate::policy::{PlacementPolicy, PolicyEngine};
+use crate::coordination::Coordination;
+use crate::policy::{MergePolicy, PlacementPolicy, PolicyEngine};
 use crate::replicas::Replicas;
 
 /// Longest wait for a TCP connection to a data node. Connections are made on loopback or a
@@ -82,6 +87,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
     let policy = load_policy(&settings.placement_policy).await?;
+    let merge_policy = match &settings.merge_policy {
+        Some(path) => Some(Arc::new(load_merge_policy(path).await?)),
+        None => None,
+    };
     // The session outlives `shutdown` on purpose: it is closed only after the drain.
     let session = CancellationToken::new();
     let Some(coordinator) = connect(&settings, &session, &shutdown).await? else {
@@ -104,10 +113,11 @@ pub async fn run(
         rule: settings.rule.clone(),
     };
     let keeper = tokio::spawn(keeper.run(shutdown.clone()));
+    let coordination: Arc<dyn Coordination> = Arc::new(coordinator.clone());
     let service = Arc::new(GatewayService::new(ServiceParts {
-        view,
+        view: view.clone(),
         replicas,
-        coordination: Arc::new(coordinator.clone()),
+        coordination: coordination.clone(),
         catalog: coordinator.catalog(),
         directory: coordinator.directory(),
         gateway_id,
@@ -117,11 +127,30 @@ pub async fn run(
             name: policy.name().to_owned(),
             sha256: policy.sha256().to_owned(),
         },
+        merge_policy,
+        compaction: settings.compaction,
     }));
+    let sweep = settings.anti_entropy_users_per_sec.map(|rate| {
+        let sweep = AntiEntropy {
+            service: service.clone(),
+            view,
+            directory: coordinator.directory(),
+            coordination,
+            gateway_id,
+            users_per_sec: rate.get(),
+        };
+        tokio::spawn(sweep.run(shutdown.clone()))
+    });
     tracing::info!(%address, gateway = gateway_id, "gateway serving");
     let served = rpc::serve(listener, service, shutdown.clone()).await;
     if let Err(e) = keeper.await {
         tracing::error!(error = %e, "the cluster keeper failed");
+    }
+    if let Some(Err(e)) = match sweep {
+        Some(task) => Some(task.await),
+        None => None,
+    } {
+        tracing::error!(error = %e, "the anti-entropy sweep failed");
     }
     session.cancel();
     drop(coordinator);
@@ -178,6 +207,24 @@ async fn load_policy(path: &Path) -> anyhow::Result<PlacementPolicy> {
         policy = policy.name(),
         sha256 = policy.sha256(),
         "placement policy loaded"
+    );
+    Ok(policy)
+}
+
+/// Compiles the merge policy component off the async workers.
+async fn load_merge_policy(path: &Path) -> anyhow::Result<MergePolicy> {
+    let path = path.to_owned();
+    let policy = tokio::task::spawn_blocking(move || {
+        let engine = PolicyEngine::new()?;
+        MergePolicy::load(&engine, &path)
+    })
+    .await
+    .context("loading the merge policy failed")?
+    .context("cannot load the merge policy")?;
+    tracing::info!(
+        policy = policy.name(),
+        sha256 = policy.sha256(),
+        "merge policy loaded"
     );
     Ok(policy)
 }

@@ -4,24 +4,26 @@
 //! list_all(user)
 //!   plan    = directory.items_of(user) + current placement of each item
 //!             (nothing known: every live device)                   -- ReadPlan, pure
-//!   ask     = ReadUser to every planned device at once; an answer naming an item the
+//!   ask     = ReadSummaries to every planned device at once; an answer naming an item the
 //!             plan lacks adds that item's placement, whose new devices are asked at once
 //!   stop    = when ReadPlan::is_decided (every item has its read quorum and fewer than W
 //!             asked devices are silent), when all answered, or at the deadline
-//!   resolve = per-item read quorum + merge                          -- ReadResolution, pure
+//!   check   = per-item read quorum; equal summaries agree         -- SummaryCheck, pure
+//!   fetch   = ReadItems for the divergent items only, from the replicas holding them
+//!   merge   = merged states and what each stale replica lacks     -- Repairs, pure
 //! ```
 //!
 //! A read does not wait for the slowest replica once its answer is decided: with fewer than
 //! W asked devices silent, every acknowledged write (held by W devices) has been seen, so a
 //! paused data node does not hold every read up for the whole request time limit.
 //!
-//! Read repair (writing the merged state back to [`ReadResolution::stale`]) is a later,
-//! separate step; this module only reports the stale replicas.
+//! The caller answers from [`CartRead::items`] and sends [`CartRead::repairs`] in the
+//! background (see [`crate::read_repair`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 
-use cartdb_core::cart::{DeviceId, ItemKey, ItemState};
+use cartdb_core::cart::{DeviceId, ItemKey, ItemState, ItemSummary};
 use cartdb_core::config::Replication;
 use cartdb_core::coord::Directory;
 use cartdb_core::wire::{DataRequest, DataResponse};
@@ -30,8 +32,9 @@ use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
 use crate::cluster_view::Topology;
+use crate::compaction::SettledItem;
 use crate::policy::PolicyError;
-use crate::read_resolution::{ReadPlan, ReadResolution, ReadShortfall};
+use crate::read_resolution::{ReadPlan, ReadShortfall, Repair, Repairs, SummaryCheck};
 use crate::replicas::{ReplicaError, Replicas, response_name};
 
 /// Why a read failed.
@@ -46,35 +49,72 @@ pub enum ReadError {
     Placement(#[from] PolicyError),
 }
 
+/// A resolved cart read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartRead {
+    /// One summary per item, sorted by product id: the agreed ones as the replicas hold
+    /// them, the divergent ones merged.
+    pub items: Vec<ItemSummary>,
+    /// What stale replicas lack, for read repair.
+    pub repairs: Vec<Repair>,
+    /// Agreed items every one of whose replicas answered: candidates for compaction.
+    pub settled: Vec<SettledItem>,
+}
+
+/// Whose cart to read, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct CartQuery<'a> {
+    pub user: &'a str,
+    pub replication: Replication,
+    pub deadline: Instant,
+    pub mode: ReadMode,
+}
+
+/// How long a cart read waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Until the answer is decided (the shopper's read; see the module docs).
+    Quorum,
+    /// Until every asked replica answered or the deadline (the anti-entropy sweep, which
+    /// wants to compare every replica).
+    Every,
+}
+
 /// Reads and merges `user`'s cart (see the module docs and [`crate::read_resolution`] for
-/// the quorum rule).
+/// the quorum rule). `merge` merges the states of one divergent item.
 ///
 /// # Errors
 /// [`ReadError::Shortfall`] when an item (or the broadcast) heard from too few replicas
-/// before `deadline`; [`ReadError::Placement`] when the policy fails.
+/// before `deadline`, or a replica that held a divergent item failed to send its state;
+/// [`ReadError::Placement`] when the policy fails.
 pub async fn read_cart(
     replicas: &Replicas,
     topology: &Topology,
     directory: &Directory,
-    user: &str,
-    replication: Replication,
-    deadline: Instant,
-) -> Result<ReadResolution, ReadError> {
+    query: CartQuery<'_>,
+    merge: impl Fn(&[&ItemState]) -> ItemState,
+) -> Result<CartRead, ReadError> {
+    let CartQuery {
+        user,
+        replication,
+        deadline,
+        mode,
+    } = query;
     let mut plan = match ReadPlan::from_directory(directory.items_of(user)) {
         Some(plan) => plan,
         None => ReadPlan::broadcast(topology.members.devices.keys().copied()),
     };
     let known: Vec<String> = plan.products().map(str::to_owned).collect();
     add_placements(&mut plan, topology, user, known, replication)?;
-    let request = DataRequest::ReadUser {
+    let request = DataRequest::ReadSummaries {
         user: user.to_owned(),
     };
-    let mut round = ReadRound::new(replicas, &request, deadline, user_items);
+    let mut round = ReadRound::new(replicas, &request, deadline, user_summaries);
     round.ask(plan.devices());
     while let Some(device) = round.next().await {
         let unknown = round
             .answer(device)
-            .map(|states| plan.unknown_products(states))
+            .map(|summaries| plan.unknown_products(summaries.iter().map(|s| s.product.as_str())))
             .unwrap_or_default();
         if !unknown.is_empty() {
             add_placements(&mut plan, topology, user, unknown, replication)?;
@@ -86,19 +126,110 @@ pub async fn read_cart(
             replication.read_quorum,
             replication.write_quorum,
         );
-        if decided {
+        if decided && mode == ReadMode::Quorum {
             break;
         }
     }
-    let (answered, failures) = round.finish();
-    ReadResolution::resolve(
+    let (summaries, failures) = round.finish();
+    let check = SummaryCheck::resolve(
         &plan,
-        &answered,
+        &summaries,
         &failures,
         replication.read_quorum,
         replication.write_quorum,
     )
-    .map_err(ReadError::Shortfall)
+    .map_err(ReadError::Shortfall)?;
+    let settled = settled_items(&plan, &summaries, &check.agreed);
+    let mut items = check.agreed;
+    if check.divergent.is_empty() {
+        return Ok(CartRead {
+            items,
+            repairs: Vec::new(),
+            settled,
+        });
+    }
+    let states = fetch_states(replicas, user, &check.divergent, deadline).await?;
+    let repairs = Repairs::plan(&plan, &summaries, &states, merge);
+    items.extend(repairs.merged);
+    items.sort_by(|a, b| a.product.cmp(&b.product));
+    Ok(CartRead {
+        items,
+        repairs: repairs.repairs,
+        settled,
+    })
+}
+
+/// The agreed items all of whose planned replicas answered.
+fn settled_items(
+    plan: &ReadPlan,
+    summaries: &BTreeMap<DeviceId, Vec<ItemSummary>>,
+    agreed: &[ItemSummary],
+) -> Vec<SettledItem> {
+    agreed
+        .iter()
+        .filter_map(|summary| {
+            let replicas = plan.replicas_of(&summary.product)?;
+            replicas
+                .iter()
+                .all(|d| summaries.contains_key(d))
+                .then(|| SettledItem {
+                    summary: summary.clone(),
+                    replicas: replicas.clone(),
+                })
+        })
+        .collect()
+}
+
+/// Fetches the full states of the divergent items from every replica that reported holding
+/// them. All must answer: one of them may hold the only copy of an acknowledged operation
+/// among the replicas this read heard from.
+async fn fetch_states(
+    replicas: &Replicas,
+    user: &str,
+    divergent: &BTreeMap<String, BTreeSet<DeviceId>>,
+    deadline: Instant,
+) -> Result<BTreeMap<DeviceId, Vec<ItemState>>, ReadError> {
+    let mut wanted: BTreeMap<DeviceId, Vec<String>> = BTreeMap::new();
+    for (product, holders) in divergent {
+        for device in holders {
+            wanted.entry(*device).or_default().push(product.clone());
+        }
+    }
+    let requests: Vec<(DeviceId, DataRequest)> = wanted
+        .into_iter()
+        .map(|(device, products)| {
+            let request = DataRequest::ReadItems {
+                user: user.to_owned(),
+                products,
+            };
+            (device, request)
+        })
+        .collect();
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let calls = requests.iter().map(|(device, request)| async move {
+        let result = replicas.call(*device, request, timeout).await;
+        (*device, result.and_then(|r| user_items(*device, r)))
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut states = BTreeMap::new();
+    let mut failures = Vec::new();
+    for (device, result) in answers {
+        match result {
+            Ok(items) => {
+                states.insert(device, items);
+            }
+            Err(e) => failures.push((device, e.to_string())),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(states);
+    }
+    Err(ReadError::Shortfall(ReadShortfall {
+        required: requests.len(),
+        answered: states.len(),
+        product: divergent.keys().next().cloned(),
+        failures,
+    }))
 }
 
 /// The users holding an item of `category`: the sorted union of the live devices' answers.
@@ -260,7 +391,17 @@ impl<'a, T: Send + 'a> ReadRound<'a, T> {
 fn user_items(device: DeviceId, response: DataResponse) -> Result<Vec<ItemState>, ReplicaError> {
     match response {
         DataResponse::UserItems { items } => Ok(items),
-        other => Err(unexpected(device, "ReadUser", &other)),
+        other => Err(unexpected(device, "ReadItems", &other)),
+    }
+}
+
+fn user_summaries(
+    device: DeviceId,
+    response: DataResponse,
+) -> Result<Vec<ItemSummary>, ReplicaError> {
+    match response {
+        DataResponse::Summaries { items } => Ok(items),
+        other => Err(unexpected(device, "ReadSummaries", &other)),
     }
 }
 

@@ -18,12 +18,20 @@
 //! Items found in answers that the plan did not know of get their replicas from the current
 //! placement ([`ReadPlan::unknown_products`]); the caller asks those replicas too. The read
 //! stops waiting once [`ReadPlan::is_decided`].
+//!
+//! # Summaries first, logs only where replicas disagree
+//! Replicas first answer with item summaries ([`ItemSummary`]: quantity, base, newest
+//! version, digest of the log). [`SummaryCheck`] finds the items whose answering replicas
+//! agree (equal summaries; most items, most of the time) and those that differ or that some
+//! answering replica lacks. Only for the latter does the read fetch full states, merge them
+//! ([`Repairs::plan`]) and work out what each stale replica lacks, which read repair then
+//! sends. This is Cassandra's digest read: the common case moves a few dozen bytes per item
+//! instead of whole operation logs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use cartdb_core::cart::{DeviceId, ItemState};
-use cartdb_core::merge::merge_replies;
+use cartdb_core::cart::{Base, DeviceId, ItemMeta, ItemState, ItemSummary, Operation};
 
 /// The replicas a cart read asks, per item.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,6 +69,11 @@ impl ReadPlan {
         }
     }
 
+    /// The replicas of `product`, if the plan knows of it.
+    pub fn replicas_of(&self, product: &str) -> Option<&BTreeSet<DeviceId>> {
+        self.replicas_of.get(product)
+    }
+
     /// The products the plan knows of.
     pub fn products(&self) -> impl Iterator<Item = &str> {
         self.replicas_of.keys().map(String::as_str)
@@ -75,10 +88,9 @@ impl ReadPlan {
 
     /// Products in one device's answer that the plan has no replicas for, without
     /// duplicates.
-    pub fn unknown_products(&self, states: &[ItemState]) -> Vec<String> {
-        let found: BTreeSet<&str> = states
-            .iter()
-            .map(|s| s.product.as_str())
+    pub fn unknown_products<'a>(&self, products: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let found: BTreeSet<&str> = products
+            .into_iter()
             .filter(|p| !self.replicas_of.contains_key(*p))
             .collect();
         found.into_iter().map(str::to_owned).collect()
@@ -103,21 +115,35 @@ impl ReadPlan {
     }
 }
 
-/// A replica whose state of an item differs from the merged state: what read repair (a later
-/// step, not done yet) would write back.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct StaleReplica {
-    pub device: DeviceId,
-    pub product: String,
+/// The summaries of a cart read, sorted into items whose replicas agree and items whose
+/// replicas need their full states fetched and merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryCheck {
+    /// Items whose answering replicas all hold this same summary.
+    pub agreed: Vec<ItemSummary>,
+    /// Items whose answering replicas differ (or some lack the item), with the answering
+    /// replicas that hold it: where to fetch full states from.
+    pub divergent: BTreeMap<String, BTreeSet<DeviceId>>,
 }
 
-/// The merged answer of a cart read.
+/// What one replica lacks of an item's merged state: what read repair sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadResolution {
-    /// One state per product, sorted by product id, holding every operation any replica held.
-    pub merged: Vec<ItemState>,
-    /// Answering replicas that lack part of the merged state.
-    pub stale: Vec<StaleReplica>,
+pub struct Repair {
+    pub device: DeviceId,
+    pub product: String,
+    pub meta: ItemMeta,
+    /// The merged base, when it is newer than the replica's.
+    pub base: Option<Base>,
+    /// Operations of the merged state the replica does not hold.
+    pub ops: Vec<Operation>,
+}
+
+/// The merged divergent items of a cart read and the repairs that make their replicas agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repairs {
+    /// One merged summary per divergent item.
+    pub merged: Vec<ItemSummary>,
+    pub repairs: Vec<Repair>,
 }
 
 /// A cart read that did not hear from enough replicas.
@@ -154,15 +180,16 @@ impl fmt::Display for ReadShortfall {
     }
 }
 
-impl ReadResolution {
-    /// Checks every item's read quorum (see the module docs) and merges the answers.
+impl SummaryCheck {
+    /// Checks every item's read quorum (see the module docs) and sorts the items into agreed
+    /// and divergent ones.
     ///
     /// # Errors
     /// [`ReadShortfall`] naming the first item (by product id) short of its quorum, or the
     /// broadcast when too many live devices were silent.
     pub fn resolve(
         plan: &ReadPlan,
-        answers: &BTreeMap<DeviceId, Vec<ItemState>>,
+        answers: &BTreeMap<DeviceId, Vec<ItemSummary>>,
         failures: &[(DeviceId, String)],
         read_quorum: usize,
         write_quorum: usize,
@@ -189,38 +216,113 @@ impl ReadResolution {
                 return Err(shortfall(required, answered, Some(product.clone())));
             }
         }
-        let replies: Vec<Vec<ItemState>> = answers.values().cloned().collect();
-        let merged = merge_replies(&replies);
-        let stale = stale_replicas(plan, answers, &merged);
-        Ok(Self { merged, stale })
+        let mut held: BTreeMap<&str, Vec<(DeviceId, &ItemSummary)>> = BTreeMap::new();
+        for (device, summaries) in answers {
+            for summary in summaries {
+                held.entry(summary.product.as_str())
+                    .or_default()
+                    .push((*device, summary));
+            }
+        }
+        let mut check = Self {
+            agreed: Vec::new(),
+            divergent: BTreeMap::new(),
+        };
+        for (product, holders) in held {
+            let first = holders[0].1;
+            let all_equal = holders.iter().all(|(_, s)| *s == first);
+            // A replica of the item that answered without it lacks it.
+            let all_hold = plan.replicas_of.get(product).is_none_or(|replicas| {
+                replicas
+                    .iter()
+                    .filter(|d| answers.contains_key(d))
+                    .all(|d| holders.iter().any(|(h, _)| h == d))
+            });
+            if all_equal && all_hold {
+                check.agreed.push(first.clone());
+            } else {
+                check.divergent.insert(
+                    product.to_owned(),
+                    holders.iter().map(|(d, _)| *d).collect(),
+                );
+            }
+        }
+        Ok(check)
     }
 }
 
-/// Answering replicas of each merged item whose state is not the merged one.
-fn stale_replicas(
-    plan: &ReadPlan,
-    answers: &BTreeMap<DeviceId, Vec<ItemState>>,
-    merged: &[ItemState],
-) -> Vec<StaleReplica> {
-    let mut stale = Vec::new();
-    for item in merged {
-        let Some(replicas) = plan.replicas_of.get(&item.product) else {
-            continue;
-        };
-        for device in replicas {
-            let Some(states) = answers.get(device) else {
-                continue;
-            };
-            let held = states.iter().find(|s| s.product == item.product);
-            if held != Some(item) {
-                stale.push(StaleReplica {
-                    device: *device,
-                    product: item.product.clone(),
-                });
+impl Repairs {
+    /// Merges the full states fetched for the divergent items with `merge`, and works out
+    /// what every answering replica of each item lacks.
+    ///
+    /// `summaries` are the first round's answers (a replica of an item that answered without
+    /// it lacks all of it); `states` the full states fetched for the divergent items.
+    pub fn plan(
+        plan: &ReadPlan,
+        summaries: &BTreeMap<DeviceId, Vec<ItemSummary>>,
+        states: &BTreeMap<DeviceId, Vec<ItemState>>,
+        merge: impl Fn(&[&ItemState]) -> ItemState,
+    ) -> Self {
+        let mut by_product: BTreeMap<&str, Vec<(DeviceId, &ItemState)>> = BTreeMap::new();
+        for (device, items) in states {
+            for state in items {
+                by_product
+                    .entry(state.product.as_str())
+                    .or_default()
+                    .push((*device, state));
             }
         }
+        let mut out = Self {
+            merged: Vec::new(),
+            repairs: Vec::new(),
+        };
+        for (product, held) in by_product {
+            let inputs: Vec<&ItemState> = held.iter().map(|(_, s)| *s).collect();
+            let merged = merge(&inputs);
+            let mut replicas: BTreeSet<DeviceId> = held.iter().map(|(d, _)| *d).collect();
+            if let Some(planned) = plan.replicas_of.get(product) {
+                replicas.extend(planned.iter().filter(|d| summaries.contains_key(d)));
+            }
+            for device in replicas {
+                let own = held.iter().find(|(d, _)| *d == device).map(|(_, s)| *s);
+                if let Some(repair) = Repair::between(device, own, &merged) {
+                    out.repairs.push(repair);
+                }
+            }
+            out.merged.push(merged.summary());
+        }
+        out
     }
-    stale
+}
+
+impl Repair {
+    /// What `device`, holding `own` (`None`: nothing), lacks of `merged`; `None` if nothing.
+    fn between(device: DeviceId, own: Option<&ItemState>, merged: &ItemState) -> Option<Self> {
+        if own == Some(merged) {
+            return None;
+        }
+        let own_base = own.map(|s| s.base).unwrap_or_default();
+        let base = (merged.base.version > own_base.version).then_some(merged.base);
+        let ops: Vec<Operation> = merged
+            .ops
+            .iter()
+            .filter(|op| own.is_none_or(|s| !s.contains(op.id)))
+            .copied()
+            .collect();
+        let meta_differs = own.is_some_and(|s| s.meta != merged.meta);
+        if base.is_none() && ops.is_empty() && !meta_differs {
+            // It holds everything merged holds (and perhaps more, which merge folded away
+            // under a newer base it also holds): nothing to send.
+            return None;
+        }
+        Some(Self {
+            device,
+            product: merged.product.clone(),
+            meta: merged.meta.clone(),
+            base,
+            ops,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -278,8 +380,7 @@ mod tests {
     #[test]
     fn products_found_only_in_answers_are_unknown() {
         let p = plan(&[("1", &[1, 3])]);
-        let answer = [state("7", &[]), state("1", &[]), state("7", &[])];
-        assert_eq!(p.unknown_products(&answer), ["7"]);
+        assert_eq!(p.unknown_products(["7", "1", "7"]), ["7"]);
     }
 
     #[test]
@@ -297,34 +398,87 @@ mod tests {
         assert!(!b.is_decided(answered(&[1]), 2, 2, 2));
     }
 
-    #[test]
-    fn r_answers_merge_and_name_the_stale_replica() {
-        let add = (1, OpKind::Add);
-        let p = plan(&[("1", &[1, 3, 6])]);
-        let answers = BTreeMap::from([
-            (1, vec![state("1", &[add, (2, OpKind::Add)])]),
-            (3, vec![state("1", &[add])]),
-        ]);
-        let r = ReadResolution::resolve(&p, &answers, &[(6, "down".into())], 2, 2).unwrap();
-        assert_eq!(r.merged.len(), 1);
-        assert_eq!(r.merged[0].qty(), 2);
-        assert_eq!(
-            r.stale,
-            vec![StaleReplica {
-                device: 3,
-                product: "1".into()
-            }]
-        );
+    fn summaries(answers: &[(DeviceId, Vec<ItemState>)]) -> BTreeMap<DeviceId, Vec<ItemSummary>> {
+        answers
+            .iter()
+            .map(|(d, states)| (*d, states.iter().map(ItemState::summary).collect()))
+            .collect()
+    }
+
+    fn merge(states: &[&ItemState]) -> ItemState {
+        cartdb_core::merge::merge_states(states).unwrap()
     }
 
     #[test]
-    fn a_replica_that_lacks_the_item_is_stale_but_counts_as_an_answer() {
+    fn equal_summaries_agree_and_need_no_logs() {
         let p = plan(&[("1", &[1, 3, 6])]);
-        let answers = BTreeMap::from([(1, vec![state("1", &[(1, OpKind::Add)])]), (3, vec![])]);
-        let r = ReadResolution::resolve(&p, &answers, &[], 2, 2).unwrap();
-        assert_eq!(r.merged[0].qty(), 1);
-        assert_eq!(r.stale.len(), 1);
-        assert_eq!(r.stale[0].device, 3);
+        let s = state("1", &[(1, OpKind::Add)]);
+        let answers = summaries(&[(1, vec![s.clone()]), (3, vec![s.clone()])]);
+        let check = SummaryCheck::resolve(&p, &answers, &[], 2, 2).unwrap();
+        assert_eq!(check.agreed, [s.summary()]);
+        assert!(check.divergent.is_empty());
+    }
+
+    #[test]
+    fn differing_replicas_are_merged_and_the_stale_one_gets_what_it_lacks() {
+        let add = (1, OpKind::Add);
+        let p = plan(&[("1", &[1, 3, 6])]);
+        let full = state("1", &[add, (2, OpKind::Add)]);
+        let stale = state("1", &[add]);
+        let answers = [(1, vec![full.clone()]), (3, vec![stale])];
+        let sums = summaries(&answers);
+        let check = SummaryCheck::resolve(&p, &sums, &[(6, "down".into())], 2, 2).unwrap();
+        assert!(check.agreed.is_empty());
+        assert_eq!(check.divergent["1"], BTreeSet::from([1, 3]));
+        let states: BTreeMap<DeviceId, Vec<ItemState>> = answers.into_iter().collect();
+        let r = Repairs::plan(&p, &sums, &states, merge);
+        assert_eq!(r.merged, [full.summary()]);
+        assert_eq!(r.merged[0].qty, 2);
+        assert_eq!(r.repairs.len(), 1);
+        assert_eq!(r.repairs[0].device, 3);
+        assert_eq!(r.repairs[0].ops, [full.ops[1]]);
+        assert_eq!(r.repairs[0].base, None);
+    }
+
+    #[test]
+    fn a_replica_that_lacks_the_item_is_sent_all_of_it() {
+        let p = plan(&[("1", &[1, 3, 6])]);
+        let s = state("1", &[(1, OpKind::Add)]);
+        let answers = [(1, vec![s.clone()]), (3, vec![])];
+        let sums = summaries(&answers);
+        let check = SummaryCheck::resolve(&p, &sums, &[], 2, 2).unwrap();
+        assert_eq!(
+            check.divergent["1"],
+            BTreeSet::from([1]),
+            "fetch from the holder"
+        );
+        let states = BTreeMap::from([(1, vec![s.clone()])]);
+        let r = Repairs::plan(&p, &sums, &states, merge);
+        assert_eq!(r.merged[0].qty, 1);
+        assert_eq!(r.repairs.len(), 1);
+        assert_eq!((r.repairs[0].device, &r.repairs[0].ops), (3, &s.ops));
+    }
+
+    #[test]
+    fn a_newer_base_is_sent_with_the_repair() {
+        let p = plan(&[("1", &[1, 3])]);
+        let mut compacted = state("1", &[(1, OpKind::Add), (2, OpKind::Add)]);
+        let behind = compacted.clone();
+        compacted.base = Base {
+            qty: 1,
+            version: Some(compacted.ops[0].version),
+        };
+        compacted.ops.remove(0);
+        let answers = [(1, vec![compacted.clone()]), (3, vec![behind])];
+        let states: BTreeMap<DeviceId, Vec<ItemState>> = answers.iter().cloned().collect();
+        let r = Repairs::plan(&p, &summaries(&answers), &states, merge);
+        assert_eq!(r.merged, [compacted.summary()]);
+        assert_eq!(r.repairs.len(), 1);
+        assert_eq!(r.repairs[0].base, Some(compacted.base));
+        assert!(
+            r.repairs[0].ops.is_empty(),
+            "it holds every newer operation"
+        );
     }
 
     #[test]
@@ -332,7 +486,7 @@ mod tests {
         let p = plan(&[("1", &[1, 3, 6]), ("2", &[2, 4, 5])]);
         let answers = BTreeMap::from([(1, vec![]), (3, vec![]), (2, vec![])]);
         let failures = [(4, "timed out".to_owned()), (5, "down".to_owned())];
-        let e = ReadResolution::resolve(&p, &answers, &failures, 2, 2).unwrap_err();
+        let e = SummaryCheck::resolve(&p, &answers, &failures, 2, 2).unwrap_err();
         assert_eq!(e.product.as_deref(), Some("2"));
         assert_eq!((e.required, e.answered), (2, 1));
         assert_eq!(
@@ -344,20 +498,20 @@ mod tests {
     #[test]
     fn an_item_with_fewer_replicas_than_r_needs_all_of_them() {
         let p = plan(&[("1", &[4])]);
-        let answers = BTreeMap::from([(4, vec![state("1", &[(1, OpKind::Add)])])]);
-        assert!(ReadResolution::resolve(&p, &answers, &[], 2, 2).is_ok());
+        let answers = summaries(&[(4, vec![state("1", &[(1, OpKind::Add)])])]);
+        assert!(SummaryCheck::resolve(&p, &answers, &[], 2, 2).is_ok());
     }
 
     #[test]
     fn a_broadcast_tolerates_fewer_than_w_silent_devices() {
         let mut p = ReadPlan::broadcast([1, 2, 3, 4, 5, 6]);
         p.add_replicas("1", [1, 3, 6]);
-        let mut answers: BTreeMap<DeviceId, Vec<ItemState>> =
+        let mut answers: BTreeMap<DeviceId, Vec<ItemSummary>> =
             (1..=5).map(|d| (d, Vec::new())).collect();
-        answers.insert(1, vec![state("1", &[(1, OpKind::Add)])]);
-        assert!(ReadResolution::resolve(&p, &answers, &[], 2, 2).is_ok());
+        answers.insert(1, vec![state("1", &[(1, OpKind::Add)]).summary()]);
+        assert!(SummaryCheck::resolve(&p, &answers, &[], 2, 2).is_ok());
         answers.remove(&5);
-        let e = ReadResolution::resolve(&p, &answers, &[], 2, 2).unwrap_err();
+        let e = SummaryCheck::resolve(&p, &answers, &[], 2, 2).unwrap_err();
         assert_eq!((e.product, e.required, e.answered), (None, 5, 4));
     }
 }

@@ -137,6 +137,9 @@ pub fn response_name(response: &DataResponse) -> &'static str {
         DataResponse::Applied { .. } => "Applied",
         DataResponse::NotInCart => "NotInCart",
         DataResponse::UserItems { .. } => "UserItems",
+        DataResponse::Summaries { .. } => "Summaries",
+        DataResponse::Repaired { .. } => "Repaired",
+        DataResponse::Compacted { .. } => "Compacted",
         DataResponse::CategoryUsers { .. } => "CategoryUsers",
         DataResponse::Failed(_) => "Failed",
     }

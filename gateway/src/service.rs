@@ -4,24 +4,32 @@
 //! [`Topology`](crate::cluster_view::Topology)), talks to the data nodes, and reaches ZooKeeper in just two rare cases: the
 //! first write of an item to a device the directory does not list yet, and catalog changes.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cartdb_core::cart::{InputError, ItemKey, OpKind, Operation, Product, validate_id};
+use cartdb_core::cart::{InputError, ItemKey, ItemState, OpKind, Operation, Product, validate_id};
 use cartdb_core::catalog::Catalog;
 use cartdb_core::config::Replication;
 use cartdb_core::coord::{CoordError, Directory};
+use cartdb_core::merge::merge_states;
 use cartdb_core::rpc;
 use cartdb_core::version::HybridClock;
-use cartdb_core::wire::{GatewayFailure, GatewayRequest, GatewayResponse, PolicyInfo, ServiceKind};
+use cartdb_core::wire::{
+    DataRequest, DataResponse, GatewayFailure, GatewayRequest, GatewayResponse, MaintenanceStatus,
+    PolicyInfo, ReplicaDump, ServiceKind, SweepStatus,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cart_lines::cart_lines;
 use crate::cluster_view::ClusterView;
+use crate::compaction::{CompactionSettings, Compactor};
 use crate::coordination::Coordination;
 use crate::op_id::{op_id, validate_idempotency_key};
-use crate::read::{ReadError, read_cart, read_category};
+use crate::policy::MergePolicy;
+use crate::read::{CartQuery, CartRead, ReadError, ReadMode, read_cart, read_category};
+use crate::read_repair::ReadRepair;
 use crate::read_resolution::ReadShortfall;
 use crate::replicas::Replicas;
 use crate::write::{ItemWrite, replicate};
@@ -39,12 +47,20 @@ pub struct ServiceParts {
     pub replication: Replication,
     pub request_timeout: Duration,
     pub policy: PolicyInfo,
+    /// The merge policy; `None`: the built-in reference merge.
+    pub merge_policy: Option<Arc<MergePolicy>>,
+    pub compaction: CompactionSettings,
 }
 
 /// Serves API servers' requests.
 pub struct GatewayService {
     parts: ServiceParts,
     clock: HybridClock,
+    read_repair: Arc<ReadRepair>,
+    compactor: Arc<Compactor>,
+    merge_fallbacks: AtomicU64,
+    /// The anti-entropy sweep's progress, as last read from ZooKeeper.
+    sweep: Mutex<Option<SweepStatus>>,
 }
 
 type Answer = Result<GatewayResponse, GatewayFailure>;
@@ -52,7 +68,20 @@ type Answer = Result<GatewayResponse, GatewayFailure>;
 impl GatewayService {
     pub fn new(parts: ServiceParts) -> Self {
         let clock = HybridClock::new(parts.gateway_id);
-        Self { parts, clock }
+        let read_repair = ReadRepair::new(parts.replicas.clone(), parts.request_timeout);
+        let compactor = Compactor::new(
+            parts.replicas.clone(),
+            parts.compaction,
+            parts.request_timeout,
+        );
+        Self {
+            parts,
+            clock,
+            read_repair,
+            compactor,
+            merge_fallbacks: AtomicU64::new(0),
+            sweep: Mutex::new(None),
+        }
     }
 
     /// Answers one request.
@@ -83,6 +112,7 @@ impl GatewayService {
             GatewayRequest::Products => Ok(products(&self.catalog())),
             GatewayRequest::UpsertProduct { product } => self.upsert(product, deadline).await,
             GatewayRequest::Cluster => Ok(self.cluster()),
+            GatewayRequest::Replicas { user } => self.replica_dump(&user, deadline).await,
         };
         answer.unwrap_or_else(|failure| {
             log_failure(&failure);
@@ -182,33 +212,134 @@ impl GatewayService {
         }
     }
 
-    async fn list_all(&self, user: &str, deadline: Instant) -> Answer {
-        validate_id("userid", user).map_err(invalid)?;
+    /// Merges the replica states of one item with the merge policy, or with the built-in
+    /// merge when there is none or it fails (logged and counted).
+    fn merge_item(&self, states: &[&ItemState]) -> ItemState {
+        if let Some(policy) = &self.parts.merge_policy {
+            let owned: Vec<ItemState> = states.iter().map(|s| (*s).clone()).collect();
+            match policy.merge(&owned) {
+                Ok(merged) => return merged,
+                Err(error) => {
+                    self.merge_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, "merge policy failed; using the built-in merge");
+                }
+            }
+        }
+        merge_states(states).unwrap_or_else(|| states[0].clone())
+    }
+
+    /// Reads `user`'s cart in `mode`, merging divergent items.
+    async fn read(
+        &self,
+        user: &str,
+        mode: ReadMode,
+        deadline: Instant,
+    ) -> Result<CartRead, GatewayFailure> {
         let topology = self.parts.view.current();
-        let resolution = read_cart(
+        let read = read_cart(
             &self.parts.replicas,
             &topology,
             &self.parts.directory,
-            user,
-            self.parts.replication,
-            deadline,
+            CartQuery {
+                user,
+                replication: self.parts.replication,
+                deadline,
+                mode,
+            },
+            |states| self.merge_item(states),
         )
         .await
         .map_err(|e| match e {
             ReadError::Shortfall(shortfall) => quorum_failure("list_all", shortfall),
             other => internal(other.to_string()),
         })?;
-        if let Some(newest) = resolution
-            .merged
-            .iter()
-            .filter_map(|s| s.latest_version())
-            .max()
-        {
+        if let Some(newest) = read.items.iter().filter_map(|s| s.latest).max() {
             // Later writes through this gateway order after everything this read saw.
             self.clock.observe(newest);
         }
+        Ok(read)
+    }
+
+    /// One anti-entropy step: reads every replica of `user`'s items, repairs the stale ones
+    /// and compacts settled logs, waiting for all of it. Returns the repairs sent.
+    ///
+    /// # Errors
+    /// The read's failure (too few replicas answered, or placement failed).
+    pub async fn sweep_user(&self, user: &str) -> Result<usize, GatewayFailure> {
+        let deadline = Instant::now() + self.parts.request_timeout;
+        let read = self.read(user, ReadMode::Every, deadline).await?;
+        let repairs = read.repairs.len();
+        let sends = read
+            .repairs
+            .into_iter()
+            .map(|repair| self.read_repair.send(user, repair));
+        futures::future::join_all(sends).await;
+        self.compactor.compact(user, read.settled).await;
+        Ok(repairs)
+    }
+
+    /// Records the sweep's progress (from ZooKeeper) for `Cluster` answers.
+    pub fn set_sweep_status(&self, status: Option<SweepStatus>) {
+        *self.sweep.lock().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+
+    fn maintenance(&self) -> MaintenanceStatus {
+        let repairs = self.read_repair.counters();
+        let (compactions, folded_ops) = self.compactor.counters();
+        MaintenanceStatus {
+            merge_policy: self.parts.merge_policy.as_ref().map(|p| PolicyInfo {
+                name: p.name().to_owned(),
+                sha256: p.sha256().to_owned(),
+            }),
+            repairs: repairs.repaired,
+            repaired_ops: repairs.ops_added,
+            repair_failures: repairs.failed,
+            merge_fallbacks: self.merge_fallbacks.load(Ordering::Relaxed),
+            compactions,
+            folded_ops,
+            anti_entropy: self
+                .sweep
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    /// Every live device's own, unmerged state of `user`'s items.
+    async fn replica_dump(&self, user: &str, deadline: Instant) -> Answer {
+        validate_id("userid", user).map_err(invalid)?;
+        let topology = self.parts.view.current();
+        let request = DataRequest::ReadUser {
+            user: user.to_owned(),
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let calls = topology.members.devices.keys().map(|&device| {
+            let request = &request;
+            async move {
+                let answer = self.parts.replicas.call(device, request, timeout).await;
+                let (items, error) = match answer {
+                    Ok(DataResponse::UserItems { items }) => (Some(items), None),
+                    Ok(other) => (None, Some(format!("unexpected answer {other:?}"))),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                ReplicaDump {
+                    device,
+                    items,
+                    error,
+                }
+            }
+        });
+        let replicas = futures::future::join_all(calls).await;
+        Ok(GatewayResponse::Replicas { replicas })
+    }
+
+    async fn list_all(&self, user: &str, deadline: Instant) -> Answer {
+        validate_id("userid", user).map_err(invalid)?;
+        let resolution = self.read(user, ReadMode::Quorum, deadline).await?;
+        self.read_repair.spawn(user, resolution.repairs);
+        self.compactor.spawn(user, resolution.settled);
         let catalog = self.catalog();
-        let items = cart_lines(&resolution.merged, |id| {
+        let items = cart_lines(&resolution.items, |id| {
             catalog.by_id(id).map(|p| p.name.as_str())
         });
         Ok(GatewayResponse::Cart { items })
@@ -247,12 +378,13 @@ impl GatewayService {
     }
 
     fn cluster(&self) -> GatewayResponse {
-        let status = self
+        let mut status = self
             .parts
             .view
             .current()
             .status(self.parts.policy.clone(), self.parts.replication);
-        GatewayResponse::Cluster(status)
+        status.maintenance = self.maintenance();
+        GatewayResponse::Cluster(Box::new(status))
     }
 
     fn catalog(&self) -> Arc<Catalog> {

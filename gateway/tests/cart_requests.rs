@@ -58,6 +58,19 @@ impl Coordination for FakeCoordination {
             .map_err(CoordError::InvalidCatalog);
         async move { result }.boxed()
     }
+
+    fn publish_sweep<'a>(
+        &'a self,
+        _status: &'a cartdb_core::wire::SweepStatus,
+    ) -> BoxFuture<'a, Result<(), CoordError>> {
+        async { Ok(()) }.boxed()
+    }
+
+    fn read_sweep(
+        &self,
+    ) -> BoxFuture<'_, Result<Option<cartdb_core::wire::SweepStatus>, CoordError>> {
+        async { Ok(None) }.boxed()
+    }
 }
 
 /// The reference CRUSH policy, compiled once for all tests of this file.
@@ -117,6 +130,11 @@ impl TestGateway {
             policy: PolicyInfo {
                 name: policy.name().to_owned(),
                 sha256: policy.sha256().to_owned(),
+            },
+            merge_policy: None,
+            compaction: cartdb_gateway::compaction::CompactionSettings {
+                grace: Duration::from_secs(60),
+                min_ops: 32,
             },
         });
         TestGateway {

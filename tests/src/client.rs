@@ -227,6 +227,18 @@ impl ApiClient {
         send(self.authorised(request)).await
     }
 
+    /// `GET /api/admin/replicas?userid=..`, with the admin token if the client has one.
+    ///
+    /// # Errors
+    /// Only when the server cannot be reached.
+    pub async fn replicas(&self, user: &str) -> anyhow::Result<Reply> {
+        let request = self
+            .http
+            .get(self.url("/api/admin/replicas"))
+            .query(&[("userid", user)]);
+        send(self.authorised(request)).await
+    }
+
     /// `GET /api/products`.
     ///
     /// # Errors

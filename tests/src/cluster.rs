@@ -49,6 +49,10 @@ pub struct ClusterOptions {
     pub map_file: Option<PathBuf>,
     /// The catalog file (default `<workspace>/config/catalog.json`).
     pub catalog_file: Option<PathBuf>,
+    /// Extra command-line arguments of every data node (e.g. compaction timing).
+    pub datanode_args: Vec<String>,
+    /// Extra command-line arguments of every gateway.
+    pub gateway_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -64,6 +68,8 @@ impl Default for ClusterOptions {
             start_timeout: Duration::from_secs(90),
             map_file: None,
             catalog_file: None,
+            datanode_args: Vec::new(),
+            gateway_args: Vec::new(),
         }
     }
 }
@@ -75,6 +81,7 @@ struct Artifacts {
     gateway: PathBuf,
     api: PathBuf,
     policy: PathBuf,
+    merge_policy: PathBuf,
     map: PathBuf,
     catalog: PathBuf,
 }
@@ -88,6 +95,7 @@ impl Artifacts {
             gateway: bin.join("cartdb-gateway"),
             api: bin.join("cartdb-api"),
             policy: PathBuf::from(cartdb_policies::CRUSH_POLICY_WASM),
+            merge_policy: PathBuf::from(cartdb_policies::MERGE_POLICY_WASM),
             map: options
                 .map_file
                 .clone()
@@ -220,7 +228,8 @@ impl Cluster {
                 .args(["--device-id".to_owned(), id.to_string()])
                 .args(["--listen".to_owned(), format!("127.0.0.1:{}", free_port()?)])
                 .args(["--data-dir".into(), data.into_os_string()])
-                .args(self.zk_args()),
+                .args(self.zk_args())
+                .args(self.options.datanode_args.clone()),
         )
     }
 
@@ -235,6 +244,11 @@ impl Cluster {
                     "--placement-policy".into(),
                     artifacts.policy.clone().into_os_string(),
                 ])
+                .args([
+                    "--merge-policy".into(),
+                    artifacts.merge_policy.clone().into_os_string(),
+                ])
+                .args(o.gateway_args.clone())
                 .args(["--map-file".into(), artifacts.map.clone().into_os_string()])
                 .args([
                     "--catalog-file".into(),

@@ -127,7 +127,7 @@ pub fn success(gateway: u32, request: &GatewayRequest) -> GatewayResponse {
                 products: vec![product()],
             }
         }
-        GatewayRequest::Cluster => GatewayResponse::Cluster(ClusterStatus {
+        GatewayRequest::Cluster => GatewayResponse::Cluster(Box::new(ClusterStatus {
             devices: vec![],
             gateways: vec![cartdb_core::wire::GatewayInfo {
                 id: gateway,
@@ -143,7 +143,9 @@ pub fn success(gateway: u32, request: &GatewayRequest) -> GatewayResponse {
                 write_quorum: 2,
                 read_quorum: 2,
             },
-        }),
+            maintenance: cartdb_core::wire::MaintenanceStatus::default(),
+        })),
+        GatewayRequest::Replicas { .. } => GatewayResponse::Replicas { replicas: vec![] },
     }
 }
 

@@ -38,6 +38,11 @@ impl Directory {
         self.read().get(user).cloned().unwrap_or_default()
     }
 
+    /// Every user with at least one item, sorted.
+    pub fn users(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
     /// Whether `device` is recorded as holding a replica of `key`.
     pub fn has(&self, key: &ItemKey, device: DeviceId) -> bool {
         self.read()

@@ -19,6 +19,8 @@ pub(crate) const CATALOG: &str = "/catalog";
 pub(crate) const USERS: &str = "/users";
 /// Directory by device: `/devices/<deviceID>/<user>/<productid>`.
 pub(crate) const DEVICES: &str = "/devices";
+/// The anti-entropy sweep's progress (JSON `SweepStatus`), written by the gateway leading it.
+pub(crate) const ANTI_ENTROPY: &str = "/anti-entropy";
 
 /// Persistent parents created at connect (the map and catalog are created by bootstrap).
 pub(crate) const PARENTS: [&str; 5] = [LIVE, GATEWAY_IDS, GATEWAYS, USERS, DEVICES];

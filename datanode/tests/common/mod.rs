@@ -10,7 +10,7 @@ use std::sync::Arc;
 use cartdb_core::cart::{ItemKey, ItemMeta, OpId, OpKind, Operation};
 use cartdb_core::version::Version;
 use cartdb_core::wire::DataResponse;
-use cartdb_datanode::group_commit::{ApplyRequest, GroupCommit, GroupCommitSettings};
+use cartdb_datanode::group_commit::{ApplyRequest, GroupCommit, GroupCommitSettings, Timing};
 use cartdb_datanode::store::CartStore;
 
 pub const DEVICE: u32 = 7;
@@ -48,6 +48,7 @@ pub fn open(dir: &Path, max_batch: usize) -> (Arc<CartStore>, GroupCommit) {
     let settings = GroupCommitSettings {
         device: DEVICE,
         max_batch,
+        timing: Timing::ANY_AGE,
     };
     let writer = GroupCommit::start(store.clone(), settings).expect("start writer");
     (store, writer)

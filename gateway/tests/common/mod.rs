@@ -94,6 +94,40 @@ impl FakeNode {
                     .map(|(_, s)| s.clone())
                     .collect(),
             },
+            DataRequest::ReadSummaries { user } => DataResponse::Summaries {
+                items: items
+                    .iter()
+                    .filter(|(k, _)| k.user == user)
+                    .map(|(_, s)| s.summary())
+                    .collect(),
+            },
+            DataRequest::ReadItems { user, products } => DataResponse::UserItems {
+                items: items
+                    .iter()
+                    .filter(|(k, _)| k.user == user && products.contains(&k.product))
+                    .map(|(_, s)| s.clone())
+                    .collect(),
+            },
+            DataRequest::Repair {
+                key,
+                meta,
+                base,
+                ops,
+            } => {
+                let state = items
+                    .entry(key.clone())
+                    .or_insert_with(|| ItemState::new(key.product.clone(), meta));
+                if let Some(base) = base.filter(|b| b.version > state.base.version) {
+                    state.base = base;
+                    state.ops.retain(|op| Some(op.version) > base.version);
+                }
+                let added = ops.into_iter().filter(|op| state.apply(*op)).count();
+                DataResponse::Repaired {
+                    added: u32::try_from(added).unwrap(),
+                }
+            }
+            // The fake never compacts: folding is the data node's business, tested there.
+            DataRequest::Compact { .. } => DataResponse::Compacted { folded: 0 },
             DataRequest::ListCategory { category } => {
                 let users: BTreeSet<String> = items
                     .iter()

@@ -1,0 +1,101 @@
+//! Read repair: sending stale replicas what a cart read found they lack.
+//!
+//! As in Garage, the shopper's answer does not wait for the repair: [`ReadRepair::spawn`]
+//! sends the [`Repair`]s in the background and returns at once. A read that follows still
+//! sees the repaired state, because it merges the same replicas again until the repair has
+//! landed. Repairs are idempotent on the data node (operations it already holds are
+//! skipped), so a repair that races another, or is sent twice, is harmless.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use cartdb_core::cart::ItemKey;
+use cartdb_core::wire::{DataRequest, DataResponse};
+
+use crate::read_resolution::Repair;
+use crate::replicas::Replicas;
+
+/// Counters of the repairs this gateway sent, for `GET /api/cluster`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RepairCounters {
+    /// Repairs a replica confirmed.
+    pub repaired: u64,
+    /// Operations those repairs added.
+    pub ops_added: u64,
+    /// Repairs that failed (the replica was down or refused); the next read retries them.
+    pub failed: u64,
+}
+
+/// Sends repairs in the background and counts them.
+pub struct ReadRepair {
+    replicas: Arc<Replicas>,
+    timeout: Duration,
+    repaired: AtomicU64,
+    ops_added: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ReadRepair {
+    /// Repairs through `replicas`, each given up after `timeout`.
+    pub fn new(replicas: Arc<Replicas>, timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            replicas,
+            timeout,
+            repaired: AtomicU64::new(0),
+            ops_added: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        })
+    }
+
+    /// Sends `repairs` of `user`'s items in the background.
+    pub fn spawn(self: &Arc<Self>, user: &str, repairs: Vec<Repair>) {
+        if repairs.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        let user = user.to_owned();
+        tokio::spawn(async move {
+            let sends = repairs.into_iter().map(|repair| this.send(&user, repair));
+            futures::future::join_all(sends).await;
+        });
+    }
+
+    /// Sends one repair now and waits for its answer.
+    pub async fn send(&self, user: &str, repair: Repair) {
+        let device = repair.device;
+        let request = DataRequest::Repair {
+            key: ItemKey {
+                user: user.to_owned(),
+                product: repair.product,
+            },
+            meta: repair.meta,
+            base: repair.base,
+            ops: repair.ops,
+        };
+        match self.replicas.call(device, &request, self.timeout).await {
+            Ok(DataResponse::Repaired { added }) => {
+                self.repaired.fetch_add(1, Ordering::Relaxed);
+                self.ops_added
+                    .fetch_add(u64::from(added), Ordering::Relaxed);
+            }
+            Ok(other) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(device, response = ?other, "read repair got an unexpected answer");
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(device, error = %e, "read repair failed; the next read retries it");
+            }
+        }
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> RepairCounters {
+        RepairCounters {
+            repaired: self.repaired.load(Ordering::Relaxed),
+            ops_added: self.ops_added.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Replicas that converge: read repair, anti-entropy and concurrent writers, with real
+//! processes. Every check compares the replicas' own states through the admin endpoint
+//! `GET /api/admin/replicas`, not just the merged answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use cartdb_tests::{ApiClient, Cluster, ClusterOptions, wait_until};
+use serde_json::Value;
+
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Every device's own state of each of `user`'s items: product id -> device -> state JSON.
+async fn replica_states(
+    api: &ApiClient,
+    user: &str,
+) -> Result<BTreeMap<String, BTreeMap<u64, Value>>> {
+    let reply = api.replicas(user).await?;
+    if reply.status != 200 {
+        bail!("replicas of {user}: {reply:?}");
+    }
+    let mut items: BTreeMap<String, BTreeMap<u64, Value>> = BTreeMap::new();
+    for replica in reply.json["replicas"].as_array().into_iter().flatten() {
+        let device = replica["device"].as_u64().unwrap_or(u64::MAX);
+        let Some(states) = replica["items"].as_array() else {
+            bail!("device {device} did not answer: {}", replica["error"]);
+        };
+        for state in states {
+            let product = state["product"].as_str().unwrap_or_default().to_owned();
+            items
+                .entry(product)
+                .or_default()
+                .insert(device, state.clone());
+        }
+    }
+    Ok(items)
+}
+
+/// `Some(())` once every item of `user` is held identically by exactly `replicas` devices.
+async fn converged(api: &ApiClient, user: &str, replicas: usize) -> Result<Option<()>> {
+    let items = replica_states(api, user).await?;
+    let agreed = !items.is_empty()
+        && items.values().all(|by_device| {
+            let mut states = by_device.values();
+            let first = states.next();
+            by_device.len() == replicas && states.all(|s| Some(s) == first)
+        });
+    Ok(agreed.then_some(()))
+}
+
+/// The devices holding `user`'s `product` (by product id) right now.
+async fn holders(api: &ApiClient, user: &str, product: &str) -> Result<Vec<u64>> {
+    let items = replica_states(api, user).await?;
+    Ok(items
+        .get(product)
+        .map(|d| d.keys().copied().collect())
+        .unwrap_or_default())
+}
+
+fn options() -> ClusterOptions {
+    ClusterOptions {
+        // A sweep that leaves the read-repair test to read repair: it would otherwise
+        // race the read this test makes. The anti-entropy test turns it on.
+        gateway_args: vec!["--anti-entropy-users-per-sec".into(), "0".into()],
+        ..ClusterOptions::default()
+    }
+}
+
+/// Writes made while a replica is dead (kill -9) reach it through read repair: after it
+/// returns, a list_all answers the full cart and, shortly after, every replica of every
+/// item holds the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_repair_brings_a_restarted_replica_up_to_date() -> Result<()> {
+    let mut cluster = Cluster::start(options()).await?;
+    let api = cluster.client().clone();
+    let user = "repair-user";
+    api.insert(user, "pork").await?.expect_status(200);
+    // pork is product 1 in the default catalog.
+    let devices = holders(&api, user, "1").await?;
+    let victim = devices[0] as usize;
+    cluster.kill_datanode(victim)?;
+    for _ in 0..3 {
+        api.insert(user, "pork").await?.expect_status(200);
+    }
+    api.insert(user, "soap").await?.expect_status(200);
+    cluster.restart_datanode(victim)?;
+    cluster
+        .wait_for_view("every device up again", PHASE_TIMEOUT, |view| {
+            view.devices_up_and_in() == 6
+        })
+        .await?;
+    let stale = replica_states(&api, user).await?;
+    let pork_on_victim = stale["1"].get(&(victim as u64)).cloned();
+    let fresh = stale["1"]
+        .values()
+        .find(|s| Some(*s) != pork_on_victim.as_ref());
+    assert!(fresh.is_some(), "the victim missed writes: {stale:?}");
+
+    let cart = api.list_all(user).await?;
+    cart.expect_status(200);
+    assert_eq!(cart.qty_of("pork"), 4);
+    assert_eq!(cart.qty_of("soap"), 1);
+    wait_until(
+        "every replica of every item to agree",
+        PHASE_TIMEOUT,
+        || converged(&api, user, 3),
+    )
+    .await?;
+    let again = api.list_all(user).await?;
+    assert_eq!(
+        again.qty_of("pork"),
+        4,
+        "a read after repair sees the same cart"
+    );
+    let status = api.cluster().await?;
+    let repairs = status.json["maintenance"]["repairs"].as_u64().unwrap_or(0);
+    assert!(
+        repairs >= 1,
+        "repairs are counted: {}",
+        status.json["maintenance"]
+    );
+    Ok(())
+}
+
+/// An item that is never read again still converges: the anti-entropy sweep, run by one
+/// gateway, repairs it, and its progress shows in /api/cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_repairs_items_nobody_reads() -> Result<()> {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await?;
+    let api = cluster.client().clone();
+    let user = "unread-user";
+    api.insert(user, "yogurt").await?.expect_status(200);
+    let victim = holders(&api, user, "3").await?[0] as usize;
+    cluster.kill_datanode(victim)?;
+    api.insert(user, "yogurt").await?.expect_status(200);
+    api.insert(user, "yogurt").await?.expect_status(200);
+    cluster.restart_datanode(victim)?;
+    cluster
+        .wait_for_view("every device up again", PHASE_TIMEOUT, |view| {
+            view.devices_up_and_in() == 6
+        })
+        .await?;
+    // Nobody reads the cart from here on; only the sweep can repair the victim.
+    wait_until(
+        "anti-entropy to repair the unread item",
+        PHASE_TIMEOUT,
+        || converged(&api, user, 3),
+    )
+    .await?;
+    let sweep = wait_until("sweep progress in /api/cluster", PHASE_TIMEOUT, || async {
+        let status = api.cluster().await?;
+        let sweep = status.json["maintenance"]["anti_entropy"].clone();
+        Ok((sweep["repairs"].as_u64().unwrap_or(0) >= 1).then_some(sweep))
+    })
+    .await?;
+    assert!(sweep["users_total"].as_u64().unwrap_or(0) >= 1, "{sweep}");
+    Ok(())
+}
+
+/// Clients add and remove the same items through both gateways while a data node is
+/// killed and restarted. At the end each item's quantity is what replaying the acknowledged
+/// operations gives and every replica agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_through_both_gateways_converge() -> Result<()> {
+    const ITEMS: [&str; 2] = ["pork", "soap"];
+    let mut cluster = Cluster::start(options()).await?;
+    let api = cluster.client().clone();
+    let user = "shared-cart";
+    // A cushion, and each client only ever deletes what it added itself and saw
+    // acknowledged: two gateways' versions of a client's add and its next delete may
+    // order either way within a millisecond, and the cushion keeps such a reordering from
+    // clamping at 0. So the version-order replay is simply adds minus deletes.
+    const CUSHION: i64 = 5;
+    for item in ITEMS {
+        for _ in 0..CUSHION {
+            api.insert(user, item).await?.expect_status(200);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (api, stop) = (api.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut net: BTreeMap<&str, i64> = BTreeMap::new();
+                let mut unknown = 0usize;
+                for op in 0..400 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let item = ITEMS[(op + c) % ITEMS.len()];
+                    let mine = net.get(item).copied().unwrap_or(0);
+                    let delete = op % 3 == 2 && mine > 0;
+                    let reply = if delete {
+                        api.delete(user, item).await
+                    } else {
+                        api.insert(user, item).await
+                    };
+                    match reply {
+                        Ok(r) if r.status == 200 => {
+                            *net.entry(item).or_insert(0) += if delete { -1 } else { 1 };
+                        }
+                        // Not acknowledged: it may or may not have landed.
+                        _ => unknown += 1,
+                    }
+                }
+                (net, unknown)
+            })
+        })
+        .collect();
+    wait_until("some load", PHASE_TIMEOUT, || async {
+        let cart = api.list_all(user).await?;
+        Ok((cart.qty_of("pork") + cart.qty_of("soap") >= 20).then_some(()))
+    })
+    .await?;
+    cluster.kill_datanode(3)?;
+    wait_until("load with a replica dead", PHASE_TIMEOUT, || async {
+        let cart = api.list_all(user).await?;
+        Ok((cart.qty_of("pork") + cart.qty_of("soap") >= 50).then_some(()))
+    })
+    .await?;
+    cluster.restart_datanode(3)?;
+    cluster
+        .wait_for_view("every device up again", PHASE_TIMEOUT, |view| {
+            view.devices_up_and_in() == 6
+        })
+        .await?;
+    stop.store(true, Ordering::SeqCst);
+    let mut expected: BTreeMap<&str, i64> = ITEMS.iter().map(|i| (*i, CUSHION)).collect();
+    let mut unknown = 0;
+    for client in clients {
+        let (net, u) = client.await?;
+        unknown += u;
+        for (item, n) in net {
+            *expected.entry(item).or_insert(0) += n;
+        }
+    }
+    assert_eq!(unknown, 0, "no write was refused with 2 of 3 replicas up");
+    let cart = api.list_all(user).await?;
+    for item in ITEMS {
+        let want = u64::try_from(expected.get(item).copied().unwrap_or(0))?;
+        assert_eq!(
+            cart.qty_of(item),
+            want,
+            "{item}: replay of the acknowledged operations"
+        );
+    }
+    wait_until("every replica to agree", PHASE_TIMEOUT, || {
+        converged(&api, user, 3)
+    })
+    .await?;
+    Ok(())
+}
