@@ -412,9 +412,9 @@ impl BatchPlan {
                         added = added.saturating_add(1);
                     }
                 }
-                if slot.changed {
-                    slot.set_meta(&repair.meta);
-                }
+                // The merged state's facts: without them a replica that differs only in its
+                // facts would never agree with the others.
+                slot.set_meta(&repair.meta);
                 Ok(Outcome::Repaired { added })
             }
             WriteRequest::Compact(compact) => {

@@ -114,7 +114,7 @@ pub async fn run(
     };
     let keeper = tokio::spawn(keeper.run(shutdown.clone()));
     let coordination: Arc<dyn Coordination> = Arc::new(coordinator.clone());
-    let service = Arc::new(GatewayService::new(ServiceParts {
+    let service = GatewayService::new(ServiceParts {
         view: view.clone(),
         replicas,
         coordination: coordination.clone(),
@@ -129,7 +129,7 @@ pub async fn run(
         },
         merge_policy,
         compaction: settings.compaction,
-    }));
+    });
     let sweep = settings.anti_entropy_users_per_sec.map(|rate| {
         let sweep = AntiEntropy {
             service: service.clone(),

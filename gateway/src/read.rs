@@ -59,6 +59,10 @@ pub struct CartRead {
     pub repairs: Vec<Repair>,
     /// Agreed items every one of whose replicas answered: candidates for compaction.
     pub settled: Vec<SettledItem>,
+    /// Whether every asked device that is up answered. A quorum read stops waiting
+    /// earlier, so a stale replica may not have been compared; the caller then follows up
+    /// with a read of every replica (see [`crate::read_repair`]).
+    pub complete: bool,
 }
 
 /// Whose cart to read, and how.
@@ -130,6 +134,7 @@ pub async fn read_cart(
             break;
         }
     }
+    let complete = round.silent() == round.down();
     let (summaries, failures) = round.finish();
     let check = SummaryCheck::resolve(
         &plan,
@@ -146,6 +151,7 @@ pub async fn read_cart(
             items,
             repairs: Vec::new(),
             settled,
+            complete,
         });
     }
     let states = fetch_states(replicas, user, &check.divergent, deadline).await?;
@@ -156,6 +162,7 @@ pub async fn read_cart(
         items,
         repairs: repairs.repairs,
         settled,
+        complete,
     })
 }
 
@@ -305,6 +312,7 @@ struct ReadRound<'a, T> {
     asked: BTreeSet<DeviceId>,
     answered: BTreeMap<DeviceId, T>,
     failures: Vec<(DeviceId, String)>,
+    down: usize,
 }
 
 impl<'a, T: Send + 'a> ReadRound<'a, T> {
@@ -324,6 +332,7 @@ impl<'a, T: Send + 'a> ReadRound<'a, T> {
             asked: BTreeSet::new(),
             answered: BTreeMap::new(),
             failures: Vec::new(),
+            down: 0,
         }
     }
 
@@ -352,7 +361,12 @@ impl<'a, T: Send + 'a> ReadRound<'a, T> {
             Ok(value) => {
                 self.answered.insert(device, value);
             }
-            Err(e) => self.failures.push((device, e.to_string())),
+            Err(e) => {
+                if matches!(e, ReplicaError::Down { .. }) {
+                    self.down += 1;
+                }
+                self.failures.push((device, e.to_string()));
+            }
         }
         Some(device)
     }
@@ -369,6 +383,11 @@ impl<'a, T: Send + 'a> ReadRound<'a, T> {
     /// Devices asked that have not given a usable answer (failed or still pending).
     fn silent(&self) -> usize {
         self.asked.len() - self.answered.len()
+    }
+
+    /// Devices asked that are down (no data node registered): not expected to answer.
+    fn down(&self) -> usize {
+        self.down
     }
 
     /// The usable answers, and why every other asked device has none.

@@ -5,10 +5,20 @@
 //! sees the repaired state, because it merges the same replicas again until the repair has
 //! landed. Repairs are idempotent on the data node (operations it already holds are
 //! skipped), so a repair that races another, or is sent twice, is harmless.
+//!
+//! A shopper's read answers once its quorum is decided, which may be before every replica
+//! answered; the late ones are then not compared. The seed asks for every live replica to
+//! be compared, so such a read (or one that found stale replicas) schedules a *follow-up*:
+//! a read of every replica of the user's items in the background, which repairs whatever
+//! the quick read could not see. Follow-ups are paced per user ([`FOLLOW_UP_EVERY`]) so a
+//! hot cart costs at most one extra full read per interval.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use cartdb_core::cart::ItemKey;
 use cartdb_core::wire::{DataRequest, DataResponse};
@@ -27,10 +37,18 @@ pub struct RepairCounters {
     pub failed: u64,
 }
 
+/// Shortest time between two follow-up reads of one user.
+pub const FOLLOW_UP_EVERY: Duration = Duration::from_secs(2);
+
+/// Most users with a follow-up pending or recent; beyond it old entries are dropped.
+const FOLLOW_UP_LIMIT: usize = 100_000;
+
 /// Sends repairs in the background and counts them.
 pub struct ReadRepair {
     replicas: Arc<Replicas>,
     timeout: Duration,
+    /// user -> when its last follow-up was scheduled to run.
+    follow_ups: Mutex<HashMap<String, Instant>>,
     repaired: AtomicU64,
     ops_added: AtomicU64,
     failed: AtomicU64,
@@ -42,6 +60,7 @@ impl ReadRepair {
         Arc::new(Self {
             replicas,
             timeout,
+            follow_ups: Mutex::new(HashMap::new()),
             repaired: AtomicU64::new(0),
             ops_added: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -59,6 +78,28 @@ impl ReadRepair {
             let sends = repairs.into_iter().map(|repair| this.send(&user, repair));
             futures::future::join_all(sends).await;
         });
+    }
+
+    /// When a follow-up read of `user` should run: now, or [`FOLLOW_UP_EVERY`] after the
+    /// last one. `None` when one is scheduled and has not run yet: it will see everything
+    /// this read saw.
+    pub fn schedule_follow_up(&self, user: &str) -> Option<Instant> {
+        let now = Instant::now();
+        let mut follow_ups = self
+            .follow_ups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if follow_ups.len() > FOLLOW_UP_LIMIT {
+            follow_ups.retain(|_, at| *at + FOLLOW_UP_EVERY > now);
+        }
+        let at = match follow_ups.get(user) {
+            // Scheduled and not run yet: it will see everything this read saw.
+            Some(at) if *at > now => return None,
+            Some(at) => (*at + FOLLOW_UP_EVERY).max(now),
+            None => now,
+        };
+        follow_ups.insert(user.to_owned(), at);
+        Some(at)
     }
 
     /// Sends one repair now and waits for its answer.

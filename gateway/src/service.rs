@@ -5,7 +5,7 @@
 //! first write of an item to a device the directory does not list yet, and catalog changes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use cartdb_core::cart::{InputError, ItemKey, ItemState, OpKind, Operation, Product, validate_id};
@@ -61,12 +61,14 @@ pub struct GatewayService {
     merge_fallbacks: AtomicU64,
     /// The anti-entropy sweep's progress, as last read from ZooKeeper.
     sweep: Mutex<Option<SweepStatus>>,
+    /// This service, for background follow-up reads that outlive a request.
+    me: Weak<GatewayService>,
 }
 
 type Answer = Result<GatewayResponse, GatewayFailure>;
 
 impl GatewayService {
-    pub fn new(parts: ServiceParts) -> Self {
+    pub fn new(parts: ServiceParts) -> Arc<Self> {
         let clock = HybridClock::new(parts.gateway_id);
         let read_repair = ReadRepair::new(parts.replicas.clone(), parts.request_timeout);
         let compactor = Compactor::new(
@@ -74,14 +76,15 @@ impl GatewayService {
             parts.compaction,
             parts.request_timeout,
         );
-        Self {
+        Arc::new_cyclic(|me| Self {
             parts,
             clock,
             read_repair,
             compactor,
             merge_fallbacks: AtomicU64::new(0),
             sweep: Mutex::new(None),
-        }
+            me: me.clone(),
+        })
     }
 
     /// Answers one request.
@@ -278,6 +281,23 @@ impl GatewayService {
         Ok(repairs)
     }
 
+    /// Schedules a background read of every replica of `user`'s items, which repairs what a
+    /// quorum read could not compare (see [`crate::read_repair`]).
+    fn follow_up(&self, user: &str) {
+        let (Some(at), Some(service)) =
+            (self.read_repair.schedule_follow_up(user), self.me.upgrade())
+        else {
+            return;
+        };
+        let user = user.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let Err(e) = service.sweep_user(&user).await {
+                tracing::debug!(%user, error = %e, "follow-up read failed; a later read retries");
+            }
+        });
+    }
+
     /// Records the sweep's progress (from ZooKeeper) for `Cluster` answers.
     pub fn set_sweep_status(&self, status: Option<SweepStatus>) {
         *self.sweep.lock().unwrap_or_else(PoisonError::into_inner) = status;
@@ -336,6 +356,9 @@ impl GatewayService {
     async fn list_all(&self, user: &str, deadline: Instant) -> Answer {
         validate_id("userid", user).map_err(invalid)?;
         let resolution = self.read(user, ReadMode::Quorum, deadline).await?;
+        if !resolution.complete || !resolution.repairs.is_empty() {
+            self.follow_up(user);
+        }
         self.read_repair.spawn(user, resolution.repairs);
         self.compactor.spawn(user, resolution.settled);
         let catalog = self.catalog();

@@ -80,7 +80,7 @@ static POLICY: LazyLock<PlacementPolicy> = LazyLock::new(|| {
 });
 
 struct TestGateway {
-    service: GatewayService,
+    service: Arc<GatewayService>,
     placers: Arc<PlacerPool>,
     coordination: Arc<FakeCoordination>,
     nodes: BTreeMap<DeviceId, RunningNode>,
