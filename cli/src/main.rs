@@ -3,6 +3,7 @@
 //! # Layout
 //! - `policy`: `cartdb policy place|verify|verify-merge`, running policy components.
 //! - `bench`: `cartdb bench`, load and latency measurement of a running API server.
+//! - `status`: `cartdb status`, the cluster as the API server reports it.
 //!
 //! Adding a subcommand: one [`Command`] variant and one arm in [`run`].
 
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod policy;
+mod status;
 
 /// The cartdb operator CLI.
 #[derive(Debug, Parser)]
@@ -29,6 +31,8 @@ enum Command {
     Policy(policy::PolicyCommand),
     /// Drive a running API server with a cart-like load and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Show devices, gateways, policies, read repair, compaction and anti-entropy progress.
+    Status(status::StatusArgs),
 }
 
 /// Runs one command; `Ok` carries the exit code of a command that ran to its end.
@@ -36,6 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Policy(command) => policy::run(command),
         Command::Bench(args) => bench::run(args),
+        Command::Status(args) => status::run(args),
     }
 }
 

@@ -328,3 +328,42 @@ async fn compaction_folds_old_operations_on_every_replica_alike() -> Result<()> 
     assert_eq!(api.list_all(user).await?.qty_of("cereals"), 10);
     Ok(())
 }
+
+/// A retried insert (same Idempotency-Key) applies once, whichever gateway each attempt
+/// reaches (the API picks one at random per request) and although a replica died between
+/// attempts and came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_insert_applies_once_across_gateways_and_a_replica_failure() -> Result<()> {
+    let mut cluster = Cluster::start(options()).await?;
+    let api = cluster.client().clone();
+    let user = "retrying-user";
+    api.insert_with_key(user, "beef", "order-17")
+        .await?
+        .expect_status(200);
+    let victim = holders(&api, user, "5").await?[0] as usize;
+    cluster.kill_datanode(victim)?;
+    // Eight retries: with a random gateway each, both gateways see the key (the chance that
+    // one never does is 2^-7).
+    for _ in 0..8 {
+        let reply = api.insert_with_key(user, "beef", "order-17").await?;
+        reply.expect_status(200);
+        assert_eq!(
+            reply.qty(),
+            Some(1),
+            "a retry reports the quantity, not a new add"
+        );
+    }
+    cluster.restart_datanode(victim)?;
+    cluster
+        .wait_for_view("every device up again", PHASE_TIMEOUT, |view| {
+            view.devices_up_and_in() == 6
+        })
+        .await?;
+    wait_until("replicas to agree on one add", PHASE_TIMEOUT, || async {
+        let cart = api.list_all(user).await?;
+        assert_eq!(cart.qty_of("beef"), 1, "applied exactly once");
+        converged(&api, user, 3).await
+    })
+    .await?;
+    Ok(())
+}
