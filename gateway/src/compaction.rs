@@ -120,8 +120,17 @@ impl Compactor {
         tokio::spawn(async move { this.compact(&user, due).await });
     }
 
-    /// Compacts the due items of `user` and waits for the replicas' answers.
-    pub async fn compact(&self, user: &str, items: Vec<SettledItem>) {
+    /// Compacts those of `settled` that are due (see [`Compactor::spawn`]) and waits for
+    /// the replicas' answers.
+    pub async fn compact_due(&self, user: &str, settled: Vec<SettledItem>) {
+        let due = self.due(user, settled);
+        if !due.is_empty() {
+            self.compact(user, due).await;
+        }
+    }
+
+    /// Compacts `items` of `user` now and waits for the replicas' answers.
+    async fn compact(&self, user: &str, items: Vec<SettledItem>) {
         let upto = self.horizon();
         let mut calls = Vec::new();
         for item in items {

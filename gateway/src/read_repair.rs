@@ -1,17 +1,17 @@
 //! Read repair: sending stale replicas what a cart read found they lack.
 //!
-//! As in Garage, the shopper's answer does not wait for the repair: [`ReadRepair::spawn`]
-//! sends the [`Repair`]s in the background and returns at once. A read that follows still
-//! sees the repaired state, because it merges the same replicas again until the repair has
-//! landed. Repairs are idempotent on the data node (operations it already holds are
+//! As in Garage, the shopper's answer does not wait for the repair. A read that finds its
+//! replicas differing (or that answered before every live replica did) schedules a
+//! *follow-up*: a read of every live replica of the user's items, a moment later in the
+//! background, which sends each stale replica what it lacks ([`ReadRepair::send`]). The
+//! delay matters under load: most differences a quick read sees are acknowledged writes
+//! still on their way to their third replica, and repairing those would only duplicate
+//! them. A read that follows still sees the merged state, because it merges the same
+//! replicas again until the repair has landed. Repairs are idempotent on the data node (operations it already holds are
 //! skipped), so a repair that races another, or is sent twice, is harmless.
 //!
-//! A shopper's read answers once its quorum is decided, which may be before every replica
-//! answered; the late ones are then not compared. The seed asks for every live replica to
-//! be compared, so such a read (or one that found stale replicas) schedules a *follow-up*:
-//! a read of every replica of the user's items in the background, which repairs whatever
-//! the quick read could not see. Follow-ups are paced per user ([`FOLLOW_UP_EVERY`]) so a
-//! hot cart costs at most one extra full read per interval.
+//! Follow-ups are paced per user ([`FOLLOW_UP_EVERY`]), so a hot cart costs at most one
+//! extra full read per interval.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,19 +65,6 @@ impl ReadRepair {
             ops_added: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         })
-    }
-
-    /// Sends `repairs` of `user`'s items in the background.
-    pub fn spawn(self: &Arc<Self>, user: &str, repairs: Vec<Repair>) {
-        if repairs.is_empty() {
-            return;
-        }
-        let this = self.clone();
-        let user = user.to_owned();
-        tokio::spawn(async move {
-            let sends = repairs.into_iter().map(|repair| this.send(&user, repair));
-            futures::future::join_all(sends).await;
-        });
     }
 
     /// When a follow-up read of `user` should run: now, or [`FOLLOW_UP_EVERY`] after the

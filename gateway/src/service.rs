@@ -277,7 +277,7 @@ impl GatewayService {
             .into_iter()
             .map(|repair| self.read_repair.send(user, repair));
         futures::future::join_all(sends).await;
-        self.compactor.compact(user, read.settled).await;
+        self.compactor.compact_due(user, read.settled).await;
         Ok(repairs)
     }
 
@@ -356,10 +356,13 @@ impl GatewayService {
     async fn list_all(&self, user: &str, deadline: Instant) -> Answer {
         validate_id("userid", user).map_err(invalid)?;
         let resolution = self.read(user, ReadMode::Quorum, deadline).await?;
+        // Stale replicas are repaired by the follow-up read, not from this read's findings:
+        // under load most differences a quick read sees are writes still on their way to
+        // the third replica, and repairing those would only duplicate them (and their
+        // fsyncs). What is still different a moment later is really stale.
         if !resolution.complete || !resolution.repairs.is_empty() {
             self.follow_up(user);
         }
-        self.read_repair.spawn(user, resolution.repairs);
         self.compactor.spawn(user, resolution.settled);
         let catalog = self.catalog();
         let items = cart_lines(&resolution.items, |id| {
