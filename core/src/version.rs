@@ -32,6 +32,14 @@ impl Version {
     }
 }
 
+/// Milliseconds since the Unix epoch by the system clock (0 before it): the physical part of
+/// versions, and what acceptance windows and compaction horizons are measured against.
+pub fn wall_clock_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A hybrid logical clock owned by one gateway.
 ///
 /// Readings never go backwards, even when the wall clock does, and two readings of one clock
@@ -54,10 +62,7 @@ impl HybridClock {
 
     /// Issues the next version, reading the system clock.
     pub fn now(&self) -> Version {
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.tick(millis)
+        self.tick(wall_clock_millis())
     }
 
     /// Issues the next version for a wall-clock reading of `now_millis`.

@@ -24,13 +24,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cartdb_core::cart::{
     Base, DeviceId, InputError, ItemKey, ItemMeta, ItemSummary, OpId, Operation, StateDigest,
     fold_qty, validate_id,
 };
-use cartdb_core::version::Version;
+use cartdb_core::version::{Version, wall_clock_millis};
 use cartdb_core::wire::{DataFailure, DataResponse};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -773,7 +773,7 @@ impl Writer {
             answer_all(jobs, &storage_failure(self.device, detail));
             return;
         }
-        let mut plan = BatchPlan::new(self.timing, wall_clock_ms());
+        let mut plan = BatchPlan::new(self.timing, wall_clock_millis());
         let replies: Vec<DataResponse> = jobs
             .iter()
             .map(|job| self.decide(&mut plan, &job.request))
@@ -827,13 +827,6 @@ fn check_ids(request: &WriteRequest) -> Result<(), InputError> {
         Some(meta) => validate_id("category", &meta.category),
         None => Ok(()),
     }
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, millis)
 }
 
 fn answer_each(jobs: Vec<Job>, replies: Vec<DataResponse>) {

@@ -252,17 +252,9 @@ impl CartStore {
 
     /// The heads under `prefix` (`user 0x00`), from fjall.
     fn scan_heads(&self, prefix: &[u8]) -> Result<Vec<ItemSummary>, StoreError> {
-        self.items
-            .prefix(prefix)
-            .map(|guard| {
-                let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
-                    key: show_key(prefix),
-                    source,
-                })?;
-                let product = product_of(&raw[prefix.len()..], &raw)?;
-                decode_head(&raw, product, &value)
-            })
-            .collect()
+        scan(&self.items, prefix, |raw, tail, value| {
+            decode_head(raw, product_of(tail, raw)?, value)
+        })
     }
 
     /// The operation with id `id` in the item's log (or folded into its base), if any.
@@ -287,16 +279,7 @@ impl CartStore {
     pub fn read_log(&self, key: &ItemKey) -> Result<Vec<Operation>, StoreError> {
         let mut prefix = log_prefix(key)?;
         prefix.push(LOG_TAG);
-        self.log
-            .prefix(&prefix)
-            .map(|guard| {
-                let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
-                    key: show_key(&prefix),
-                    source,
-                })?;
-                decode_log_entry(&raw, &raw[prefix.len()..], &value)
-            })
-            .collect()
+        scan(&self.log, &prefix, decode_log_entry)
     }
 
     /// Every operation id the item remembers (logged or folded), with its version and kind.
@@ -306,22 +289,22 @@ impl CartStore {
     pub fn read_ids(&self, key: &ItemKey) -> Result<Vec<Operation>, StoreError> {
         let mut prefix = log_prefix(key)?;
         prefix.push(ID_TAG);
-        self.log
-            .prefix(&prefix)
-            .map(|guard| {
-                let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
-                    key: show_key(&prefix),
-                    source,
-                })?;
-                let id: &[u8; 16] =
-                    raw[prefix.len()..]
-                        .try_into()
-                        .map_err(|_| StoreError::MalformedKey {
-                            key: show_key(&raw),
-                        })?;
-                decode_id_entry(&raw, OpId(u128::from_be_bytes(*id)), &value)
-            })
-            .collect()
+        scan(&self.log, &prefix, |raw, tail, value| {
+            let id: &[u8; 16] = tail
+                .try_into()
+                .map_err(|_| StoreError::MalformedKey { key: show_key(raw) })?;
+            decode_id_entry(raw, OpId(u128::from_be_bytes(*id)), value)
+        })
+    }
+
+    /// The full state of the item `key` whose head is `head`.
+    fn state_of(&self, key: &ItemKey, head: ItemSummary) -> Result<ItemState, StoreError> {
+        Ok(ItemState {
+            ops: self.read_log(key)?,
+            product: head.product,
+            meta: head.meta,
+            base: head.base,
+        })
     }
 
     /// The full state of one item (head and log), if this replica has seen it.
@@ -332,12 +315,7 @@ impl CartStore {
         let Some(head) = self.read_summary(key)? else {
             return Ok(None);
         };
-        Ok(Some(ItemState {
-            ops: self.read_log(key)?,
-            product: head.product,
-            meta: head.meta,
-            base: head.base,
-        }))
+        self.state_of(key, head).map(Some)
     }
 
     /// The full states of `user`'s items on this replica, sorted by product id: every item,
@@ -359,12 +337,7 @@ impl CartStore {
                     user: user.to_owned(),
                     product: head.product.clone(),
                 };
-                Ok(ItemState {
-                    ops: self.read_log(&key)?,
-                    product: head.product,
-                    meta: head.meta,
-                    base: head.base,
-                })
+                self.state_of(&key, head)
             })
             .collect()
     }
@@ -470,7 +443,25 @@ impl CartStore {
     }
 }
 
-/// Options of both keyspaces; see [`MEMTABLE_BYTES`].
+/// Decodes every entry under `prefix` with `decode(key, key after the prefix, value)`.
+fn scan<T>(
+    keyspace: &Keyspace,
+    prefix: &[u8],
+    decode: impl Fn(&[u8], &[u8], &[u8]) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    keyspace
+        .prefix(prefix)
+        .map(|guard| {
+            let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
+                key: show_key(prefix),
+                source,
+            })?;
+            decode(&raw, &raw[prefix.len()..], &value)
+        })
+        .collect()
+}
+
+/// Options of every keyspace; see [`MEMTABLE_BYTES`].
 fn keyspace_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
 }

@@ -17,9 +17,10 @@
 //! answers.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cartdb_core::coord::Directory;
+use cartdb_core::version::wall_clock_millis;
 use cartdb_core::wire::SweepStatus;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -103,9 +104,7 @@ impl AntiEntropy {
     /// Publishes this gateway's progress if it leads, then reads back the published one.
     async fn exchange_progress(&self, status: &mut SweepStatus) {
         if self.leads() {
-            status.updated_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            status.updated_ms = wall_clock_millis();
             if let Err(e) = self.coordination.publish_sweep(status).await {
                 tracing::debug!(error = %e, "cannot publish anti-entropy progress");
             }

@@ -16,10 +16,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cartdb_core::cart::{DeviceId, ItemKey, ItemSummary};
-use cartdb_core::version::Version;
+use cartdb_core::version::{Version, wall_clock_millis};
 use cartdb_core::wire::{DataRequest, DataResponse};
 use tokio::time::Instant;
 
@@ -73,9 +73,7 @@ impl Compactor {
 
     /// The newest version a compaction started now may fold up to.
     pub fn horizon(&self) -> Version {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let now_ms = wall_clock_millis();
         let grace_ms = u64::try_from(self.settings.grace.as_millis()).unwrap_or(u64::MAX);
         horizon_at(now_ms.saturating_sub(grace_ms))
     }
