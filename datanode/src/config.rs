@@ -173,6 +173,16 @@ mod tests {
         assert_eq!(field(&["--advertise", "node1"]), "advertise");
         assert_eq!(field(&["--advertise", "node1:0"]), "advertise");
         assert_eq!(field(&["--zk-chroot", "cartdb"]), "zk-chroot");
+        assert_eq!(field(&["--accept-window-secs", "0"]), "accept-window-secs");
+        assert_eq!(
+            field(&["--compaction-grace-secs", "30"]),
+            "compaction-grace-secs",
+            "the grace must exceed the 30 s default window"
+        );
+        assert_eq!(
+            field(&["--idempotency-window-secs", "10"]),
+            "idempotency-window-secs"
+        );
     }
 
     #[test]

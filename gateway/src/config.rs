@@ -211,6 +211,43 @@ mod tests {
         assert_eq!(error.field, "advertise");
         let error = parse(&["--zk", ""]).validate().unwrap_err();
         assert_eq!(error.field, "zk");
+        let field = |args: &[&str]| parse(args).validate().unwrap_err().field;
+        assert_eq!(
+            field(&["--request-timeout-ms", "30000"]),
+            "request-timeout-ms",
+            "must stay below the data nodes' acceptance window"
+        );
+        assert_eq!(
+            field(&["--compaction-grace-secs", "0"]),
+            "compaction-grace-secs"
+        );
+        assert_eq!(field(&["--compact-min-ops", "0"]), "compact-min-ops");
+        // clap itself refuses an empty path, naming the flag.
+        let argv = [
+            "cartdb-gateway",
+            "--placement-policy",
+            "p.wasm",
+            "--merge-policy",
+            "",
+        ];
+        let error = GatewayConfig::try_parse_from(argv).unwrap_err();
+        assert!(error.to_string().contains("--merge-policy"), "{error}");
+    }
+
+    #[test]
+    fn zero_users_per_second_turns_the_sweep_off() {
+        let settings = parse(&["--anti-entropy-users-per-sec", "0"])
+            .validate()
+            .unwrap();
+        assert_eq!(settings.anti_entropy_users_per_sec, None);
+        assert_eq!(
+            parse(&[])
+                .validate()
+                .unwrap()
+                .anti_entropy_users_per_sec
+                .map(|r| r.get()),
+            Some(20)
+        );
     }
 
     #[test]
