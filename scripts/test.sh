@@ -10,6 +10,8 @@
 #   5. unit and crate tests cargo test --workspace --exclude cartdb-tests --no-fail-fast
 #   6. cluster tests        cargo test -p cartdb-tests --no-fail-fast -- --test-threads=2
 #   7. policy conformance   cartdb policy verify against every ../shared/crush/*-vectors.csv
+#   8. compose cluster      scripts/compose-test.sh: the release build, the images, and
+#                           compose.yaml brought up, faulted and checked in Docker
 #
 # The cluster tests run at most two clusters at a time: each is a ZooKeeper JVM plus nine
 # cartdb processes, and CI has 2 cores. Two overlap one cluster's start-up with another's
@@ -106,4 +108,5 @@ step "unit and crate tests (cargo test --workspace --exclude cartdb-tests --no-f
 step "cluster tests (cargo test -p cartdb-tests --no-fail-fast -- --test-threads=2)" \
     cargo test -p cartdb-tests --no-fail-fast -- --test-threads=2 || true
 step "policy conformance (cartdb policy verify)" verify_policies || true
+step "compose cluster (scripts/compose-test.sh)" "$CARTDB_REPO/scripts/compose-test.sh" || true
 summary

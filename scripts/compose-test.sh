@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# The compose cluster test (run by scripts/test.sh, so by CI): brings compose.yaml up in a
+# project of its own, runs scripts/lib/compose_test.py against it, and tears it down.
+#
+#   1. Docker, dockerd and the base image as in compose-up.sh; cargo build --release (a
+#      no-op when already built), staging, image builds (docker's layer cache is kept)
+#   2. up -d in project "cartdb-test" with an admin token; waits until every container is
+#      healthy and the API sees 6 devices up and 2 gateways
+#   3. the test: a cart scenario (inserts, deletes, list_all, list_category); docker kill a
+#      data node and keep writing; docker network disconnect a gateway and keep serving
+#      through the other; start the data node and reconnect the gateway; check that every
+#      acknowledged operation is present and that the replicas agree
+#   4. down -v: containers, network and volumes go, even when the test fails (images and
+#      the base image stay, as cache for the next run). On failure every service's log is
+#      saved first, under target/compose-test/.
+#
+# Exits non-zero when anything fails. Environment: CARTDB_API_PORT (the host port of the
+# test's API; default 8080, or a free port when 8080 is taken and the variable is unset),
+# CARTDB_TEST_PROJECT (cartdb-test), CARTDB_COMPOSE, CARTDB_START_TIMEOUT (seconds, 180),
+# CARTDB_KEEP_CLUSTER=1 (leave the cluster running afterwards, for debugging).
+set -euo pipefail
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/docker.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/docker.sh"
+
+case ${1:-} in
+-h | --help)
+    sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+    exit 0
+    ;;
+"") ;;
+*) die "unknown option $1 (try --help)" ;;
+esac
+
+export COMPOSE_PROJECT_NAME="${CARTDB_TEST_PROJECT:-cartdb-test}"
+# The test's own settings: nothing from the caller's shell may change what is tested.
+CARTDB_ADMIN_TOKEN="compose-test-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
+export CARTDB_ADMIN_TOKEN
+export CARTDB_REPLICAS=3 CARTDB_WRITE_QUORUM=2 CARTDB_READ_QUORUM=2 CARTDB_API_BIND=127.0.0.1
+START_TIMEOUT="${CARTDB_START_TIMEOUT:-180}"
+LOG_DIR="${CARGO_TARGET_DIR:-$CARTDB_REPO/target}/compose-test"
+begun=$SECONDS
+
+# A free port on 127.0.0.1 (the kernel's choice), for when 8080 is taken.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+section "compose test: Docker"
+docker_install_missing
+docker_ensure_daemon
+docker_ensure_base_image
+compose_init
+
+up=0
+teardown() {
+    local status=$?
+    trap - EXIT INT TERM
+    set +e
+    if ((up)); then
+        if ((status != 0)); then
+            mkdir -p "$LOG_DIR"
+            "${COMPOSE[@]}" ps >"$LOG_DIR/ps.txt" 2>&1
+            "${COMPOSE[@]}" logs --no-color --timestamps >"$LOG_DIR/logs.txt" 2>&1
+            warn "the test failed: container states and every service's log are in $LOG_DIR/"
+        fi
+        if [[ ${CARTDB_KEEP_CLUSTER:-0} == 1 ]]; then
+            warn "CARTDB_KEEP_CLUSTER=1: leaving project $COMPOSE_PROJECT_NAME running (remove it with: ${COMPOSE[*]} down -v)"
+        else
+            section "compose test: teardown (down -v)"
+            "${COMPOSE[@]}" down -v --remove-orphans --timeout 10 2>&1 | tail -n 3
+            ok "containers, network and volumes of $COMPOSE_PROJECT_NAME removed"
+        fi
+    fi
+    docker_stop_started_daemon
+    info "compose test took $((SECONDS - begun))s in all"
+    exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+section "compose test: images"
+cartdb_build_images
+
+section "compose test: up (project $COMPOSE_PROJECT_NAME)"
+# Leftovers of an interrupted run would hold the port and stale volumes.
+"${COMPOSE[@]}" down -v --remove-orphans --timeout 10 >/dev/null 2>&1 || true
+if [[ -z ${CARTDB_API_PORT:-} ]]; then
+    CARTDB_API_PORT=8080
+    if port_in_use 8080; then
+        CARTDB_API_PORT=$(free_port)
+        warn "port 8080 is taken (a local cluster?): the test's API uses port $CARTDB_API_PORT"
+    fi
+fi
+export CARTDB_API_PORT
+API_URL="http://127.0.0.1:$CARTDB_API_PORT"
+up=1
+started=$SECONDS
+"${COMPOSE[@]}" up -d --remove-orphans || die "compose up failed"
+if ! compose_wait_ready "$START_TIMEOUT" "$API_URL"; then
+    compose_report_unhealthy
+    die "the cluster was not ready within ${START_TIMEOUT}s"
+fi
+ok "cluster ready $((SECONDS - started))s after up"
+
+section "compose test: scenario, faults and checks"
+started=$SECONDS
+python3 "$CARTDB_REPO/scripts/lib/compose_test.py" --api "$API_URL" \
+    --token "$CARTDB_ADMIN_TOKEN" --replicas "$CARTDB_REPLICAS" -- "${COMPOSE[@]}"
+ok "compose test passed in $((SECONDS - started))s"

@@ -1,0 +1,466 @@
+#!/usr/bin/env python3
+"""The compose cluster test: a cart scenario through the API of a running compose cluster,
+with a data node killed and a gateway cut off from the network, then checks that nothing
+acknowledged was lost and that the replicas agree.
+
+Run by scripts/compose-test.sh, which brings the cluster up before and tears it down after:
+
+    compose_test.py --api URL --token TOKEN --replicas N -- COMPOSE_COMMAND...
+
+The client keeps the expected cart of every user: each insert or delete carries its own
+Idempotency-Key and is retried with that key until it gets a definite answer, so it is
+applied exactly once and the expected quantities are exact. Every wait polls with a
+deadline; nothing sleeps to synchronise. Uses the Python standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import defaultdict
+
+PHASE_TIMEOUT = 90  # seconds for one wait
+OP_TIMEOUT = 60  # seconds to get a definite answer for one operation, retries included
+HTTP_TIMEOUT = 20  # seconds for one request (the API may wait 3 s on a lost gateway)
+
+CATEGORY = {
+    "pork": "1", "soap": "1", "beef": "1", "yogurt": "2", "milk": "2", "cheese": "2",
+    "cereals": "3", "bread": "3", "apples": "4", "tomatoes": "4", "coffee": "5", "tea": "5",
+}
+ITEMS = list(CATEGORY)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class CheckFailed(Exception):
+    pass
+
+
+class Api:
+    """A JSON client of the REST API (no proxy: the API is on this machine)."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base.rstrip("/")
+        self.token = token
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def call(self, method: str, path: str, body=None, headers=None, admin=False):
+        """Returns (status, json or text); raises OSError when the API cannot be reached."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        for key, value in (headers or {}).items():
+            request.add_header(key, value)
+        if admin and self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with self.opener.open(request, timeout=HTTP_TIMEOUT) as reply:
+                return reply.status, _decode(reply.read())
+        except urllib.error.HTTPError as error:
+            return error.code, _decode(error.read())
+
+    def get(self, path: str, admin=False):
+        return self.call("GET", path, admin=admin)
+
+
+def _decode(raw: bytes):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
+def wait_until(what: str, check, timeout: float = PHASE_TIMEOUT):
+    """Calls check() until it returns something other than None/False; the last reason it
+    gave (a string in a tuple (None, reason)) is in the error on time-out."""
+    deadline = time.monotonic() + timeout
+    reason = "never checked"
+    while True:
+        try:
+            result = check()
+        except (OSError, CheckFailed) as error:
+            result = (None, f"{error.__class__.__name__}: {error}")
+        if isinstance(result, tuple):
+            value, reason = result
+        else:
+            value, reason = result, "not yet"
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise CheckFailed(f"gave up after {timeout}s waiting for {what}: {reason}")
+        time.sleep(0.5)
+
+
+class Shoppers:
+    """Users' carts as the client expects them, and every operation's outcome."""
+
+    def __init__(self, api: Api, run: str) -> None:
+        self.api = api
+        self.run = run
+        self.expected: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.acked = 0
+        self.retried: list[str] = []
+        self.counter = 0
+
+    def user(self, n: int) -> str:
+        return f"{self.run}-user{n}"
+
+    def op(self, kind: str, user: str, item: str, phase: str) -> float:
+        """Inserts or deletes one unit, retrying with the same Idempotency-Key until the API
+        gives a definite answer; returns the seconds it took. A delete is only sent for an
+        item the client knows is in the cart, so it must succeed."""
+        self.counter += 1
+        key = f"{self.run}-{self.counter}"
+        started = time.monotonic()
+        deadline = started + OP_TIMEOUT
+        attempts = []
+        while True:
+            try:
+                status, body = self.api.call(
+                    "POST", f"/api/{kind}", {"userid": user, "item_name": item},
+                    headers={"Idempotency-Key": key})
+            except OSError as error:
+                status, body = None, f"{error.__class__.__name__}: {error}"
+            if status == 200:
+                break
+            attempts.append(f"{status} {body}")
+            if status not in (None, 502, 503, 504) or time.monotonic() >= deadline:
+                raise CheckFailed(f"{kind} {item} for {user} ({phase}) failed: {attempts}")
+            time.sleep(0.2)
+        took = time.monotonic() - started
+        if attempts:
+            self.retried.append(f"{phase}: {kind} {user}/{item} needed {len(attempts) + 1} "
+                                f"attempts ({attempts[0]})")
+        self.expected[user][item] += 1 if kind == "insert" else -1
+        if self.expected[user][item] < 0:
+            raise CheckFailed(f"client bug: negative quantity for {user}/{item}")
+        if body.get("qty") is not None and kind == "delete" and body["qty"] < 0:
+            raise CheckFailed(f"delete answered a negative quantity: {body}")
+        self.acked += 1
+        return took
+
+    def write_some(self, count: int, phase: str, users=range(1, 5)) -> list[float]:
+        """`count` operations spread over users and items: mostly inserts, and a delete
+        every fourth operation when the cart has that item."""
+        took = []
+        users = list(users)
+        for i in range(count):
+            user = self.user(users[i % len(users)])
+            item = ITEMS[(i * 7 + self.counter) % len(ITEMS)]
+            if i % 4 == 3 and self.expected[user][item] > 0:
+                took.append(self.op("delete", user, item, phase))
+            else:
+                took.append(self.op("insert", user, item, phase))
+        return took
+
+    def expected_cart(self, user: str) -> dict[str, int]:
+        return {item: qty for item, qty in self.expected[user].items() if qty > 0}
+
+    def check_cart(self, user: str) -> None:
+        status, body = self.api.get(f"/api/list_all?userid={user}")
+        if status != 200:
+            raise CheckFailed(f"list_all {user}: {status} {body}")
+        got = {entry["name"]: entry["qty"] for entry in body["response"]}
+        names = [entry["name"] for entry in body["response"]]
+        if names != sorted(names):
+            raise CheckFailed(f"list_all {user} is not sorted by name: {names}")
+        want = self.expected_cart(user)
+        if got != want:
+            missing = {k: v for k, v in want.items() if got.get(k) != v}
+            raise CheckFailed(f"list_all {user}: got {got}, expected {want} (differs: {missing})")
+
+    def users(self) -> list[str]:
+        return sorted(self.expected)
+
+
+class Compose:
+    """The docker side: containers of services, kill/start, network disconnect/connect."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+
+    def container(self, service: str) -> str:
+        out = run(self.command + ["ps", "-q", service]).strip()
+        if not out:
+            raise CheckFailed(f"no container for service {service}")
+        return out.splitlines()[0]
+
+    @staticmethod
+    def inspect(container: str, template: str) -> str:
+        return run(["docker", "inspect", "--format", template, container]).strip()
+
+    def networks(self, container: str) -> dict:
+        return json.loads(self.inspect(container, "{{json .NetworkSettings.Networks}}"))
+
+
+def run(command: list[str]) -> str:
+    log("$ " + " ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise CheckFailed(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def cluster_view(api: Api):
+    status, body = api.get("/api/cluster")
+    if status != 200:
+        raise CheckFailed(f"/api/cluster: {status} {body}")
+    return body
+
+
+def replica_states(api: Api, user: str) -> dict[str, dict[int, object]]:
+    """product id -> device -> that device's own state of the item."""
+    status, body = api.get(f"/api/admin/replicas?userid={user}", admin=True)
+    if status != 200:
+        raise CheckFailed(f"replicas of {user}: {status} {body}")
+    items: dict[str, dict[int, object]] = defaultdict(dict)
+    for replica in body["replicas"]:
+        if replica.get("items") is None:
+            raise CheckFailed(f"device {replica['device']} did not answer: {replica.get('error')}")
+        for state in replica["items"]:
+            items[state["product"]][replica["device"]] = state
+    return items
+
+
+def disagreement(api: Api, user: str, replicas: int) -> str | None:
+    """None when every item of `user` is held identically by every device holding it, and
+    by at least `replicas` devices; else what differs."""
+    items = replica_states(api, user)
+    if not items:
+        return f"{user} has no items on any replica"
+    for product, by_device in sorted(items.items()):
+        states = list(by_device.values())
+        if len(by_device) < replicas:
+            return f"{user} product {product} is on {sorted(by_device)} only"
+        if any(state != states[0] for state in states[1:]):
+            return f"{user} product {product} differs between devices {sorted(by_device)}"
+    return None
+
+
+class Test:
+    def __init__(self, args) -> None:
+        self.api = Api(args.api, args.token)
+        self.replicas = args.replicas
+        self.compose = Compose(args.compose)
+        self.shoppers = Shoppers(self.api, "ct" + uuid.uuid4().hex[:8])
+        self.results: list[tuple[str, bool, str]] = []
+
+    def check(self, name: str, step) -> bool:
+        started = time.monotonic()
+        log(f"--- {name}")
+        try:
+            detail = step() or ""
+        except Exception as error:  # noqa: BLE001 - any error fails the step, with its reason
+            reason = str(error) if isinstance(error, CheckFailed) else repr(error)
+            self.results.append((name, False, reason))
+            log(f"FAIL {name}: {reason}")
+            return False
+        took = time.monotonic() - started
+        self.results.append((name, True, f"{detail} ({took:.1f}s)".strip()))
+        log(f"PASS {name} ({took:.1f}s) {detail}")
+        return True
+
+    # 1. the cart scenario -------------------------------------------------------------
+    def scenario(self) -> str:
+        s, api = self.shoppers, self.api
+        for n in range(1, 5):
+            user = s.user(n)
+            for item in ["pork", "pork", "soap", "yogurt", "cereals", "apples", "coffee"][: 3 + n]:
+                s.op("insert", user, item, "scenario")
+            s.op("delete", user, "pork", "scenario")
+        s.op("delete", s.user(1), "soap", "scenario")  # soap: 1 -> 0, gone from the cart
+        status, body = api.call("POST", "/api/delete",
+                                {"userid": s.user(1), "item_name": "soap"})
+        if status != 404:
+            raise CheckFailed(f"delete of an item not in the cart: {status} {body}, not 404")
+        status, body = api.call("POST", "/api/insert",
+                                {"userid": s.user(1), "item_name": "no-such-product"})
+        if status != 404:
+            raise CheckFailed(f"insert of an unknown product: {status} {body}, not 404")
+        for user in s.users():
+            s.check_cart(user)
+        self.check_categories()
+        if api.token:
+            status, _ = api.get("/api/list_category?category=1")
+            if status != 401:
+                raise CheckFailed(f"list_category without the admin token: {status}, not 401")
+            status, _ = api.get(f"/api/admin/replicas?userid={s.user(1)}")
+            if status != 401:
+                raise CheckFailed(f"admin/replicas without the admin token: {status}, not 401")
+        return f"{s.acked} operations acknowledged, carts and categories as expected"
+
+    def check_categories(self) -> None:
+        for category in sorted(set(CATEGORY.values())):
+            status, body = self.api.get(f"/api/list_category?category={category}", admin=True)
+            if status != 200:
+                raise CheckFailed(f"list_category {category}: {status} {body}")
+            listed = set(body["users"])
+            for user in self.shoppers.users():
+                holds = any(CATEGORY[item] == category
+                            for item in self.shoppers.expected_cart(user))
+                if holds and user not in listed:
+                    raise CheckFailed(f"list_category {category} misses {user}: {sorted(listed)}")
+
+    # 2. a data node killed --------------------------------------------------------------
+    def kill_datanode(self) -> str:
+        user = self.shoppers.user(1)
+        holders = replica_states(self.api, user)["1"]  # pork, product 1
+        self.victim = min(holders)
+        service = f"datanode-{self.victim}"
+        self.victim_container = self.compose.container(service)
+        run(["docker", "kill", self.victim_container])
+        state = self.compose.inspect(self.victim_container, "{{.State.Status}}")
+        log(f"{service} (device {self.victim}, holds {user}'s pork) killed; state {state}")
+        # Writes right after the kill, before the cluster noticed, then after.
+        took = self.shoppers.write_some(12, "datanode killed") + [
+            self.shoppers.op("insert", user, "pork", "datanode killed")]
+        wait_until(f"device {self.victim} to be seen down",
+                   lambda: self.device_up(self.victim) is False or (None, "still up"))
+        took += self.shoppers.write_some(12, "datanode down")
+        took.append(self.shoppers.op("insert", user, "pork", "datanode down"))
+        self.fail_on_retries("datanode")
+        return (f"device {self.victim} killed; {len(took)} writes acknowledged, "
+                f"slowest {max(took):.2f}s")
+
+    def device_up(self, device: int):
+        for entry in cluster_view(self.api)["devices"]:
+            if entry["id"] == device:
+                return entry["up"]
+        raise CheckFailed(f"device {device} not in /api/cluster")
+
+    # 3. a gateway cut off ---------------------------------------------------------------
+    def disconnect_gateway(self) -> str:
+        self.gateway_container = self.compose.container("gateway-1")
+        networks = self.compose.networks(self.gateway_container)
+        if len(networks) != 1:
+            raise CheckFailed(f"gateway-1 is on {len(networks)} networks, expected 1")
+        self.network, endpoint = next(iter(networks.items()))
+        self.aliases = [a for a in endpoint.get("Aliases") or [] if a]
+        run(["docker", "network", "disconnect", self.network, self.gateway_container])
+        took = self.shoppers.write_some(8, "gateway disconnected")
+        for user in self.shoppers.users():
+            self.shoppers.check_cart(user)
+        wait_until("the API to see one gateway",
+                   lambda: len(cluster_view(self.api)["api"]["gateways"]) == 1
+                   or (None, "still two"))
+        took += self.shoppers.write_some(12, "gateway gone")
+        for user in self.shoppers.users():
+            self.shoppers.check_cart(user)
+        self.fail_on_retries("gateway")
+        return (f"gateway-1 off {self.network}; {len(took)} writes and "
+                f"{2 * len(self.shoppers.users())} reads served, slowest write {max(took):.2f}s")
+
+    def fail_on_retries(self, phase: str) -> None:
+        retried = [r for r in self.shoppers.retried if phase in r]
+        if retried:
+            raise CheckFailed(f"writes were not acknowledged on the first attempt: {retried}")
+
+    # 4. both back -----------------------------------------------------------------------
+    def restart_both(self) -> str:
+        run(["docker", "start", self.victim_container])
+        command = ["docker", "network", "connect"]
+        for alias in self.aliases:
+            command += ["--alias", alias]
+        run(command + [self.network, self.gateway_container])
+        seen: dict[int, str] = {}
+
+        def whole() -> tuple[bool | None, str]:
+            # /api/cluster answers from one gateway at a time: wait until each of both has
+            # answered with every device up and both gateways registered.
+            view = cluster_view(self.api)
+            up = sum(1 for d in view["devices"] if d["up"] and d["reweight"] > 0)
+            state = (f"{up}/{len(view['devices'])} devices up and in, "
+                     f"{len(view['gateways'])} gateways, API knows {len(view['api']['gateways'])}")
+            if up == len(view["devices"]) and len(view["gateways"]) == 2 \
+                    and len(view["api"]["gateways"]) == 2:
+                seen[view["api"]["answered_by"]] = state
+            return len(seen) == 2 or None, f"{state}; full view from gateways {sorted(seen)}"
+
+        wait_until("every device and both gateways back, seen by both gateways", whole)
+        # What the victim missed, before anything reads the carts (and so repairs them);
+        # the anti-entropy sweep may already be at work.
+        self.stale = sum(1 for user in self.shoppers.users()
+                         for by_device in replica_states(self.api, user).values()
+                         if len({json.dumps(s, sort_keys=True) for s in by_device.values()}) > 1)
+        took = self.shoppers.write_some(12, "after restart")
+        return (f"device {self.victim} and gateway-1 back; {self.stale} items differed between "
+                f"replicas; {len(took)} more writes")
+
+    # 5. nothing lost, replicas agree ----------------------------------------------------
+    def acknowledged_present(self) -> str:
+        for user in self.shoppers.users():
+            self.shoppers.check_cart(user)
+        self.check_categories()
+        units = sum(sum(self.shoppers.expected_cart(u).values()) for u in self.shoppers.users())
+        return (f"{self.shoppers.acked} acknowledged operations: every cart exact "
+                f"({len(self.shoppers.users())} users, {units} units)")
+
+    def replicas_agree(self) -> str:
+        def agreed():
+            pending = []
+            for user in self.shoppers.users():
+                self.shoppers.check_cart(user)  # a read repairs what it finds stale
+                problem = disagreement(self.api, user, self.replicas)
+                if problem:
+                    pending.append(problem)
+            return not pending or None, "; ".join(pending)
+
+        wait_until("every replica of every item to agree", agreed)
+        victim_holds = sum(
+            1 for user in self.shoppers.users()
+            for by_device in replica_states(self.api, user).values() if self.victim in by_device)
+        view = cluster_view(self.api)["maintenance"]
+        sweep = view.get("anti_entropy") or {}
+        return (f"all items identical on their replicas ({self.stale} differed after the "
+                f"restart); device {self.victim} holds {victim_holds}; repairs so far: "
+                f"{view.get('repairs')} by the answering gateway, {sweep.get('repairs')} by "
+                f"the anti-entropy sweep")
+
+    def run(self) -> int:
+        steps = [
+            ("cart scenario: inserts, deletes, list_all, list_category", self.scenario),
+            ("docker kill a data node; writes still succeed", self.kill_datanode),
+            ("network-disconnect a gateway; the other serves", self.disconnect_gateway),
+            ("restart the data node and reconnect the gateway", self.restart_both),
+            ("every acknowledged operation is present", self.acknowledged_present),
+            ("the replicas agree", self.replicas_agree),
+        ]
+        for name, step in steps:
+            if not self.check(name, step):
+                break  # later steps depend on the earlier ones
+        passed = sum(1 for _, ok, _ in self.results if ok)
+        failed = len(self.results) - passed
+        skipped = len(steps) - len(self.results)
+        print("\ncompose test results:")
+        for name, ok, detail in self.results:
+            print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}")
+        for name, _ in steps[len(self.results):]:
+            print(f"  SKIP  {name}")
+        if self.shoppers.retried:
+            print("  operations that needed a retry:")
+            for line in self.shoppers.retried:
+                print(f"    {line}")
+        print(f"compose: {passed} passed, {failed} failed, {skipped} skipped")
+        return 0 if failed == 0 and skipped == 0 else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--api", required=True, help="base URL of the API server")
+    parser.add_argument("--token", default="", help="the admin token")
+    parser.add_argument("--replicas", type=int, default=3, help="RF")
+    parser.add_argument("compose", nargs="+", help="the compose command (after --)")
+    return Test(parser.parse_args()).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
