@@ -9,8 +9,9 @@
 #      healthy and the API sees 6 devices up and 2 gateways
 #   3. the test: a cart scenario (inserts, deletes, list_all, list_category); docker kill a
 #      data node and keep writing; docker network disconnect a gateway and keep serving
-#      through the other; start the data node and reconnect the gateway; check that every
-#      acknowledged operation is present and that the replicas agree
+#      through the other; reconnect the gateway (with its address: docker/compose-test.yaml
+#      gives the network a subnet so that `connect --ip` works) and start the data node;
+#      check that every acknowledged operation is present and that the replicas agree
 #   4. down -v: containers, network and volumes go, even when the test fails (images and
 #      the base image stay, as cache for the next run). On failure every service's log is
 #      saved first, under target/compose-test/.
@@ -18,7 +19,10 @@
 # Exits non-zero when anything fails. Environment: CARTDB_API_PORT (the host port of the
 # test's API; default 8080, or a free port when 8080 is taken and the variable is unset),
 # CARTDB_TEST_PROJECT (cartdb-test), CARTDB_COMPOSE, CARTDB_START_TIMEOUT (seconds, 180),
-# CARTDB_KEEP_CLUSTER=1 (leave the cluster running afterwards, for debugging).
+# CARTDB_KEEP_CLUSTER=1 (leave the cluster running afterwards, for debugging),
+# CARTDB_TEST_REJOIN (same-address: the disconnected gateway comes back with its address, as
+# after a healed partition; new-address: with another one, as a moved host),
+# CARTDB_TEST_SUBNET (the test network's subnet; default: a free /24 in 172.28-30.200-255.0).
 set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -40,8 +44,36 @@ CARTDB_ADMIN_TOKEN="compose-test-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 export CARTDB_ADMIN_TOKEN
 export CARTDB_REPLICAS=3 CARTDB_WRITE_QUORUM=2 CARTDB_READ_QUORUM=2 CARTDB_API_BIND=127.0.0.1
 START_TIMEOUT="${CARTDB_START_TIMEOUT:-180}"
+# The network's subnet is chosen just before `up`; until then compose still needs a value
+# to read docker/compose-test.yaml (build and down do not use it).
+subnet_wanted="${CARTDB_TEST_SUBNET:-}"
+export CARTDB_TEST_SUBNET="${subnet_wanted:-192.0.2.0/24}"
 LOG_DIR="${CARGO_TARGET_DIR:-$CARTDB_REPO/target}/compose-test"
 begun=$SECONDS
+
+# free_subnet: a /24 for the test's network that overlaps no Docker network and no route of
+# this host (docker/compose-test.yaml gives it to the network, so a gateway can be
+# reconnected with its own address).
+free_subnet() {
+    local taken
+    taken=$({
+        # shellcheck disable=SC2046 # one argument per network id
+        docker network inspect --format '{{range .IPAM.Config}}{{.Subnet}} {{end}}' $(docker network ls -q)
+        ip -4 route 2>/dev/null | awk '{print $1}'
+    } | tr ' ' '\n')
+    python3 - "$taken" <<'PY'
+import ipaddress, sys
+taken = [ipaddress.ip_network(n, strict=False) for n in sys.argv[1].split()
+         if n[:1].isdigit() and ":" not in n]
+for third in range(200, 256):
+    for second in (30, 29, 28):
+        candidate = ipaddress.ip_network(f"172.{second}.{third}.0/24")
+        if not any(candidate.overlaps(net) for net in taken):
+            print(candidate)
+            sys.exit(0)
+sys.exit("no free /24 in 172.28-30.200-255.0")
+PY
+}
 
 # A free port on 127.0.0.1 (the kernel's choice), for when 8080 is taken.
 free_port() {
@@ -52,7 +84,7 @@ section "compose test: Docker"
 docker_install_missing
 docker_ensure_daemon
 docker_ensure_base_image
-compose_init
+compose_init "$CARTDB_REPO/docker/compose-test.yaml"
 
 up=0
 teardown() {
@@ -96,6 +128,10 @@ if [[ -z ${CARTDB_API_PORT:-} ]]; then
     fi
 fi
 export CARTDB_API_PORT
+if [[ -z $subnet_wanted ]]; then
+    CARTDB_TEST_SUBNET=$(free_subnet) || die "no free subnet for the test's network"
+fi
+info "the test's network: $CARTDB_TEST_SUBNET, its API: 127.0.0.1:$CARTDB_API_PORT"
 API_URL="http://127.0.0.1:$CARTDB_API_PORT"
 up=1
 started=$SECONDS
@@ -109,5 +145,6 @@ ok "cluster ready $((SECONDS - started))s after up"
 section "compose test: scenario, faults and checks"
 started=$SECONDS
 python3 "$CARTDB_REPO/scripts/lib/compose_test.py" --api "$API_URL" \
-    --token "$CARTDB_ADMIN_TOKEN" --replicas "$CARTDB_REPLICAS" -- "${COMPOSE[@]}"
+    --token "$CARTDB_ADMIN_TOKEN" --replicas "$CARTDB_REPLICAS" \
+    --rejoin "${CARTDB_TEST_REJOIN:-same-address}" -- "${COMPOSE[@]}"
 ok "compose test passed in $((SECONDS - started))s"

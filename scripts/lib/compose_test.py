@@ -16,6 +16,7 @@ deadline; nothing sleeps to synchronise. Uses the Python standard library only.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import subprocess
 import sys
@@ -80,8 +81,9 @@ def _decode(raw: bytes):
 
 
 def wait_until(what: str, check, timeout: float = PHASE_TIMEOUT):
-    """Calls check() until it returns something other than None/False; the last reason it
-    gave (a string in a tuple (None, reason)) is in the error on time-out."""
+    """Calls check() until it returns a value other than None or False (0 is a value), and
+    returns that value. check() may return (value, reason): the last reason is in the error
+    on time-out. An OSError or CheckFailed from check() counts as "not yet"."""
     deadline = time.monotonic() + timeout
     reason = "never checked"
     while True:
@@ -93,7 +95,7 @@ def wait_until(what: str, check, timeout: float = PHASE_TIMEOUT):
             value, reason = result
         else:
             value, reason = result, "not yet"
-        if value:
+        if value is not None and value is not False:
             return value
         if time.monotonic() >= deadline:
             raise CheckFailed(f"gave up after {timeout}s waiting for {what}: {reason}")
@@ -114,37 +116,42 @@ class Shoppers:
     def user(self, n: int) -> str:
         return f"{self.run}-user{n}"
 
-    def op(self, kind: str, user: str, item: str, phase: str) -> float:
-        """Inserts or deletes one unit, retrying with the same Idempotency-Key until the API
-        gives a definite answer; returns the seconds it took. A delete is only sent for an
-        item the client knows is in the cart, so it must succeed."""
-        self.counter += 1
-        key = f"{self.run}-{self.counter}"
+    def answered(self, what: str, phase: str, send):
+        """Calls send() -> (status, body) until the API gives a definite answer (not 502,
+        503, 504 or no connection) or OP_TIMEOUT passes; returns (status, body, seconds).
+        Every retry is recorded under `phase`."""
         started = time.monotonic()
-        deadline = started + OP_TIMEOUT
         attempts = []
         while True:
             try:
-                status, body = self.api.call(
-                    "POST", f"/api/{kind}", {"userid": user, "item_name": item},
-                    headers={"Idempotency-Key": key})
+                status, body = send()
             except OSError as error:
                 status, body = None, f"{error.__class__.__name__}: {error}"
-            if status == 200:
+            if status not in (None, 502, 503, 504):
                 break
             attempts.append(f"{status} {body}")
-            if status not in (None, 502, 503, 504) or time.monotonic() >= deadline:
-                raise CheckFailed(f"{kind} {item} for {user} ({phase}) failed: {attempts}")
+            if time.monotonic() - started >= OP_TIMEOUT:
+                raise CheckFailed(f"{what} ({phase}): no answer within {OP_TIMEOUT}s: {attempts}")
             time.sleep(0.2)
-        took = time.monotonic() - started
         if attempts:
-            self.retried.append(f"{phase}: {kind} {user}/{item} needed {len(attempts) + 1} "
-                                f"attempts ({attempts[0]})")
+            self.retried.append(
+                f"{phase}: {what} needed {len(attempts) + 1} attempts ({attempts[0]})")
+        return status, body, time.monotonic() - started
+
+    def op(self, kind: str, user: str, item: str, phase: str) -> float:
+        """Inserts or deletes one unit, retrying with the same Idempotency-Key until the API
+        gives a definite answer (so it is applied exactly once); returns the seconds it took.
+        A delete is only sent for an item the client knows is in the cart, so it must
+        succeed."""
+        self.counter += 1
+        key = f"{self.run}-{self.counter}"
+        status, body, took = self.answered(
+            f"{kind} {user}/{item}", phase,
+            lambda: self.api.call("POST", f"/api/{kind}", {"userid": user, "item_name": item},
+                                  headers={"Idempotency-Key": key}))
+        if status != 200:
+            raise CheckFailed(f"{kind} {item} for {user} ({phase}): {status} {body}")
         self.expected[user][item] += 1 if kind == "insert" else -1
-        if self.expected[user][item] < 0:
-            raise CheckFailed(f"client bug: negative quantity for {user}/{item}")
-        if body.get("qty") is not None and kind == "delete" and body["qty"] < 0:
-            raise CheckFailed(f"delete answered a negative quantity: {body}")
         self.acked += 1
         return took
 
@@ -165,8 +172,11 @@ class Shoppers:
     def expected_cart(self, user: str) -> dict[str, int]:
         return {item: qty for item, qty in self.expected[user].items() if qty > 0}
 
-    def check_cart(self, user: str) -> None:
-        status, body = self.api.get(f"/api/list_all?userid={user}")
+    def check_cart(self, user: str, phase: str = "check") -> None:
+        """list_all answers exactly the expected cart. A read the API could not serve (503)
+        is retried (and recorded); an answer that lacks an acknowledged operation fails."""
+        status, body, _ = self.answered(f"list_all {user}", phase,
+                                        lambda: self.api.get(f"/api/list_all?userid={user}"))
         if status != 200:
             raise CheckFailed(f"list_all {user}: {status} {body}")
         got = {entry["name"]: entry["qty"] for entry in body["response"]}
@@ -197,6 +207,10 @@ class Compose:
     @staticmethod
     def inspect(container: str, template: str) -> str:
         return run(["docker", "inspect", "--format", template, container]).strip()
+
+    @staticmethod
+    def inspect_network(network: str, template: str) -> str:
+        return run(["docker", "network", "inspect", "--format", template, network]).strip()
 
     def networks(self, container: str) -> dict:
         return json.loads(self.inspect(container, "{{json .NetworkSettings.Networks}}"))
@@ -242,7 +256,9 @@ def disagreement(api: Api, user: str, replicas: int) -> str | None:
         if len(by_device) < replicas:
             return f"{user} product {product} is on {sorted(by_device)} only"
         if any(state != states[0] for state in states[1:]):
-            return f"{user} product {product} differs between devices {sorted(by_device)}"
+            detail = "; ".join(f"device {device}: {json.dumps(state, sort_keys=True)}"
+                               for device, state in sorted(by_device.items()))
+            return f"{user} product {product} differs between devices: {detail}"
     return None
 
 
@@ -250,6 +266,7 @@ class Test:
     def __init__(self, args) -> None:
         self.api = Api(args.api, args.token)
         self.replicas = args.replicas
+        self.rejoin = args.rejoin
         self.compose = Compose(args.compose)
         self.shoppers = Shoppers(self.api, "ct" + uuid.uuid4().hex[:8])
         self.results: list[tuple[str, bool, str]] = []
@@ -300,7 +317,9 @@ class Test:
 
     def check_categories(self) -> None:
         for category in sorted(set(CATEGORY.values())):
-            status, body = self.api.get(f"/api/list_category?category={category}", admin=True)
+            status, body, _ = self.shoppers.answered(
+                f"list_category {category}", "check",
+                lambda: self.api.get(f"/api/list_category?category={category}", admin=True))
             if status != 200:
                 raise CheckFailed(f"list_category {category}: {status} {body}")
             listed = set(body["users"])
@@ -345,16 +364,17 @@ class Test:
             raise CheckFailed(f"gateway-1 is on {len(networks)} networks, expected 1")
         self.network, endpoint = next(iter(networks.items()))
         self.aliases = [a for a in endpoint.get("Aliases") or [] if a]
+        self.gateway_ip = endpoint["IPAddress"]
         run(["docker", "network", "disconnect", self.network, self.gateway_container])
         took = self.shoppers.write_some(8, "gateway disconnected")
         for user in self.shoppers.users():
-            self.shoppers.check_cart(user)
+            self.shoppers.check_cart(user, "gateway disconnected")
         wait_until("the API to see one gateway",
                    lambda: len(cluster_view(self.api)["api"]["gateways"]) == 1
                    or (None, "still two"))
         took += self.shoppers.write_some(12, "gateway gone")
         for user in self.shoppers.users():
-            self.shoppers.check_cart(user)
+            self.shoppers.check_cart(user, "gateway gone")
         self.fail_on_retries("gateway")
         return (f"gateway-1 off {self.network}; {len(took)} writes and "
                 f"{2 * len(self.shoppers.users())} reads served, slowest write {max(took):.2f}s")
@@ -366,11 +386,14 @@ class Test:
 
     # 4. both back -----------------------------------------------------------------------
     def restart_both(self) -> str:
-        run(["docker", "start", self.victim_container])
-        command = ["docker", "network", "connect"]
+        # The gateway first, so that the data node starting after it cannot take its address.
+        address = self.gateway_ip if self.rejoin == "same-address" else self.unused_address()
+        command = ["docker", "network", "connect", "--ip", address]
         for alias in self.aliases:
             command += ["--alias", alias]
         run(command + [self.network, self.gateway_container])
+        log(f"gateway-1 back on {self.network} at {address} (it had {self.gateway_ip})")
+        run(["docker", "start", self.victim_container])
         seen: dict[int, str] = {}
 
         def whole() -> tuple[bool | None, str]:
@@ -387,13 +410,30 @@ class Test:
 
         wait_until("every device and both gateways back, seen by both gateways", whole)
         # What the victim missed, before anything reads the carts (and so repairs them);
-        # the anti-entropy sweep may already be at work.
-        self.stale = sum(1 for user in self.shoppers.users()
-                         for by_device in replica_states(self.api, user).values()
-                         if len({json.dumps(s, sort_keys=True) for s in by_device.values()}) > 1)
+        # the anti-entropy sweep may already be at work. Polled: right after the network
+        # comes back, the reconnected gateway's first requests on its old connections can
+        # time out until TCP retransmits.
+        self.stale = wait_until("every replica to answer the dump", self.count_stale)
         took = self.shoppers.write_some(12, "after restart")
         return (f"device {self.victim} and gateway-1 back; {self.stale} items differed between "
                 f"replicas; {len(took)} more writes")
+
+    def unused_address(self) -> str:
+        """The highest address of the network's subnet that no container uses."""
+        subnet = json.loads(Compose.inspect_network(self.network, "{{json .IPAM.Config}}"))[0]
+        used = {c["IPv4Address"].split("/")[0] for c in json.loads(
+            Compose.inspect_network(self.network, "{{json .Containers}}")).values()}
+        network = ipaddress.ip_network(subnet["Subnet"])
+        for host in reversed(list(network.hosts())):
+            if str(host) not in used and str(host) != subnet.get("Gateway"):
+                return str(host)
+        raise CheckFailed(f"no unused address in {network}")
+
+    def count_stale(self) -> int:
+        """The number of items whose replicas differ."""
+        return sum(1 for user in self.shoppers.users()
+                   for by_device in replica_states(self.api, user).values()
+                   if len({json.dumps(s, sort_keys=True) for s in by_device.values()}) > 1)
 
     # 5. nothing lost, replicas agree ----------------------------------------------------
     def acknowledged_present(self) -> str:
@@ -418,7 +458,7 @@ class Test:
         victim_holds = sum(
             1 for user in self.shoppers.users()
             for by_device in replica_states(self.api, user).values() if self.victim in by_device)
-        view = cluster_view(self.api)["maintenance"]
+        view = wait_until("/api/cluster", lambda: cluster_view(self.api))["maintenance"]
         sweep = view.get("anti_entropy") or {}
         return (f"all items identical on their replicas ({self.stale} differed after the "
                 f"restart); device {self.victim} holds {victim_holds}; repairs so far: "
@@ -430,7 +470,7 @@ class Test:
             ("cart scenario: inserts, deletes, list_all, list_category", self.scenario),
             ("docker kill a data node; writes still succeed", self.kill_datanode),
             ("network-disconnect a gateway; the other serves", self.disconnect_gateway),
-            ("restart the data node and reconnect the gateway", self.restart_both),
+            ("reconnect the gateway and restart the data node", self.restart_both),
             ("every acknowledged operation is present", self.acknowledged_present),
             ("the replicas agree", self.replicas_agree),
         ]
@@ -458,6 +498,9 @@ def main() -> int:
     parser.add_argument("--api", required=True, help="base URL of the API server")
     parser.add_argument("--token", default="", help="the admin token")
     parser.add_argument("--replicas", type=int, default=3, help="RF")
+    parser.add_argument("--rejoin", choices=["same-address", "new-address"],
+                        default="same-address",
+                        help="the address the disconnected gateway comes back with")
     parser.add_argument("compose", nargs="+", help="the compose command (after --)")
     return Test(parser.parse_args()).run()
 

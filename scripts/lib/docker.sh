@@ -151,8 +151,9 @@ image_size() {
     echo "$((bytes / 1000000)) MB"
 }
 
+# compose_init [EXTRA_COMPOSE_FILE...]: sets COMPOSE; extra files are added after compose.yaml.
 compose_init() {
-    local choice=${CARTDB_COMPOSE:-}
+    local choice=${CARTDB_COMPOSE:-} extra
     if [[ -z $choice ]]; then
         if compose_v2_present; then
             choice="docker compose"
@@ -164,6 +165,7 @@ compose_init() {
     fi
     read -r -a COMPOSE <<<"$choice"
     COMPOSE+=(-f "$CARTDB_REPO/compose.yaml")
+    for extra in "$@"; do COMPOSE+=(-f "$extra"); done
     [[ -n ${COMPOSE_PROJECT_NAME:-} ]] && COMPOSE+=(-p "$COMPOSE_PROJECT_NAME")
     # Compose v1 prints its own progress; keep its output plain when not on a terminal.
     [[ -t 1 ]] || export COMPOSE_INTERACTIVE_NO_CLI=1
