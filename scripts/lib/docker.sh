@@ -9,8 +9,9 @@
 #   docker_ensure_base_image    debian:bookworm-slim: kept if present, else pulled, else made
 #                               locally with debootstrap (there is no registry on CI machines)
 #   compose_init                sets COMPOSE=(the compose command with -f compose.yaml -p NAME)
-#   cartdb_build_images         cargo build --release, stages stripped binaries and the
-#                               policies into docker/cartdb/dist/, builds both images
+#   cartdb_build_images         cargo build --release (into release_target_dir), stages
+#                               stripped binaries and the policies into docker/cartdb/dist/,
+#                               builds both images
 #
 # Settings (environment): CARTDB_COMPOSE ("docker compose" or "docker-compose"; default: v2
 # when installed, else v1), COMPOSE_PROJECT_NAME (compose's own; default: the directory
@@ -211,12 +212,29 @@ glibc_needed() {
 
 version_at_most() { [[ $(printf '%s\n%s\n' "$1" "$2" | sort -V | tail -n 1) == "$2" ]]; }
 
+# release_target_dir: where the release build goes. CARGO_TARGET_DIR when set; in CI
+# (CI=true) a directory kept on the machine between runs, because CI starts from a fresh
+# clone whose target/ is empty and a cold release build takes about 10 minutes on 2 cores
+# (CARTDB_CI_TARGET_DIR, default ~/.cache/cartdb/release-target); else the repository's
+# target/, shared with start-cluster.sh and cargo.
+release_target_dir() {
+    if [[ -n ${CARGO_TARGET_DIR:-} ]]; then
+        echo "$CARGO_TARGET_DIR"
+    elif [[ ${CI:-} == true ]]; then
+        echo "${CARTDB_CI_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cartdb/release-target}"
+    else
+        echo "$CARTDB_REPO/target"
+    fi
+}
+
 cartdb_build_images() {
-    local target="${CARGO_TARGET_DIR:-$CARTDB_REPO/target}" started
+    local target started
+    target=$(release_target_dir)
     command -v objcopy >/dev/null 2>&1 || apt_install binutils
     started=$SECONDS
-    info "cargo build --release --workspace (nothing to do when an earlier step built it)"
-    (cd "$CARTDB_REPO" && cargo build --release --workspace) || die "cargo build --release failed"
+    info "cargo build --release --workspace into $target (nothing to do when already built)"
+    (cd "$CARTDB_REPO" && CARGO_TARGET_DIR=$target cargo build --release --workspace) ||
+        die "cargo build --release failed"
     ok "release build ready in $((SECONDS - started))s"
     stage_dist "$target"
     started=$SECONDS
