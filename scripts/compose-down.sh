@@ -26,6 +26,7 @@ done
 
 command -v docker >/dev/null 2>&1 || die "docker is not installed: there is no compose cluster to stop"
 docker_answers || die "dockerd is not running: there is no compose cluster to stop"
+# shellcheck disable=SC2119 # no extra compose files
 compose_init
 info "${COMPOSE[*]} down ${volumes[*]}"
 "${COMPOSE[@]}" down --remove-orphans "${volumes[@]}"

@@ -3,8 +3,9 @@
 # The compose cluster test (run by scripts/test.sh, so by CI): brings compose.yaml up in a
 # project of its own, runs scripts/lib/compose_test.py against it, and tears it down.
 #
-#   1. Docker, dockerd and the base image as in compose-up.sh; cargo build --release (a
-#      no-op when already built), staging, image builds (docker's layer cache is kept)
+#   1. Docker, dockerd, scripts/install-deps.sh and the base image as in compose-up.sh;
+#      cargo build --release (a no-op when already built), staging, image builds (Docker's
+#      layer cache is kept)
 #   2. up -d in project "cartdb-test" with an admin token; waits until every container is
 #      healthy and the API sees 6 devices up and 2 gateways
 #   3. the test: a cart scenario (inserts, deletes, list_all, list_category); docker kill a
@@ -22,7 +23,10 @@
 # CARTDB_KEEP_CLUSTER=1 (leave the cluster running afterwards, for debugging),
 # CARTDB_TEST_REJOIN (same-address: the disconnected gateway comes back with its address, as
 # after a healed partition; new-address: with another one, as a moved host),
-# CARTDB_TEST_SUBNET (the test network's subnet; default: a free /24 in 172.28-30.200-255.0).
+# CARTDB_TEST_SUBNET (the test network's subnet; default: a free /24 in 172.28-30.200-255.0),
+# CARTDB_TEST_WRITES_AFTER_HEAL (writes made right after both are back, before the checks: 0).
+# The two CARTDB_TEST_ modes that are off by default reproduce faults of the gateways and
+# data nodes found by this test; docs/compose.md describes them.
 set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -82,6 +86,7 @@ free_port() {
 
 section "compose test: Docker"
 docker_install_missing
+"$CARTDB_REPO/scripts/install-deps.sh"
 docker_ensure_daemon
 docker_ensure_base_image
 compose_init "$CARTDB_REPO/docker/compose-test.yaml"
@@ -102,8 +107,9 @@ teardown() {
             warn "CARTDB_KEEP_CLUSTER=1: leaving project $COMPOSE_PROJECT_NAME running (remove it with: ${COMPOSE[*]} down -v)"
         else
             section "compose test: teardown (down -v)"
+            local started=$SECONDS
             "${COMPOSE[@]}" down -v --remove-orphans --timeout 10 2>&1 | tail -n 3
-            ok "containers, network and volumes of $COMPOSE_PROJECT_NAME removed"
+            ok "containers, network and volumes of $COMPOSE_PROJECT_NAME removed in $((SECONDS - started))s"
         fi
     fi
     docker_stop_started_daemon
@@ -146,5 +152,6 @@ section "compose test: scenario, faults and checks"
 started=$SECONDS
 python3 "$CARTDB_REPO/scripts/lib/compose_test.py" --api "$API_URL" \
     --token "$CARTDB_ADMIN_TOKEN" --replicas "$CARTDB_REPLICAS" \
-    --rejoin "${CARTDB_TEST_REJOIN:-same-address}" -- "${COMPOSE[@]}"
+    --rejoin "${CARTDB_TEST_REJOIN:-same-address}" \
+    --writes-after-heal "${CARTDB_TEST_WRITES_AFTER_HEAL:-0}" -- "${COMPOSE[@]}"
 ok "compose test passed in $((SECONDS - started))s"

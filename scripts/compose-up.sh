@@ -3,7 +3,8 @@
 # Takes a machine from nothing to a running compose cluster (compose.yaml: a 3-node
 # ZooKeeper ensemble, 6 data nodes, 2 gateways and the API server), printing each step:
 #
-#   1. installs docker.io and docker-compose if they are missing (apt-get)
+#   1. installs docker.io and docker-compose if they are missing (apt-get), and what the
+#      host build needs (scripts/install-deps.sh: a linker, the wasm32 Rust target, ...)
 #   2. starts dockerd in the background if none answers
 #   3. makes the base image debian:bookworm-slim if it is absent (docker pull, or
 #      debootstrap + docker import where no registry is reachable)
@@ -49,13 +50,15 @@ API_URL="http://$api_host:$API_PORT"
 begun=$SECONDS
 
 if ((deps)); then
-    section "1/7 Docker and compose"
+    section "1/7 Docker and compose (and what building cartdb needs: scripts/install-deps.sh)"
     docker_install_missing
+    "$CARTDB_REPO/scripts/install-deps.sh"
 fi
 section "2/7 dockerd"
 docker_ensure_daemon
 section "3/7 base image"
 docker_ensure_base_image
+# shellcheck disable=SC2119 # no extra compose files
 compose_init
 if ((build)); then
     section "4/7 images"

@@ -267,6 +267,7 @@ class Test:
         self.api = Api(args.api, args.token)
         self.replicas = args.replicas
         self.rejoin = args.rejoin
+        self.writes_after_heal = args.writes_after_heal
         self.compose = Compose(args.compose)
         self.shoppers = Shoppers(self.api, "ct" + uuid.uuid4().hex[:8])
         self.results: list[tuple[str, bool, str]] = []
@@ -414,9 +415,9 @@ class Test:
         # comes back, the reconnected gateway's first requests on its old connections can
         # time out until TCP retransmits.
         self.stale = wait_until("every replica to answer the dump", self.count_stale)
-        took = self.shoppers.write_some(12, "after restart")
+        took = self.shoppers.write_some(self.writes_after_heal, "after restart")
         return (f"device {self.victim} and gateway-1 back; {self.stale} items differed between "
-                f"replicas; {len(took)} more writes")
+                f"replicas; {len(took)} writes right after")
 
     def unused_address(self) -> str:
         """The highest address of the network's subnet that no container uses."""
@@ -501,6 +502,8 @@ def main() -> int:
     parser.add_argument("--rejoin", choices=["same-address", "new-address"],
                         default="same-address",
                         help="the address the disconnected gateway comes back with")
+    parser.add_argument("--writes-after-heal", type=int, default=0,
+                        help="writes made right after both are back, before the checks")
     parser.add_argument("compose", nargs="+", help="the compose command (after --)")
     return Test(parser.parse_args()).run()
 
