@@ -62,6 +62,7 @@ docker_install_missing() {
 docker_answers() { docker info >/dev/null 2>&1; }
 
 docker_ensure_daemon() {
+    local started=$SECONDS
     if docker_answers; then
         ok "dockerd answers ($(docker version --format '{{.Server.Version}}' 2>/dev/null))"
         return 0
@@ -83,7 +84,7 @@ docker_ensure_daemon() {
         log_tail "$DOCKERD_LOG" 30
         die "dockerd did not start (the kernel may lack what it needs: overlayfs, cgroups, iptables)"
     fi
-    ok "dockerd answers ($(docker version --format '{{.Server.Version}}' 2>/dev/null))"
+    ok "dockerd answers ($(docker version --format '{{.Server.Version}}' 2>/dev/null)), started in $((SECONDS - started))s"
 }
 
 docker_stop_started_daemon() {
