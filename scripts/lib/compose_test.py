@@ -383,7 +383,7 @@ class Test:
     def fail_on_retries(self, phase: str) -> None:
         retried = [r for r in self.shoppers.retried if phase in r]
         if retried:
-            raise CheckFailed(f"writes were not acknowledged on the first attempt: {retried}")
+            raise CheckFailed(f"requests not served on their first attempt: {retried}")
 
     # 4. both back -----------------------------------------------------------------------
     def restart_both(self) -> str:
