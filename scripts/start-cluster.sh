@@ -178,25 +178,7 @@ API_PIDS+=("$LAUNCHED")
 # cluster_state: prints "<devices up>/<devices> devices up, <n> gateways" from /api/cluster
 # and succeeds when all are there.
 cluster_state() {
-    python3 - "$API_URL/api/cluster" "$DATANODES" "$GATEWAYS" <<'PY'
-import json, sys, urllib.error, urllib.request
-url, want_devices, want_gateways = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    with opener.open(url, timeout=3) as reply:
-        doc = json.load(reply)
-except urllib.error.HTTPError as error:  # up, but no gateway to answer yet
-    print(f"API answers {error.code} on /api/cluster (not ready yet)")
-    sys.exit(1)
-except Exception as error:  # not listening yet
-    print(f"API not answering yet ({error.__class__.__name__})")
-    sys.exit(1)
-devices = doc.get("devices") or []
-up = [d for d in devices if d.get("up") is True or d.get("status") == "up"]
-gateways = doc.get("gateways") or []
-print(f"{len(up)}/{len(devices)} devices up, {len(gateways)} gateways")
-sys.exit(0 if len(devices) == want_devices and len(up) == want_devices and len(gateways) == want_gateways else 1)
-PY
+    api_cluster_state "$API_URL" "$DATANODES" "$GATEWAYS"
 }
 
 info "waiting (up to ${START_TIMEOUT}s) for all $DATANODES devices and $GATEWAYS gateways in $API_URL/api/cluster"

@@ -57,3 +57,28 @@ log_tail() {
         printf -- '----- %s does not exist -----\n' "$file" >&2
     fi
 }
+
+# api_cluster_state URL DEVICES GATEWAYS: prints "<up>/<devices> devices up, <n> gateways"
+# from URL/api/cluster; succeeds when every device is up and all gateways are registered.
+api_cluster_state() {
+    python3 - "$1/api/cluster" "$2" "$3" <<'PY'
+import json, sys, urllib.error, urllib.request
+url, want_devices, want_gateways = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(url, timeout=5) as reply:
+        doc = json.load(reply)
+except urllib.error.HTTPError as error:
+    print(f"API answers {error.code} on /api/cluster")
+    sys.exit(1)
+except Exception as error:
+    print(f"API not answering ({error.__class__.__name__})")
+    sys.exit(1)
+devices = doc.get("devices") or []
+up = [d for d in devices if d.get("up") is True]
+gateways = doc.get("gateways") or []
+print(f"{len(up)}/{len(devices)} devices up, {len(gateways)} gateways")
+ok = len(devices) == want_devices and len(up) == want_devices and len(gateways) == want_gateways
+sys.exit(0 if ok else 1)
+PY
+}
