@@ -86,11 +86,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
-    let policy = load_policy(&settings.placement_policy).await?;
-    let merge_policy = match &settings.merge_policy {
-        Some(path) => Some(Arc::new(load_merge_policy(path).await?)),
-        None => None,
-    };
+    let (policy, merge_policy) =
+        load_policies(&settings.placement_policy, settings.merge_policy.as_deref()).await?;
+    let merge_policy = merge_policy.map(Arc::new);
     // The session outlives `shutdown` on purpose: it is closed only after the drain.
     let session = CancellationToken::new();
     let Some(coordinator) = connect(&settings, &session, &shutdown).await? else {
@@ -193,40 +191,38 @@ async fn initial_view(
     Ok((Arc::new(ClusterView::new(topology)), replicas))
 }
 
-/// Compiles the policy component off the async workers.
-async fn load_policy(path: &Path) -> anyhow::Result<PlacementPolicy> {
-    let path = path.to_owned();
-    let policy = tokio::task::spawn_blocking(move || {
-        let engine = PolicyEngine::new()?;
-        PlacementPolicy::load(&engine, &path)
+/// Compiles both policy components off the async workers, with one engine (each engine has
+/// its own instance pool and epoch ticker thread).
+async fn load_policies(
+    placement: &Path,
+    merge: Option<&Path>,
+) -> anyhow::Result<(PlacementPolicy, Option<MergePolicy>)> {
+    let (placement, merge) = (placement.to_owned(), merge.map(Path::to_owned));
+    let (placement, merge) = tokio::task::spawn_blocking(move || {
+        let engine = PolicyEngine::new().context("cannot start the policy engine")?;
+        let placement = PlacementPolicy::load(&engine, &placement)
+            .context("cannot load the placement policy")?;
+        let merge = merge
+            .map(|path| MergePolicy::load(&engine, &path))
+            .transpose()
+            .context("cannot load the merge policy")?;
+        anyhow::Ok((placement, merge))
     })
     .await
-    .context("loading the placement policy failed")?
-    .context("cannot load the placement policy")?;
+    .context("loading the policies failed")??;
     tracing::info!(
-        policy = policy.name(),
-        sha256 = policy.sha256(),
+        policy = placement.name(),
+        sha256 = placement.sha256(),
         "placement policy loaded"
     );
-    Ok(policy)
-}
-
-/// Compiles the merge policy component off the async workers.
-async fn load_merge_policy(path: &Path) -> anyhow::Result<MergePolicy> {
-    let path = path.to_owned();
-    let policy = tokio::task::spawn_blocking(move || {
-        let engine = PolicyEngine::new()?;
-        MergePolicy::load(&engine, &path)
-    })
-    .await
-    .context("loading the merge policy failed")?
-    .context("cannot load the merge policy")?;
-    tracing::info!(
-        policy = policy.name(),
-        sha256 = policy.sha256(),
-        "merge policy loaded"
-    );
-    Ok(policy)
+    if let Some(merge) = &merge {
+        tracing::info!(
+            policy = merge.name(),
+            sha256 = merge.sha256(),
+            "merge policy loaded"
+        );
+    }
+    Ok((placement, merge))
 }
 
 /// Writes the map and catalog files to ZooKeeper when it has none yet.
