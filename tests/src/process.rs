@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 
 use anyhow::{Context, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 /// A child process with a fixed command line and a log file.
 #[derive(Debug)]
@@ -156,7 +154,7 @@ impl Service {
     /// # Errors
     /// When the process is not running or the signal cannot be sent.
     pub fn pause(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGSTOP)?;
+        self.signal("STOP")?;
         self.paused = true;
         Ok(())
     }
@@ -166,7 +164,7 @@ impl Service {
     /// # Errors
     /// When the process is not running or the signal cannot be sent.
     pub fn resume(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGCONT)?;
+        self.signal("CONT")?;
         self.paused = false;
         Ok(())
     }
@@ -176,15 +174,29 @@ impl Service {
     /// # Errors
     /// When the process is not running or the signal cannot be sent.
     pub fn terminate(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::SIGTERM)
+        self.signal("TERM")
     }
 
-    fn signal(&mut self, signal: Signal) -> anyhow::Result<()> {
+    /// Sends SIG`signal` with the shell's `kill` builtin (always there, unlike procps): the
+    /// test crate then needs no libc binding, which keeps its dependency features equal to
+    /// the rest of the workspace, so CI compiles every dependency once.
+    fn signal(&mut self, signal: &str) -> anyhow::Result<()> {
         let Some(child) = &self.child else {
-            bail!("{} is not running, cannot send {signal}", self.name);
+            bail!("{} is not running, cannot send SIG{signal}", self.name);
         };
-        let pid = Pid::from_raw(i32::try_from(child.id())?);
-        kill(pid, signal).with_context(|| format!("sending {signal} to {}", self.name))
+        let status = std::process::Command::new("sh")
+            .args(["-c", "kill -s \"$0\" \"$1\"", signal])
+            .arg(child.id().to_string())
+            .status()
+            .with_context(|| format!("running kill -{signal} for {}", self.name))?;
+        if !status.success() {
+            bail!(
+                "kill -{signal} {} ({}) failed: {status}",
+                child.id(),
+                self.name
+            );
+        }
+        Ok(())
     }
 
     /// Whether the process was stopped with [`Service::pause`] and not resumed.
