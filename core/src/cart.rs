@@ -114,6 +114,13 @@ impl ItemState {
         self.ops.iter().any(|op| op.id == id)
     }
 
+    /// Whether the log holds exactly `op`: this id at this version.
+    pub fn holds(&self, op: &Operation) -> bool {
+        self.ops
+            .binary_search_by_key(&op.log_order(), Operation::log_order)
+            .is_ok_and(|at| self.ops[at] == *op)
+    }
+
     /// Adds `op` at its version's place in the log.
     ///
     /// Returns `false`, and changes nothing, when the log already holds an operation with the

@@ -125,7 +125,7 @@ pub enum Outcome {
     NotInCart,
     /// The operation is not newer than the folded base: nothing written.
     TooOld { version: Version, base: Version },
-    /// A repair added this many operations.
+    /// A repair added this many operations, or moved them to a smaller version.
     Repaired { added: u32 },
     /// The operation is older than the acceptance window: nothing written.
     Expired { age_ms: u64, window_ms: u64 },
@@ -245,10 +245,23 @@ impl Slot {
 
     /// Whether the item holds (or has folded) an operation with this id.
     fn holds(&self, key: &ItemKey, id: OpId, reader: &dyn ItemReader) -> Result<bool, StoreError> {
-        if self.added.iter().any(|op| op.id == id) {
-            return Ok(true);
+        Ok(self.find(key, id, reader)?.is_some())
+    }
+
+    /// The operation with this id the item holds (or has folded), as the batch leaves it.
+    fn find(
+        &self,
+        key: &ItemKey,
+        id: OpId,
+        reader: &dyn ItemReader,
+    ) -> Result<Option<Operation>, StoreError> {
+        if let Some(op) = self.added.iter().rev().find(|op| op.id == id) {
+            return Ok(Some(*op));
         }
-        Ok(self.before.is_some() && reader.find_op(key, id)?.is_some())
+        if self.before.is_none() {
+            return Ok(None);
+        }
+        reader.find_op(key, id)
     }
 
     fn log(
@@ -325,6 +338,48 @@ impl Slot {
         self.head.digest = StateDigest::of(&base, &kept);
         self.changed = true;
         Ok(())
+    }
+
+    /// Moves `held`, in the log, to `op`: the same operation (same id) under the version the
+    /// merge keeps, which is the smaller one. A retry that reached replicas through different
+    /// gateways leaves one operation under two versions; without this move the replicas
+    /// would merge to the same answer but never hold the same state. `false` (nothing
+    /// changed) when `held` is already folded into the base, or `op` would be.
+    fn revise(
+        &mut self,
+        key: &ItemKey,
+        held: Operation,
+        op: Operation,
+        reader: &dyn ItemReader,
+    ) -> Result<bool, StoreError> {
+        let base = self.head.base;
+        if base
+            .version
+            .is_some_and(|v| held.version <= v || op.version <= v)
+        {
+            return Ok(false);
+        }
+        let log = self.log(key, reader)?;
+        let Some(at) = log.iter().position(|o| *o == held) else {
+            return Ok(false);
+        };
+        log.remove(at);
+        let to = log.partition_point(|o| o.log_order() < op.log_order());
+        log.insert(to, op);
+        let qty = fold_qty(base.qty, log.iter().map(|o| o.kind));
+        let latest = log.last().map(|o| o.version).or(base.version);
+        self.head.qty = qty;
+        self.head.latest = latest;
+        self.head.digest = self.head.digest.with(&held).with(&op);
+        // An entry added earlier in this batch was never written: drop it rather than fold it.
+        if let Some(at) = self.added.iter().position(|o| *o == held) {
+            self.added.remove(at);
+        } else {
+            self.folded.push(held);
+        }
+        self.added.push(op);
+        self.changed = true;
+        Ok(true)
     }
 
     fn set_meta(&mut self, meta: &ItemMeta) {
@@ -408,7 +463,15 @@ impl BatchPlan {
                 }
                 let mut added = 0u32;
                 for op in &repair.ops {
-                    if !slot.holds(key, op.id, reader)? && slot.add(key, *op, reader)? {
+                    let changed = match slot.find(key, op.id, reader)? {
+                        None => slot.add(key, *op, reader)?,
+                        // The merge keeps the smaller (version, kind) of one id; so does this.
+                        Some(held) if (op.version, op.kind) < (held.version, held.kind) => {
+                            slot.revise(key, held, *op, reader)?
+                        }
+                        Some(_) => false,
+                    };
+                    if changed {
                         added = added.saturating_add(1);
                     }
                 }
@@ -977,7 +1040,9 @@ mod tests {
             let mut items = self.items.lock().unwrap();
             let mut ids = self.ids.lock().unwrap();
             for w in writes {
+                // As the store: one id entry per id, the last write wins.
                 let known = ids.entry(w.key.clone()).or_default();
+                known.retain(|o| !w.added.iter().any(|a| a.id == o.id));
                 known.extend(&w.added);
                 known.retain(|o| !w.forgotten.contains(&o.id));
                 let state = items
@@ -1131,6 +1196,89 @@ mod tests {
             log.run(&[request(9, OpKind::Add, 15, false)]).0[..],
             [Outcome::TooOld { .. }]
         ));
+    }
+
+    fn repair_with(ops: Vec<Operation>) -> WriteRequest {
+        WriteRequest::Repair(RepairRequest {
+            key: key(),
+            meta: meta("c1"),
+            base: None,
+            ops,
+        })
+    }
+
+    #[test]
+    fn a_repair_moves_an_operation_held_under_a_larger_version_to_the_smaller() {
+        let log = MemoryLog::default();
+        log.run(&[
+            request(1, OpKind::Add, 10, false),
+            request(2, OpKind::Delete, 30, false),
+        ]);
+        // Operation 2 reached the other replicas through another gateway, stamped earlier
+        // than operation 1: the merge keeps that version, so this replica must move it.
+        let merged = vec![op(2, OpKind::Delete, 5), op(1, OpKind::Add, 10)];
+        let (outcomes, writes) = log.run(&[repair_with(merged.clone())]);
+        assert_eq!(outcomes, [Outcome::Repaired { added: 1 }]);
+        assert_eq!(writes[0].folded, [op(2, OpKind::Delete, 30)]);
+        let state = log.state().unwrap();
+        assert_eq!(state.ops, merged);
+        assert_eq!(
+            state.qty(),
+            1,
+            "the delete now comes first and finds nothing"
+        );
+        assert_eq!(
+            log.find_op(&key(), OpId(2)).unwrap(),
+            Some(op(2, OpKind::Delete, 5))
+        );
+        let (outcomes, writes) = log.run(&[repair_with(merged)]);
+        assert_eq!(outcomes, [Outcome::Repaired { added: 0 }]);
+        assert!(writes.is_empty(), "a repeated repair writes nothing");
+        let (outcomes, writes) = log.run(&[repair_with(vec![op(2, OpKind::Delete, 40)])]);
+        assert_eq!(outcomes, [Outcome::Repaired { added: 0 }]);
+        assert!(
+            writes.is_empty(),
+            "a larger version never replaces a smaller one"
+        );
+    }
+
+    #[test]
+    fn an_operation_added_and_moved_in_one_batch_is_written_once_at_the_smaller_version() {
+        let log = MemoryLog::default();
+        let (outcomes, writes) = log.run(&[
+            request(1, OpKind::Add, 30, false),
+            repair_with(vec![op(1, OpKind::Add, 5)]),
+        ]);
+        assert_eq!(
+            outcomes,
+            [applied(1, false), Outcome::Repaired { added: 1 }]
+        );
+        assert_eq!(writes[0].added, [op(1, OpKind::Add, 5)]);
+        assert!(writes[0].folded.is_empty(), "nothing was written to remove");
+        assert_eq!(log.state().unwrap().ops, [op(1, OpKind::Add, 5)]);
+    }
+
+    #[test]
+    fn a_folded_operation_is_not_moved() {
+        let log = MemoryLog::default();
+        log.run(&[request(1, OpKind::Add, 10, false)]);
+        let base = Base {
+            qty: 1,
+            version: Some(Version {
+                hlc: 20,
+                gateway: 1,
+            }),
+        };
+        log.run(&[WriteRequest::Repair(RepairRequest {
+            key: key(),
+            meta: meta("c1"),
+            base: Some(base),
+            ops: Vec::new(),
+        })]);
+        let (outcomes, writes) = log.run(&[repair_with(vec![op(1, OpKind::Add, 5)])]);
+        assert_eq!(outcomes, [Outcome::Repaired { added: 0 }]);
+        assert!(writes.is_empty());
+        assert_eq!(log.state().unwrap().qty(), 1);
     }
 
     fn run_at(log: &MemoryLog, timing: Timing, now_ms: u64, request: &WriteRequest) -> Outcome {

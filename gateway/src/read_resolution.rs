@@ -306,7 +306,9 @@ impl Repair {
         let ops: Vec<Operation> = merged
             .ops
             .iter()
-            .filter(|op| own.is_none_or(|s| !s.contains(op.id)))
+            // Held at another version counts as lacking: the replica moves it to the merged
+            // (smaller) one, or the replicas would never hold identical states.
+            .filter(|op| own.is_none_or(|s| !s.holds(op)))
             .copied()
             .collect();
         let meta_differs = own.is_some_and(|s| s.meta != merged.meta);
@@ -478,6 +480,24 @@ mod tests {
         assert!(
             r.repairs[0].ops.is_empty(),
             "it holds every newer operation"
+        );
+    }
+
+    #[test]
+    fn an_operation_held_under_a_larger_version_is_sent_at_the_merged_one() {
+        let p = plan(&[("1", &[1, 3])]);
+        let early = state("1", &[(1, OpKind::Add), (2, OpKind::Add)]);
+        // The same two operations, the second stamped later by another gateway (a retry).
+        let mut late = early.clone();
+        late.ops[1].version.hlc += 50;
+        let answers = [(1, vec![early.clone()]), (3, vec![late])];
+        let states: BTreeMap<DeviceId, Vec<ItemState>> = answers.iter().cloned().collect();
+        let r = Repairs::plan(&p, &summaries(&answers), &states, merge);
+        assert_eq!(r.merged, [early.summary()]);
+        assert_eq!(r.repairs.len(), 1);
+        assert_eq!(
+            (r.repairs[0].device, &r.repairs[0].ops),
+            (3, &vec![early.ops[1]])
         );
     }
 

@@ -147,8 +147,13 @@ impl GatewayService {
         )
         .await;
         match outcome {
-            WriteOutcome::Acknowledged { qty, acked } => {
-                self.record_replicas(&write.key, &acked, deadline).await?;
+            WriteOutcome::Acknowledged { qty, .. } => {
+                // Every device the write was sent to, not only those that answered in time:
+                // a late one still applies it (each send runs in its own task), and a copy
+                // the directory does not list would be read and repaired by nobody. A device
+                // that never got it is listed too; reads then see it lacking the item, and
+                // read repair fills it in.
+                self.record_replicas(&write.key, &devices, deadline).await?;
                 Ok(GatewayResponse::Updated { qty })
             }
             WriteOutcome::NotInCart => Err(GatewayFailure::NotInCart { name: item_name }),
@@ -191,15 +196,15 @@ impl GatewayService {
         })
     }
 
-    /// Records `acked` devices the directory does not list for `key` yet; a known item
+    /// Records the `devices` the directory does not list for `key` yet; a known item
     /// makes no ZooKeeper request.
     async fn record_replicas(
         &self,
         key: &ItemKey,
-        acked: &[u32],
+        devices: &[u32],
         deadline: Instant,
     ) -> Result<(), GatewayFailure> {
-        let missing = self.parts.directory.missing(key, acked);
+        let missing = self.parts.directory.missing(key, devices);
         if missing.is_empty() {
             return Ok(());
         }

@@ -367,3 +367,77 @@ async fn a_retried_insert_applies_once_across_gateways_and_a_replica_failure() -
     .await?;
     Ok(())
 }
+
+/// A retry can stamp one operation twice: the first attempt reached two replicas while the
+/// third was dead, the retry (a new request, so a new version) reached the third once it was
+/// back. The merge keeps the smaller version; read repair must move the third replica's copy
+/// to it, or the replicas would answer alike but never hold the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_operation_stamped_twice_by_a_retry_ends_at_one_version() -> Result<()> {
+    let mut cluster = Cluster::start(options()).await?;
+    let api = cluster.client().clone();
+    let user = "stamped-twice";
+    api.insert_with_key(user, "beef", "order-1")
+        .await?
+        .expect_status(200);
+    let victim = holders(&api, user, "5").await?[0] as usize;
+    cluster.kill_datanode(victim)?;
+    // Once the gateways have seen it go, order-2 goes to a substitute instead, and the
+    // gateways stop calling the victim (a call to a dead peer backs off its reconnects,
+    // which could make the retry below skip the victim).
+    cluster
+        .wait_for_view("the victim out", PHASE_TIMEOUT, |view| {
+            view.devices_up_and_in() == 5
+        })
+        .await?;
+    api.insert_with_key(user, "beef", "order-2")
+        .await?
+        .expect_status(200);
+    cluster.restart_datanode(victim)?;
+    cluster
+        .wait_for_view("every device up again", PHASE_TIMEOUT, |view| {
+            view.devices_up_and_in() == 6
+        })
+        .await?;
+    // Nothing has read the cart since, so the victim still lacks order-2: the retry gives
+    // it order-2 under a newer version than the other replicas hold.
+    let retry = api.insert_with_key(user, "beef", "order-2").await?;
+    retry.expect_status(200);
+    assert_eq!(retry.qty(), Some(2), "the retry is recognised");
+    // The retry was answered once two replicas acknowledged; the victim's copy may lag.
+    wait_until("the victim to take the retry", PHASE_TIMEOUT, || async {
+        let states = &replica_states(&api, user).await?["5"];
+        let ops = |device: &u64| {
+            states[device]["ops"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let victim_ops = ops(&(victim as u64));
+        if victim_ops.len() < 2 {
+            bail!(
+                "the victim holds {} operations: {states:?}",
+                victim_ops.len()
+            );
+        }
+        assert!(
+            states
+                .keys()
+                .any(|d| ops(d).len() == 2 && ops(d) != victim_ops),
+            "another replica holds order-2 under its first version: {states:?}"
+        );
+        Ok(Some(()))
+    })
+    .await?;
+    wait_until(
+        "replicas to hold one version of order-2",
+        PHASE_TIMEOUT,
+        || async {
+            let cart = api.list_all(user).await?;
+            assert_eq!(cart.qty_of("beef"), 2, "two adds, each applied once");
+            converged(&api, user, 3).await
+        },
+    )
+    .await?;
+    Ok(())
+}
