@@ -380,6 +380,58 @@ async fn registrations_and_watches_come_back_after_session_expiry() {
     );
 }
 
+/// A coordinator that loses its connection and gets it back within the session timeout
+/// (same session) keeps receiving watch events: the membership of another process's
+/// registrations made after the reconnect reaches it. (zookeeper-client does not re-register
+/// persistent watches on such a reconnect; the followers install them again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_keep_firing_after_a_reconnect_that_keeps_the_session() {
+    let gate = Gate::start(ZkServer::shared().address()).await;
+    let mut flaky = config("reconnect");
+    flaky.servers = gate.address().to_string();
+    flaky.session_timeout = Duration::from_secs(10);
+    let a = node(&flaky).await;
+    let observer = node(&config("reconnect")).await;
+    let mut members = a.coord.members();
+    observer
+        .coord
+        .register_device(1, "127.0.0.1:7001")
+        .await
+        .unwrap();
+    until(&mut members, "device 1 through the watch", |m| m.is_live(1)).await;
+
+    // The connection drops; the client reconnects at once with the same session.
+    gate.close_and_drain().await;
+    gate.open();
+    observer
+        .coord
+        .register_device(2, "127.0.0.1:7002")
+        .await
+        .unwrap();
+    // Seen through the new connection (by the watch, or by the re-read after reconnecting).
+    until(&mut members, "device 2 after the reconnect", |m| {
+        m.is_live(2)
+    })
+    .await;
+    // Only a watch registered on the new connection can report this one.
+    observer
+        .coord
+        .register_device(3, "127.0.0.1:7003")
+        .await
+        .unwrap();
+    until(&mut members, "device 3 through the watch", |m| m.is_live(3)).await;
+    observer
+        .coord
+        .record_replicas(&key("after-reconnect", "1"), &[3])
+        .await
+        .unwrap();
+    let directory = a.coord.directory();
+    eventually("the directory watch to fire", || {
+        directory.has(&key("after-reconnect", "1"), 3)
+    })
+    .await;
+}
+
 /// A registration left behind by an older session of the same device (a kill -9 and a
 /// restart within the session timeout) is replaced rather than blocking the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

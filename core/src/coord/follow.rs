@@ -2,9 +2,10 @@
 //! copy fresh.
 //!
 //! A follower installs its persistent watches first and reads second, so no change can fall
-//! between the read and the watch. It reads everything again after every reconnect, because
-//! persistent watches lose the events of the disconnected interval (ZOOKEEPER-4698), and after
-//! a failed read (retrying every [`RETRY_DELAY`]). It ends when the session ends or the
+//! between the read and the watch. After every reconnect it installs its watches again (the
+//! client library does not re-register persistent watches) and reads everything again,
+//! because persistent watches lose the events of the disconnected interval (ZOOKEEPER-4698);
+//! after a failed read it reads again every [`RETRY_DELAY`]. It ends when the session ends or the
 //! coordinator shuts down; the supervisor starts new followers with the next session.
 //!
 //! Data read from ZooKeeper is untrusted: a malformed map, catalog or registration is logged
@@ -92,6 +93,19 @@ pub(crate) async fn follow<F: Follower>(
         match step {
             Step::Stop => return,
             Step::Reload => stale = true,
+            Step::Reconnected => {
+                // zookeeper-client 0.11.2 does not re-register persistent watches with the
+                // server after a reconnect that keeps the session (`resend_watches` sends
+                // them only in the SetWatches2 form, which its index bug never selects), so
+                // without this no event would ever arrive again. Adding the watches anew
+                // registers them; the old watchers are dropped after, and since the new ones
+                // share their paths, dropping them removes nothing on the server.
+                let Some(fresh) = install(&zk, F::WATCHES, &stop).await else {
+                    return;
+                };
+                events = fresh;
+                stale = true;
+            }
             Step::Continue => {}
         }
     }
@@ -101,12 +115,14 @@ pub(crate) async fn follow<F: Follower>(
 enum Step {
     Continue,
     Reload,
+    /// Install the watches again, then read everything.
+    Reconnected,
     Stop,
 }
 
-/// Handles one watch event: a node event is applied, a reconnect calls for a full read
-/// (events of the disconnected interval may be lost), a terminal session state ends the
-/// follower.
+/// Handles one watch event: a node event is applied, a reconnect calls for new watches and a
+/// full read (events of the disconnected interval may be lost), a terminal session state
+/// ends the follower.
 async fn on_event<F: Follower>(follower: &mut F, zk: &Zk, event: Option<WatchedEvent>) -> Step {
     let Some(event) = event else {
         return Step::Stop;
@@ -114,7 +130,7 @@ async fn on_event<F: Follower>(follower: &mut F, zk: &Zk, event: Option<WatchedE
     if event.event_type == EventType::Session {
         return match event.session_state {
             state if state.is_terminated() => Step::Stop,
-            SessionState::SyncConnected => Step::Reload,
+            SessionState::SyncConnected => Step::Reconnected,
             _ => Step::Continue,
         };
     }

@@ -2,6 +2,9 @@
 //! partition of one process) while the server keeps running and expires its session.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -10,6 +13,8 @@ use tokio::sync::watch;
 pub struct Gate {
     address: SocketAddr,
     open: watch::Sender<bool>,
+    /// Connections being forwarded right now.
+    forwarding: Arc<AtomicUsize>,
 }
 
 impl Gate {
@@ -20,8 +25,18 @@ impl Gate {
             .expect("bind the gate");
         let address = listener.local_addr().expect("gate address");
         let (open, _) = watch::channel(true);
-        tokio::spawn(accept(listener, target, open.subscribe()));
-        Gate { address, open }
+        let forwarding = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(accept(
+            listener,
+            target,
+            open.subscribe(),
+            forwarding.clone(),
+        ));
+        Gate {
+            address,
+            open,
+            forwarding,
+        }
     }
 
     /// Where clients should connect.
@@ -38,12 +53,36 @@ impl Gate {
     pub fn open(&self) {
         self.open.send_replace(true);
     }
+
+    /// Closes the gate and waits (up to 10 s) until every forwarded connection is gone.
+    pub async fn close_and_drain(&self) {
+        self.close();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.forwarding.load(Ordering::SeqCst) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "forwarded connections still open 10 s after closing the gate"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
-async fn accept(listener: TcpListener, target: SocketAddr, open: watch::Receiver<bool>) {
+async fn accept(
+    listener: TcpListener,
+    target: SocketAddr,
+    open: watch::Receiver<bool>,
+    forwarding: Arc<AtomicUsize>,
+) {
     while let Ok((client, _)) = listener.accept().await {
         if *open.borrow() {
-            tokio::spawn(forward(client, target, open.clone()));
+            forwarding.fetch_add(1, Ordering::SeqCst);
+            let forwarding = forwarding.clone();
+            let open = open.clone();
+            tokio::spawn(async move {
+                forward(client, target, open).await;
+                forwarding.fetch_sub(1, Ordering::SeqCst);
+            });
         }
         // A closed gate drops the accepted connection here: the client sees it reset.
     }
