@@ -11,8 +11,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// Answers `n` with `n * 2`, after a delay that makes later requests finish first.
+/// Answers `n` with `n * 2`, after a delay that makes later requests finish first; never
+/// answers [`STALL`].
 struct Doubler;
+
+/// A request the server never answers.
+const STALL: u64 = 1000;
 
 impl Service for Doubler {
     type Request = u64;
@@ -20,6 +24,9 @@ impl Service for Doubler {
     const KIND: ServiceKind = ServiceKind::DataNode;
 
     async fn call(self: Arc<Self>, request: u64) -> u64 {
+        if request == STALL {
+            std::future::pending::<()>().await;
+        }
         tokio::time::sleep(Duration::from_millis(50 - request.min(50))).await;
         request * 2
     }
@@ -116,4 +123,50 @@ async fn calls_fail_once_the_server_is_gone() {
         }
         tokio::task::yield_now().await;
     }
+}
+
+/// A time-out on a connection that heard nothing since the request was sent closes it, so
+/// the next call reconnects instead of waiting on a dead connection.
+#[tokio::test]
+async fn a_time_out_with_nothing_heard_closes_the_connection() {
+    let (addr, shutdown, server) = start().await;
+    let client: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
+        .await
+        .unwrap();
+    let short = Duration::from_millis(200);
+    assert!(matches!(
+        client.call(&STALL, short).await,
+        Err(RpcError::Timeout { .. })
+    ));
+    assert!(client.is_closed(), "a silent connection is given up");
+    assert!(matches!(
+        client.call(&1, T).await,
+        Err(RpcError::ConnectionClosed { .. })
+    ));
+    // The stalled request never ends, so a graceful shutdown would wait for it forever.
+    shutdown.cancel();
+    server.abort();
+}
+
+/// A time-out while other replies keep arriving leaves the connection open: the peer is
+/// alive, only that request is slow.
+#[tokio::test]
+async fn a_time_out_while_replies_arrive_keeps_the_connection() {
+    let (addr, shutdown, server) = start().await;
+    let client: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
+        .await
+        .unwrap();
+    let stalled = client.call(&STALL, Duration::from_millis(300));
+    let answered = async {
+        for n in 0..20u64 {
+            assert_eq!(client.call(&50, T).await.unwrap(), 100, "call {n}");
+        }
+    };
+    let (stalled, ()) = tokio::join!(stalled, answered);
+    assert!(matches!(stalled, Err(RpcError::Timeout { .. })));
+    assert!(!client.is_closed());
+    assert_eq!(client.call(&7, T).await.unwrap(), 14);
+    // The stalled request never ends, so a graceful shutdown would wait for it forever.
+    shutdown.cancel();
+    server.abort();
 }

@@ -34,6 +34,9 @@ pub struct RpcClient<Req, Resp> {
     addr: String,
     next_id: AtomicU64,
     pending: Pending<Resp>,
+    /// When the last frame arrived, as microseconds since `opened`.
+    heard: Arc<AtomicU64>,
+    opened: Instant,
     outgoing: mpsc::Sender<Bytes>,
     closed: CancellationToken,
     _close_on_drop: DropGuard,
@@ -80,17 +83,25 @@ where
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
         let pending: Pending<Resp> = Arc::default();
         let closed = CancellationToken::new();
+        let heard = Arc::new(AtomicU64::new(0));
+        let opened = Instant::now();
         tokio::spawn(write_frames(sink, queue, closed.clone()));
         tokio::spawn(read_frames(
-            addr.to_owned(),
+            ReadState {
+                addr: addr.to_owned(),
+                pending: pending.clone(),
+                closed: closed.clone(),
+                heard: heard.clone(),
+                opened,
+            },
             stream,
-            pending.clone(),
-            closed.clone(),
         ));
         Self {
             addr: addr.to_owned(),
             next_id: AtomicU64::new(1),
             pending,
+            heard,
+            opened,
             outgoing,
             _close_on_drop: closed.clone().drop_guard(),
             closed,
@@ -99,6 +110,11 @@ where
     }
 
     /// Sends `request` and waits up to `timeout` for its reply.
+    ///
+    /// A time-out on a connection that received nothing at all since the request was sent
+    /// closes the connection: the peer is gone or unreachable (its host paused, or this
+    /// host's address changed under it), and TCP alone would take many minutes to notice.
+    /// A time-out while other replies keep arriving leaves it open: the peer is slow.
     ///
     /// # Errors
     /// [`RpcError::Timeout`], [`RpcError::ConnectionClosed`], or [`RpcError::Encode`] for a
@@ -119,16 +135,24 @@ where
             pending: &self.pending,
             id,
         };
+        let sent = micros_since(self.opened);
         if self.outgoing.send(bytes).await.is_err() {
             return Err(self.closed_error());
         }
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(_)) => Err(self.closed_error()),
-            Err(_) => Err(RpcError::Timeout {
-                addr: self.addr.clone(),
-                after: timeout,
-            }),
+            Err(_) => {
+                if self.heard.load(Ordering::Acquire) <= sent && !self.closed.is_cancelled() {
+                    tracing::warn!(peer = %self.addr, after = ?timeout,
+                        "nothing received on the connection since the request was sent; closing it");
+                    self.closed.cancel();
+                }
+                Err(RpcError::Timeout {
+                    addr: self.addr.clone(),
+                    after: timeout,
+                })
+            }
         }
     }
 
@@ -192,14 +216,33 @@ async fn write_frames(
     closed.cancel();
 }
 
+/// Microseconds from `since` to now, saturating.
+fn micros_since(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// What the reading half of a connection shares with its client.
+struct ReadState<Resp> {
+    addr: String,
+    pending: Pending<Resp>,
+    closed: CancellationToken,
+    heard: Arc<AtomicU64>,
+    opened: Instant,
+}
+
 /// Routes each reply to the caller waiting for its id; on any failure, closes the client so
 /// that every waiting caller learns the connection is gone.
 async fn read_frames<Resp: DeserializeOwned>(
-    addr: String,
+    state: ReadState<Resp>,
     mut stream: SplitStream<FramedStream>,
-    pending: Pending<Resp>,
-    closed: CancellationToken,
 ) {
+    let ReadState {
+        addr,
+        pending,
+        closed,
+        heard,
+        opened,
+    } = state;
     loop {
         let next = tokio::select! {
             () = closed.cancelled() => break,
@@ -213,6 +256,7 @@ async fn read_frames<Resp: DeserializeOwned>(
             }
             None => break,
         };
+        heard.fetch_max(micros_since(opened), Ordering::AcqRel);
         match connection::decode::<Resp>(&bytes) {
             Ok(frame) => {
                 if let Some(waiter) = lock(&pending).remove(&frame.id) {
