@@ -21,12 +21,11 @@
 # test's API; default 8080, or a free port when 8080 is taken and the variable is unset),
 # CARTDB_TEST_PROJECT (cartdb-test), CARTDB_COMPOSE, CARTDB_START_TIMEOUT (seconds, 180),
 # CARTDB_KEEP_CLUSTER=1 (leave the cluster running afterwards, for debugging),
-# CARTDB_TEST_REJOIN (same-address: the disconnected gateway comes back with its address, as
-# after a healed partition; new-address: with another one, as a moved host),
+# CARTDB_TEST_REJOIN (new-address, the default: the disconnected gateway comes back with
+# another address, as a moved host; same-address: with its own, as after a healed partition),
 # CARTDB_TEST_SUBNET (the test network's subnet; default: a free /24 in 172.28-30.200-255.0),
-# CARTDB_TEST_WRITES_AFTER_HEAL (writes made right after both are back, before the checks: 0).
-# The two CARTDB_TEST_ modes that are off by default reproduce faults of the gateways and
-# data nodes found by this test; docs/compose.md describes them.
+# CARTDB_TEST_WRITES_AFTER_HEAL (writes made right after both are back, before the checks: 12).
+# The defaults are the harder cases; each once exposed a fault, see docs/compose.md.
 set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -152,6 +151,6 @@ section "compose test: scenario, faults and checks"
 started=$SECONDS
 python3 "$CARTDB_REPO/scripts/lib/compose_test.py" --api "$API_URL" \
     --token "$CARTDB_ADMIN_TOKEN" --replicas "$CARTDB_REPLICAS" \
-    --rejoin "${CARTDB_TEST_REJOIN:-same-address}" \
-    --writes-after-heal "${CARTDB_TEST_WRITES_AFTER_HEAL:-0}" -- "${COMPOSE[@]}"
+    --rejoin "${CARTDB_TEST_REJOIN:-new-address}" \
+    --writes-after-heal "${CARTDB_TEST_WRITES_AFTER_HEAL:-12}" -- "${COMPOSE[@]}"
 ok "compose test passed in $((SECONDS - started))s"

@@ -44,13 +44,17 @@ async fn start() -> (String, CancellationToken, Server) {
 
 const T: Duration = Duration::from_secs(5);
 
+async fn connect(addr: &str) -> RpcClient<u64, u64> {
+    RpcClient::connect(addr, ServiceKind::DataNode, T)
+        .await
+        .unwrap()
+}
+
 /// Replies that come back out of order still reach the caller that asked.
 #[tokio::test]
 async fn concurrent_requests_share_one_connection() {
     let (addr, shutdown, server) = start().await;
-    let client: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
-        .await
-        .unwrap();
+    let client = connect(&addr).await;
     let calls = (0..50u64).map(|n| {
         let client = &client;
         async move { (n, client.call(&n, T).await.unwrap()) }
@@ -66,9 +70,7 @@ async fn concurrent_requests_share_one_connection() {
 #[tokio::test]
 async fn garbage_closes_only_the_sender() {
     let (addr, _shutdown, _server) = start().await;
-    let good: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
-        .await
-        .unwrap();
+    let good = connect(&addr).await;
 
     let mut raw = TcpStream::connect(&addr).await.unwrap();
     // An oversize length prefix, then noise.
@@ -107,9 +109,7 @@ async fn wrong_service_is_refused_at_hello() {
 #[tokio::test]
 async fn calls_fail_once_the_server_is_gone() {
     let (addr, shutdown, server) = start().await;
-    let client: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
-        .await
-        .unwrap();
+    let client = connect(&addr).await;
     shutdown.cancel();
     server.await.unwrap().unwrap();
     let deadline = tokio::time::Instant::now() + T;
@@ -130,9 +130,7 @@ async fn calls_fail_once_the_server_is_gone() {
 #[tokio::test]
 async fn a_time_out_with_nothing_heard_closes_the_connection() {
     let (addr, shutdown, server) = start().await;
-    let client: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
-        .await
-        .unwrap();
+    let client = connect(&addr).await;
     let short = Duration::from_millis(200);
     assert!(matches!(
         client.call(&STALL, short).await,
@@ -153,9 +151,7 @@ async fn a_time_out_with_nothing_heard_closes_the_connection() {
 #[tokio::test]
 async fn a_time_out_while_replies_arrive_keeps_the_connection() {
     let (addr, shutdown, server) = start().await;
-    let client: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
-        .await
-        .unwrap();
+    let client = connect(&addr).await;
     let stalled = client.call(&STALL, Duration::from_millis(300));
     let answered = async {
         for n in 0..20u64 {

@@ -500,9 +500,9 @@ def main() -> int:
     parser.add_argument("--token", default="", help="the admin token")
     parser.add_argument("--replicas", type=int, default=3, help="RF")
     parser.add_argument("--rejoin", choices=["same-address", "new-address"],
-                        default="same-address",
+                        default="new-address",
                         help="the address the disconnected gateway comes back with")
-    parser.add_argument("--writes-after-heal", type=int, default=0,
+    parser.add_argument("--writes-after-heal", type=int, default=12,
                         help="writes made right after both are back, before the checks")
     parser.add_argument("compose", nargs="+", help="the compose command (after --)")
     return Test(parser.parse_args()).run()
