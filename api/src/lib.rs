@@ -84,6 +84,10 @@ pub async fn run(
     }
     let app = router(AppState::new(pool, config.admin_token.as_deref()));
     tracing::info!(listen = ?listener.local_addr().ok(), "API server listening");
+    // axum leaves Nagle's algorithm on; a reply must not wait for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
