@@ -58,7 +58,15 @@ pub async fn run(
         .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
     let served = serve_registered(&settings, &advertise, listener, &node, &shutdown).await;
     let closed = node.close().await.context("closing the store");
-    tracing::info!(device = settings.device, "data node stopped");
+    let batches = node.counters();
+    tracing::info!(
+        device = settings.device,
+        writes = batches.requests,
+        batches = batches.batches,
+        fsyncs = batches.commits,
+        largest_batch = batches.largest,
+        "data node stopped"
+    );
     served.and(closed)
 }
 
