@@ -17,7 +17,7 @@ for arg in "$@"; do
     case $arg in
     -v | --volumes) volumes=(-v) ;;
     -h | --help)
-        sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+        print_usage "${BASH_SOURCE[0]}"
         exit 0
         ;;
     *) die "unknown option $arg (try --help)" ;;

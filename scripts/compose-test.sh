@@ -34,7 +34,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/docker.sh"
 
 case ${1:-} in
 -h | --help)
-    sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+    print_usage "${BASH_SOURCE[0]}"
     exit 0
     ;;
 "") ;;

@@ -35,7 +35,7 @@ for arg in "$@"; do
     --no-build) build=0 ;;
     --no-deps) deps=0 ;;
     -h | --help)
-        sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+        print_usage "${BASH_SOURCE[0]}"
         exit 0
         ;;
     *) die "unknown option $arg (try --help)" ;;

@@ -8,7 +8,8 @@
 #                           which the cluster tests run as processes, and target/policies/*.wasm)
 #   4. lint                 cargo clippy --workspace --all-targets -- -D warnings
 #   5. unit and crate tests cargo test --workspace --exclude cartdb-tests --no-fail-fast
-#   6. cluster tests        cargo test -p cartdb-tests --no-fail-fast -- --test-threads=2
+#   6. cluster tests        cargo test --workspace --test <each tests/tests/*.rs>
+#                           --no-fail-fast -- --test-threads=2 (cartdb-tests' targets)
 #   7. policy conformance   cartdb policy verify against every ../shared/crush/*-vectors.csv
 #   8. compose cluster      scripts/compose-test.sh: the release build, the images, and
 #                           compose.yaml brought up, faulted and checked in Docker

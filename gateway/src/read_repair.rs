@@ -7,8 +7,9 @@
 //! delay matters under load: most differences a quick read sees are acknowledged writes
 //! still on their way to their third replica, and repairing those would only duplicate
 //! them. A read that follows still sees the merged state, because it merges the same
-//! replicas again until the repair has landed. Repairs are idempotent on the data node (operations it already holds are
-//! skipped), so a repair that races another, or is sent twice, is harmless.
+//! replicas again until the repair has landed. Repairs are idempotent on the data node
+//! (operations it already holds at the merged version are skipped), so a repair that races
+//! another, or is sent twice, is harmless.
 //!
 //! Follow-ups are paced per user ([`FOLLOW_UP_EVERY`]), so a hot cart costs at most one
 //! extra full read per interval.

@@ -82,3 +82,8 @@ ok = len(devices) == want_devices and len(up) == want_devices and len(gateways) 
 sys.exit(0 if ok else 1)
 PY
 }
+
+# print_usage SCRIPT: prints SCRIPT's header comment (from line 3 to `set -euo`), its --help.
+print_usage() {
+    sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$1"
+}

@@ -184,7 +184,7 @@ impl Service {
         let Some(child) = &self.child else {
             bail!("{} is not running, cannot send SIG{signal}", self.name);
         };
-        let status = std::process::Command::new("sh")
+        let status = Command::new("sh")
             .args(["-c", "kill -s \"$0\" \"$1\"", signal])
             .arg(child.id().to_string())
             .status()

@@ -5,8 +5,8 @@
 //! between the read and the watch. After every reconnect it installs its watches again (the
 //! client library does not re-register persistent watches) and reads everything again,
 //! because persistent watches lose the events of the disconnected interval (ZOOKEEPER-4698);
-//! after a failed read it reads again every [`RETRY_DELAY`]. It ends when the session ends or the
-//! coordinator shuts down; the supervisor starts new followers with the next session.
+//! after a failed read it reads again every [`RETRY_DELAY`]. It ends when the session ends
+//! or the coordinator shuts down; the supervisor starts new followers with the next session.
 //!
 //! Data read from ZooKeeper is untrusted: a malformed map, catalog or registration is logged
 //! and refused, and the previous good value stays published.

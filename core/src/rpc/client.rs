@@ -144,8 +144,11 @@ where
             Ok(Err(_)) => Err(self.closed_error()),
             Err(_) => {
                 if self.heard.load(Ordering::Acquire) <= sent && !self.closed.is_cancelled() {
-                    tracing::warn!(peer = %self.addr, after = ?timeout,
-                        "nothing received on the connection since the request was sent; closing it");
+                    tracing::warn!(
+                        peer = %self.addr,
+                        after = ?timeout,
+                        "nothing received since the request was sent; closing the connection"
+                    );
                     self.closed.cancel();
                 }
                 Err(RpcError::Timeout {
