@@ -297,6 +297,11 @@ fn emit_rerun_if_changed(workspace: &Path) {
         "cargo::rerun-if-changed={}",
         workspace.join("Cargo.lock").display()
     );
+    // The pure model crate is compiled into guests (the CRUSH guest's rjenkins hash).
+    println!(
+        "cargo::rerun-if-changed={}",
+        workspace.join("model").display()
+    );
     for guest in GUESTS {
         let dir = workspace.join("policies").join(guest.dir);
         println!("cargo::rerun-if-changed={}", dir.join("src").display());

@@ -11,6 +11,7 @@
 #   6. cluster tests        cargo test --workspace --test <each tests/tests/*.rs>
 #                           --no-fail-fast -- --test-threads=2 (cartdb-tests' targets)
 #   7. policy conformance   cartdb policy verify against every ../shared/crush/*-vectors.csv
+#                           (per placement key) and *-pg-vectors.csv (per placement group)
 #   8. compose cluster      scripts/compose-test.sh: the release build, the images, and
 #                           compose.yaml brought up, faulted and checked in Docker
 #
@@ -62,8 +63,9 @@ summary() {
     printf '\n%s\n' "all steps passed" >&2
 }
 
-# verify_policies: runs `cartdb policy verify` for every <name>-vectors.csv in shared/crush
-# with its <name>-map.json, printing the closing lines; fails on any failed vector.
+# verify_policies: runs `cartdb policy verify` for every <name>-vectors.csv and
+# <name>-pg-vectors.csv in shared/crush with its <name>-map.json, printing the closing lines;
+# fails on any failed vector.
 verify_policies() {
     local crush="$SHARED/crush" vectors map name out status any=0 bad=0
     if [[ ! -d $crush ]]; then
@@ -75,6 +77,7 @@ verify_policies() {
         [[ -f $vectors ]] || continue
         any=1
         name=$(basename "$vectors" -vectors.csv)
+        name=${name%-pg}
         map="$crush/$name-map.json"
         if [[ ! -f $map ]]; then
             warn "$map not found for $vectors"

@@ -1,8 +1,11 @@
 //! `cartdb policy`: run a policy component outside the gateway.
 //!
 //! - `place` prints the devices for each placement key.
-//! - `verify` replays conformance vectors (`x,replicas,reweights,devices` rows, as in
-//!   `shared/crush/*-vectors.csv`) and ends with the line `N passed, M failed`.
+//! - `verify` replays conformance vectors and ends with the line `N passed, M failed`: per
+//!   placement key (`x,replicas,reweights,devices` rows, as in `shared/crush/*-vectors.csv`)
+//!   or per placement group (`pg_num,pool,pg,size,out,devices` rows, made by Ceph's
+//!   `osdmaptool`, as in `shared/crush/*-pg-vectors.csv`). A PG row is checked through the
+//!   host's PG arithmetic (`cartdb_model::pg`): the policy is asked to place the PG's `pps`.
 //! - `verify-merge` checks a merge policy against the merge laws
 //!   (`cartdb_gateway::policy::merge_laws`): one line per law, `N passed, M failed`, then
 //!   the smallest counterexample of each broken law.
@@ -19,6 +22,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use cartdb_core::pg::Pool;
 use cartdb_gateway::policy::merge_laws::{self, Outcome};
 use cartdb_gateway::policy::{MergePolicy, PlacementPolicy, Placer, PolicyEngine};
 use clap::{Args, Subcommand};
@@ -37,9 +41,13 @@ pub enum PolicyCommand {
     Place(PlaceArgs),
     /// Check the policy against conformance vectors; exit non-zero on any mismatch.
     ///
-    /// The vectors file is CSV with the header `x,replicas,reweights,devices`; reweights
-    /// are `DEV=W;DEV=W` (W a fraction, empty = all in), devices `A|B|C`, primary first.
-    /// Prints the first mismatches, then exactly `N passed, M failed`.
+    /// The vectors file is CSV. With the header `x,replicas,reweights,devices` each row is
+    /// one placement key: reweights are `DEV=W;DEV=W` (W a fraction, empty = all in),
+    /// devices `A|B|C`, primary first. With the header `pg_num,pool,pg,size,out,devices`
+    /// each row is one placement group (Ceph's `osdmaptool --test-map-pgs-dump`): the
+    /// policy places the PG's placement seed (pps, hashpspool) with `size` replicas and
+    /// the device `out` (if any) reweighted to 0. Prints the first mismatches, then
+    /// exactly `N passed, M failed`.
     Verify(VerifyArgs),
     /// Check a merge policy against the merge laws; exit non-zero if it breaks any.
     ///
@@ -154,9 +162,40 @@ fn place(args: &PlaceArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which kind of vectors a file holds, from its header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VectorFormat {
+    /// `x,replicas,reweights,devices`: one placement key per row.
+    Keys,
+    /// `pg_num,pool,pg,size,out,devices`: one placement group per row.
+    Pgs,
+}
+
+const KEYS_HEADER: &str = "x,replicas,reweights,devices";
+const PGS_HEADER: &str = "pg_num,pool,pg,size,out,devices";
+
+impl VectorFormat {
+    fn of_header(line: &str) -> Option<Self> {
+        match line.trim_end_matches('\r').trim() {
+            KEYS_HEADER => Some(Self::Keys),
+            PGS_HEADER => Some(Self::Pgs),
+            _ => None,
+        }
+    }
+
+    fn parse(self, line: &str) -> Result<Row> {
+        match self {
+            Self::Keys => parse_row(line),
+            Self::Pgs => parse_pg_row(line),
+        }
+    }
+}
+
 /// One parsed vectors row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Row {
+    /// For a PG row, `pg_num=.. pool=.. pg=..`; the placement key is then the PG's pps.
+    pg: Option<String>,
     x: u32,
     replicas: u32,
     /// The reweights field as written: rows with the same text share a placer.
@@ -173,13 +212,24 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let mut placers: HashMap<String, Placer> = HashMap::new();
     let (mut passed, mut failed) = (0_usize, 0_usize);
     let started = Instant::now();
+    let mut format = None;
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let number = index + 1;
         let line = line.with_context(|| format!("{}:{number}: cannot read", path.display()))?;
-        if line.trim().is_empty() || (number == 1 && line.starts_with("x,")) {
+        if line.trim().is_empty() {
             continue;
         }
-        let row = parse_row(&line)
+        let Some(format) = format else {
+            format = Some(VectorFormat::of_header(&line).with_context(|| {
+                format!(
+                    "{}:{number}: the header {line:?} is neither {KEYS_HEADER:?} nor {PGS_HEADER:?}",
+                    path.display()
+                )
+            })?);
+            continue;
+        };
+        let row = format
+            .parse(&line)
             .with_context(|| format!("{}:{number}: malformed row {line:?}", path.display()))?;
         let placer = match placers.entry(row.reweights_text.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -269,10 +319,13 @@ fn describe_mismatch(
         Ok(devices) => join(devices),
         Err(e) => format!("error: {e}"),
     };
+    let subject = match &row.pg {
+        Some(pg) => format!("{pg} (pps {})", row.x),
+        None => format!("x={}", row.x),
+    };
     format!(
-        "mismatch at {}:{line}: x={} replicas={} reweights={:?}: expected {}, got {got}",
+        "mismatch at {}:{line}: {subject} replicas={} reweights={:?}: expected {}, got {got}",
         path.display(),
-        row.x,
         row.replicas,
         row.reweights_text,
         join(&row.devices),
@@ -316,7 +369,54 @@ fn parse_row(line: &str) -> Result<Row> {
         .map(parse_reweight)
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    let devices = devices
+    Ok(Row {
+        pg: None,
+        x,
+        replicas,
+        reweights_text: reweights_text.to_owned(),
+        reweights,
+        devices: parse_devices(devices)?,
+    })
+}
+
+/// Parses `pg_num,pool,pg,size,out,devices` into the placement call it stands for: the
+/// PG's pps as the key, `size` replicas, the `out` device (if any) reweighted to 0.
+fn parse_pg_row(line: &str) -> Result<Row> {
+    let fields: Vec<&str> = line.trim_end_matches('\r').split(',').collect();
+    let [pg_num, pool, pg, size, out, devices] = fields[..] else {
+        bail!("expected 6 comma-separated fields, found {}", fields.len());
+    };
+    let number = |name: &str, text: &str| -> Result<u32> {
+        text.trim()
+            .parse()
+            .with_context(|| format!("{name} {text:?} is not a u32"))
+    };
+    let (pg_num, pool_id, pg) = (
+        number("pg_num", pg_num)?,
+        number("pool", pool)?,
+        number("pg", pg)?,
+    );
+    let pool = Pool::new(pool_id, pg_num).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if pg >= pg_num {
+        bail!("pg {pg} is not below pg_num {pg_num}");
+    }
+    let reweights = match out.trim() {
+        "" => Vec::new(),
+        device => vec![(number("out", device)?, 0)],
+    };
+    Ok(Row {
+        pg: Some(format!("pg_num={pg_num} pool={pool_id} pg={pg}")),
+        x: pool.pps(pg),
+        replicas: number("size", size)?,
+        reweights_text: out.trim().to_owned(),
+        reweights,
+        devices: parse_devices(devices)?,
+    })
+}
+
+/// Parses `A|B|C`.
+fn parse_devices(devices: &str) -> Result<Vec<u32>> {
+    devices
         .split('|')
         .filter(|s| !s.trim().is_empty())
         .map(|d| {
@@ -324,14 +424,7 @@ fn parse_row(line: &str) -> Result<Row> {
                 .parse()
                 .with_context(|| format!("device {d:?} is not a u32"))
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Row {
-        x,
-        replicas,
-        reweights_text: reweights_text.to_owned(),
-        reweights,
-        devices,
-    })
+        .collect()
 }
 
 /// Parses `DEV=W` (W a fraction of 1.0) into `(device, 16.16 weight)`.
@@ -384,6 +477,31 @@ mod tests {
             let message = format!("{:#}", parse_row(line).unwrap_err());
             assert!(message.contains(expected), "{line}: {message}");
         }
+    }
+
+    #[test]
+    fn pg_rows_place_the_pgs_pps() {
+        let row = parse_pg_row("64,1,0,3,,5|2|1").unwrap();
+        assert_eq!(row.x, Pool::new(1, 64).unwrap().pps(0));
+        assert_eq!((row.replicas, row.devices), (3, vec![5, 2, 1]));
+        assert!(row.reweights.is_empty());
+        let out = parse_pg_row("100,1,99,3,4,1|2|3\r").unwrap();
+        assert_eq!(out.reweights, vec![(4, 0)]);
+        for (line, expected) in [
+            ("64,1,0,3,5|2|1", "6 comma-separated fields"),
+            ("0,1,0,3,,1", "pg_num 0 is not in"),
+            ("64,1,64,3,,1", "pg 64 is not below pg_num 64"),
+            ("64,1,0,3,x,1", "out \"x\""),
+        ] {
+            let message = format!("{:#}", parse_pg_row(line).unwrap_err());
+            assert!(message.contains(expected), "{line}: {message}");
+        }
+        assert_eq!(VectorFormat::of_header(PGS_HEADER), Some(VectorFormat::Pgs));
+        assert_eq!(
+            VectorFormat::of_header("x,replicas,reweights,devices\r"),
+            Some(VectorFormat::Keys)
+        );
+        assert_eq!(VectorFormat::of_header("a,b"), None);
     }
 
     #[test]

@@ -51,6 +51,21 @@ fn seed_vectors_all_pass() {
     assert_eq!(last_line(&output), "6300 passed, 0 failed");
 }
 
+/// Every placement group row made by Ceph's osdmaptool (pg_num 64, 100, 224 and 256, with
+/// and without a device out) passes through the host's PG arithmetic and the .wasm.
+#[test]
+fn pg_vectors_all_pass() {
+    for (map, vectors) in [
+        ("seed-map.json", "seed-pg-vectors.csv"),
+        ("two-weight-map.json", "two-weight-pg-vectors.csv"),
+    ] {
+        let vectors = shared(vectors);
+        let output = verify(map, vectors.to_str().unwrap());
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(last_line(&output), "1932 passed, 0 failed", "{vectors:?}");
+    }
+}
+
 #[test]
 fn two_weight_vectors_all_pass() {
     let vectors = shared("two-weight-vectors.csv");

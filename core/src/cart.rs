@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::placement_key::{INDEX_PREFIX, is_index_entry};
 use crate::version::Version;
 
 /// A CRUSH device id (`device_<id>` in the map). Data node `device_3` has id 3.
@@ -257,6 +258,12 @@ impl Product {
     /// [`InputError`] naming the first field that is empty or too long.
     pub fn validate(&self) -> Result<(), InputError> {
         validate_id("productid", &self.productid)?;
+        if is_index_entry(&self.productid) {
+            return Err(InputError {
+                field: "productid".to_owned(),
+                problem: InputProblem::ReservedPrefix,
+            });
+        }
         validate_id("name", &self.name)?;
         validate_id("category", &self.category)
     }
@@ -290,11 +297,17 @@ pub enum InputProblem {
     TooLong { len: usize, max: usize },
     #[error("must not contain '/' or control characters")]
     ForbiddenCharacter,
+    /// Product ids starting with [`INDEX_PREFIX`] name cart-index entries.
+    #[error(
+        "must not start with '{}' (reserved for cart-index entries)",
+        INDEX_PREFIX
+    )]
+    ReservedPrefix,
 }
 
 /// Checks an identifier (user id, product id or name, category): non-empty, at most
 /// [`MAX_ID_BYTES`], and free of `/` and control characters, because identifiers become
-/// ZooKeeper path segments and storage key parts.
+/// storage key parts (0x00 separates them) and file-system-safe names in tools' output.
 ///
 /// # Errors
 /// [`InputError`] naming `field` and the problem.

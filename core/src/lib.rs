@@ -4,7 +4,8 @@
 //! - [`cart`]: cart items, operations, products and the catalog.
 //! - [`catalog`]: the validated product catalog and its JSON form.
 //! - [`version`]: operation versions and the hybrid logical clock that issues them.
-//! - [`placement_key`]: the seed's sha1 placement key (`create_hash`).
+//! - [`placement_key`], [`pg`]: re-exported from `cartdb-model` (the seed's sha1 placement key,
+//!   placement groups).
 //! - [`merge`]: the built-in merge of replica states of one cart item.
 //! - [`wire`]: the request/response enums of the gateway and data node protocols.
 //! - [`rpc`]: length-delimited framing with request ids, a multiplexed client and a server loop.
@@ -16,7 +17,7 @@ pub mod catalog;
 pub mod config;
 pub mod coord;
 pub mod merge;
-pub mod placement_key;
+pub use cartdb_model::{pg, pg_table, placement_key};
 pub mod rpc;
 pub mod version;
 pub mod wire;

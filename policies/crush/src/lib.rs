@@ -7,7 +7,7 @@
 //! library so the algorithm is unit-tested natively.
 //!
 //! # Layout
-//! - [`hash`]: rjenkins1 `hash2`/`hash3`.
+//! The rjenkins1 hash comes from `cartdb-model`, which the hosts share.
 //! - [`ln`]: `crush_ln`, the fixed-point log2 behind straw2.
 //! - [`map`]: the map model and its python-crush JSON parser.
 //! - `rule`: rule steps and tunables.
@@ -16,7 +16,6 @@
 //! - `guest` (wasm32 only): the wit-bindgen glue exporting the component interface.
 
 pub mod error;
-pub mod hash;
 pub mod ln;
 pub mod map;
 pub mod mapper;

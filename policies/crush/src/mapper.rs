@@ -13,10 +13,10 @@
 //! `choose_total_tries`), since any difference changes placements.
 
 use crate::error::MapError;
-use crate::hash::{hash2, hash3};
 use crate::ln::crush_ln;
 use crate::map::{Bucket, Child, CrushMap, Target, WEIGHT_ONE};
 use crate::rule::{Setting, Step};
+use cartdb_model::rjenkins::{hash2, hash3};
 
 /// libcrush's "no item here" marker, left in `indep` results for positions it could not fill.
 pub const ITEM_NONE: i32 = 0x7fff_ffff;

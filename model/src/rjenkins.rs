@@ -1,4 +1,5 @@
-//! Bob Jenkins' rjenkins1 hash as CRUSH uses it (`CRUSH_HASH_RJENKINS1`).
+//! Bob Jenkins' rjenkins1 hash as CRUSH uses it (`CRUSH_HASH_RJENKINS1`): straw2 draws
+//! and the reweight test in the CRUSH guest, and the placement seed of a PG ([`crate::pg`]).
 //!
 //! All arithmetic is wrapping `u32`; negative ids and inputs enter as their raw 32-bit
 //! patterns (callers cast with `as u32`), exactly like the C `__u32` parameters.

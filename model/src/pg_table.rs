@@ -1,0 +1,128 @@
+//! Which devices hold each placement group: the *up set* now, and the *past set*, the
+//! devices that held it at earlier map epochs and may still hold data the up set lacks
+//! (Ceph's "past intervals", kept as the union of their devices).
+//!
+//! Writes go to the up set. Reads, read repair and the anti-entropy sweep also consult the
+//! past set, so a copy written while a device was out, or left on a substitute while it was
+//! away, is still found. A PG's past set is emptied once the PG is *clean*: every device of
+//! its up set answered and holds every item that any device of its up or past set holds,
+//! in the same state (see the sweep in the gateway). Everything here is pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Past sets by PG; a PG without past devices has no entry.
+pub type PastSets = BTreeMap<u32, BTreeSet<u32>>;
+
+/// The up set of every placement group of a pool at one map epoch, indexed by PG.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PgTable {
+    up: Vec<Vec<u32>>,
+}
+
+impl PgTable {
+    /// A table from the up set of each PG in order (PG 0 first).
+    pub fn new(up: Vec<Vec<u32>>) -> Self {
+        Self { up }
+    }
+
+    /// The number of PGs.
+    pub fn len(&self) -> usize {
+        self.up.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.up.is_empty()
+    }
+
+    /// The up set of `pg`, primary first; empty for a PG the table does not have.
+    pub fn up(&self, pg: u32) -> &[u32] {
+        usize::try_from(pg)
+            .ok()
+            .and_then(|pg| self.up.get(pg))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Every PG with its up set.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &[u32])> {
+        (0u32..).zip(self.up.iter().map(Vec::as_slice))
+    }
+
+    /// How many PGs each device is in the up set of.
+    pub fn pgs_per_device(&self) -> BTreeMap<u32, usize> {
+        let mut counts = BTreeMap::new();
+        for device in self.up.iter().flatten() {
+            *counts.entry(*device).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The past sets after the up sets change from `self` to `next`: a device that leaves a
+    /// PG's up set joins its past set (it still holds the PG's data), and a device in the
+    /// new up set leaves the past set (it is read as a member of the up set anyway). PGs
+    /// whose up set did not change keep their past set as it was.
+    pub fn past_after(&self, next: &PgTable, past: &PastSets) -> PastSets {
+        let mut result = past.clone();
+        for (pg, new_up) in next.iter() {
+            let old_up = self.up(pg);
+            if old_up == new_up {
+                continue;
+            }
+            let mut devices = result.remove(&pg).unwrap_or_default();
+            devices.extend(old_up.iter().copied());
+            devices.retain(|d| !new_up.contains(d));
+            if !devices.is_empty() {
+                result.insert(pg, devices);
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    fn table(up: &[&[u32]]) -> PgTable {
+        PgTable::new(up.iter().map(|s| s.to_vec()).collect())
+    }
+
+    #[test]
+    fn a_device_that_leaves_joins_the_past_set() {
+        let before = table(&[&[1, 2, 3], &[4, 5, 6]]);
+        let after = table(&[&[1, 2, 4], &[4, 5, 6]]);
+        let past = before.past_after(&after, &PastSets::new());
+        assert_eq!(past, PastSets::from([(0, BTreeSet::from([3]))]));
+    }
+
+    #[test]
+    fn a_device_that_returns_leaves_the_past_set_and_its_substitute_joins() {
+        // Device 3 went out (4 substituted), then came back.
+        let original = table(&[&[1, 2, 3]]);
+        let substituted = table(&[&[1, 2, 4]]);
+        let past = original.past_after(&substituted, &PastSets::new());
+        let past = substituted.past_after(&original, &past);
+        assert_eq!(past, PastSets::from([(0, BTreeSet::from([4]))]));
+    }
+
+    #[test]
+    fn unchanged_pgs_keep_their_past_set_and_order_changes_count_as_changes() {
+        let past = PastSets::from([(0, BTreeSet::from([9]))]);
+        let same = table(&[&[1, 2, 3], &[4, 5, 6]]);
+        assert_eq!(same.past_after(&same, &past), past);
+        let reordered = table(&[&[1, 2, 3], &[5, 4, 6]]);
+        // Same members: nobody left, so nothing is added.
+        assert_eq!(same.past_after(&reordered, &past), past);
+    }
+
+    #[test]
+    fn counts_and_lookups() {
+        let t = table(&[&[1, 2, 3], &[1, 2, 4]]);
+        assert_eq!(t.up(1), &[1, 2, 4]);
+        assert_eq!(t.up(7), &[] as &[u32]);
+        assert_eq!(
+            t.pgs_per_device(),
+            BTreeMap::from([(1, 2), (2, 2), (3, 1), (4, 1)])
+        );
+    }
+}
