@@ -6,8 +6,11 @@
 
 use axum::Json;
 use axum::extract::State;
-use cartdb_core::cart::{CartLine, InputError, Product, validate_id};
-use cartdb_core::wire::{ClusterStatus, GatewayInfo, GatewayRequest, GatewayResponse, ReplicaDump};
+use cartdb_core::cart::{CartLine, DeviceId, InputError, ItemKey, Product, validate_id};
+use cartdb_core::wire::{
+    ClusterStatus, GatewayInfo, GatewayRequest, GatewayResponse, HeldItem, ItemLocation,
+    ReplicaDump,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Admin;
@@ -250,6 +253,140 @@ pub async fn replicas(
     }
 }
 
+/// Query of `GET /api/admin/locate`.
+#[derive(Debug, Deserialize)]
+pub struct LocateQuery {
+    pub userid: String,
+    /// Only the item of this name.
+    pub item: Option<String>,
+}
+
+/// Where a user's items live: the seed's USERID/PRODUCTID/DEVICEID view.
+#[derive(Debug, Serialize)]
+pub struct Located {
+    pub userid: String,
+    /// One entry per item: its PG and the devices of its up set (`current`) and past set,
+    /// whether each answered, and the quantity each holds (`null`: not held).
+    pub items: Vec<ItemLocation>,
+    /// `USERID/PRODUCTID/DEVICEID` for every device that holds an item.
+    pub paths: Vec<String>,
+}
+
+/// `GET /api/admin/locate?userid=U[&item=NAME]` (admin).
+pub async fn locate(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<LocateQuery>,
+) -> Result<Json<Located>, ApiError> {
+    validate_id("userid", &query.userid)?;
+    if let Some(item) = &query.item {
+        validate_id("item", item)?;
+    }
+    let request = GatewayRequest::Locate {
+        user: query.userid.clone(),
+        item: query.item,
+    };
+    match ask(&state, &request).await?.response {
+        GatewayResponse::Located { items } => {
+            let paths = items
+                .iter()
+                .flat_map(|item| {
+                    item.replicas
+                        .iter()
+                        .filter(|r| r.qty.is_some())
+                        .map(|r| format!("{}/{}/{}", query.userid, item.product, r.device))
+                })
+                .collect();
+            Ok(Json(Located {
+                userid: query.userid,
+                items,
+                paths,
+            }))
+        }
+        other => Err(unexpected("Locate", other)),
+    }
+}
+
+/// Query of `GET /api/admin/device-items`.
+#[derive(Debug, Deserialize)]
+pub struct DeviceItemsQuery {
+    pub device: DeviceId,
+    /// Start after this item (the `next` of the previous page).
+    pub after_userid: Option<String>,
+    pub after_productid: Option<String>,
+    /// Items per page (1-1000). Default: 1000.
+    pub limit: Option<u32>,
+}
+
+/// What one device holds: the seed's DEVICEID/USERID/PRODUCTID view.
+#[derive(Debug, Serialize)]
+pub struct DeviceItems {
+    pub device: DeviceId,
+    pub items: Vec<DeviceItem>,
+    /// Where the next page starts; `null` on the last page.
+    pub next: Option<ItemKey>,
+    /// `DEVICEID/USERID/PRODUCTID` for every item of the page.
+    pub paths: Vec<String>,
+}
+
+/// One item a device holds, as its own store has it.
+#[derive(Debug, Serialize)]
+pub struct DeviceItem {
+    pub userid: String,
+    pub productid: String,
+    pub qty: u64,
+}
+
+/// `GET /api/admin/device-items?device=D[&after_userid=U&after_productid=P][&limit=N]`
+/// (admin).
+pub async fn device_items(
+    _admin: Admin,
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<DeviceItemsQuery>,
+) -> Result<Json<DeviceItems>, ApiError> {
+    let after = match (query.after_userid, query.after_productid) {
+        (Some(user), Some(product)) => {
+            validate_id("after_userid", &user)?;
+            validate_id("after_productid", &product)?;
+            Some(ItemKey { user, product })
+        }
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::InvalidQuery {
+                detail: "after_userid and after_productid go together".to_owned(),
+            });
+        }
+    };
+    let request = GatewayRequest::DeviceItems {
+        device: query.device,
+        after,
+        limit: query.limit.unwrap_or(1000),
+    };
+    match ask(&state, &request).await?.response {
+        GatewayResponse::DeviceItems { items, next } => {
+            let items: Vec<DeviceItem> = items
+                .into_iter()
+                .map(|HeldItem { user, summary }| DeviceItem {
+                    userid: user,
+                    productid: summary.product,
+                    qty: summary.qty,
+                })
+                .collect();
+            let paths = items
+                .iter()
+                .map(|i| format!("{}/{}/{}", query.device, i.userid, i.productid))
+                .collect();
+            Ok(Json(DeviceItems {
+                device: query.device,
+                items,
+                next,
+                paths,
+            }))
+        }
+        other => Err(unexpected("DeviceItems", other)),
+    }
+}
+
 async fn ask(state: &AppState, request: &GatewayRequest) -> Result<Reply, ApiError> {
     Ok(state.pool().call(request).await?)
 }
@@ -264,6 +401,8 @@ fn unexpected(request: &'static str, response: GatewayResponse) -> ApiError {
         GatewayResponse::Products { .. } => "Products",
         GatewayResponse::Cluster(_) => "Cluster",
         GatewayResponse::Replicas { .. } => "Replicas",
+        GatewayResponse::Located { .. } => "Located",
+        GatewayResponse::DeviceItems { .. } => "DeviceItems",
     };
     ApiError::UnexpectedReply { request, reply }
 }

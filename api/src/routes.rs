@@ -51,6 +51,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/cluster", get(handlers::cluster))
         .route("/api/admin/replicas", get(handlers::replicas))
+        .route("/api/admin/locate", get(handlers::locate))
+        .route("/api/admin/device-items", get(handlers::device_items))
         .route("/healthz", get(handlers::healthz))
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(method_not_allowed)

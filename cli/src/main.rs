@@ -4,6 +4,8 @@
 //! - `policy`: `cartdb policy place|verify|verify-merge`, running policy components.
 //! - `bench`: `cartdb bench`, load and latency measurement of a running API server.
 //! - `status`: `cartdb status`, the cluster as the API server reports it.
+//! - `directory`: `cartdb locate` and `cartdb device-items`, the seed's two directory views.
+//! - `api_client`: the GET every command that reads the API server makes.
 //!
 //! Adding a subcommand: one [`Command`] variant and one arm in [`run`].
 
@@ -11,7 +13,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod api_client;
 mod bench;
+mod directory;
 mod policy;
 mod status;
 
@@ -31,8 +35,15 @@ enum Command {
     Policy(policy::PolicyCommand),
     /// Drive a running API server with a cart-like load and report throughput and latency.
     Bench(bench::BenchArgs),
-    /// Show devices, gateways, policies, read repair, compaction and anti-entropy progress.
+    /// Show devices, gateways, placement groups, policies, read repair, compaction and
+    /// anti-entropy progress.
     Status(status::StatusArgs),
+    /// Show where a user's items live: USERID/PRODUCTID/DEVICEID, with each item's
+    /// placement group and which devices are in its up set (current) or past set (admin).
+    Locate(directory::LocateArgs),
+    /// List what one device holds, from its data node's own store:
+    /// DEVICEID/USERID/PRODUCTID (admin).
+    DeviceItems(directory::DeviceItemsArgs),
 }
 
 /// Runs one command; `Ok` carries the exit code of a command that ran to its end.
@@ -41,6 +52,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(command) => policy::run(command),
         Command::Bench(args) => bench::run(args),
         Command::Status(args) => status::run(args),
+        Command::Locate(args) => directory::locate(args),
+        Command::DeviceItems(args) => directory::device_items(args),
     }
 }
 

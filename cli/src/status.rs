@@ -1,22 +1,22 @@
 //! `cartdb status`: the cluster as `GET /api/cluster` reports it, for a terminal.
 //!
-//! Prints the devices (up or down, in or out), the gateways, the map epoch, the policies,
-//! and the convergence work: read repairs, compaction and the anti-entropy sweep's progress.
+//! Prints the devices (up or down, in or out, PG count), the gateways, the map epoch, the
+//! placement groups, the policies, and the convergence work: read repairs, compaction and
+//! the anti-entropy sweep's progress.
 //! `--json` prints the API's document unchanged.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::Value;
+
+use crate::api_client::{ApiArgs, get_json};
 
 /// Arguments of `cartdb status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Base URL of the API server.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    api: String,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Print the API's JSON document instead of the summary.
     #[arg(long)]
     json: bool,
@@ -24,31 +24,7 @@ pub struct StatusArgs {
 
 /// Fetches and prints the status; fails when the API cannot be reached or answers an error.
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
-    let url = format!("{}/api/cluster", args.api.trim_end_matches('/'));
-    let document: Value = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .context("cannot build the HTTP client")?;
-        let reply = client
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url}"))?;
-        let status = reply.status();
-        let body: Value = reply
-            .json()
-            .await
-            .with_context(|| format!("{url} did not answer JSON"))?;
-        if !status.is_success() {
-            bail!("{url} answered {status}: {}", body["error"]);
-        }
-        Ok(body)
-    })?;
+    let document = get_json(&args.api, "/api/cluster", &[])?;
     if args.json {
         println!("{document:#}");
     } else {
@@ -84,11 +60,20 @@ fn summary(doc: &Value) -> String {
         let weight = d["reweight"].as_u64().unwrap_or(0);
         let placement = if weight == 0 { "out" } else { "in" };
         out += &format!(
-            "  {:<10} {state:<4} {placement:<3} {}\n",
+            "  {:<10} {state:<4} {placement:<3} {:>4} PGs  {}\n",
             text(&d["name"]),
+            text(&d["pgs"]),
             text(&d["address"])
         );
     }
+    let pgs = &doc["placement_groups"];
+    out += &format!(
+        "placement groups: {} (pool {}); {} with a past set (read from former devices until clean), {} undersized\n",
+        text(&pgs["pg_num"]),
+        text(&pgs["pool"]),
+        text(&pgs["with_past"]),
+        text(&pgs["undersized"]),
+    );
     let gateways = doc["gateways"].as_array().cloned().unwrap_or_default();
     out += &format!("gateways: {}\n", gateways.len());
     for g in &gateways {
@@ -120,12 +105,14 @@ fn summary(doc: &Value) -> String {
     out += &match &m["anti_entropy"] {
         Value::Null => "anti-entropy: no progress published yet\n".to_owned(),
         s => format!(
-            "anti-entropy (led by gw-{}): pass {}/{} users, {} passes done, {} repairs\n",
+            "anti-entropy (led by gw-{}): pass {}/{} PGs, {} passes done, {} repairs, {} PGs cleaned, {} items handed back\n",
             text(&s["leader"]),
-            text(&s["users_done"]),
-            text(&s["users_total"]),
+            text(&s["pgs_done"]),
+            text(&s["pgs_total"]),
             text(&s["sweeps_completed"]),
             text(&s["repairs"]),
+            text(&s["pgs_cleaned"]),
+            text(&s["handed_back"]),
         ),
     };
     out
@@ -143,25 +130,29 @@ mod tests {
         let doc = json!({
             "map_epoch": 4,
             "devices": [
-                {"name": "device_1", "up": true, "reweight": 65536, "address": "127.0.0.1:7001"},
-                {"name": "device_2", "up": false, "reweight": 0, "address": null}
+                {"name": "device_1", "up": true, "reweight": 65536, "address": "127.0.0.1:7001", "pgs": 128},
+                {"name": "device_2", "up": false, "reweight": 0, "address": null, "pgs": 0}
             ],
+            "placement_groups": {"pool": 1, "pg_num": 256, "with_past": 3, "undersized": 0},
             "gateways": [{"id": 0, "address": "127.0.0.1:7101"}],
             "placement_policy": {"name": "crush-straw2", "sha256": "ab"},
             "maintenance": {
                 "merge_policy": null, "repairs": 3, "repaired_ops": 5, "repair_failures": 0,
                 "merge_fallbacks": 0, "compactions": 2, "folded_ops": 9,
-                "anti_entropy": {"leader": 0, "users_done": 1, "users_total": 4,
-                                 "sweeps_completed": 2, "repairs": 1}
+                "anti_entropy": {"leader": 0, "pgs_done": 1, "pgs_total": 4,
+                                 "sweeps_completed": 2, "repairs": 1, "pgs_cleaned": 3,
+                                 "handed_back": 7}
             }
         });
         let text = summary(&doc);
         assert!(text.contains("1/2 devices up"), "{text}");
-        assert!(text.contains("device_2   DOWN out"), "{text}");
+        assert!(text.contains("device_2   DOWN out    0 PGs"), "{text}");
+        assert!(text.contains("device_1   up   in   128 PGs"), "{text}");
+        assert!(text.contains("256 (pool 1); 3 with a past set"), "{text}");
         assert!(text.contains("built-in reference merge"), "{text}");
         assert!(text.contains("3 repairs (5 operations)"), "{text}");
         assert!(
-            text.contains("pass 1/4 users, 2 passes done, 1 repairs"),
+            text.contains("pass 1/4 PGs, 2 passes done, 1 repairs, 3 PGs cleaned, 7 items"),
             "{text}"
         );
     }

@@ -15,7 +15,8 @@ use crate::cart::{
 };
 
 /// Sent in the hello frame of every connection; peers refuse a different version.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: placement groups (PG scans, item drops, category answers with item keys).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Which service a connection expects to reach, checked in the hello exchange so that a client
 /// pointed at the wrong port gets a clear error instead of undecodable frames.
@@ -41,7 +42,7 @@ pub enum DataRequest {
     },
     /// Every item of `user` this replica holds.
     ReadUser { user: String },
-    /// Users that hold qty > 0 of any item in `category` on this replica.
+    /// The items with qty > 0 in `category` on this replica, with their users.
     ListCategory { category: String },
     /// The summary of every item of `user` this replica holds: what a cart read asks first.
     ReadSummaries { user: String },
@@ -66,6 +67,24 @@ pub enum DataRequest {
         upto: crate::version::Version,
         digest: StateDigest,
     },
+    /// The summary of every item this replica holds in one placement group, given as the
+    /// ranges of reversed placement keys that hold exactly its items
+    /// (`cartdb_model::pg::Pool::key_ranges`), at most `limit` of them.
+    ScanPg { ranges: Vec<(u32, u32)>, limit: u32 },
+    /// Handback: delete these items (heads, logs, category entries) from this replica.
+    /// Sent only to devices that are no longer in the items' up sets, once the up set is
+    /// clean. Items this replica does not hold are skipped.
+    DropItems { keys: Vec<ItemKey> },
+    /// This replica's items in key order (user, then product), after `after`, at most
+    /// `limit`: the seed's DEVICEID/USERID/PRODUCTID view.
+    ListItems { after: Option<ItemKey>, limit: u32 },
+}
+
+/// One item a replica holds, with its user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldItem {
+    pub user: String,
+    pub summary: ItemSummary,
 }
 
 /// A data node's answer to one [`DataRequest`].
@@ -78,8 +97,8 @@ pub enum DataResponse {
     NotInCart,
     /// The answer to [`DataRequest::ReadUser`], sorted by product id.
     UserItems { items: Vec<ItemState> },
-    /// The answer to [`DataRequest::ListCategory`], sorted, without duplicates.
-    CategoryUsers { users: Vec<String> },
+    /// The answer to [`DataRequest::ListCategory`], sorted by user, then product.
+    CategoryItems { items: Vec<ItemKey> },
     /// The request could not be served.
     Failed(DataFailure),
     /// The answer to [`DataRequest::ReadSummaries`], sorted by product id.
@@ -91,6 +110,11 @@ pub enum DataResponse {
     /// The answer to [`DataRequest::Compact`]: how many log entries were folded (0 when
     /// the digest no longer matched, `upto` was too recent, or nothing was that old).
     Compacted { folded: u32 },
+    /// The answer to [`DataRequest::ScanPg`] and [`DataRequest::ListItems`], in key order;
+    /// `more` when the limit cut the answer short.
+    Held { items: Vec<HeldItem>, more: bool },
+    /// The answer to [`DataRequest::DropItems`]: how many items were deleted.
+    Dropped { items: u32 },
 }
 
 /// Why a data node could not serve a request.
@@ -157,6 +181,17 @@ pub enum GatewayRequest {
     /// Every live replica's own state of `user`'s items, unmerged (admin, for checking
     /// that replicas converged).
     Replicas { user: String },
+    /// Where `user`'s items live: each item's PG and the devices of its up and past sets,
+    /// with what each holds (admin; the seed's USERID/PRODUCTID/DEVICEID view). `item`
+    /// limits the answer to the product of that name.
+    Locate { user: String, item: Option<String> },
+    /// What one device holds, from its own store, in key order after `after` (admin; the
+    /// seed's DEVICEID/USERID/PRODUCTID view).
+    DeviceItems {
+        device: DeviceId,
+        after: Option<ItemKey>,
+        limit: u32,
+    },
 }
 
 /// A gateway's answer to one [`GatewayRequest`].
@@ -177,6 +212,40 @@ pub enum GatewayResponse {
     Failed(GatewayFailure),
     /// The answer to [`GatewayRequest::Replicas`]: one entry per live device, by device id.
     Replicas { replicas: Vec<ReplicaDump> },
+    /// The answer to [`GatewayRequest::Locate`], sorted by product id.
+    Located { items: Vec<ItemLocation> },
+    /// The answer to [`GatewayRequest::DeviceItems`]; `next` is the `after` of the next
+    /// page, `None` on the last one.
+    DeviceItems {
+        items: Vec<HeldItem>,
+        next: Option<ItemKey>,
+    },
+}
+
+/// Where one item of a user lives (`GatewayRequest::Locate`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemLocation {
+    pub product: String,
+    /// The product's name in the catalog, if it is still there.
+    pub name: Option<String>,
+    /// The seed's placement key and the item's placement group.
+    pub x: u32,
+    pub pg: u32,
+    /// The devices of the PG's up set (primary first), then of its past set.
+    pub replicas: Vec<ReplicaLocation>,
+}
+
+/// One device that holds, or should hold, an item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaLocation {
+    pub device: DeviceId,
+    /// In the PG's up set (`false`: in its past set).
+    pub current: bool,
+    /// Whether the device answered.
+    pub answered: bool,
+    /// The device's own quantity of the item; `None` when it does not hold it (or did not
+    /// answer).
+    pub qty: Option<u64>,
 }
 
 /// One device's own state of a user's items.
@@ -234,6 +303,20 @@ pub struct ClusterStatus {
     pub replication: ReplicationInfo,
     /// Read repair, compaction and anti-entropy as this gateway sees them.
     pub maintenance: MaintenanceStatus,
+    /// The pool's placement groups at this epoch.
+    pub placement_groups: PgStatus,
+}
+
+/// The pool's placement groups as one gateway sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgStatus {
+    pub pool: u32,
+    pub pg_num: u32,
+    /// PGs whose past set is not empty: they may hold data off their up set, and are read
+    /// from both until the anti-entropy sweep finds them clean.
+    pub with_past: u32,
+    /// PGs whose up set has fewer devices than the pool's size.
+    pub undersized: u32,
 }
 
 /// Counters of the work that makes replicas converge, from the answering gateway, and the
@@ -263,13 +346,19 @@ pub struct MaintenanceStatus {
 pub struct SweepStatus {
     /// The gateway running the sweep (the live gateway with the smallest id).
     pub leader: u32,
-    /// Full passes over every user finished since that gateway started leading.
+    /// Full passes over every placement group finished since that gateway started leading.
     pub sweeps_completed: u64,
-    /// Users compared in the current pass, and how many it covers.
-    pub users_done: u64,
-    pub users_total: u64,
+    /// Placement groups compared in the current pass, and how many it covers (`pg_num`).
+    pub pgs_done: u64,
+    pub pgs_total: u64,
     /// Item replicas repaired by the sweep since that gateway started leading.
     pub repairs: u64,
+    /// PGs found clean and their past sets cleared, and items handed back (deleted from
+    /// devices no longer in their up set), since that gateway started leading.
+    #[serde(default)]
+    pub pgs_cleaned: u64,
+    #[serde(default)]
+    pub handed_back: u64,
     /// Wall-clock milliseconds of the last update.
     pub updated_ms: u64,
 }
@@ -284,6 +373,8 @@ pub struct DeviceStatus {
     pub reweight: u32,
     /// Where the data node listens, when it is up.
     pub address: Option<String>,
+    /// Placement groups whose up set includes this device.
+    pub pgs: u32,
 }
 
 /// A live gateway.

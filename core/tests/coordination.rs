@@ -11,11 +11,13 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cartdb_core::cart::{ItemKey, Product};
+use cartdb_core::cart::Product;
 use cartdb_core::catalog::Catalog;
-use cartdb_core::coord::{CoordConfig, CoordError, Coordinator, FULL_WEIGHT};
+use cartdb_core::coord::{
+    CoordConfig, CoordError, Coordinator, FULL_WEIGHT, Placement, PoolSettings,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Acls, Client, CreateMode};
@@ -74,22 +76,6 @@ async fn until<T: Clone>(
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
         .expect("coordinator channel open")
         .clone()
-}
-
-/// Polls `check` until it holds.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn key(user: &str, product: &str) -> ItemKey {
-    ItemKey {
-        user: user.into(),
-        product: product.into(),
-    }
 }
 
 fn product(id: &str, name: &str, price: u64) -> Product {
@@ -154,25 +140,44 @@ async fn devices_and_gateways_are_seen_through_members() {
     ));
 }
 
-/// The map is bootstrapped once, validated first, and its reweights change only by a
-/// compare-and-set on the epoch that exactly one of two racing writers wins.
+const POOL: PoolSettings = PoolSettings {
+    id: 1,
+    pg_num: 64,
+    size: 3,
+};
+
+fn reweights(weights: &[(u32, u32)]) -> Placement {
+    Placement {
+        reweights: weights.iter().copied().collect(),
+        past: Default::default(),
+    }
+}
+
+/// The map is bootstrapped once, validated first, and its reweights and past sets change
+/// only by a compare-and-set on the epoch that exactly one of two racing writers wins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn map_is_bootstrapped_once_and_reweighted_by_compare_and_set() {
+async fn map_is_bootstrapped_once_and_changed_by_compare_and_set() {
     let a = node(&config("map")).await;
     let b = node(&config("map")).await;
     assert!(matches!(
-        a.coord.bootstrap_map(r#"{"trees": []}"#).await,
+        a.coord.bootstrap_map(r#"{"trees": []}"#, POOL).await,
         Err(CoordError::InvalidMap(_))
     ));
-    a.coord.bootstrap_map(SEED_MAP).await.unwrap();
+    let no_pgs = PoolSettings { pg_num: 0, ..POOL };
+    assert!(matches!(
+        a.coord.bootstrap_map(SEED_MAP, no_pgs).await,
+        Err(CoordError::InvalidMap(_))
+    ));
+    a.coord.bootstrap_map(SEED_MAP, POOL).await.unwrap();
     let map = until(&mut b.coord.map(), "the map", Option::is_some)
         .await
         .unwrap();
     assert_eq!((map.epoch, map.devices.len()), (1, 6));
     assert_eq!(map.devices[&6], "device_6");
+    assert_eq!(map.settings, POOL);
 
     let other = r#"{"trees": [{"id": -1, "name": "r", "children": [{"id": 9, "name": "device_9"}]}], "rules": {}}"#;
-    b.coord.bootstrap_map(other).await.unwrap();
+    b.coord.bootstrap_map(other, POOL).await.unwrap();
     let (_, stat) = raw_client(&config("map"))
         .await
         .get_data("/map")
@@ -183,12 +188,11 @@ async fn map_is_bootstrapped_once_and_reweighted_by_compare_and_set() {
         "a second bootstrap must not overwrite the map"
     );
 
-    assert!(
-        a.coord
-            .set_reweights(1, BTreeMap::from([(3, 0)]))
-            .await
-            .unwrap()
-    );
+    let out = Placement {
+        reweights: BTreeMap::from([(3, 0)]),
+        past: BTreeMap::from([(17, BTreeSet::from([3]))]),
+    };
+    assert!(a.coord.set_placement(1, out).await.unwrap());
     assert_eq!(a.coord.map().borrow().as_ref().unwrap().epoch, 2);
     let seen = until(&mut b.coord.map(), "epoch 2", |m| {
         m.as_ref().is_some_and(|m| m.epoch == 2)
@@ -196,25 +200,62 @@ async fn map_is_bootstrapped_once_and_reweighted_by_compare_and_set() {
     .await;
     let seen = seen.unwrap();
     assert_eq!((seen.reweight_of(3), seen.reweight_of(1)), (0, FULL_WEIGHT));
+    assert_eq!(seen.past_of(17), Some(&BTreeSet::from([3])));
     assert!(
-        !b.coord.set_reweights(1, BTreeMap::new()).await.unwrap(),
+        !b.coord.set_placement(1, reweights(&[])).await.unwrap(),
         "stale epoch"
     );
     assert!(matches!(
-        a.coord.set_reweights(2, BTreeMap::from([(42, 0)])).await,
+        a.coord.set_placement(2, reweights(&[(42, 0)])).await,
         Err(CoordError::UnknownDevice { device: 42, .. })
+    ));
+    let beyond_pg_num = Placement {
+        reweights: BTreeMap::new(),
+        past: BTreeMap::from([(64, BTreeSet::from([1]))]),
+    };
+    assert!(matches!(
+        a.coord.set_placement(2, beyond_pg_num).await,
+        Err(CoordError::InvalidMap(_))
     ));
 
     let (x, y) = tokio::join!(
-        a.coord.set_reweights(2, BTreeMap::from([(1, 0)])),
-        b.coord.set_reweights(2, BTreeMap::from([(2, 0)])),
+        a.coord.set_placement(2, reweights(&[(1, 0)])),
+        b.coord.set_placement(2, reweights(&[(2, 0)])),
     );
     assert!(x.unwrap() ^ y.unwrap(), "exactly one racing writer wins");
     let map = until(&mut a.coord.map(), "epoch 3", |m| {
         m.as_ref().is_some_and(|m| m.epoch == 3)
     })
     .await;
-    assert_eq!(map.unwrap().reweights.len(), 1);
+    let map = map.unwrap();
+    assert_eq!(map.reweights.len(), 1);
+    assert!(map.past.is_empty(), "the winner cleared the past set");
+}
+
+/// A map document of the per-item directory era (format 1) is refused by every reader:
+/// nothing is published, so no process places with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_of_an_older_format_is_refused() {
+    let config = config("old-format");
+    // Connecting creates the chroot; the raw client then writes what an older build wrote.
+    drop(node(&config).await);
+    let raw = raw_client(&config).await;
+    let old = format!(r#"{{"map": {SEED_MAP}, "reweights": {{}}}}"#);
+    raw.create(
+        "/map",
+        old.as_bytes(),
+        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+    )
+    .await
+    .unwrap();
+    let a = node(&config).await;
+    assert!(
+        a.coord.map().borrow().is_none(),
+        "a format-1 map was published"
+    );
+    // Bootstrapping does not overwrite it either: the operator must start a new cluster.
+    a.coord.bootstrap_map(SEED_MAP, POOL).await.unwrap();
+    assert!(a.coord.map().borrow().is_none());
 }
 
 /// The catalog is bootstrapped once; upserts (also concurrent ones) land and reach every
@@ -266,61 +307,6 @@ async fn catalog_bootstrap_and_upserts_are_seen_through_the_watch() {
     ));
 }
 
-/// Recording replicas creates both directory trees, is idempotent and race-tolerant, and is
-/// seen by other coordinators through their watch and by new ones when they connect.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn record_replicas_fills_both_trees_and_every_directory() {
-    let a = node(&config("directory")).await;
-    let b = node(&config("directory")).await;
-    let item = key("user1", "1");
-
-    a.coord.record_replicas(&item, &[1, 3]).await.unwrap();
-    assert!(a.coord.directory().has(&item, 1) && a.coord.directory().has(&item, 3));
-    let raw = raw_client(&config("directory")).await;
-    for path in [
-        "/users/user1/1/1",
-        "/users/user1/1/3",
-        "/devices/1/user1/1",
-        "/devices/3/user1/1",
-    ] {
-        assert!(
-            raw.check_stat(path).await.unwrap().is_some(),
-            "{path} missing"
-        );
-    }
-    a.coord.record_replicas(&item, &[3, 1]).await.unwrap();
-    let b_dir = b.coord.directory();
-    eventually("b to see the replicas", || {
-        b_dir.has(&item, 1) && b_dir.has(&item, 3)
-    })
-    .await;
-
-    let (x, y) = tokio::join!(
-        a.coord.record_replicas(&item, &[6]),
-        b.coord.record_replicas(&item, &[6]),
-    );
-    x.unwrap();
-    y.unwrap();
-    a.coord
-        .record_replicas(&key("user2", "4"), &[2])
-        .await
-        .unwrap();
-
-    let c = node(&config("directory")).await;
-    let c_dir = c.coord.directory();
-    assert!(c_dir.is_loaded());
-    assert_eq!(c_dir.items_of("user1")["1"], BTreeSet::from([1, 3, 6]));
-    assert_eq!(c_dir.missing(&key("user2", "4"), &[2, 5]), vec![5]);
-
-    raw.delete("/users/user1/1/6", None).await.unwrap();
-    eventually("the deletion to reach b", || !b_dir.has(&item, 6)).await;
-
-    assert!(matches!(
-        a.coord.record_replicas(&key("..", "1"), &[1]).await,
-        Err(CoordError::InvalidName { field: "user", .. })
-    ));
-}
-
 /// When a coordinator's session expires (here: cut off from ZooKeeper for longer than the
 /// session timeout), it opens a new session, re-creates its device and gateway registrations
 /// (same gateway id) and re-installs its watches.
@@ -347,11 +333,7 @@ async fn registrations_and_watches_come_back_after_session_expiry() {
     })
     .await;
     // Written while `a` is cut off: only a re-read after the new session can reveal it.
-    observer
-        .coord
-        .record_replicas(&key("late", "2"), &[2])
-        .await
-        .unwrap();
+    observer.coord.bootstrap_map(SEED_MAP, POOL).await.unwrap();
     gate.open();
 
     until(&mut members, "a's registrations to come back", |m| {
@@ -359,21 +341,22 @@ async fn registrations_and_watches_come_back_after_session_expiry() {
             && m.gateways.get(&gw).map(String::as_str) == Some("127.0.0.1:8005")
     })
     .await;
-    let a_dir = a.coord.directory();
-    eventually("a to re-read the directory", || {
-        a_dir.has(&key("late", "2"), 2)
+    until(&mut a.coord.map(), "a to re-read the map", |m| {
+        m.as_ref().is_some_and(|m| m.epoch == 1)
     })
     .await;
-    observer
-        .coord
-        .record_replicas(&key("later", "3"), &[4])
-        .await
-        .unwrap();
-    eventually("a's new watch to fire", || a_dir.has(&key("later", "3"), 4)).await;
-    a.coord
-        .record_replicas(&key("after", "1"), &[1])
-        .await
-        .unwrap();
+    assert!(
+        observer
+            .coord
+            .set_placement(1, reweights(&[(4, 0)]))
+            .await
+            .unwrap()
+    );
+    until(&mut a.coord.map(), "a's new watch to fire", |m| {
+        m.as_ref().is_some_and(|m| m.epoch == 2)
+    })
+    .await;
+    assert!(a.coord.set_placement(2, reweights(&[])).await.unwrap());
     assert_eq!(
         a.coord.register_gateway("127.0.0.1:8005").await.unwrap(),
         gw
@@ -420,16 +403,6 @@ async fn watches_keep_firing_after_a_reconnect_that_keeps_the_session() {
         .await
         .unwrap();
     until(&mut members, "device 3 through the watch", |m| m.is_live(3)).await;
-    observer
-        .coord
-        .record_replicas(&key("after-reconnect", "1"), &[3])
-        .await
-        .unwrap();
-    let directory = a.coord.directory();
-    eventually("the directory watch to fire", || {
-        directory.has(&key("after-reconnect", "1"), 3)
-    })
-    .await;
 }
 
 /// A registration left behind by an older session of the same device (a kill -9 and a
@@ -465,12 +438,15 @@ async fn malformed_znode_data_is_refused() {
     let config = config("malformed");
     let a = node(&config).await;
     let raw = raw_client(&config).await;
-    a.coord.bootstrap_map(SEED_MAP).await.unwrap();
+    a.coord.bootstrap_map(SEED_MAP, POOL).await.unwrap();
     let mut map = a.coord.map();
     let first = until(&mut map, "epoch 1", Option::is_some).await.unwrap();
 
     raw.set_data("/map", b"{not json", None).await.unwrap();
-    let valid = format!(r#"{{"map": {}, "reweights": {{"1": 0}}}}"#, first.map_json);
+    let valid = format!(
+        r#"{{"format": 2, "map": {}, "reweights": {{"1": 0}}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}}}"#,
+        first.map_json
+    );
     raw.set_data("/map", valid.as_bytes(), None).await.unwrap();
     let third = until(&mut map, "epoch 3", |m| {
         m.as_ref().is_some_and(|m| m.epoch == 3)

@@ -544,6 +544,12 @@ pub trait ItemLog: ItemReader + Send + Sync + 'static {
     /// # Errors
     /// As [`CartStore::commit`].
     fn commit(&self, writes: &[ItemWrite]) -> Result<(), StoreError>;
+
+    /// See [`CartStore::drop_items`]: atomic and durable before it returns.
+    ///
+    /// # Errors
+    /// As [`CartStore::drop_items`].
+    fn drop_items(&self, keys: &[ItemKey]) -> Result<u32, StoreError>;
 }
 
 impl ItemReader for CartStore {
@@ -567,6 +573,10 @@ impl ItemReader for CartStore {
 impl ItemLog for CartStore {
     fn commit(&self, writes: &[ItemWrite]) -> Result<(), StoreError> {
         CartStore::commit(self, writes)
+    }
+
+    fn drop_items(&self, keys: &[ItemKey]) -> Result<u32, StoreError> {
+        CartStore::drop_items(self, keys)
     }
 }
 
@@ -635,12 +645,19 @@ pub enum StopError {
 
 enum Message {
     Write(Job),
+    /// Handback: delete these items, after the batch it arrives with is committed.
+    Drop(DropJob),
     /// Stop accepting; commit what is queued, then end the thread.
     Stop,
 }
 
 struct Job {
     request: WriteRequest,
+    reply: oneshot::Sender<DataResponse>,
+}
+
+struct DropJob {
+    keys: Vec<ItemKey>,
     reply: oneshot::Sender<DataResponse>,
 }
 
@@ -675,6 +692,7 @@ impl GroupCommit {
             counters: counters.clone(),
             failed: failed.clone(),
             failure: None,
+            drops: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("cartdb-group-commit".into())
@@ -707,6 +725,39 @@ impl GroupCommit {
     /// gateway saw (see [`CompactRequest`]) and answers once that is durable.
     pub async fn compact(&self, request: CompactRequest) -> DataResponse {
         self.write(WriteRequest::Compact(request)).await
+    }
+
+    /// Deletes these items (handback, see `DataRequest::DropItems`) and answers once that
+    /// is durable. The writer runs it after the batch it arrives with, so it never races a
+    /// write.
+    pub async fn drop_items(&self, keys: Vec<ItemKey>) -> DataResponse {
+        for key in &keys {
+            if let Err(e) = validate_id("userid", &key.user)
+                .and_then(|()| validate_id("productid", &key.product))
+            {
+                return DataResponse::Failed(DataFailure::InvalidRequest {
+                    device: self.device,
+                    problem: e.to_string(),
+                });
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        if self
+            .queue
+            .send(Message::Drop(DropJob { keys, reply }))
+            .await
+            .is_err()
+        {
+            return DataResponse::Failed(DataFailure::ShuttingDown {
+                device: self.device,
+            });
+        }
+        answer.await.unwrap_or_else(|_| {
+            storage_failure(
+                self.device,
+                "the write path stopped before answering".into(),
+            )
+        })
     }
 
     async fn write(&self, request: WriteRequest) -> DataResponse {
@@ -780,6 +831,8 @@ struct Writer {
     failed: CancellationToken,
     /// Set by the first failed commit; every later write is refused with it.
     failure: Option<String>,
+    /// Drops received with the current batch, run after its commit.
+    drops: Vec<DropJob>,
 }
 
 /// Cancels the failure token if the writer thread panics, so the node stops instead of
@@ -800,6 +853,7 @@ impl Writer {
         let _alarm = PanicAlarm(self.failed.clone());
         while let Some(jobs) = self.next_batch() {
             self.process(jobs);
+            self.run_drops();
         }
         tracing::debug!("group commit writer stopped");
     }
@@ -810,7 +864,7 @@ impl Writer {
         let first = self.queue.blocking_recv()?;
         let mut jobs = Vec::new();
         self.take(first, &mut jobs);
-        while jobs.len() < self.max_batch {
+        while jobs.len() + self.drops.len() < self.max_batch {
             match self.queue.try_recv() {
                 Ok(message) => self.take(message, &mut jobs),
                 Err(_) => break,
@@ -822,6 +876,7 @@ impl Writer {
     fn take(&mut self, message: Message, jobs: &mut Vec<Job>) {
         match message {
             Message::Write(job) => jobs.push(job),
+            Message::Drop(job) => self.drops.push(job),
             // Queued requests are still received (and committed) after `close`.
             Message::Stop => self.queue.close(),
         }
@@ -854,6 +909,28 @@ impl Writer {
                 tracing::error!(error = %e, "cannot stage a batch");
                 answer_all(jobs, &storage_failure(self.device, e.to_string()));
             }
+        }
+    }
+
+    /// Runs the drops received with the last batch, each as its own fsync'd batch.
+    fn run_drops(&mut self) {
+        for job in std::mem::take(&mut self.drops) {
+            let reply = match &self.failure {
+                Some(failure) => storage_failure(
+                    self.device,
+                    format!("writes refused since a commit failed: {failure}"),
+                ),
+                None => match self.store.drop_items(&job.keys) {
+                    Ok(items) => DataResponse::Dropped { items },
+                    Err(e @ StoreError::Commit { .. }) => {
+                        self.fail(Vec::new(), &e);
+                        storage_failure(self.device, e.to_string())
+                    }
+                    Err(e) => storage_failure(self.device, e.to_string()),
+                },
+            };
+            // A caller that went away: the drop happened (or failed) all the same.
+            let _ = job.reply.send(reply);
         }
     }
 
@@ -1030,6 +1107,16 @@ mod tests {
     }
 
     impl ItemLog for MemoryLog {
+        fn drop_items(&self, keys: &[ItemKey]) -> Result<u32, StoreError> {
+            let mut items = self.items.lock().unwrap();
+            let mut ids = self.ids.lock().unwrap();
+            let dropped = keys.iter().filter(|k| items.remove(*k).is_some()).count();
+            for key in keys {
+                ids.remove(key);
+            }
+            Ok(u32::try_from(dropped).unwrap())
+        }
+
         fn commit(&self, writes: &[ItemWrite]) -> Result<(), StoreError> {
             if self.failing.load(Ordering::SeqCst) {
                 return Err(StoreError::Commit {

@@ -69,6 +69,16 @@ impl HeadCache {
             .map(|heads| heads.get(&key.product).cloned())
     }
 
+    /// Forgets durably deleted items, for the users the cache holds.
+    pub fn dropped<'a>(&self, keys: impl IntoIterator<Item = &'a ItemKey>) {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in keys {
+            if let Some(cached) = users.get_mut(&key.user) {
+                cached.remove(&key.product);
+            }
+        }
+    }
+
     /// Records durable new heads, for the users the cache holds.
     pub fn written<'a>(&self, heads: impl IntoIterator<Item = (&'a ItemKey, &'a ItemSummary)>) {
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);

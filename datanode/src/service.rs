@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! rpc::serve --> DataNodeService::call
-//!                  Apply, Repair, Compact --> GroupCommit (writer thread, one fsync per batch)
-//!                  ReadSummaries, ReadItems, ReadUser, ListCategory --> CartStore, inline
+//!                  Apply, Repair, Compact, DropItems --> GroupCommit (writer thread, one
+//!                                                       fsync per batch)
+//!                  ReadSummaries, ReadItems, ReadUser, ListCategory, ScanPg, ListItems
+//!                                                   --> CartStore, inline
 //! ```
 //!
 //! Reads run inline on the runtime thread although fjall calls block: a cart read is a
@@ -24,6 +26,10 @@ use crate::group_commit::{
     StopError,
 };
 use crate::store::{CartStore, StoreError};
+
+/// Most items one `ScanPg` or `ListItems` answer carries, whatever the request asks: a
+/// few hundred bytes each keeps an answer well under the RPC frame limit.
+const MAX_LISTED: usize = 10_000;
 
 /// Why the node's storage could not be opened or closed.
 #[derive(Debug, thiserror::Error)]
@@ -137,8 +143,8 @@ impl Service for DataNodeService {
                 Ok(DataResponse::UserItems { items })
             }),
             DataRequest::ListCategory { category } => self.read(move |store| {
-                let users = store.users_in_category(&category)?;
-                Ok(DataResponse::CategoryUsers { users })
+                let items = store.items_in_category(&category)?;
+                Ok(DataResponse::CategoryItems { items })
             }),
             DataRequest::ReadSummaries { user } => self.read(move |store| {
                 let items = store.read_user_summaries(&user)?;
@@ -166,6 +172,17 @@ impl Service for DataNodeService {
                 let request = CompactRequest { key, upto, digest };
                 self.writer.compact(request).await
             }
+            DataRequest::ScanPg { ranges, limit } => self.read(move |store| {
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LISTED);
+                let (items, more) = store.scan_placement(&ranges, limit)?;
+                Ok(DataResponse::Held { items, more })
+            }),
+            DataRequest::ListItems { after, limit } => self.read(move |store| {
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LISTED);
+                let (items, more) = store.list_items(after.as_ref(), limit)?;
+                Ok(DataResponse::Held { items, more })
+            }),
+            DataRequest::DropItems { keys } => self.writer.drop_items(keys).await,
         }
     }
 }

@@ -1,14 +1,24 @@
 //! [`CartStore`]: the data node's fjall database, behind a small synchronous API.
 //!
-//! Three keyspaces, all written only through [`CartStore::commit`], whose one fjall batch is
-//! atomic across them:
+//! Four keyspaces, all written only through [`CartStore::commit`] and
+//! [`CartStore::drop_items`], whose one fjall batch is atomic across them:
 //!
 //! ```text
 //! items       user 0x00 product                           -> FORMAT_V2 ++ postcard(ItemSummary)
 //! log         user 0x00 product 0x00 'l' hlc gateway id   -> kind          (the operation log)
 //!             user 0x00 product 0x00 'i' id               -> hlc gateway kind   (by op id)
 //! categories  category 0x00 user 0x00 product             -> (empty)
+//! placement   reverse_bits(x) user 0x00 product           -> (empty)
 //! ```
+//!
+//! `placement` finds the items of one placement group without a full scan: `x` is the item's
+//! placement key (`cartdb_model::placement_key::placement_key`), and with its bits reversed
+//! the PG's low bits become the key's high bits, so a PG's items are one or two key ranges
+//! whatever `pg_num` is (`cartdb_model::pg::Pool::key_ranges`). Its entries are written with
+//! every item write and deleted only with the item.
+//!
+//! The data directory carries a format marker file, [`FORMAT_FILE`]: a directory written
+//! before placement groups (no marker, or another format) is refused by name, not migrated.
 //!
 //! An item is a small head (its [`ItemSummary`]: base, folded quantity, newest version,
 //! digest) plus one key per operation. A write adds one log entry, one id entry and a new
@@ -30,7 +40,9 @@ use std::path::{Path, PathBuf};
 use cartdb_core::cart::{
     InputError, ItemKey, ItemState, ItemSummary, OpId, OpKind, Operation, validate_id,
 };
+use cartdb_core::placement_key::{is_index_entry, placement_key};
 use cartdb_core::version::Version;
+use cartdb_core::wire::HeldItem;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::head_cache::HeadCache;
@@ -44,6 +56,12 @@ const LOG_TAG: u8 = b'l';
 const ID_TAG: u8 = b'i';
 /// Separator between the parts of a key.
 const SEP: u8 = 0;
+
+/// The file in the data directory that names its layout.
+pub const FORMAT_FILE: &str = "CARTDB_FORMAT";
+/// What [`FORMAT_FILE`] holds for this layout: 3 added placement groups (the `placement`
+/// keyspace and cart-index entries); 2 was the per-operation layout without them.
+pub const DATA_FORMAT: &str = "cartdb-data 3";
 
 /// Block cache shared by both keyspaces. Small on purpose: the node must stay under
 /// 200 MiB RSS, and carts are read by user prefix, mostly from recent (memtable) data.
@@ -74,6 +92,19 @@ pub enum StoreError {
         path: PathBuf,
         #[source]
         source: fjall::Error,
+    },
+    /// The data directory was written by a build with another layout.
+    #[error(
+        "the data directory {} has format {found:?}, this build reads {DATA_FORMAT:?}; it is not migrated: start the node with an empty --data-dir (and the cluster in a new ZooKeeper chroot)",
+        path.display()
+    )]
+    Format { path: PathBuf, found: String },
+    /// The format marker could not be read or written.
+    #[error("cannot access the format marker {}: {source}", path.display())]
+    Marker {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     /// fjall failed while reading.
     #[error("cannot read {key}: {source}")]
@@ -135,6 +166,7 @@ pub struct CartStore {
     items: Keyspace,
     log: Keyspace,
     categories: Keyspace,
+    placement: Keyspace,
     heads: HeadCache,
 }
 
@@ -184,9 +216,10 @@ impl IndexChange {
     }
 }
 
-/// The category an item is listed under, if its quantity is above zero.
+/// The category an item is listed under, if its quantity is above zero. Cart-index entries
+/// are not products and are never listed.
 fn listed_category(head: &ItemSummary) -> Option<&str> {
-    (head.qty > 0).then_some(head.meta.category.as_str())
+    (head.qty > 0 && !is_index_entry(&head.product)).then_some(head.meta.category.as_str())
 }
 
 impl CartStore {
@@ -196,6 +229,7 @@ impl CartStore {
     /// [`StoreError::Open`] when fjall cannot open the directory (missing permissions, another
     /// process holds it, unrecoverable data).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        check_format(path)?;
         let open_error = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -212,11 +246,15 @@ impl CartStore {
         let categories = db
             .keyspace("categories", keyspace_options)
             .map_err(open_error)?;
+        let placement = db
+            .keyspace("placement", keyspace_options)
+            .map_err(open_error)?;
         Ok(Self {
             db,
             items,
             log,
             categories,
+            placement,
             heads: HeadCache::default(),
         })
     }
@@ -342,27 +380,158 @@ impl CartStore {
             .collect()
     }
 
-    /// Users holding a quantity above zero of any item in `category` on this replica,
-    /// sorted and without duplicates.
+    /// The items with a quantity above zero in `category` on this replica, sorted by user,
+    /// then product.
     ///
     /// # Errors
     /// [`StoreError::InvalidId`], [`StoreError::Read`], or
     /// [`StoreError::MalformedKey`] for an index key that does not parse.
-    pub fn users_in_category(&self, category: &str) -> Result<Vec<String>, StoreError> {
+    pub fn items_in_category(&self, category: &str) -> Result<Vec<ItemKey>, StoreError> {
         let prefix = key_prefix("category", category)?;
-        let mut users: Vec<String> = Vec::new();
+        let mut items = Vec::new();
         for guard in self.categories.prefix(&prefix) {
             let raw = guard.key().map_err(|source| StoreError::Read {
                 key: show_key(&prefix),
                 source,
             })?;
-            let user = user_of_index_key(&raw[prefix.len()..], &raw)?;
-            // Keys are sorted by user, so a user's products are adjacent.
-            if users.last().map(String::as_str) != Some(user) {
-                users.push(user.to_owned());
+            items.push(item_key_of(&raw[prefix.len()..], &raw)?);
+        }
+        Ok(items)
+    }
+
+    /// The users of [`CartStore::items_in_category`], sorted and without duplicates.
+    ///
+    /// # Errors
+    /// As [`CartStore::items_in_category`].
+    pub fn users_in_category(&self, category: &str) -> Result<Vec<String>, StoreError> {
+        let mut users: Vec<String> = self
+            .items_in_category(category)?
+            .into_iter()
+            .map(|key| key.user)
+            .collect();
+        users.dedup();
+        Ok(users)
+    }
+
+    /// The heads of the items whose reversed placement keys fall in `ranges` (the key ranges
+    /// of one placement group), in key order, at most `limit`; `true` when more were left.
+    ///
+    /// # Errors
+    /// [`StoreError::Read`], [`StoreError::MalformedKey`], or a decoding error of a head.
+    pub fn scan_placement(
+        &self,
+        ranges: &[(u32, u32)],
+        limit: usize,
+    ) -> Result<(Vec<HeldItem>, bool), StoreError> {
+        let mut held = Vec::new();
+        for &(first, last) in ranges {
+            let end = u64::from(last) + 1;
+            let start = first.to_be_bytes().to_vec();
+            let entries = match u32::try_from(end) {
+                Ok(end) => self.placement.range(start..end.to_be_bytes().to_vec()),
+                Err(_) => self.placement.range(start..),
+            };
+            for guard in entries {
+                let raw = guard.key().map_err(|source| StoreError::Read {
+                    key: format!("placement range {first:#010x}..={last:#010x}"),
+                    source,
+                })?;
+                let tail = raw.get(4..).ok_or_else(|| StoreError::MalformedKey {
+                    key: show_key(&raw),
+                })?;
+                let key = item_key_of(tail, &raw)?;
+                if held.len() == limit {
+                    return Ok((held, true));
+                }
+                if let Some(summary) = self.read_summary(&key)? {
+                    held.push(HeldItem {
+                        user: key.user,
+                        summary,
+                    });
+                }
             }
         }
-        Ok(users)
+        Ok((held, false))
+    }
+
+    /// This replica's items in key order (user, then product) after `after`, at most
+    /// `limit`; `true` when more were left.
+    ///
+    /// # Errors
+    /// As [`CartStore::scan_placement`].
+    pub fn list_items(
+        &self,
+        after: Option<&ItemKey>,
+        limit: usize,
+    ) -> Result<(Vec<HeldItem>, bool), StoreError> {
+        let start = match after {
+            Some(key) => {
+                let mut raw = item_key(key)?;
+                // The smallest key after `raw`.
+                raw.push(0);
+                raw
+            }
+            None => Vec::new(),
+        };
+        let mut held = Vec::new();
+        for guard in self.items.range(start..) {
+            let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
+                key: "items".to_owned(),
+                source,
+            })?;
+            if held.len() == limit {
+                return Ok((held, true));
+            }
+            let key = item_key_of(&raw, &raw)?;
+            let summary = decode_head(&raw, &key.product, &value)?;
+            held.push(HeldItem {
+                user: key.user,
+                summary,
+            });
+        }
+        Ok((held, false))
+    }
+
+    /// Deletes every trace of `keys` (head, log and id entries, category and placement
+    /// entries) in one batch, fsync'd before it returns; items not held are skipped. Returns
+    /// how many items were deleted. Called by the group commit writer only, so it never
+    /// races a write.
+    ///
+    /// # Errors
+    /// As [`CartStore::read_summary`] for a read; [`StoreError::Commit`] when fjall fails,
+    /// after which fjall refuses every write.
+    pub fn drop_items(&self, keys: &[ItemKey]) -> Result<u32, StoreError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut dropped = Vec::new();
+        let keys: std::collections::BTreeSet<&ItemKey> = keys.iter().collect();
+        for key in keys {
+            let Some(head) = self.read_summary(key)? else {
+                continue;
+            };
+            let prefix = log_prefix(key)?;
+            for guard in self.log.prefix(&prefix) {
+                let raw = guard.key().map_err(|source| StoreError::Read {
+                    key: show_key(&prefix),
+                    source,
+                })?;
+                batch.remove(&self.log, raw.to_vec());
+            }
+            if let Some(category) = listed_category(&head) {
+                batch.remove(&self.categories, index_key(category, key)?);
+            }
+            batch.remove(&self.placement, placement_entry(key)?);
+            batch.remove(&self.items, item_key(key)?);
+            dropped.push(key);
+        }
+        if dropped.is_empty() {
+            return Ok(0);
+        }
+        batch.commit().map_err(|source| StoreError::Commit {
+            writes: dropped.len(),
+            source,
+        })?;
+        self.heads.dropped(dropped.iter().copied());
+        Ok(u32::try_from(dropped.len()).unwrap_or(u32::MAX))
     }
 
     /// Writes every item state and index change in one atomic fjall batch, and returns once
@@ -429,6 +598,7 @@ impl CartStore {
             );
         }
         batch.insert(&self.items, raw, value);
+        batch.insert(&self.placement, placement_entry(&write.key)?, Vec::new());
         Ok(())
     }
 
@@ -495,15 +665,70 @@ fn product_of<'a>(rest: &'a [u8], raw: &[u8]) -> Result<&'a str, StoreError> {
     std::str::from_utf8(rest).map_err(|_| StoreError::MalformedKey { key: show_key(raw) })
 }
 
-/// The user part of an index key's `user 0x00 product` tail.
-fn user_of_index_key<'a>(rest: &'a [u8], raw: &[u8]) -> Result<&'a str, StoreError> {
+/// The item of a `user 0x00 product` key part (`raw` is the whole key, for errors).
+fn item_key_of(rest: &[u8], raw: &[u8]) -> Result<ItemKey, StoreError> {
     let malformed = || StoreError::MalformedKey { key: show_key(raw) };
     let end = rest.iter().position(|&b| b == SEP).ok_or_else(malformed)?;
     let user = std::str::from_utf8(&rest[..end]).map_err(|_| malformed())?;
-    if user.is_empty() {
+    let product = std::str::from_utf8(&rest[end + 1..]).map_err(|_| malformed())?;
+    if user.is_empty() || product.is_empty() {
         return Err(malformed());
     }
-    Ok(user)
+    Ok(ItemKey {
+        user: user.to_owned(),
+        product: product.to_owned(),
+    })
+}
+
+/// `reverse_bits(x) user 0x00 product`: the item's `placement` entry.
+fn placement_entry(key: &ItemKey) -> Result<Vec<u8>, StoreError> {
+    let x = placement_key(&key.user, &key.product);
+    let mut raw = x.reverse_bits().to_be_bytes().to_vec();
+    raw.extend_from_slice(&item_key(key)?);
+    Ok(raw)
+}
+
+/// Refuses a data directory of another layout, and marks a new (empty) one with this one.
+fn check_format(path: &Path) -> Result<(), StoreError> {
+    let marker = path.join(FORMAT_FILE);
+    let marker_error = |source| StoreError::Marker {
+        path: marker.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == DATA_FORMAT => Ok(()),
+        Ok(found) => Err(StoreError::Format {
+            path: path.to_owned(),
+            found: found.trim().to_owned(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let empty = match std::fs::read_dir(path) {
+                Ok(mut entries) => entries.next().is_none(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(e) => return Err(marker_error(e)),
+            };
+            if !empty {
+                return Err(StoreError::Format {
+                    path: path.to_owned(),
+                    found: "cartdb-data 2 or older (no format marker)".to_owned(),
+                });
+            }
+            std::fs::create_dir_all(path).map_err(marker_error)?;
+            write_marker(&marker).map_err(marker_error)
+        }
+        Err(e) => Err(marker_error(e)),
+    }
+}
+
+/// Writes the format marker durably (file and directory entry).
+fn write_marker(marker: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::create(marker)?;
+    std::io::Write::write_all(&mut &file, format!("{DATA_FORMAT}\n").as_bytes())?;
+    file.sync_all()?;
+    if let Some(dir) = marker.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// `user 0x00 product 0x00`: the prefix of every log and id entry of the item.
@@ -734,9 +959,11 @@ mod tests {
 
     #[test]
     fn index_keys_parse_back_to_their_user() {
-        assert_eq!(user_of_index_key(b"u1\0p1", b"").unwrap(), "u1");
-        assert!(user_of_index_key(b"u1p1", b"").is_err());
-        assert!(user_of_index_key(b"\0p1", b"").is_err());
+        let key = item_key_of(b"u1\0p1", b"").unwrap();
+        assert_eq!((key.user.as_str(), key.product.as_str()), ("u1", "p1"));
+        assert!(item_key_of(b"u1p1", b"").is_err());
+        assert!(item_key_of(b"\0p1", b"").is_err());
+        assert!(item_key_of(b"u1\0", b"").is_err());
     }
 
     #[test]

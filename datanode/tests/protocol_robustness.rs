@@ -8,7 +8,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cartdb_core::cart::OpKind;
+use cartdb_core::cart::{ItemKey, OpKind};
+use cartdb_core::pg::Pool;
+use cartdb_core::placement_key::placement_key;
 use cartdb_core::rpc::{Hello, RpcClient, serve};
 use cartdb_core::wire::{DataRequest, DataResponse, ServiceKind};
 use cartdb_datanode::group_commit::{GroupCommitSettings, Timing};
@@ -115,12 +117,64 @@ async fn a_proper_client_is_served() {
         )
         .await
         .unwrap();
+    let key = ItemKey {
+        user: "u1".into(),
+        product: "p1".into(),
+    };
     assert_eq!(
         reply,
-        DataResponse::CategoryUsers {
-            users: vec!["u1".into()]
+        DataResponse::CategoryItems {
+            items: vec![key.clone()]
         }
     );
+    // The item is found in its placement group's key ranges, and only there.
+    let pool = Pool::new(1, 64).unwrap();
+    let pg = pool.pg_of(placement_key("u1", "p1"));
+    let scan = |pg: u32| DataRequest::ScanPg {
+        ranges: pool
+            .key_ranges(pg)
+            .iter()
+            .map(|r| (r.first, r.last))
+            .collect(),
+        limit: 10,
+    };
+    let held = |reply: DataResponse| match reply {
+        DataResponse::Held { items, more } => {
+            assert!(!more);
+            items
+                .into_iter()
+                .map(|h| (h.user, h.summary.product, h.summary.qty))
+                .collect::<Vec<_>>()
+        }
+        other => panic!("{other:?}"),
+    };
+    let found = held(client.call(&scan(pg), TIMEOUT).await.unwrap());
+    assert_eq!(found, [("u1".to_owned(), "p1".to_owned(), 1)]);
+    let other = held(client.call(&scan((pg + 1) % 64), TIMEOUT).await.unwrap());
+    assert!(other.is_empty(), "{other:?}");
+    let listed = DataRequest::ListItems {
+        after: None,
+        limit: 10,
+    };
+    assert_eq!(held(client.call(&listed, TIMEOUT).await.unwrap()), found);
+    // Handback deletes every trace of the item: head, category entry, placement entry.
+    let drop = DataRequest::DropItems {
+        keys: vec![key.clone(), key.clone()],
+    };
+    let reply = client.call(&drop, TIMEOUT).await.unwrap();
+    assert_eq!(reply, DataResponse::Dropped { items: 1 });
+    assert!(held(client.call(&scan(pg), TIMEOUT).await.unwrap()).is_empty());
+    assert!(held(client.call(&listed, TIMEOUT).await.unwrap()).is_empty());
+    let reply = client
+        .call(
+            &DataRequest::ListCategory {
+                category: "fruit".into(),
+            },
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, DataResponse::CategoryItems { items: vec![] });
     shutdown.cancel();
     server.await.unwrap();
     service.close().await.unwrap();

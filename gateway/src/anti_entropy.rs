@@ -1,46 +1,90 @@
-//! The anti-entropy sweep: repairs items nobody reads.
+//! The anti-entropy sweep: repairs items nobody reads, and makes placement groups clean.
 //!
-//! Read repair only fixes what shoppers read. The sweep walks every user in the directory,
-//! a few per second, and for each runs a read that waits for *every* replica
-//! ([`GatewayService::sweep_user`]): replicas are compared item by item through their
-//! summaries (digests), divergent items are merged and repaired, settled logs compacted.
+//! Read repair only fixes what shoppers read. The sweep walks the pool's placement groups,
+//! those with a past set first, and for each one
+//!
+//! ```text
+//! scan     ScanPg to every device of the PG's up and past sets: which items it holds
+//! compare  per user, a read of those items that waits for every replica
+//!          ([`GatewayService::sweep`]): summaries compared, divergent items merged,
+//!          stale up-set replicas repaired, settled logs compacted
+//! clean?   the PG's round was clean when every read was complete and needed no repair,
+//!          every up-set device answered the scan, and the map epoch did not change
+//! handback if the PG has a past set and the round was clean: DropItems to each past
+//!          device for the items it held, then the past set is cleared in ZooKeeper
+//!          (compare-and-set on the map)
+//! ```
+//!
+//! A round that needed repairs is not clean; the PG is tried again (a PG with a past set
+//! within [`PAST_RETRY`]), and the second round, with nothing left to repair, is. Why a
+//! clean round proves the up set holds everything: each read merged every live copy in the
+//! up and past sets and found each up-set device already equal to the merge; the reads'
+//! quorum rule tolerates fewer than W silent devices, so every acknowledged write had a copy
+//! among those read; and past devices receive no writes, so nothing can reappear on them
+//! after the scan. A past device that is down cannot be handed back to; its copies are
+//! ignored by reads once the past set is cleared (`list_category` believes a device only for
+//! items of PGs it belongs to).
 //!
 //! Only one gateway sweeps: the live gateway with the smallest id, ZooKeeper's
 //! lowest-ephemeral-node election recipe over the `/gateways/gw-<id>` registrations every
-//! gateway already holds (ids come from a sequential znode, so they order by start-up).
-//! When the leader dies its ephemeral node goes, the next gateway sees itself smallest at
-//! its next check and takes over. Two gateways that briefly both believe they lead (one
-//! has not heard of the other yet) only repeat work: repairs are idempotent.
+//! gateway already holds. Two gateways that briefly both believe they lead only repeat work:
+//! repairs and drops are idempotent, and clearing a past set is a compare-and-set.
 //!
 //! The leader publishes its progress to `/anti-entropy` every few seconds; every gateway
 //! reads it back for `GET /api/cluster`, so the status does not depend on which gateway
 //! answers.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cartdb_core::coord::Directory;
+use cartdb_core::cart::{DeviceId, ItemKey};
+use cartdb_core::coord::Placement;
+use cartdb_core::pg_table::PastSets;
 use cartdb_core::version::wall_clock_millis;
-use cartdb_core::wire::SweepStatus;
+use cartdb_core::wire::{DataRequest, DataResponse, HeldItem, SweepStatus};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster_view::ClusterView;
+use crate::cluster_view::{ClusterView, Topology};
 use crate::coordination::Coordination;
+use crate::replicas::Replicas;
 use crate::service::GatewayService;
 
 /// How often progress is published and read back.
 const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 
+/// Shortest time between two rounds of one PG with a past set.
+pub const PAST_RETRY: Duration = Duration::from_secs(1);
+
+/// Most items one scan answer carries; a PG with more on one device is swept in part and
+/// not declared clean in that round.
+const SCAN_LIMIT: u32 = 50_000;
+
 /// Everything the sweep needs.
 pub struct AntiEntropy {
     pub service: Arc<GatewayService>,
     pub view: Arc<ClusterView>,
-    pub directory: Arc<Directory>,
+    pub replicas: Arc<Replicas>,
     pub coordination: Arc<dyn Coordination>,
     pub gateway_id: u32,
     /// Users compared per second while leading.
     pub users_per_sec: u32,
+    /// Time limit of one scan or drop request.
+    pub request_timeout: Duration,
+}
+
+/// One PG being swept.
+#[derive(Debug)]
+struct Round {
+    pg: u32,
+    epoch: u64,
+    /// Users left to compare, with their items in this PG.
+    pending: Vec<(String, Vec<String>)>,
+    /// What each past device held of the PG, for the handback.
+    past_items: BTreeMap<DeviceId, Vec<ItemKey>>,
+    /// Whether everything so far allows calling the PG clean.
+    clean: bool,
 }
 
 impl AntiEntropy {
@@ -64,7 +108,9 @@ impl AntiEntropy {
             leader: self.gateway_id,
             ..SweepStatus::default()
         };
-        let mut pending: Vec<String> = Vec::new();
+        let mut pass: Vec<u32> = Vec::new();
+        let mut round: Option<Round> = None;
+        let mut attempted: HashMap<u32, Instant> = HashMap::new();
         let mut last_publish = Instant::now() - PUBLISH_EVERY;
         loop {
             tokio::select! {
@@ -72,32 +118,194 @@ impl AntiEntropy {
                 _ = ticks.tick() => {}
             }
             if self.leads() {
-                if pending.is_empty() {
-                    if status.users_total > 0 && status.users_done >= status.users_total {
-                        status.sweeps_completed += 1;
-                    }
-                    pending = self.directory.users();
-                    pending.reverse();
-                    status.users_total = pending.len() as u64;
-                    status.users_done = 0;
-                }
-                if let Some(user) = pending.pop() {
-                    match self.service.sweep_user(&user).await {
-                        Ok(repairs) => status.repairs += repairs as u64,
-                        Err(e) => {
-                            tracing::debug!(%user, error = %e, "anti-entropy could not compare this user; next pass retries")
+                let topology = self.view.current();
+                match round.take() {
+                    Some(current) => round = self.step(current, &topology, &mut status).await,
+                    None => {
+                        let pg = next_pg(&topology.map.past, &attempted, Instant::now())
+                            .or_else(|| self.next_in_pass(&mut pass, &topology, &mut status));
+                        if let Some(pg) = pg {
+                            attempted.insert(pg, Instant::now());
+                            round = Some(self.scan(pg, &topology).await);
                         }
                     }
-                    status.users_done += 1;
                 }
-            } else if !pending.is_empty() {
-                pending.clear();
+            } else if round.is_some() || !pass.is_empty() {
+                round = None;
+                pass.clear();
                 tracing::info!("no longer the smallest live gateway; anti-entropy handed over");
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 last_publish = Instant::now();
                 self.exchange_progress(&mut status).await;
             }
+        }
+    }
+
+    /// The next PG of the current pass over every PG, starting a new pass when it is done.
+    fn next_in_pass(
+        &self,
+        pass: &mut Vec<u32>,
+        topology: &Topology,
+        status: &mut SweepStatus,
+    ) -> Option<u32> {
+        if pass.is_empty() {
+            if status.pgs_total > 0 && status.pgs_done >= status.pgs_total {
+                status.sweeps_completed += 1;
+            }
+            let pg_num = topology.map.pool.pg_num();
+            *pass = (0..pg_num).rev().collect();
+            status.pgs_total = u64::from(pg_num);
+            status.pgs_done = 0;
+        }
+        let pg = pass.pop()?;
+        status.pgs_done += 1;
+        Some(pg)
+    }
+
+    /// Scans every device of `pg`'s up and past sets and plans the round.
+    async fn scan(&self, pg: u32, topology: &Topology) -> Round {
+        let up: BTreeSet<DeviceId> = topology
+            .placement()
+            .table()
+            .up(pg)
+            .iter()
+            .copied()
+            .collect();
+        let devices = topology.read_set_of_pg(pg);
+        let request = DataRequest::ScanPg {
+            ranges: topology
+                .map
+                .pool
+                .key_ranges(pg)
+                .into_iter()
+                .map(|r| (r.first, r.last))
+                .collect(),
+            limit: SCAN_LIMIT,
+        };
+        let calls = devices.iter().map(|&device| {
+            let request = &request;
+            async move {
+                let answer = self
+                    .replicas
+                    .call(device, request, self.request_timeout)
+                    .await;
+                (device, answer)
+            }
+        });
+        let mut by_user: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut past_items = BTreeMap::new();
+        let mut clean = true;
+        for (device, answer) in futures::future::join_all(calls).await {
+            let items = match answer {
+                Ok(DataResponse::Held { items, more }) => {
+                    clean &= !more;
+                    items
+                }
+                other => {
+                    // An up-set device that cannot be scanned cannot be proved complete;
+                    // a past device that is down is covered by the reads' quorum rule.
+                    clean &= !up.contains(&device);
+                    tracing::debug!(pg, device, answer = ?other.err(), "cannot scan a device of the PG");
+                    continue;
+                }
+            };
+            for HeldItem { user, summary } in &items {
+                by_user
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(summary.product.clone());
+            }
+            if !up.contains(&device) {
+                past_items.insert(device, items.into_iter().map(held_key).collect());
+            }
+        }
+        let mut pending: Vec<(String, Vec<String>)> = by_user
+            .into_iter()
+            .map(|(user, products)| (user, products.into_iter().collect()))
+            .collect();
+        pending.reverse();
+        Round {
+            pg,
+            epoch: topology.map.epoch,
+            pending,
+            past_items,
+            clean,
+        }
+    }
+
+    /// Compares one user of the round, or finishes the round; `None` when it is over.
+    async fn step(
+        &self,
+        mut round: Round,
+        topology: &Topology,
+        status: &mut SweepStatus,
+    ) -> Option<Round> {
+        if topology.map.epoch != round.epoch {
+            // The PG's sets may have changed: start it again from a new scan.
+            return None;
+        }
+        if let Some((user, products)) = round.pending.pop() {
+            match self.service.sweep(&user, Some(&products)).await {
+                Ok(outcome) => {
+                    status.repairs += outcome.repairs as u64;
+                    round.clean &= outcome.complete && outcome.repairs == 0;
+                }
+                Err(e) => {
+                    round.clean = false;
+                    tracing::debug!(%user, pg = round.pg, error = %e, "anti-entropy could not compare this user; a later round retries");
+                }
+            }
+            return Some(round);
+        }
+        if round.clean && topology.map.past_of(round.pg).is_some() {
+            self.hand_back(round, topology, status).await;
+        }
+        None
+    }
+
+    /// The PG is clean on its up set: deletes the copies its past devices held, then clears
+    /// its past set.
+    async fn hand_back(&self, round: Round, topology: &Topology, status: &mut SweepStatus) {
+        let pg = round.pg;
+        for (device, keys) in round.past_items {
+            if keys.is_empty() {
+                continue;
+            }
+            let request = DataRequest::DropItems { keys };
+            match self
+                .replicas
+                .call(device, &request, self.request_timeout)
+                .await
+            {
+                Ok(DataResponse::Dropped { items }) => status.handed_back += u64::from(items),
+                other => {
+                    tracing::debug!(pg, device, answer = ?other, "handback failed; the PG stays unclean");
+                    return;
+                }
+            }
+        }
+        let mut past = topology.map.past.clone();
+        past.remove(&pg);
+        let placement = Placement {
+            reweights: topology.map.reweights.clone(),
+            past,
+        };
+        match self
+            .coordination
+            .set_placement(round.epoch, placement)
+            .await
+        {
+            Ok(true) => {
+                status.pgs_cleaned += 1;
+                tracing::info!(
+                    pg,
+                    epoch = round.epoch,
+                    "placement group clean; past set cleared"
+                );
+            }
+            Ok(false) => tracing::debug!(pg, "the map changed first; the PG is swept again"),
+            Err(e) => tracing::warn!(pg, error = %e, "cannot clear the past set; retrying later"),
         }
     }
 
@@ -113,5 +321,39 @@ impl AntiEntropy {
             Ok(published) => self.service.set_sweep_status(published),
             Err(e) => tracing::debug!(error = %e, "cannot read anti-entropy progress"),
         }
+    }
+}
+
+/// The PG with a past set to sweep next: the smallest one not attempted within
+/// [`PAST_RETRY`] of `now`.
+fn next_pg(past: &PastSets, attempted: &HashMap<u32, Instant>, now: Instant) -> Option<u32> {
+    past.keys()
+        .copied()
+        .find(|pg| attempted.get(pg).is_none_or(|at| *at + PAST_RETRY <= now))
+}
+
+fn held_key(item: HeldItem) -> ItemKey {
+    ItemKey {
+        user: item.user,
+        product: item.summary.product,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgs_with_a_past_set_come_first_and_are_retried_after_a_pause() {
+        let now = Instant::now();
+        let past = PastSets::from([(3, BTreeSet::from([1])), (9, BTreeSet::from([2]))]);
+        assert_eq!(next_pg(&past, &HashMap::new(), now), Some(3));
+        let attempted = HashMap::from([(3, now)]);
+        assert_eq!(next_pg(&past, &attempted, now), Some(9));
+        let both = HashMap::from([(3, now), (9, now)]);
+        assert_eq!(next_pg(&past, &both, now), None);
+        assert_eq!(next_pg(&past, &both, now + PAST_RETRY), Some(3));
+        assert_eq!(next_pg(&PastSets::new(), &HashMap::new(), now), None);
     }
 }

@@ -1,8 +1,10 @@
 //! Turning merged item summaries into the cart a shopper sees. Pure.
 
 use cartdb_core::cart::{CartLine, ItemSummary};
+use cartdb_core::placement_key::is_index_entry;
 
-/// The cart lines of merged item summaries: only items with a quantity above zero, named by
+/// The cart lines of merged item summaries: only items with a quantity above zero (never
+/// the cart-index entries a cart read also returns), named by
 /// `name_of(productid)` (the stored product id when the catalog no longer has the product),
 /// sorted by name and then product id. Price and category are the ones stored with the item.
 pub fn cart_lines<'a>(
@@ -11,6 +13,7 @@ pub fn cart_lines<'a>(
 ) -> Vec<CartLine> {
     let mut lines: Vec<CartLine> = merged
         .iter()
+        .filter(|item| !is_index_entry(&item.product))
         .filter_map(|item| {
             let qty = item.qty;
             (qty > 0).then(|| CartLine {
@@ -70,6 +73,8 @@ mod tests {
             item("2", &[OpKind::Add, OpKind::Add]),
             item("3", &[OpKind::Add, OpKind::Delete]),
             item("9", &[OpKind::Add]),
+            // A cart-index entry is not a cart line.
+            item("@1", &[OpKind::Add]),
         ]
         .map(|state| state.summary());
         let lines = cart_lines(&merged, names);

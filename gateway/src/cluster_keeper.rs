@@ -2,55 +2,32 @@
 //!
 //! Whenever the membership or the map changes, it
 //! 1. points the data node connections ([`Replicas`]) at the live devices' addresses;
-//! 2. rebuilds the placers when the map epoch changed (off the async workers) and publishes
-//!    the new [`Topology`];
-//! 3. marks dead devices out and returning devices in, with a compare-and-set of the map's
-//!    reweights (see [`reweight_update`]). Both gateways may race to do so; the loser's CAS
-//!    fails harmlessly and it re-decides on the map the winner wrote. Every gateway thus
-//!    places with the same reweights at the same epoch.
+//! 2. computes every PG's up set when the map epoch changed (off the async workers) and
+//!    publishes the new [`Topology`];
+//! 3. marks dead devices out and returning devices in (see [`reweight_update`]): it computes
+//!    the up sets the new reweights give, the past sets that follow
+//!    (`PgTable::past_after`: a device leaving a PG's up set joins its past set), and
+//!    writes both with one compare-and-set of the map. Both gateways may race to do so; the
+//!    loser's CAS fails harmlessly and it re-decides on the map the winner wrote. Every
+//!    gateway thus places with the same reweights at the same epoch, and no reader sees a
+//!    new up set without the past set that still holds the PG's data.
 //!
 //! None of this runs on the request path.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cartdb_core::coord::{ClusterMap, Coordinator, Membership};
+use cartdb_core::coord::{ClusterMap, Coordinator, Membership, Placement};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster_view::{ClusterView, Topology, reweight_update};
-use crate::placement::PlacerPool;
-use crate::policy::{PlacementPolicy, PolicyError};
+use crate::placement::{EpochPlacement, build_placement};
+use crate::policy::PlacementPolicy;
 use crate::replicas::Replicas;
 
 /// How soon a failed reweight update is tried again when nothing else changes.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// Builds the placers for `map` on a blocking thread (it instantiates WebAssembly).
-///
-/// # Errors
-/// [`BuildError::Policy`] when the policy refuses the map or the rule,
-/// [`BuildError::Task`] when the blocking task panicked or was cancelled.
-pub async fn build_placers(
-    policy: PlacementPolicy,
-    map: Arc<ClusterMap>,
-    rule: Option<String>,
-) -> Result<PlacerPool, BuildError> {
-    tokio::task::spawn_blocking(move || PlacerPool::build(policy, &map, rule.as_deref()))
-        .await
-        .map_err(|e| BuildError::Task(e.to_string()))?
-        .map_err(BuildError::Policy)
-}
-
-/// Why placers could not be built.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    #[error("the placement policy refused the map: {0}")]
-    Policy(#[source] PolicyError),
-    #[error("building placers failed: {0}")]
-    Task(String),
-}
 
 /// Keeps a [`ClusterView`] and the [`Replicas`] in step with ZooKeeper.
 pub struct ClusterKeeper {
@@ -87,32 +64,37 @@ impl ClusterKeeper {
     async fn refresh(&self, members: Arc<Membership>, map: Arc<ClusterMap>) -> bool {
         self.replicas.refresh(&members.devices);
         let current = self.view.current();
-        let placers = if current.placers().epoch() == map.epoch {
-            Some(current.placers().clone())
+        let placement = if current.placement().epoch() == map.epoch {
+            Some(current.placement().clone())
         } else {
             self.rebuild(&map).await
         };
-        match placers {
-            Some(placers) => {
+        match placement {
+            Some(placement) => {
                 self.view
-                    .replace(Topology::new(map.clone(), members.clone(), placers));
+                    .replace(Topology::new(map.clone(), members.clone(), placement));
             }
             // Keep placing with the previous map, but with the new membership.
             None => self.view.replace(Topology::new(
                 current.map.clone(),
                 members.clone(),
-                current.placers().clone(),
+                current.placement().clone(),
             )),
         }
         self.update_reweights(&map, &members).await
     }
 
-    async fn rebuild(&self, map: &Arc<ClusterMap>) -> Option<Arc<PlacerPool>> {
-        let built = build_placers(self.policy.clone(), map.clone(), self.rule.clone()).await;
+    async fn rebuild(&self, map: &Arc<ClusterMap>) -> Option<Arc<EpochPlacement>> {
+        let built =
+            build_placement(self.policy.clone(), map.clone(), self.rule.clone(), None).await;
         match built {
-            Ok(placers) => {
-                tracing::info!(epoch = map.epoch, "placing with a new map epoch");
-                Some(Arc::new(placers))
+            Ok(placement) => {
+                tracing::info!(
+                    epoch = map.epoch,
+                    pgs_with_past = map.past.len(),
+                    "placing with a new map epoch"
+                );
+                Some(Arc::new(placement))
             }
             Err(e) => {
                 tracing::error!(epoch = map.epoch, error = %e, "cannot place with the new map; keeping the previous one");
@@ -121,17 +103,43 @@ impl ClusterKeeper {
         }
     }
 
-    /// Marks devices in or out to match `members`; `false` when that failed.
-    async fn update_reweights(&self, map: &ClusterMap, members: &Membership) -> bool {
+    /// Marks devices in or out to match `members`, with the past sets that follow; `false`
+    /// when that failed.
+    async fn update_reweights(&self, map: &Arc<ClusterMap>, members: &Membership) -> bool {
         let Some(reweights) = reweight_update(map, members) else {
             return true;
         };
+        let current = self.view.current();
+        if current.placement().epoch() != map.epoch {
+            // No up sets for this epoch (the policy refused the map): nothing to compare.
+            return false;
+        }
+        let weights = reweights.iter().map(|(d, w)| (*d, *w)).collect();
+        let next = build_placement(
+            self.policy.clone(),
+            map.clone(),
+            self.rule.clone(),
+            Some(weights),
+        )
+        .await;
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot place with the new reweights; retrying");
+                return false;
+            }
+        };
+        let past = current
+            .placement()
+            .table()
+            .past_after(next.table(), &map.past);
         let out: Vec<_> = reweights
             .iter()
             .filter(|(_, w)| **w == 0)
             .map(|(d, _)| *d)
             .collect();
-        match self.coordinator.set_reweights(map.epoch, reweights).await {
+        let placement = Placement { reweights, past };
+        match self.coordinator.set_placement(map.epoch, placement).await {
             Ok(true) => {
                 tracing::info!(
                     epoch = map.epoch,

@@ -1,6 +1,6 @@
-//! The cluster as this gateway currently sees it: the CRUSH map, who is live, and placement
-//! at the map's epoch. Replaced as a whole by the cluster keeper; read with one atomic load
-//! per request.
+//! The cluster as this gateway currently sees it: the cluster map, who is live, and the up
+//! set of every placement group at the map's epoch. Replaced as a whole by the cluster
+//! keeper; read with one atomic load per request.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,49 +10,71 @@ use cartdb_core::cart::{DeviceId, ItemKey};
 use cartdb_core::config::Replication;
 use cartdb_core::coord::{ClusterMap, FULL_WEIGHT, Membership};
 use cartdb_core::wire::{
-    ClusterStatus, DeviceStatus, GatewayInfo, MaintenanceStatus, PolicyInfo, ReplicationInfo,
+    ClusterStatus, DeviceStatus, GatewayInfo, MaintenanceStatus, PgStatus, PolicyInfo,
+    ReplicationInfo,
 };
 
-use crate::placement::PlacerPool;
-use crate::policy::PolicyError;
+use crate::placement::{EpochPlacement, pg_of};
 
-/// One consistent snapshot: a map, the membership seen with it, and placers loaded with it.
+/// One consistent snapshot: a map, the membership seen with it, and the up sets computed
+/// from that map.
 pub struct Topology {
     pub map: Arc<ClusterMap>,
     pub members: Arc<Membership>,
-    placers: Arc<PlacerPool>,
+    placement: Arc<EpochPlacement>,
 }
 
 impl Topology {
-    /// A snapshot; `placers` must have been built from `map`.
-    pub fn new(map: Arc<ClusterMap>, members: Arc<Membership>, placers: Arc<PlacerPool>) -> Self {
+    /// A snapshot; `placement` must have been built from `map`.
+    pub fn new(
+        map: Arc<ClusterMap>,
+        members: Arc<Membership>,
+        placement: Arc<EpochPlacement>,
+    ) -> Self {
         Self {
             map,
             members,
-            placers,
+            placement,
         }
     }
 
-    /// The placers of this snapshot (shared with the next one while the epoch is unchanged).
-    pub fn placers(&self) -> &Arc<PlacerPool> {
-        &self.placers
+    /// The up sets of this snapshot (shared with the next one while the epoch is unchanged).
+    pub fn placement(&self) -> &Arc<EpochPlacement> {
+        &self.placement
     }
 
-    /// The replicas of `key`, primary first.
-    ///
-    /// # Errors
-    /// The placement policy's error.
-    pub fn replicas_for(
-        &self,
-        key: &ItemKey,
-        replicas: usize,
-    ) -> Result<Vec<DeviceId>, PolicyError> {
-        self.placers.replicas_for(key, replicas)
+    /// The placement group of `key`.
+    pub fn pg_of(&self, key: &ItemKey) -> u32 {
+        pg_of(&self.map, key)
+    }
+
+    /// The up set of `key`'s PG, primary first: where its writes go.
+    pub fn up_set(&self, key: &ItemKey) -> &[DeviceId] {
+        self.placement.table().up(self.pg_of(key))
+    }
+
+    /// Where `key` may be held: its PG's up set (primary first), then its past set.
+    pub fn read_set(&self, key: &ItemKey) -> Vec<DeviceId> {
+        self.read_set_of_pg(self.pg_of(key))
+    }
+
+    /// The up set of `pg`, then its past set.
+    pub fn read_set_of_pg(&self, pg: u32) -> Vec<DeviceId> {
+        let mut devices = self.placement.table().up(pg).to_vec();
+        if let Some(past) = self.map.past_of(pg) {
+            for device in past {
+                if !devices.contains(device) {
+                    devices.push(*device);
+                }
+            }
+        }
+        devices
     }
 
     /// The `Cluster` answer: every device of the map with its state, the live gateways, the
-    /// map epoch, the policy and the replication settings.
+    /// map epoch, the pool's PGs, the policy and the replication settings.
     pub fn status(&self, policy: PolicyInfo, replication: Replication) -> ClusterStatus {
+        let pgs = self.placement.table().pgs_per_device();
         let devices = self
             .map
             .devices
@@ -63,8 +85,16 @@ impl Topology {
                 up: self.members.is_live(id),
                 reweight: self.map.reweight_of(id),
                 address: self.members.devices.get(&id).cloned(),
+                pgs: u32::try_from(pgs.get(&id).copied().unwrap_or(0)).unwrap_or(u32::MAX),
             })
             .collect();
+        let size = usize::try_from(self.map.settings.size).unwrap_or(usize::MAX);
+        let undersized = self
+            .placement
+            .table()
+            .iter()
+            .filter(|(_, up)| up.len() < size)
+            .count();
         let gateways = self
             .members
             .gateways
@@ -85,6 +115,12 @@ impl Topology {
                 read_quorum: replication.read_quorum,
             },
             maintenance: MaintenanceStatus::default(),
+            placement_groups: PgStatus {
+                pool: self.map.pool.id(),
+                pg_num: self.map.pool.pg_num(),
+                with_past: u32::try_from(self.map.past.len()).unwrap_or(u32::MAX),
+                undersized: u32::try_from(undersized).unwrap_or(u32::MAX),
+            },
         }
     }
 }
@@ -139,11 +175,19 @@ mod tests {
     use super::*;
 
     fn map(reweights: &[(DeviceId, u32)]) -> ClusterMap {
+        let settings = cartdb_core::coord::PoolSettings {
+            id: 1,
+            pg_num: 8,
+            size: 3,
+        };
         ClusterMap {
             epoch: 3,
             map_json: "{}".into(),
             devices: (1..=4).map(|d| (d, format!("device_{d}"))).collect(),
             reweights: reweights.iter().copied().collect(),
+            settings,
+            pool: settings.pool().unwrap(),
+            past: Default::default(),
         }
     }
 

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cartdb_core::config::{ConfigError, Replication, ZkArgs};
-use cartdb_core::coord::CoordConfig;
+use cartdb_core::coord::{CoordConfig, PoolSettings};
+use cartdb_core::pg::MAX_PG_NUM;
 use clap::Parser;
 
 use crate::compaction::CompactionSettings;
@@ -45,7 +46,20 @@ pub struct GatewayConfig {
     #[arg(long, env = "CARTDB_RULE", default_value = "data")]
     pub rule: String,
 
-    /// Replicas of every cart item (RF). Default: 3.
+    /// Placement groups of the pool, written to ZooKeeper with the map when the cluster has
+    /// none (ignored afterwards: pg_num is fixed at bootstrap). 256 suits 6 devices and 3
+    /// replicas: Ceph's sizing rule of ~100 PGs per device gives 6 x 100 / 3 = 200, and the
+    /// next power of two is 256 (128 PGs per device). Default: 256.
+    #[arg(long, env = "CARTDB_PG_NUM", default_value_t = 256)]
+    pub pg_num: u32,
+
+    /// Pool id written with the map at bootstrap: the second word of every PG's placement
+    /// seed, as in Ceph. Default: 1.
+    #[arg(long, env = "CARTDB_POOL_ID", default_value_t = 1)]
+    pub pool_id: u32,
+
+    /// Replicas of every cart item (RF); written with the map as the pool's size at
+    /// bootstrap, and must equal that size afterwards. Default: 3.
     #[arg(long, env = "CARTDB_REPLICAS", default_value_t = 3)]
     pub replicas: usize,
 
@@ -100,6 +114,8 @@ pub struct GatewaySettings {
     /// `None`: the map's only rule.
     pub rule: Option<String>,
     pub replication: Replication,
+    /// The pool to bootstrap the map with.
+    pub pool: PoolSettings,
     pub request_timeout: Duration,
     pub merge_policy: Option<PathBuf>,
     pub compaction: CompactionSettings,
@@ -152,6 +168,9 @@ impl GatewayConfig {
                 "must name a .wasm component",
             ));
         }
+        if self.pg_num == 0 || self.pg_num > MAX_PG_NUM {
+            return Err(ConfigError::new("pg-num", "must be between 1 and 65536"));
+        }
         let rule = Some(self.rule.trim())
             .filter(|r| !r.is_empty())
             .map(str::to_owned);
@@ -162,6 +181,11 @@ impl GatewayConfig {
             catalog_file: self.catalog_file.clone(),
             rule,
             replication,
+            pool: PoolSettings {
+                id: self.pool_id,
+                pg_num: self.pg_num,
+                size: u32::try_from(self.replicas).unwrap_or(u32::MAX),
+            },
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             merge_policy: self.merge_policy.clone(),
             compaction: CompactionSettings {
@@ -191,6 +215,14 @@ mod tests {
         assert_eq!(settings.replication, Replication::new(3, 2, 2).unwrap());
         assert_eq!(settings.request_timeout, Duration::from_millis(2000));
         assert_eq!(settings.rule.as_deref(), Some("data"));
+        assert_eq!(
+            settings.pool,
+            PoolSettings {
+                id: 1,
+                pg_num: 256,
+                size: 3
+            }
+        );
     }
 
     #[test]
@@ -222,6 +254,8 @@ mod tests {
             "compaction-grace-secs"
         );
         assert_eq!(field(&["--compact-min-ops", "0"]), "compact-min-ops");
+        assert_eq!(field(&["--pg-num", "0"]), "pg-num");
+        assert_eq!(field(&["--pg-num", "65537"]), "pg-num");
         // clap itself refuses an empty path, naming the flag.
         let argv = [
             "cartdb-gateway",

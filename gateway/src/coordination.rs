@@ -1,30 +1,30 @@
 //! What the request path asks of the coordination service, behind a narrow trait.
 //!
-//! ZooKeeper (through [`Coordinator`]) is the real implementation. Only two requests ever
-//! reach it, both rare: recording the replicas of an item the directory does not know yet,
-//! and changing the catalog. Everything else a request needs (catalog, directory,
-//! membership, map) is read from local copies that the coordinator keeps fresh.
+//! ZooKeeper (through [`Coordinator`]) is the real implementation. No cart request reaches
+//! it: only catalog changes, and, from the anti-entropy sweep's leader, clearing the past
+//! set of a clean placement group and publishing progress. Everything a request needs
+//! (catalog, membership, map) is read from local copies that the coordinator keeps fresh.
 
 use std::sync::Arc;
 
-use cartdb_core::cart::{DeviceId, ItemKey, Product};
+use cartdb_core::cart::Product;
 use cartdb_core::catalog::Catalog;
-use cartdb_core::coord::{CoordError, Coordinator};
+use cartdb_core::coord::{CoordError, Coordinator, Placement};
 use cartdb_core::wire::SweepStatus;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
 /// The coordination calls made while serving requests.
 pub trait Coordination: Send + Sync + 'static {
-    /// Records in the directory that `devices` hold replicas of `key`.
+    /// See [`Coordinator::set_placement`].
     ///
     /// # Errors
-    /// [`CoordError`] when the record could not be made.
-    fn record_replicas<'a>(
-        &'a self,
-        key: &'a ItemKey,
-        devices: &'a [DeviceId],
-    ) -> BoxFuture<'a, Result<(), CoordError>>;
+    /// [`CoordError`] when the map could not be changed.
+    fn set_placement(
+        &self,
+        expected_epoch: u64,
+        placement: Placement,
+    ) -> BoxFuture<'_, Result<bool, CoordError>>;
 
     /// Adds `product` to the catalog or replaces the product with its id; returns the new
     /// catalog.
@@ -45,12 +45,12 @@ pub trait Coordination: Send + Sync + 'static {
 }
 
 impl Coordination for Coordinator {
-    fn record_replicas<'a>(
-        &'a self,
-        key: &'a ItemKey,
-        devices: &'a [DeviceId],
-    ) -> BoxFuture<'a, Result<(), CoordError>> {
-        Coordinator::record_replicas(self, key, devices).boxed()
+    fn set_placement(
+        &self,
+        expected_epoch: u64,
+        placement: Placement,
+    ) -> BoxFuture<'_, Result<bool, CoordError>> {
+        Coordinator::set_placement(self, expected_epoch, placement).boxed()
     }
 
     fn upsert_product(&self, product: Product) -> BoxFuture<'_, Result<Arc<Catalog>, CoordError>> {

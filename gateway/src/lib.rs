@@ -4,7 +4,7 @@
 //! ```text
 //! API server --GatewayRequest--> service --placement--> write / read --DataRequest--> data nodes
 //!                                   |                        ^
-//!                 catalog, directory (local copies)    cluster view (map + members + placers)
+//!                 catalog (local copy)               cluster view (map + members + up sets)
 //!                                   |                        ^
 //!                             coordination <------ ZooKeeper ------> cluster keeper (background)
 //! ```
@@ -18,8 +18,8 @@
 //!   per-item read quorum and merge; [`cart_lines`]: the cart a shopper sees.
 //! - [`op_id`]: operation ids from idempotency keys.
 //! - [`replicas`]: connections to the data nodes.
-//! - [`placement`]: pooled policy instances at one map epoch.
-//! - [`cluster_view`]: the current map, membership and placers; reweight decisions.
+//! - [`placement`]: the up set of every placement group at one map epoch.
+//! - [`cluster_view`]: the current map, membership and up sets; reweight decisions.
 //! - [`cluster_keeper`]: the background task that keeps the cluster view current.
 //! - [`coordination`]: the narrow trait the request path uses to reach ZooKeeper.
 //! - `policy`: the WebAssembly placement policy host.
@@ -58,9 +58,10 @@ pub use config::{GatewayConfig, GatewaySettings};
 pub use service::{GatewayService, ServiceParts};
 
 use crate::anti_entropy::AntiEntropy;
-use crate::cluster_keeper::{ClusterKeeper, build_placers};
+use crate::cluster_keeper::ClusterKeeper;
 use crate::cluster_view::{ClusterView, Topology};
 use crate::coordination::Coordination;
+use crate::placement::build_placement;
 use crate::policy::{MergePolicy, PlacementPolicy, PolicyEngine};
 use crate::replicas::Replicas;
 
@@ -114,10 +115,9 @@ pub async fn run(
     let coordination: Arc<dyn Coordination> = Arc::new(coordinator.clone());
     let service = GatewayService::new(ServiceParts {
         view: view.clone(),
-        replicas,
+        replicas: replicas.clone(),
         coordination: coordination.clone(),
         catalog: coordinator.catalog(),
-        directory: coordinator.directory(),
         gateway_id,
         replication: settings.replication,
         request_timeout: settings.request_timeout,
@@ -132,10 +132,11 @@ pub async fn run(
         let sweep = AntiEntropy {
             service: service.clone(),
             view,
-            directory: coordinator.directory(),
+            replicas: replicas.clone(),
             coordination,
             gateway_id,
             users_per_sec: rate.get(),
+            request_timeout: settings.request_timeout,
         };
         tokio::spawn(sweep.run(shutdown.clone()))
     });
@@ -180,14 +181,23 @@ async fn initial_view(
     map: Arc<ClusterMap>,
     settings: &GatewaySettings,
 ) -> anyhow::Result<(Arc<ClusterView>, Arc<Replicas>)> {
-    let placers = build_placers(policy.clone(), map.clone(), settings.rule.clone())
+    if usize::try_from(map.settings.size).ok() != Some(settings.replication.replicas) {
+        anyhow::bail!(
+            "invalid configuration: replicas: {} differs from the pool size {} the cluster was bootstrapped with (pg_num {}); start the gateway with --replicas {}",
+            settings.replication.replicas,
+            map.settings.size,
+            map.settings.pg_num,
+            map.settings.size
+        );
+    }
+    let placement = build_placement(policy.clone(), map.clone(), settings.rule.clone(), None)
         .await
         .with_context(|| format!("cannot place with the map at epoch {}", map.epoch))?;
     let members = coordinator.members().borrow().clone();
     let connect_timeout = settings.request_timeout.min(MAX_CONNECT_TIMEOUT);
     let replicas = Arc::new(Replicas::new(connect_timeout));
     replicas.refresh(&members.devices);
-    let topology = Topology::new(map, members, Arc::new(placers));
+    let topology = Topology::new(map, members, Arc::new(placement));
     Ok((Arc::new(ClusterView::new(topology)), replicas))
 }
 
@@ -234,7 +244,7 @@ async fn bootstrap(coordinator: &Coordinator, settings: &GatewaySettings) -> any
         let json = String::from_utf8(bytes)
             .with_context(|| format!("the map file {} is not UTF-8", path.display()))?;
         coordinator
-            .bootstrap_map(&json)
+            .bootstrap_map(&json, settings.pool)
             .await
             .with_context(|| format!("cannot bootstrap the map from {}", path.display()))?;
     }

@@ -1,123 +1,100 @@
-//! Placement at one map epoch: a small pool of live policy instances that hold the parsed
-//! CRUSH map.
+//! Placement at one map epoch: the up set of every placement group, computed once per epoch
+//! by the placement policy, then looked up per request.
 //!
-//! A [`Placer`] is a WebAssembly instance and not `Sync`, so the pool keeps several behind
-//! their own mutexes and a caller takes whichever is free. A placement call takes about a
-//! microsecond and never awaits, so a mutex is held only for that long. The pool is built by
-//! the cluster keeper when the map epoch changes, never on a request.
+//! ```text
+//! map epoch e --(keeper, blocking thread)--> one policy instance loaded with the map and
+//!               its reweights --> place(pps(pg), size) for pg in 0..pg_num --> PgTable
+//! request    --> x = placement_key(user, product) --> pg = pool.pg_of(x) --> table.up(pg)
+//! ```
+//!
+//! Ceph's clients map a PG, not an object, with CRUSH; so does cartdb. A request costs a
+//! sha1 and a table lookup, never a WebAssembly call, and every gateway that loaded the same
+//! epoch answers from the same table. The table is `pg_num` entries whatever the number of
+//! carts. It is built by the cluster keeper when the map epoch changes, never on a request.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::Arc;
 
 use cartdb_core::cart::{DeviceId, ItemKey};
 use cartdb_core::coord::ClusterMap;
-use cartdb_core::placement_key::create_hash;
+use cartdb_core::pg_table::PgTable;
+use cartdb_core::placement_key::placement_key;
 
-use crate::policy::{PlacementPolicy, Placer, PolicyError};
+use crate::policy::{PlacementPolicy, PolicyError};
 
-/// Most instances in a pool (documented on [`PlacerPool::build`]); more than the worker
-/// threads only costs memory.
-const MAX_POOL_SIZE: usize = 8;
-
-/// What a placer is built from, kept to rebuild an instance that failed.
-struct PlacerSource {
-    policy: PlacementPolicy,
-    map_json: String,
-    rule: Option<String>,
-    reweights: Vec<(u32, u32)>,
-}
-
-impl PlacerSource {
-    fn build(&self) -> Result<Placer, PolicyError> {
-        self.policy
-            .placer(&self.map_json, self.rule.as_deref(), &self.reweights)
-    }
-}
-
-/// Policy instances loaded with one map epoch.
-pub struct PlacerPool {
+/// The up sets of one map epoch.
+#[derive(Debug)]
+pub struct EpochPlacement {
     epoch: u64,
-    slots: Box<[Mutex<Placer>]>,
-    next: AtomicUsize,
-    source: PlacerSource,
+    table: PgTable,
 }
 
-impl PlacerPool {
-    /// Loads `map` (with its reweights) and `rule` into one instance per worker thread, up
-    /// to 8. Blocking (it instantiates WebAssembly): call it off the async workers.
+impl EpochPlacement {
+    /// Loads `map` (with `reweights`, by default its own) and `rule` into one policy
+    /// instance and places every PG of the map's pool with the pool's size. Blocking (it
+    /// instantiates WebAssembly and makes `pg_num` calls): call it off the async workers.
     ///
     /// # Errors
-    /// The policy's [`PolicyError`] when it refuses the map or the rule.
+    /// The policy's [`PolicyError`] when it refuses the map or the rule, or when a
+    /// placement call fails.
     pub fn build(
-        policy: PlacementPolicy,
+        policy: &PlacementPolicy,
         map: &ClusterMap,
         rule: Option<&str>,
+        reweights: Option<&[(DeviceId, u32)]>,
     ) -> Result<Self, PolicyError> {
-        let source = PlacerSource {
-            policy,
-            map_json: map.map_json.clone(),
-            rule: rule.map(str::to_owned),
-            reweights: map.reweight_vec(),
-        };
-        let size = std::thread::available_parallelism()
-            .map_or(2, usize::from)
-            .clamp(1, MAX_POOL_SIZE);
-        let slots = (0..size)
-            .map(|_| source.build().map(Mutex::new))
+        let own = map.reweight_vec();
+        let reweights = reweights.unwrap_or(&own);
+        let mut placer = policy.placer(&map.map_json, rule, reweights)?;
+        let up = (0..map.pool.pg_num())
+            .map(|pg| placer.place(map.pool.pps(pg), map.settings.size))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             epoch: map.epoch,
-            slots: slots.into_boxed_slice(),
-            next: AtomicUsize::new(0),
-            source,
+            table: PgTable::new(up),
         })
     }
 
-    /// The map epoch the instances were loaded with.
+    /// The map epoch the table was computed for.
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
-    /// The replicas of `key`, primary first: at most `replicas` distinct devices that are in.
-    ///
-    /// # Errors
-    /// The policy's [`PolicyError`] (a trap, a time-out, or an answer that failed
-    /// validation). An instance that trapped or timed out is replaced by a fresh one.
-    pub fn replicas_for(
-        &self,
-        key: &ItemKey,
-        replicas: usize,
-    ) -> Result<Vec<DeviceId>, PolicyError> {
-        let x = create_hash(&key.user, &key.product);
-        let replicas = u32::try_from(replicas).unwrap_or(u32::MAX);
-        let mut placer = self.acquire();
-        let placed = placer.place(x, replicas);
-        if placer.is_poisoned() {
-            // A trapped instance is never used again; keep it only if even a fresh one
-            // cannot be made (the next call then fails the same way).
-            match self.source.build() {
-                Ok(fresh) => *placer = fresh,
-                Err(e) => tracing::error!(error = %e, "cannot replace a failed placer"),
-            }
-        }
-        placed
+    /// Every PG's up set.
+    pub fn table(&self) -> &PgTable {
+        &self.table
     }
+}
 
-    /// A free instance, or (all busy) the next one in turn once it is released.
-    fn acquire(&self) -> MutexGuard<'_, Placer> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.slots.len();
-        for i in 0..n {
-            match self.slots[(start + i) % n].try_lock() {
-                Ok(guard) => return guard,
-                // The placer is replaced after any failed call, so a panic while it was held
-                // leaves nothing half-done.
-                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
-                Err(TryLockError::WouldBlock) => {}
-            }
-        }
-        self.slots[start % n]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
+/// Builds an [`EpochPlacement`] on a blocking thread.
+///
+/// # Errors
+/// [`BuildError::Policy`] when the policy fails, [`BuildError::Task`] when the blocking
+/// task panicked or was cancelled.
+pub async fn build_placement(
+    policy: PlacementPolicy,
+    map: Arc<ClusterMap>,
+    rule: Option<String>,
+    reweights: Option<Vec<(DeviceId, u32)>>,
+) -> Result<EpochPlacement, BuildError> {
+    tokio::task::spawn_blocking(move || {
+        EpochPlacement::build(&policy, &map, rule.as_deref(), reweights.as_deref())
+    })
+    .await
+    .map_err(|e| BuildError::Task(e.to_string()))?
+    .map_err(BuildError::Policy)
+}
+
+/// Why a placement table could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error("the placement policy refused the map: {0}")]
+    Policy(#[source] PolicyError),
+    #[error("building the placement table failed: {0}")]
+    Task(String),
+}
+
+/// The placement group of a stored item (a cart item or a cart-index entry).
+pub fn pg_of(map: &ClusterMap, key: &ItemKey) -> u32 {
+    map.pool.pg_of(placement_key(&key.user, &key.product))
 }

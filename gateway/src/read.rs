@@ -2,10 +2,12 @@
 //!
 //! ```text
 //! list_all(user)
-//!   plan    = directory.items_of(user) + current placement of each item
-//!             (nothing known: every live device)                   -- ReadPlan, pure
+//!   plan    = the devices (up + past set) of the PG of the user's cart index
+//!                                                                  -- ReadPlan, pure
 //!   ask     = ReadSummaries to every planned device at once; an answer naming an item the
-//!             plan lacks adds that item's placement, whose new devices are asked at once
+//!             plan lacks (an index entry `@p`, or an item) adds the up and past sets of
+//!             that item's PG (for `@p`: of product p's PG), whose new devices are asked
+//!             at once
 //!   stop    = when ReadPlan::is_decided (every item has its read quorum and fewer than W
 //!             asked devices are silent), when all answered, or at the deadline
 //!   check   = per-item read quorum; equal summaries agree         -- SummaryCheck, pure
@@ -25,7 +27,7 @@ use std::pin::Pin;
 
 use cartdb_core::cart::{DeviceId, ItemKey, ItemState, ItemSummary};
 use cartdb_core::config::Replication;
-use cartdb_core::coord::Directory;
+use cartdb_core::placement_key::{INDEX_PREFIX, indexed_product};
 use cartdb_core::wire::{DataRequest, DataResponse};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -33,7 +35,6 @@ use tokio::time::Instant;
 
 use crate::cluster_view::Topology;
 use crate::compaction::SettledItem;
-use crate::policy::PolicyError;
 use crate::read_resolution::{ReadPlan, ReadShortfall, Repair, Repairs, SummaryCheck};
 use crate::replicas::{ReplicaError, Replicas, response_name};
 
@@ -44,9 +45,6 @@ pub enum ReadError {
     /// Too few replicas answered.
     #[error("{0}")]
     Shortfall(ReadShortfall),
-    /// The placement policy failed.
-    #[error("placement failed: {0}")]
-    Placement(#[from] PolicyError),
 }
 
 /// A resolved cart read.
@@ -72,6 +70,9 @@ pub struct CartQuery<'a> {
     pub replication: Replication,
     pub deadline: Instant,
     pub mode: ReadMode,
+    /// Start from these items (product ids or cart-index entries) instead of the user's
+    /// cart index: the anti-entropy sweep reads the items of one placement group.
+    pub only: Option<&'a [String]>,
 }
 
 /// How long a cart read waits.
@@ -85,16 +86,17 @@ pub enum ReadMode {
 }
 
 /// Reads and merges `user`'s cart (see the module docs and [`crate::read_resolution`] for
-/// the quorum rule). `merge` merges the states of one divergent item.
+/// the quorum rule). `merge` merges the states of one divergent item. The answer holds the
+/// cart-index entries too (product ids starting with `@`); [`crate::cart_lines`] leaves
+/// them out of the cart.
 ///
 /// # Errors
-/// [`ReadError::Shortfall`] when an item (or the broadcast) heard from too few replicas
-/// before `deadline`, or a replica that held a divergent item failed to send its state;
-/// [`ReadError::Placement`] when the policy fails.
+/// [`ReadError::Shortfall`] when an item (or the index's devices) heard from too few
+/// replicas before `deadline`, or a replica that held a divergent item failed to send its
+/// state.
 pub async fn read_cart(
     replicas: &Replicas,
     topology: &Topology,
-    directory: &Directory,
     query: CartQuery<'_>,
     merge: impl Fn(&[&ItemState]) -> ItemState,
 ) -> Result<CartRead, ReadError> {
@@ -103,13 +105,22 @@ pub async fn read_cart(
         replication,
         deadline,
         mode,
+        only,
     } = query;
-    let mut plan = match ReadPlan::from_directory(directory.items_of(user)) {
-        Some(plan) => plan,
-        None => ReadPlan::broadcast(topology.members.devices.keys().copied()),
+    let mut plan = match only {
+        Some(products) => {
+            let mut plan = ReadPlan::broadcast([]);
+            add_placements(&mut plan, topology, user, products.to_vec());
+            plan
+        }
+        None => {
+            let index = ItemKey {
+                user: user.to_owned(),
+                product: INDEX_PREFIX.to_string(),
+            };
+            ReadPlan::broadcast(topology.read_set(&index))
+        }
     };
-    let known: Vec<String> = plan.products().map(str::to_owned).collect();
-    add_placements(&mut plan, topology, user, known, replication)?;
     let request = DataRequest::ReadSummaries {
         user: user.to_owned(),
     };
@@ -121,7 +132,7 @@ pub async fn read_cart(
             .map(|summaries| plan.unknown_products(summaries.iter().map(|s| s.product.as_str())))
             .unwrap_or_default();
         if !unknown.is_empty() {
-            add_placements(&mut plan, topology, user, unknown, replication)?;
+            add_placements(&mut plan, topology, user, unknown);
             round.ask(plan.devices());
         }
         let decided = plan.is_decided(
@@ -242,7 +253,9 @@ async fn fetch_states(
 /// The users holding an item of `category`: the sorted union of the live devices' answers.
 ///
 /// A user acknowledged by W replicas cannot be missed while fewer than W live devices are
-/// silent, so that is the quorum, and the read stops waiting as soon as it holds.
+/// silent, so that is the quorum, and the read stops waiting as soon as it holds. An item
+/// counts only from a device of its read set (its PG's up or past set): a copy left on a
+/// device that no longer belongs to its PG (before handback deleted it) is not believed.
 ///
 /// # Errors
 /// [`ReadShortfall`] when W or more live devices (or all of them) did not answer before
@@ -277,27 +290,40 @@ pub async fn read_category(
             failures,
         });
     }
-    let users: BTreeSet<String> = answered.into_values().flatten().collect();
+    let users: BTreeSet<String> = answered
+        .into_iter()
+        .flat_map(|(device, items)| {
+            items
+                .into_iter()
+                .filter(move |key| topology.read_set(key).contains(&device))
+        })
+        .map(|key| key.user)
+        .collect();
     Ok(users.into_iter().collect())
 }
 
-/// Adds the current placement of each of `products` to the plan.
-fn add_placements(
-    plan: &mut ReadPlan,
-    topology: &Topology,
-    user: &str,
-    products: Vec<String>,
-    replication: Replication,
-) -> Result<(), PolicyError> {
+/// Adds the up and past sets of each of `products` to the plan; for a cart-index entry
+/// `@p`, also those of the product p it records.
+fn add_placements(plan: &mut ReadPlan, topology: &Topology, user: &str, products: Vec<String>) {
     for product in products {
-        let key = ItemKey {
-            user: user.to_owned(),
-            product,
-        };
-        let placed = topology.replicas_for(&key, replication.replicas)?;
-        plan.add_replicas(&key.product, placed);
+        let indexed = indexed_product(&product)
+            .filter(|p| plan.replicas_of(p).is_none())
+            .map(str::to_owned);
+        for product in std::iter::once(product).chain(indexed) {
+            let key = ItemKey {
+                user: user.to_owned(),
+                product,
+            };
+            let pg = topology.pg_of(&key);
+            let up = topology.placement().table().up(pg);
+            let past: Vec<DeviceId> = topology
+                .map
+                .past_of(pg)
+                .map(|past| past.iter().copied().collect())
+                .unwrap_or_default();
+            plan.add_item(&key.product, up, &past);
+        }
     }
-    Ok(())
 }
 
 type Reply<'a, T> = Pin<Box<dyn Future<Output = (DeviceId, Result<T, ReplicaError>)> + Send + 'a>>;
@@ -424,9 +450,9 @@ fn user_summaries(
     }
 }
 
-fn category_users(device: DeviceId, response: DataResponse) -> Result<Vec<String>, ReplicaError> {
+fn category_users(device: DeviceId, response: DataResponse) -> Result<Vec<ItemKey>, ReplicaError> {
     match response {
-        DataResponse::CategoryUsers { users } => Ok(users),
+        DataResponse::CategoryItems { items } => Ok(items),
         other => Err(unexpected(device, "ListCategory", &other)),
     }
 }

@@ -1,23 +1,27 @@
 //! Which replicas a cart read asks, and what their answers add up to. Pure; no sockets.
 //!
 //! # The read quorum of `list_all`
-//! The replicas of an item are the devices the directory recorded for it (every device that
-//! acknowledged a write of it) plus the devices its current placement chooses. An item counts
-//! only when at least R of those replicas answered (all of them, in the unusual case that an
-//! item has fewer than R). A device that is down does **not** count: a read that heard from
-//! fewer than R replicas cannot be sure it saw every acknowledged write, because only
-//! `R + W > RF` guarantees that a read quorum meets every write quorum. One item short of its
-//! quorum fails the whole read with `QuorumNotReached`, rather than returning a cart that
-//! silently lacks it.
+//! The replicas of an item are the devices of its placement group's up set (where writes go)
+//! and past set (devices that held the PG at earlier epochs and may hold writes the up set
+//! lacks). An item counts only when at least R of those replicas answered (all of them, in
+//! the unusual case that an item has fewer than R). A device that is down does **not**
+//! count: a read that heard from fewer than R replicas cannot be sure it saw every
+//! acknowledged write, because only `R + W > RF` guarantees that a read quorum meets every
+//! write quorum. One item short of its quorum fails the whole read with `QuorumNotReached`,
+//! rather than returning a cart that silently lacks it. And since the replicas may be more
+//! than RF, the read also waits until fewer than W asked devices are silent: a write
+//! acknowledged by W devices then cannot hide among the silent ones.
 //!
-//! When the directory knows nothing of the user, the read asks every live device, so that an
-//! item recorded by the other gateway a moment ago (before this gateway's directory cache
-//! heard of it) is still found. That broadcast must then hear from all but at most W - 1 live
-//! devices: a write acknowledged by W devices cannot hide among fewer.
+//! The read starts from the user's cart index: the devices of the index's PG are asked
+//! first (the plan's *broadcast* set, which must likewise hear from all but W - 1), and
+//! every product their answers list, as an index entry or as an item, gets its own replicas
+//! added ([`ReadPlan::unknown_products`]); the caller asks those too. The read stops waiting
+//! once [`ReadPlan::is_decided`].
 //!
-//! Items found in answers that the plan did not know of get their replicas from the current
-//! placement ([`ReadPlan::unknown_products`]); the caller asks those replicas too. The read
-//! stops waiting once [`ReadPlan::is_decided`].
+//! Past devices are read, never repaired: a replica that lacks an item or holds an older
+//! state counts as stale only when it is in the item's up set ([`ReadPlan::is_up`]). What a
+//! past device holds that the up set lacks reaches the up set through the repairs of the
+//! up-set devices; the anti-entropy sweep hands the past copies back once the PG is clean.
 //!
 //! # Summaries first, logs only where replicas disagree
 //! Replicas first answer with item summaries ([`ItemSummary`]: quantity, base, newest
@@ -37,36 +41,54 @@ use cartdb_core::cart::{Base, DeviceId, ItemMeta, ItemState, ItemSummary, Operat
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadPlan {
     replicas_of: BTreeMap<String, BTreeSet<DeviceId>>,
-    /// Devices asked regardless of items (the broadcast to every live device).
+    /// The up-set part of `replicas_of`, per item: the replicas that are repaired. An item
+    /// without an entry has only up-set replicas.
+    up_of: BTreeMap<String, BTreeSet<DeviceId>>,
+    /// Devices asked regardless of items (the devices of the user's cart-index PG).
     broadcast: BTreeSet<DeviceId>,
 }
 
 impl ReadPlan {
-    /// A plan for the items the directory knows of; `None` when it knows of none.
-    pub fn from_directory(items: BTreeMap<String, BTreeSet<DeviceId>>) -> Option<Self> {
-        (!items.is_empty()).then(|| Self {
+    /// A plan for known items and their replicas (all of them up-set replicas).
+    pub fn from_items(items: BTreeMap<String, BTreeSet<DeviceId>>) -> Self {
+        Self {
             replicas_of: items,
+            up_of: BTreeMap::new(),
             broadcast: BTreeSet::new(),
-        })
+        }
     }
 
-    /// A plan that asks every live device, for a user the directory knows nothing of.
-    pub fn broadcast(live: impl IntoIterator<Item = DeviceId>) -> Self {
+    /// A plan that asks `devices` whatever items they hold (the cart index's devices).
+    pub fn broadcast(devices: impl IntoIterator<Item = DeviceId>) -> Self {
         Self {
             replicas_of: BTreeMap::new(),
-            broadcast: live.into_iter().collect(),
+            up_of: BTreeMap::new(),
+            broadcast: devices.into_iter().collect(),
         }
     }
 
-    /// Adds replicas (for example the current placement) to `product`'s replica set.
+    /// Adds up-set replicas to `product`'s replica set.
     pub fn add_replicas(&mut self, product: &str, devices: impl IntoIterator<Item = DeviceId>) {
-        match self.replicas_of.get_mut(product) {
-            Some(set) => set.extend(devices),
-            None => {
-                self.replicas_of
-                    .insert(product.to_owned(), devices.into_iter().collect());
-            }
+        let devices: Vec<DeviceId> = devices.into_iter().collect();
+        self.add_item(product, &devices, &[]);
+    }
+
+    /// Adds an item's up set and past set to its replicas.
+    pub fn add_item(&mut self, product: &str, up: &[DeviceId], past: &[DeviceId]) {
+        self.replicas_of
+            .entry(product.to_owned())
+            .or_default()
+            .extend(up.iter().chain(past));
+        if !past.is_empty() || self.up_of.contains_key(product) {
+            self.up_of.entry(product.to_owned()).or_default().extend(up);
         }
+    }
+
+    /// Whether `device` is in `product`'s up set (and so is repaired when stale).
+    pub fn is_up(&self, product: &str, device: DeviceId) -> bool {
+        self.up_of
+            .get(product)
+            .is_none_or(|up| up.contains(&device))
     }
 
     /// The replicas of `product`, if the plan knows of it.
@@ -231,11 +253,12 @@ impl SummaryCheck {
         for (product, holders) in held {
             let first = holders[0].1;
             let all_equal = holders.iter().all(|(_, s)| *s == first);
-            // A replica of the item that answered without it lacks it.
+            // An up-set replica of the item that answered without it lacks it (a past
+            // device without it is as it should be).
             let all_hold = plan.replicas_of.get(product).is_none_or(|replicas| {
                 replicas
                     .iter()
-                    .filter(|d| answers.contains_key(d))
+                    .filter(|d| answers.contains_key(d) && plan.is_up(product, **d))
                     .all(|d| holders.iter().any(|(h, _)| h == d))
             });
             if all_equal && all_hold {
@@ -283,7 +306,7 @@ impl Repairs {
             if let Some(planned) = plan.replicas_of.get(product) {
                 replicas.extend(planned.iter().filter(|d| summaries.contains_key(d)));
             }
-            for device in replicas {
+            for device in replicas.into_iter().filter(|d| plan.is_up(product, *d)) {
                 let own = held.iter().find(|(d, _)| *d == device).map(|(_, s)| *s);
                 if let Some(repair) = Repair::between(device, own, &merged) {
                     out.repairs.push(repair);
@@ -357,18 +380,60 @@ mod tests {
     }
 
     fn plan(items: &[(&str, &[DeviceId])]) -> ReadPlan {
-        ReadPlan::from_directory(
+        ReadPlan::from_items(
             items
                 .iter()
                 .map(|(p, d)| ((*p).to_owned(), d.iter().copied().collect()))
                 .collect(),
         )
-        .unwrap()
     }
 
     #[test]
-    fn an_empty_directory_gives_no_plan() {
-        assert_eq!(ReadPlan::from_directory(BTreeMap::new()), None);
+    fn past_devices_are_read_but_not_up() {
+        let mut p = ReadPlan::broadcast([1, 2, 3]);
+        p.add_item("7", &[1, 2, 4], &[3]);
+        assert_eq!(p.replicas_of("7"), Some(&BTreeSet::from([1, 2, 3, 4])));
+        assert!(p.is_up("7", 4) && !p.is_up("7", 3));
+        // Items without a past set treat every replica as up.
+        p.add_replicas("8", [5]);
+        assert!(p.is_up("8", 5));
+    }
+
+    /// A past device that lacks an item (or holds it stale) is neither "lacking" for the
+    /// agreement check nor sent a repair; a stale up-set device is.
+    #[test]
+    fn only_up_set_devices_are_repaired() {
+        let mut p = ReadPlan::broadcast([]);
+        p.add_item("1", &[1, 2, 4], &[3]);
+        let fresh = state("1", &[(1, OpKind::Add), (2, OpKind::Add)]);
+        let old = state("1", &[(1, OpKind::Add)]);
+        // Device 3 (past) answered without the item: still agreed.
+        let answers = BTreeMap::from([
+            (1, vec![fresh.summary()]),
+            (2, vec![fresh.summary()]),
+            (3, vec![]),
+            (4, vec![fresh.summary()]),
+        ]);
+        let check = SummaryCheck::resolve(&p, &answers, &[], 2, 2).unwrap();
+        assert!(check.divergent.is_empty(), "{check:?}");
+        // Device 3 holds an older state and device 4 lacks it: only 4 is repaired.
+        let summaries = BTreeMap::from([
+            (1, vec![fresh.summary()]),
+            (2, vec![fresh.summary()]),
+            (3, vec![old.summary()]),
+            (4, vec![]),
+        ]);
+        let states = BTreeMap::from([
+            (1, vec![fresh.clone()]),
+            (2, vec![fresh.clone()]),
+            (3, vec![old]),
+        ]);
+        let repairs = Repairs::plan(&p, &summaries, &states, |s| {
+            cartdb_core::merge::merge_states(s).unwrap()
+        });
+        let repaired: Vec<DeviceId> = repairs.repairs.iter().map(|r| r.device).collect();
+        assert_eq!(repaired, [4]);
+        assert_eq!(repairs.merged, [fresh.summary()]);
     }
 
     #[test]

@@ -140,7 +140,9 @@ pub fn response_name(response: &DataResponse) -> &'static str {
         DataResponse::Summaries { .. } => "Summaries",
         DataResponse::Repaired { .. } => "Repaired",
         DataResponse::Compacted { .. } => "Compacted",
-        DataResponse::CategoryUsers { .. } => "CategoryUsers",
+        DataResponse::CategoryItems { .. } => "CategoryItems",
+        DataResponse::Held { .. } => "Held",
+        DataResponse::Dropped { .. } => "Dropped",
         DataResponse::Failed(_) => "Failed",
     }
 }

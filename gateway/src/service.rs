@@ -1,23 +1,37 @@
 //! The gateway's [`rpc::Service`]: answers every [`GatewayRequest`] from an API server.
 //!
-//! Per request the service reads only local state (catalog, directory, the current
-//! [`Topology`](crate::cluster_view::Topology)), talks to the data nodes, and reaches ZooKeeper in just two rare cases: the
-//! first write of an item to a device the directory does not list yet, and catalog changes.
+//! Per request the service reads only local state (the catalog and the current
+//! [`Topology`](crate::cluster_view::Topology)) and talks to the data nodes. No cart request
+//! reaches ZooKeeper: only catalog changes do.
+//!
+//! An insert writes two things at once, each to its own placement group's up set with the
+//! same quorum rule: the cart item, and the entry `@<productid>` of the user's cart index
+//! (which `list_all` reads first; see [`crate::read`]). It is acknowledged once both have W
+//! durable copies, so a `list_all` through any gateway right after it finds the item. A
+//! delete writes the item only: an index entry only means "look here", and the item's
+//! quantity decides whether it is in the cart.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use cartdb_core::cart::{InputError, ItemKey, ItemState, OpKind, Operation, Product, validate_id};
+use std::collections::{BTreeMap, BTreeSet};
+
+use cartdb_core::cart::{
+    DeviceId, InputError, ItemKey, ItemMeta, ItemState, ItemSummary, OpKind, Operation, Product,
+    validate_id,
+};
 use cartdb_core::catalog::Catalog;
 use cartdb_core::config::Replication;
-use cartdb_core::coord::{CoordError, Directory};
+use cartdb_core::coord::CoordError;
 use cartdb_core::merge::merge_states;
+use cartdb_core::placement_key::{index_entry, indexed_product, placement_key};
 use cartdb_core::rpc;
 use cartdb_core::version::HybridClock;
 use cartdb_core::wire::{
-    DataRequest, DataResponse, GatewayFailure, GatewayRequest, GatewayResponse, MaintenanceStatus,
-    PolicyInfo, ReplicaDump, ServiceKind, SweepStatus,
+    DataRequest, DataResponse, GatewayFailure, GatewayRequest, GatewayResponse, HeldItem,
+    ItemLocation, MaintenanceStatus, PolicyInfo, ReplicaDump, ReplicaLocation, ServiceKind,
+    SweepStatus,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -26,7 +40,7 @@ use crate::cart_lines::cart_lines;
 use crate::cluster_view::ClusterView;
 use crate::compaction::{CompactionSettings, Compactor};
 use crate::coordination::Coordination;
-use crate::op_id::{op_id, validate_idempotency_key};
+use crate::op_id::{keyed_op_id, op_id, validate_idempotency_key};
 use crate::policy::MergePolicy;
 use crate::read::{CartQuery, CartRead, ReadError, ReadMode, read_cart, read_category};
 use crate::read_repair::ReadRepair;
@@ -41,7 +55,6 @@ pub struct ServiceParts {
     pub replicas: Arc<Replicas>,
     pub coordination: Arc<dyn Coordination>,
     pub catalog: watch::Receiver<Arc<Catalog>>,
-    pub directory: Arc<Directory>,
     /// This gateway's id (from ZooKeeper), which orders its versions against the others'.
     pub gateway_id: u32,
     pub replication: Replication,
@@ -66,6 +79,15 @@ pub struct GatewayService {
 }
 
 type Answer = Result<GatewayResponse, GatewayFailure>;
+
+/// What one anti-entropy step found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepOutcome {
+    /// Repairs sent (and waited for).
+    pub repairs: usize,
+    /// Every asked device that is up answered.
+    pub complete: bool,
+}
 
 impl GatewayService {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
@@ -116,6 +138,12 @@ impl GatewayService {
             GatewayRequest::UpsertProduct { product } => self.upsert(product, deadline).await,
             GatewayRequest::Cluster => Ok(self.cluster()),
             GatewayRequest::Replicas { user } => self.replica_dump(&user, deadline).await,
+            GatewayRequest::Locate { user, item } => self.locate(&user, item, deadline).await,
+            GatewayRequest::DeviceItems {
+                device,
+                after,
+                limit,
+            } => self.device_items(device, after, limit, deadline).await,
         };
         answer.unwrap_or_else(|failure| {
             log_failure(&failure);
@@ -134,35 +162,31 @@ impl GatewayService {
     ) -> Answer {
         let write = Arc::new(self.item_write(kind, user, &item_name, idempotency_key)?);
         let topology = self.parts.view.current();
-        let devices = topology
-            .replicas_for(&write.key, self.parts.replication.replicas)
-            .map_err(|e| internal(format!("placement failed: {e}")))?;
         let replication = self.parts.replication;
-        let outcome = replicate(
-            &self.parts.replicas,
-            &devices,
-            write.clone(),
-            replication,
-            deadline,
-        )
-        .await;
-        match outcome {
-            WriteOutcome::Acknowledged { qty, .. } => {
-                // Every device the write was sent to, not only those that answered in time:
-                // a late one still applies it (each send runs in its own task), and a copy
-                // the directory does not list would be read and repaired by nobody. A device
-                // that never got it is listed too; reads then see it lacking the item, and
-                // read repair fills it in.
-                self.record_replicas(&write.key, &devices, deadline).await?;
-                Ok(GatewayResponse::Updated { qty })
+        let replicas = &self.parts.replicas;
+        let devices = topology.up_set(&write.key).to_vec();
+        let item = replicate(replicas, &devices, write.clone(), replication, deadline);
+        let outcome = if kind == OpKind::Add {
+            let index = Arc::new(index_write(&write));
+            let index_devices = topology.up_set(&index.key).to_vec();
+            let index = replicate(replicas, &index_devices, index, replication, deadline);
+            let (item, index) = tokio::join!(item, index);
+            match (item, index) {
+                (WriteOutcome::Acknowledged { qty, acked }, WriteOutcome::QuorumNotReached(f)) => {
+                    tracing::debug!(qty, ?acked, "item written but not its cart-index entry");
+                    return Err(quorum_not_reached("insert (cart index)", &f));
+                }
+                (item, _) => item,
             }
+        } else {
+            item.await
+        };
+        match outcome {
+            WriteOutcome::Acknowledged { qty, .. } => Ok(GatewayResponse::Updated { qty }),
             WriteOutcome::NotInCart => Err(GatewayFailure::NotInCart { name: item_name }),
-            WriteOutcome::QuorumNotReached(failure) => Err(GatewayFailure::QuorumNotReached {
-                operation: operation_name(kind).to_owned(),
-                required: failure.required,
-                acked: failure.acked,
-                errors: failure.to_string(),
-            }),
+            WriteOutcome::QuorumNotReached(failure) => {
+                Err(quorum_not_reached(operation_name(kind), &failure))
+            }
         }
     }
 
@@ -196,30 +220,6 @@ impl GatewayService {
         })
     }
 
-    /// Records the `devices` the directory does not list for `key` yet; a known item
-    /// makes no ZooKeeper request.
-    async fn record_replicas(
-        &self,
-        key: &ItemKey,
-        devices: &[u32],
-        deadline: Instant,
-    ) -> Result<(), GatewayFailure> {
-        let missing = self.parts.directory.missing(key, devices);
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let record = self.parts.coordination.record_replicas(key, &missing);
-        match tokio::time::timeout_at(deadline, record).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(coordination_failure(&e)),
-            Err(_) => Err(GatewayFailure::CoordinationUnavailable {
-                detail:
-                    "recording the item's replicas did not finish within the request time limit"
-                        .to_owned(),
-            }),
-        }
-    }
-
     /// Merges the replica states of one item with the merge policy, or with the built-in
     /// merge when there is none or it fails (logged and counted).
     fn merge_item(&self, states: &[&ItemState]) -> ItemState {
@@ -243,23 +243,34 @@ impl GatewayService {
         mode: ReadMode,
         deadline: Instant,
     ) -> Result<CartRead, GatewayFailure> {
+        self.read_items(user, mode, None, deadline).await
+    }
+
+    /// Reads `user`'s cart, or only the items `only` (and what their devices answer with),
+    /// in `mode`, merging divergent items.
+    async fn read_items(
+        &self,
+        user: &str,
+        mode: ReadMode,
+        only: Option<&[String]>,
+        deadline: Instant,
+    ) -> Result<CartRead, GatewayFailure> {
         let topology = self.parts.view.current();
         let read = read_cart(
             &self.parts.replicas,
             &topology,
-            &self.parts.directory,
             CartQuery {
                 user,
                 replication: self.parts.replication,
                 deadline,
                 mode,
+                only,
             },
             |states| self.merge_item(states),
         )
         .await
         .map_err(|e| match e {
             ReadError::Shortfall(shortfall) => quorum_failure("list_all", shortfall),
-            other => internal(other.to_string()),
         })?;
         if let Some(newest) = read.items.iter().filter_map(|s| s.latest).max() {
             // Later writes through this gateway order after everything this read saw.
@@ -268,22 +279,32 @@ impl GatewayService {
         Ok(read)
     }
 
-    /// One anti-entropy step: reads every replica of `user`'s items, repairs the stale ones
-    /// and compacts settled logs, waiting for all of it. Returns the repairs sent.
+    /// One anti-entropy step: reads every replica (up and past sets) of `user`'s items, or
+    /// of the items `only`, repairs the stale up-set replicas and compacts settled logs,
+    /// waiting for all of it.
     ///
     /// # Errors
-    /// The read's failure (too few replicas answered, or placement failed).
-    pub async fn sweep_user(&self, user: &str) -> Result<usize, GatewayFailure> {
+    /// The read's failure (too few replicas answered).
+    pub async fn sweep(
+        &self,
+        user: &str,
+        only: Option<&[String]>,
+    ) -> Result<SweepOutcome, GatewayFailure> {
         let deadline = Instant::now() + self.parts.request_timeout;
-        let read = self.read(user, ReadMode::Every, deadline).await?;
-        let repairs = read.repairs.len();
+        let read = self
+            .read_items(user, ReadMode::Every, only, deadline)
+            .await?;
+        let outcome = SweepOutcome {
+            repairs: read.repairs.len(),
+            complete: read.complete,
+        };
         let sends = read
             .repairs
             .into_iter()
             .map(|repair| self.read_repair.send(user, repair));
         futures::future::join_all(sends).await;
         self.compactor.compact_due(user, read.settled).await;
-        Ok(repairs)
+        Ok(outcome)
     }
 
     /// Schedules a background read of every replica of `user`'s items, which repairs what a
@@ -297,7 +318,7 @@ impl GatewayService {
         let user = user.to_owned();
         tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            if let Err(e) = service.sweep_user(&user).await {
+            if let Err(e) = service.sweep(&user, None).await {
                 tracing::debug!(%user, error = %e, "follow-up read failed; a later read retries");
             }
         });
@@ -376,6 +397,140 @@ impl GatewayService {
         Ok(GatewayResponse::Cart { items })
     }
 
+    /// Where `user`'s items (or the one named `item`) live: each item's PG, its up and past
+    /// sets, and what each of those devices holds.
+    async fn locate(&self, user: &str, item: Option<String>, deadline: Instant) -> Answer {
+        validate_id("userid", user).map_err(invalid)?;
+        let wanted = match &item {
+            Some(name) => {
+                validate_id("item", name).map_err(invalid)?;
+                Some(self.product_named(name)?.productid)
+            }
+            None => None,
+        };
+        let read = self.read(user, ReadMode::Quorum, deadline).await?;
+        let products: BTreeSet<String> = read
+            .items
+            .iter()
+            .map(|s| indexed_product(&s.product).unwrap_or(&s.product).to_owned())
+            .filter(|p| wanted.as_ref().is_none_or(|w| w == p))
+            .collect();
+        let topology = self.parts.view.current();
+        let keys: Vec<ItemKey> = products
+            .into_iter()
+            .map(|product| ItemKey {
+                user: user.to_owned(),
+                product,
+            })
+            .collect();
+        let devices: BTreeSet<DeviceId> = keys.iter().flat_map(|k| topology.read_set(k)).collect();
+        let held = self.summaries_on(user, devices, deadline).await;
+        let catalog = self.catalog();
+        let items = keys
+            .into_iter()
+            .map(|key| {
+                let pg = topology.pg_of(&key);
+                let up = topology.placement().table().up(pg);
+                let replicas = topology
+                    .read_set(&key)
+                    .into_iter()
+                    .map(|device| ReplicaLocation {
+                        device,
+                        current: up.contains(&device),
+                        answered: held.contains_key(&device),
+                        qty: held.get(&device).and_then(|items| {
+                            items
+                                .iter()
+                                .find(|s| s.product == key.product)
+                                .map(|s| s.qty)
+                        }),
+                    })
+                    .collect();
+                ItemLocation {
+                    name: catalog.by_id(&key.product).map(|p| p.name.clone()),
+                    x: placement_key(&key.user, &key.product),
+                    pg,
+                    replicas,
+                    product: key.product,
+                }
+            })
+            .collect();
+        Ok(GatewayResponse::Located { items })
+    }
+
+    /// Each answering device's summaries of `user`'s items (devices that fail are left out).
+    async fn summaries_on(
+        &self,
+        user: &str,
+        devices: BTreeSet<DeviceId>,
+        deadline: Instant,
+    ) -> BTreeMap<DeviceId, Vec<ItemSummary>> {
+        let request = DataRequest::ReadSummaries {
+            user: user.to_owned(),
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let calls = devices.into_iter().map(|device| {
+            let request = &request;
+            async move {
+                let answer = self.parts.replicas.call(device, request, timeout).await;
+                match answer {
+                    Ok(DataResponse::Summaries { items }) => Some((device, items)),
+                    _ => None,
+                }
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// One page of what `device` holds, from its own store.
+    async fn device_items(
+        &self,
+        device: DeviceId,
+        after: Option<ItemKey>,
+        limit: u32,
+        deadline: Instant,
+    ) -> Answer {
+        let topology = self.parts.view.current();
+        if !topology.map.devices.contains_key(&device) {
+            return Err(GatewayFailure::InvalidInput {
+                field: "device".to_owned(),
+                problem: format!("{device} is not a device of the map"),
+            });
+        }
+        if let Some(after) = &after {
+            validate_id("after.userid", &after.user).map_err(invalid)?;
+            validate_id("after.productid", &after.product).map_err(invalid)?;
+        }
+        let request = DataRequest::ListItems {
+            after,
+            limit: limit.clamp(1, MAX_DEVICE_ITEMS_PAGE),
+        };
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match self.parts.replicas.call(device, &request, timeout).await {
+            Ok(DataResponse::Held { items, more }) => {
+                let next = more.then(|| items.last().map(held_key)).flatten();
+                Ok(GatewayResponse::DeviceItems { items, next })
+            }
+            Ok(DataResponse::Failed(failure)) => Err(GatewayFailure::QuorumNotReached {
+                operation: "device-items".to_owned(),
+                required: 1,
+                acked: 0,
+                errors: failure.to_string(),
+            }),
+            Ok(other) => Err(internal(format!("device {device} answered {other:?}"))),
+            Err(e) => Err(GatewayFailure::QuorumNotReached {
+                operation: "device-items".to_owned(),
+                required: 1,
+                acked: 0,
+                errors: e.to_string(),
+            }),
+        }
+    }
+
     async fn list_category(&self, category: &str, deadline: Instant) -> Answer {
         validate_id("category", category).map_err(invalid)?;
         let topology = self.parts.view.current();
@@ -447,6 +602,54 @@ impl rpc::Service for GatewayService {
 fn products(catalog: &Catalog) -> GatewayResponse {
     GatewayResponse::Products {
         products: catalog.products().to_vec(),
+    }
+}
+
+/// Most items one `DeviceItems` page carries.
+const MAX_DEVICE_ITEMS_PAGE: u32 = 1000;
+
+/// Category stored with cart-index entries; the data nodes never list index entries under
+/// any category.
+const INDEX_CATEGORY: &str = "@index";
+
+/// The cart-index entry an insert of `write`'s item writes: an add with an id fixed by
+/// (user, product), so every later insert of the item is a duplicate the replicas skip.
+fn index_write(write: &ItemWrite) -> ItemWrite {
+    let product = index_entry(&write.key.product);
+    ItemWrite {
+        op: Operation {
+            // The empty key is one no client can send (idempotency keys are non-empty).
+            id: keyed_op_id(&write.key.user, &product, OpKind::Add, ""),
+            kind: OpKind::Add,
+            version: write.op.version,
+        },
+        key: ItemKey {
+            user: write.key.user.clone(),
+            product,
+        },
+        meta: ItemMeta {
+            price: 0,
+            category: INDEX_CATEGORY.to_owned(),
+        },
+    }
+}
+
+fn held_key(item: &HeldItem) -> ItemKey {
+    ItemKey {
+        user: item.user.clone(),
+        product: item.summary.product.clone(),
+    }
+}
+
+fn quorum_not_reached(
+    operation: &str,
+    failure: &crate::write_quorum::QuorumFailure,
+) -> GatewayFailure {
+    GatewayFailure::QuorumNotReached {
+        operation: operation.to_owned(),
+        required: failure.required,
+        acked: failure.acked,
+        errors: failure.to_string(),
     }
 }
 

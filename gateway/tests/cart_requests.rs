@@ -7,17 +7,19 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use cartdb_core::cart::{DeviceId, ItemKey, Product};
 use cartdb_core::catalog::Catalog;
 use cartdb_core::config::Replication;
-use cartdb_core::coord::{ClusterMap, CoordError, Directory, Membership};
+use cartdb_core::coord::{ClusterMap, CoordError, Membership, Placement};
+use cartdb_core::placement_key::index_entry;
 use cartdb_core::wire::{GatewayFailure, GatewayRequest, GatewayResponse, PolicyInfo};
 use cartdb_gateway::cluster_view::{ClusterView, Topology};
 use cartdb_gateway::coordination::Coordination;
-use cartdb_gateway::placement::PlacerPool;
+use cartdb_gateway::placement::EpochPlacement;
 use cartdb_gateway::policy::{PlacementPolicy, PolicyEngine};
 use cartdb_gateway::replicas::Replicas;
 use cartdb_gateway::{GatewayService, ServiceParts};
@@ -27,23 +29,20 @@ use tokio::sync::watch;
 
 use common::{RunningNode, eventually, start_nodes};
 
-/// Coordination kept in memory: remembers recorded replicas and edits the catalog.
+/// Coordination kept in memory: edits the catalog and counts the map changes asked for.
 struct FakeCoordination {
-    recorded: Mutex<Vec<(ItemKey, Vec<DeviceId>)>>,
+    map_changes: AtomicUsize,
     catalog: watch::Sender<Arc<Catalog>>,
 }
 
 impl Coordination for FakeCoordination {
-    fn record_replicas<'a>(
-        &'a self,
-        key: &'a ItemKey,
-        devices: &'a [DeviceId],
-    ) -> BoxFuture<'a, Result<(), CoordError>> {
-        self.recorded
-            .lock()
-            .unwrap()
-            .push((key.clone(), devices.to_vec()));
-        async { Ok(()) }.boxed()
+    fn set_placement(
+        &self,
+        _expected_epoch: u64,
+        _placement: Placement,
+    ) -> BoxFuture<'_, Result<bool, CoordError>> {
+        self.map_changes.fetch_add(1, Ordering::SeqCst);
+        async { Ok(false) }.boxed()
     }
 
     fn upsert_product(&self, product: Product) -> BoxFuture<'_, Result<Arc<Catalog>, CoordError>> {
@@ -81,7 +80,7 @@ static POLICY: LazyLock<PlacementPolicy> = LazyLock::new(|| {
 
 struct TestGateway {
     service: Arc<GatewayService>,
-    placers: Arc<PlacerPool>,
+    topology: Arc<ClusterView>,
     coordination: Arc<FakeCoordination>,
     nodes: BTreeMap<DeviceId, RunningNode>,
 }
@@ -100,8 +99,11 @@ impl TestGateway {
         let (nodes, addresses) = start_nodes(6).await;
         let policy = POLICY.clone();
         let map_json = String::from_utf8(config_file("crush-map.json")).unwrap();
-        let map = ClusterMap::parse(format!(r#"{{"map": {map_json}}}"#).as_bytes(), 1).unwrap();
-        let placers = Arc::new(PlacerPool::build(policy.clone(), &map, Some("data")).unwrap());
+        let doc = format!(
+            r#"{{"format": 2, "map": {map_json}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}}}"#
+        );
+        let map = ClusterMap::parse(doc.as_bytes(), 1).unwrap();
+        let placement = EpochPlacement::build(&policy, &map, Some("data"), None).unwrap();
         let members = Membership {
             devices: addresses.clone(),
             gateways: BTreeMap::from([(1, "127.0.0.1:7100".to_owned())]),
@@ -111,19 +113,19 @@ impl TestGateway {
         let catalog = Catalog::from_json(&config_file("catalog.json")).unwrap();
         let (catalog_tx, catalog_rx) = watch::channel(Arc::new(catalog));
         let coordination = Arc::new(FakeCoordination {
-            recorded: Mutex::default(),
+            map_changes: AtomicUsize::new(0),
             catalog: catalog_tx,
         });
+        let topology = Arc::new(ClusterView::new(Topology::new(
+            Arc::new(map),
+            Arc::new(members),
+            Arc::new(placement),
+        )));
         let service = GatewayService::new(ServiceParts {
-            view: Arc::new(ClusterView::new(Topology::new(
-                Arc::new(map),
-                Arc::new(members),
-                placers.clone(),
-            ))),
+            view: topology.clone(),
             replicas,
             coordination: coordination.clone(),
             catalog: catalog_rx,
-            directory: Arc::new(Directory::default()),
             gateway_id: 1,
             replication: Replication::new(3, 2, 2).unwrap(),
             request_timeout: Duration::from_secs(2),
@@ -139,7 +141,7 @@ impl TestGateway {
         });
         TestGateway {
             service,
-            placers,
+            topology,
             coordination,
             nodes,
         }
@@ -151,7 +153,7 @@ impl TestGateway {
             user: user.into(),
             product: productid.into(),
         };
-        self.placers.replicas_for(&key, 3).unwrap()
+        self.topology.current().up_set(&key).to_vec()
     }
 
     /// Waits until every replica of `user`'s item with product id `productid` holds `qty`:
@@ -261,26 +263,33 @@ async fn inserts_and_deletes_update_the_cart() {
     assert!(gw.cart("nobody").await.is_empty());
 }
 
-/// An item is written to the devices the CRUSH policy places it on (keyed by user and
-/// product id), and those devices are recorded in the directory.
+/// An item is written to the up set of its placement group (keyed by user and product id),
+/// and its cart-index entry to the up set of the user's index PG; no coordination call is
+/// made for either.
 #[tokio::test]
-async fn items_go_to_their_placement_and_are_recorded() {
+async fn items_and_their_index_entries_go_to_their_placement_groups() {
     let gw = TestGateway::start().await;
     let placed = gw.replicas_of("user1", "1");
     assert_eq!(placed.len(), 3);
+    let index = index_entry("1");
+    let indexed = gw.replicas_of("user1", &index);
+    assert_eq!(indexed, gw.replicas_of("user1", &index_entry("2")));
     gw.insert("user1", "pork", None).await;
     gw.until_replicated("user1", "1", 1).await;
+    gw.until_replicated("user1", &index, 1).await;
     for (device, node) in &gw.nodes {
         let expected = u64::from(placed.contains(device));
         assert_eq!(node.node.qty("user1", "1"), expected, "device {device}");
+        let expected = u64::from(indexed.contains(device));
+        assert_eq!(node.node.qty("user1", &index), expected, "device {device}");
     }
-    let recorded = gw.coordination.recorded.lock().unwrap().clone();
-    assert_eq!(recorded.len(), 1);
-    let devices = &recorded[0].1;
-    assert!(
-        devices.len() >= 2 && devices.iter().all(|d| placed.contains(d)),
-        "{devices:?}"
-    );
+    // A second insert of the item is a duplicate on the index replicas.
+    gw.insert("user1", "pork", None).await;
+    gw.until_replicated("user1", "1", 2).await;
+    for device in &indexed {
+        assert_eq!(gw.nodes[device].node.qty("user1", &index), 1);
+    }
+    assert_eq!(gw.coordination.map_changes.load(Ordering::SeqCst), 0);
 }
 
 /// A retry with the same idempotency key is applied once.

@@ -316,6 +316,30 @@ impl Cluster {
         self.zookeeper.connect_string()
     }
 
+    /// The cluster's ZooKeeper server.
+    pub fn zookeeper(&self) -> &ZooKeeper {
+        &self.zookeeper
+    }
+
+    /// Clients of every registered gateway, by gateway id, from `/api/cluster`.
+    ///
+    /// # Errors
+    /// When the API does not answer or a gateway cannot be reached.
+    pub async fn gateway_clients(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<u64, crate::GatewayClient>> {
+        let view = self.view().await?;
+        let mut clients = std::collections::BTreeMap::new();
+        for gateway in view.raw["gateways"].as_array().into_iter().flatten() {
+            let id = gateway["id"].as_u64().context("a gateway without an id")?;
+            let address = gateway["address"]
+                .as_str()
+                .context("a gateway without an address")?;
+            clients.insert(id, crate::GatewayClient::connect(address).await?);
+        }
+        Ok(clients)
+    }
+
     /// Data node `id` (1-based, the CRUSH device id).
     ///
     /// # Errors

@@ -17,6 +17,7 @@
 //! # Layout
 //! - [`cluster`]: [`Cluster::start`] with [`ClusterOptions`], fault injection and the readiness wait.
 //! - [`client`]: [`ApiClient`], a thin REST client returning `(status, json)` as [`Reply`].
+//! - [`gateway`]: [`GatewayClient`], one gateway's RPC, for tests that choose the gateway.
 //! - [`view`]: [`ClusterView`], the parsed `/api/cluster` document.
 //! - [`process`]: [`Service`], one managed child process with its log file.
 //! - [`zookeeper`]: [`ZooKeeper`], a standalone server in a directory, and the `ruok` probe.
@@ -25,6 +26,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod gateway;
 pub mod ports;
 pub mod process;
 pub mod view;
@@ -33,6 +35,7 @@ pub mod zookeeper;
 
 pub use client::{ApiClient, Reply};
 pub use cluster::{Cluster, ClusterOptions};
+pub use gateway::GatewayClient;
 pub use process::Service;
 pub use view::ClusterView;
 pub use wait::{Deadline, wait_until};

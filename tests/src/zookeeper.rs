@@ -88,6 +88,11 @@ impl ZooKeeper {
         .await
     }
 
+    /// The client port on 127.0.0.1, for four-letter words.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `127.0.0.1:<port>`, for the `--zk` flag.
     pub fn connect_string(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -119,6 +124,38 @@ pub async fn is_ok(port: u16) -> bool {
             .is_some_and(|answer| answer.contains("Mode:"))
 }
 
+/// ZooKeeper's own count of znodes (`zk_znode_count` of `mntr`), if it answers.
+pub async fn znode_count(port: u16) -> Option<u64> {
+    let mntr = four_letter_word(port, "mntr").await?;
+    mntr.lines()
+        .find_map(|line| line.strip_prefix("zk_znode_count"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Every client connection's session id and the id of its last request that was not a
+/// heartbeat (`lcxid` of `cons`: ZooKeeper does not let pings overwrite it), if it answers.
+/// A session whose `lcxid` did not change made no request but heartbeats in between.
+pub async fn last_requests(port: u16) -> Option<std::collections::BTreeMap<String, i64>> {
+    let cons = four_letter_word(port, "cons").await?;
+    Some(cons.lines().filter_map(session_and_last_request).collect())
+}
+
+/// `(sid, lcxid)` of one `cons` line.
+fn session_and_last_request(line: &str) -> Option<(String, i64)> {
+    let sid = cons_field(line, "sid")?;
+    let lcxid = cons_field(line, "lcxid")?;
+    let lcxid = i64::from_str_radix(lcxid.trim_start_matches("0x"), 16).ok()?;
+    Some((sid.to_owned(), lcxid))
+}
+
+/// The value of `name=` in a `cons` line.
+fn cons_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{name}="))? + name.len() + 1;
+    let rest = &line[start..];
+    let end = rest.find([',', ')']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
 /// Sends a four-letter word and returns the answer (within a second), if any.
 pub async fn four_letter_word(port: u16, word: &str) -> Option<String> {
     let exchange = async {
@@ -144,7 +181,7 @@ fn config_text(data: &Path, port: u16) -> String {
          clientPortAddress=127.0.0.1\n\
          maxClientCnxns=0\n\
          admin.enableServer=false\n\
-         4lw.commands.whitelist=ruok,srvr,mntr\n\
+         4lw.commands.whitelist=ruok,srvr,mntr,cons\n\
          forceSync=no\n\
          preAllocSize=4096\n",
         data.display()
@@ -176,6 +213,21 @@ mod tests {
         assert!(text.contains("admin.enableServer=false\n"));
         assert!(text.contains("4lw.commands.whitelist=ruok"));
         assert!(text.contains("tickTime=500\n"));
+    }
+
+    /// A `cons` line parses into its session and last request id; the server's own
+    /// listing line (no session) is skipped.
+    #[test]
+    fn cons_lines_parse() {
+        let line = " /127.0.0.1:40000[1](queued=0,recved=12,sent=12,sid=0x100f,lop=PING,est=1,to=2000,lcxid=0x1c,lzxid=0x5,lresp=1,llat=0,minlat=0,avglat=0,maxlat=1)";
+        assert_eq!(
+            session_and_last_request(line),
+            Some(("0x100f".to_owned(), 0x1c))
+        );
+        assert_eq!(
+            session_and_last_request(" /127.0.0.1:40001[0](queued=0,recved=1,sent=0)"),
+            None
+        );
     }
 
     #[tokio::test]

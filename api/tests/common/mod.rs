@@ -144,8 +144,14 @@ pub fn success(gateway: u32, request: &GatewayRequest) -> GatewayResponse {
                 read_quorum: 2,
             },
             maintenance: cartdb_core::wire::MaintenanceStatus::default(),
+            placement_groups: cartdb_core::wire::PgStatus::default(),
         })),
         GatewayRequest::Replicas { .. } => GatewayResponse::Replicas { replicas: vec![] },
+        GatewayRequest::Locate { .. } => GatewayResponse::Located { items: vec![] },
+        GatewayRequest::DeviceItems { .. } => GatewayResponse::DeviceItems {
+            items: vec![],
+            next: None,
+        },
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -25,18 +25,14 @@ use zookeeper_client::{AddWatchMode, EventType, PersistentWatcher, SessionState,
 
 use crate::catalog::Catalog;
 
-use super::directory::{Directory, Items};
 use super::error::CoordError;
-use super::layout::{self, DirectoryNode};
+use super::layout;
 use super::map::ClusterMap;
 use super::membership::{self, Membership};
 use super::zk::{self, Zk};
 
 /// Pause before retrying a failed read or watch installation.
 pub(crate) const RETRY_DELAY: Duration = Duration::from_millis(500);
-
-/// How many directory listings are in flight at once during a full directory read.
-const LIST_CONCURRENCY: usize = 64;
 
 /// One watched part of the tree and the in-memory copy it keeps.
 pub(crate) trait Follower: Send + 'static {
@@ -346,88 +342,6 @@ impl Follower for CatalogFollower {
         }
         Ok(())
     }
-}
-
-/// Keeps the [`Directory`] fresh from `/users`.
-pub(crate) struct DirectoryFollower {
-    pub(crate) directory: Arc<Directory>,
-}
-
-impl Follower for DirectoryFollower {
-    const NAME: &'static str = "directory";
-    const WATCHES: &'static [(&'static str, AddWatchMode)] =
-        &[(layout::USERS, AddWatchMode::PersistentRecursive)];
-
-    async fn reload(&mut self, zk: &Zk) -> Result<(), CoordError> {
-        let items = read_directory(zk).await?;
-        self.directory.replace(items);
-        Ok(())
-    }
-
-    /// Applies one create or delete: the recursive watch names the znode, so there is no
-    /// need to read anything.
-    async fn apply(&mut self, _zk: &Zk, event: WatchedEvent) -> Result<(), CoordError> {
-        let dir = &self.directory;
-        match (event.event_type, layout::directory_node(&event.path)) {
-            (EventType::NodeCreated, Some(DirectoryNode::Replica(u, p, d))) => dir.insert(u, p, d),
-            (EventType::NodeDeleted, Some(DirectoryNode::Replica(u, p, d))) => {
-                dir.remove_replica(u, p, d);
-            }
-            (EventType::NodeDeleted, Some(DirectoryNode::Product(u, p))) => {
-                dir.remove_product(u, p)
-            }
-            (EventType::NodeDeleted, Some(DirectoryNode::User(u))) => dir.remove_user(u),
-            _ => {}
-        }
-        Ok(())
-    }
-}
-
-/// Reads the whole `/users` tree: users, then their products, then the devices.
-async fn read_directory(zk: &Zk) -> Result<Items, CoordError> {
-    let users = zk.children(layout::USERS).await?;
-    let user_paths = users.iter().map(|u| layout::user(u)).collect();
-    let products = list_all(zk, user_paths).await?;
-    let pairs: Vec<(&String, &String)> = users
-        .iter()
-        .zip(&products)
-        .flat_map(|(user, products)| products.iter().map(move |p| (user, p)))
-        .collect();
-    let product_paths = pairs
-        .iter()
-        .map(|(u, p)| layout::user_product(u, p))
-        .collect();
-    let devices = list_all(zk, product_paths).await?;
-    let mut items = Items::new();
-    for ((user, product), devices) in pairs.into_iter().zip(devices) {
-        let holders = items
-            .entry(user.clone())
-            .or_default()
-            .entry(product.clone())
-            .or_default();
-        holders.extend(devices.iter().filter_map(|d| {
-            let device = layout::device_child(d);
-            if device.is_none() {
-                warn!(
-                    user,
-                    product,
-                    child = d,
-                    "ignoring a directory entry that is not a device id"
-                );
-            }
-            device
-        }));
-    }
-    Ok(items)
-}
-
-/// Lists the children of many znodes, [`LIST_CONCURRENCY`] at a time, in order.
-async fn list_all(zk: &Zk, paths: Vec<String>) -> Result<Vec<Vec<String>>, CoordError> {
-    stream::iter(paths)
-        .map(|path| async move { zk.children(&path).await })
-        .buffered(LIST_CONCURRENCY)
-        .try_collect()
-        .await
 }
 
 #[cfg(test)]

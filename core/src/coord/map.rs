@@ -1,15 +1,27 @@
-//! The CRUSH map as every gateway must see it: the map JSON, its epoch and the reweights.
+//! The cluster map as every gateway must see it: the CRUSH map JSON, its epoch, the
+//! reweights, the pool's placement-group settings and every PG's past set.
 //!
-//! The `/map` znode holds one document, `{"map": <CRUSH map>, "reweights": {"<id>": w}}`:
-//! the map in python-crush JSON (the seed's format, `config/crush-map.json`) and Ceph-style
-//! reweights in 16.16 fixed point (0 = out, `0x10000` = in). Keeping both in one znode makes a
-//! change to either one atomic and gives it one epoch: the znode's version + 1.
+//! The `/map` znode holds one document (format 2):
+//!
+//! ```json
+//! {"format": 2, "map": {...}, "reweights": {"3": 0},
+//!  "pool": {"id": 1, "pg_num": 256, "size": 3}, "past": {"17": [3]}}
+//! ```
+//!
+//! the map in python-crush JSON (the seed's format, `config/crush-map.json`), Ceph-style
+//! reweights in 16.16 fixed point (0 = out, `0x10000` = in), the pool (fixed at bootstrap)
+//! and the past sets of the PGs that have one (see `cartdb_model::pg_table`). Keeping them in
+//! one znode makes a change atomic and gives it one epoch, the znode's version + 1: a new
+//! up set and the past set that goes with it are never seen apart. Its size depends on the
+//! number of devices and `pg_num`, never on the number of carts.
 //!
 //! Everything here is pure; [`ClusterMap::parse`] treats its input as untrusted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
+use cartdb_model::pg::{Pool, PoolError};
+use cartdb_model::pg_table::PastSets;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cart::DeviceId;
@@ -22,6 +34,37 @@ pub const FULL_WEIGHT: u32 = 0x10000;
 /// Largest map document accepted (ZooKeeper's own limit is 1 MiB).
 pub const MAX_MAP_BYTES: usize = 1 << 20;
 
+/// The `/map` document format this build reads and writes. Format 1 (no `format` field) was
+/// the map of the per-item directory era; it is refused, not migrated.
+pub const MAP_FORMAT: u32 = 2;
+
+/// Most replicas a pool may keep per PG.
+pub const MAX_POOL_SIZE: u32 = 16;
+
+/// The pool's settings as stored with the map: fixed when the cluster is bootstrapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSettings {
+    /// Ceph's pool id: the second word of every PG's placement seed.
+    pub id: u32,
+    /// Number of placement groups.
+    pub pg_num: u32,
+    /// Replicas per placement group (the replication factor).
+    pub size: u32,
+}
+
+impl PoolSettings {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`MapError::Pool`] for a bad `pg_num`, [`MapError::PoolSize`] for a bad `size`.
+    pub fn pool(&self) -> Result<Pool, MapError> {
+        if self.size == 0 || self.size > MAX_POOL_SIZE {
+            return Err(MapError::PoolSize { size: self.size });
+        }
+        Pool::new(self.id, self.pg_num).map_err(MapError::Pool)
+    }
+}
+
 /// The CRUSH map at one epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterMap {
@@ -33,14 +76,24 @@ pub struct ClusterMap {
     pub devices: BTreeMap<DeviceId, String>,
     /// Reweights set explicitly; a device not listed is fully in ([`FULL_WEIGHT`]).
     pub reweights: BTreeMap<DeviceId, u32>,
+    /// The pool's settings, as bootstrapped.
+    pub settings: PoolSettings,
+    /// The pool, checked.
+    pub pool: Pool,
+    /// Devices that held a PG at an earlier epoch and may hold data its up set lacks.
+    pub past: PastSets,
 }
 
 /// The znode document as read; `map` is checked by hand to give precise errors.
 #[derive(Deserialize)]
 struct MapDoc {
+    format: Option<u64>,
     map: Value,
     #[serde(default)]
     reweights: BTreeMap<String, u32>,
+    pool: Option<PoolSettings>,
+    #[serde(default)]
+    past: BTreeMap<String, Vec<DeviceId>>,
 }
 
 impl ClusterMap {
@@ -58,14 +111,30 @@ impl ClusterMap {
             });
         }
         let doc: MapDoc = serde_json::from_slice(data).map_err(MapError::Json)?;
+        if doc.format != Some(u64::from(MAP_FORMAT)) {
+            return Err(MapError::Format { found: doc.format });
+        }
         let devices = devices_of(&doc.map)?;
         let reweights = reweights_of(doc.reweights, &devices)?;
+        let settings = doc.pool.ok_or(MapError::Missing {
+            path: "pool".to_owned(),
+        })?;
+        let pool = settings.pool()?;
+        let past = past_of(doc.past, &devices, pool.pg_num())?;
         Ok(ClusterMap {
             epoch,
             map_json: doc.map.to_string(),
             devices,
             reweights,
+            settings,
+            pool,
+            past,
         })
+    }
+
+    /// The devices `pg` must be read from besides its up set.
+    pub fn past_of(&self, pg: u32) -> Option<&BTreeSet<DeviceId>> {
+        self.past.get(&pg)
     }
 
     /// The reweights that mark exactly the live devices in: [`FULL_WEIGHT`] for each device of
@@ -103,27 +172,50 @@ impl ClusterMap {
     }
 }
 
-/// The `/map` document for a map and reweights.
-pub(crate) fn document(map_json: &str, reweights: &BTreeMap<DeviceId, u32>) -> Vec<u8> {
-    let reweights: serde_json::Map<String, Value> = reweights
+/// What a map change writes: the reweights and the past sets that go with them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub reweights: BTreeMap<DeviceId, u32>,
+    pub past: PastSets,
+}
+
+/// The `/map` document for a map, its pool and a placement.
+pub(crate) fn document(map_json: &str, settings: PoolSettings, placement: &Placement) -> Vec<u8> {
+    let reweights: serde_json::Map<String, Value> = placement
+        .reweights
         .iter()
         .map(|(id, w)| (id.to_string(), Value::from(*w)))
         .collect();
+    let past: serde_json::Map<String, Value> = placement
+        .past
+        .iter()
+        .map(|(pg, devices)| {
+            (
+                pg.to_string(),
+                Value::from(devices.iter().copied().collect::<Vec<_>>()),
+            )
+        })
+        .collect();
+    let settings = serde_json::to_value(settings).unwrap_or(Value::Null);
     format!(
-        r#"{{"map":{map_json},"reweights":{}}}"#,
-        Value::Object(reweights)
+        r#"{{"format":{MAP_FORMAT},"map":{map_json},"reweights":{},"pool":{settings},"past":{}}}"#,
+        Value::Object(reweights),
+        Value::Object(past)
     )
     .into_bytes()
 }
 
-/// The initial `/map` document for a CRUSH map given as JSON text (no reweights: all in),
-/// checked by [`ClusterMap::parse`].
+/// The initial `/map` document for a CRUSH map given as JSON text and a pool (no reweights:
+/// all in; no past sets), checked by [`ClusterMap::parse`].
 ///
 /// # Errors
-/// [`MapError`] when `map_json` is not a valid map.
-pub(crate) fn bootstrap_document(map_json: &str) -> Result<(Vec<u8>, ClusterMap), MapError> {
+/// [`MapError`] when `map_json` is not a valid map or the pool settings are invalid.
+pub(crate) fn bootstrap_document(
+    map_json: &str,
+    settings: PoolSettings,
+) -> Result<(Vec<u8>, ClusterMap), MapError> {
     let map: Value = serde_json::from_str(map_json).map_err(MapError::Json)?;
-    let doc = document(&map.to_string(), &BTreeMap::new());
+    let doc = document(&map.to_string(), settings, &Placement::default());
     let parsed = ClusterMap::parse(&doc, 1)?;
     Ok((doc, parsed))
 }
@@ -213,6 +305,30 @@ fn reweights_of(
         .collect()
 }
 
+fn past_of(
+    raw: BTreeMap<String, Vec<DeviceId>>,
+    devices: &BTreeMap<DeviceId, String>,
+    pg_num: u32,
+) -> Result<PastSets, MapError> {
+    raw.into_iter()
+        .map(|(key, members)| {
+            let pg = key
+                .parse::<u32>()
+                .ok()
+                .filter(|pg| *pg < pg_num)
+                .ok_or_else(|| MapError::UnknownPg {
+                    key: key.clone(),
+                    pg_num,
+                })?;
+            if let Some(&device) = members.iter().find(|d| !devices.contains_key(d)) {
+                return Err(MapError::UnknownPastDevice { pg, device });
+            }
+            Ok((pg, members.into_iter().collect()))
+        })
+        .filter(|entry| !matches!(entry, Ok((_, members)) if BTreeSet::is_empty(members)))
+        .collect()
+}
+
 fn field<'v>(node: &'v Value, path: &str, name: &str) -> Result<&'v Value, MapError> {
     node.get(name).ok_or_else(|| MapError::Missing {
         path: format!("{path}.{name}"),
@@ -232,8 +348,23 @@ fn wrong_type(path: &str, expected: &'static str) -> MapError {
 pub enum MapError {
     #[error("map document is {len} bytes, more than the limit of {max}")]
     TooLarge { len: usize, max: usize },
-    #[error("not JSON of the form {{\"map\": {{...}}, \"reweights\": {{...}}}}: {0}")]
+    #[error(
+        "not JSON of the form {{\"format\": 2, \"map\": {{...}}, \"reweights\": {{...}}, \"pool\": {{...}}, \"past\": {{...}}}}: {0}"
+    )]
     Json(#[source] serde_json::Error),
+    #[error(
+        "the map document has format {}, this build reads format {MAP_FORMAT} (placement groups); it is not migrated: bootstrap a new cluster (a new ZooKeeper chroot and empty data directories)",
+        found.map_or_else(|| "1 (no \"format\" field)".to_owned(), |f| f.to_string())
+    )]
+    Format { found: Option<u64> },
+    #[error("pool: {0}")]
+    Pool(#[source] PoolError),
+    #[error("pool: size {size} is not in 1..={MAX_POOL_SIZE}")]
+    PoolSize { size: u32 },
+    #[error("past: {key:?} is not a placement group below pg_num {pg_num}")]
+    UnknownPg { key: String, pg_num: u32 },
+    #[error("past: placement group {pg} names device {device}, which is not in the map")]
+    UnknownPastDevice { pg: u32, device: DeviceId },
     #[error("{path} is missing")]
     Missing { path: String },
     #[error("{path} must be {expected}")]
@@ -261,12 +392,31 @@ mod tests {
 
     const SEED_MAP: &str = include_str!("../../../config/crush-map.json");
 
+    const POOL: PoolSettings = PoolSettings {
+        id: 1,
+        pg_num: 64,
+        size: 3,
+    };
+
     fn seed_doc() -> Vec<u8> {
-        bootstrap_document(SEED_MAP).unwrap().0
+        bootstrap_document(SEED_MAP, POOL).unwrap().0
     }
 
     fn parse_map(map: &str) -> Result<ClusterMap, MapError> {
-        ClusterMap::parse(format!(r#"{{"map": {map}}}"#).as_bytes(), 1)
+        let doc = format!(
+            r#"{{"format": 2, "map": {map}, "pool": {{"id": 1, "pg_num": 8, "size": 3}}}}"#
+        );
+        ClusterMap::parse(doc.as_bytes(), 1)
+    }
+
+    fn placement(reweights: &[(DeviceId, u32)], past: &[(u32, &[DeviceId])]) -> Placement {
+        Placement {
+            reweights: reweights.iter().copied().collect(),
+            past: past
+                .iter()
+                .map(|(pg, devices)| (*pg, devices.iter().copied().collect()))
+                .collect(),
+        }
     }
 
     #[test]
@@ -276,18 +426,25 @@ mod tests {
         assert_eq!(map.devices.len(), 6);
         assert_eq!(map.devices[&3], "device_3");
         assert!(map.reweights.is_empty());
+        assert_eq!(
+            (map.pool.pg_num(), map.pool.id(), map.settings.size),
+            (64, 1, 3)
+        );
+        assert!(map.past.is_empty());
         // The map JSON alone is handed on, and still parses as the same map.
-        let again = ClusterMap::parse(&document(&map.map_json, &map.reweights), 4).unwrap();
-        assert_eq!(again, map);
+        let again = ClusterMap::parse(&document(&map.map_json, POOL, &Placement::default()), 4);
+        assert_eq!(again.unwrap(), map);
     }
 
     #[test]
     fn reweights_survive_the_document() {
         let map = ClusterMap::parse(&seed_doc(), 1).unwrap();
-        let reweights = BTreeMap::from([(2, 0), (5, 0x8000)]);
-        let doc = document(&map.map_json, &reweights);
+        let change = placement(&[(2, 0), (5, 0x8000)], &[(7, &[2]), (63, &[1, 6])]);
+        let doc = document(&map.map_json, POOL, &change);
         let map = ClusterMap::parse(&doc, 2).unwrap();
-        assert_eq!(map.reweights, reweights);
+        assert_eq!(map.reweights, change.reweights);
+        assert_eq!(map.past, change.past);
+        assert_eq!(map.past_of(63), Some(&BTreeSet::from([1, 6])));
         assert_eq!(
             map.reweight_vec(),
             vec![
@@ -355,6 +512,22 @@ mod tests {
         assert!(parse_map(&huge).is_err());
     }
 
+    /// A map of the per-item directory era (no format field) is refused by name.
+    #[test]
+    fn older_formats_are_refused_with_the_format_named() {
+        let old = format!(r#"{{"map": {SEED_MAP}, "reweights": {{}}}}"#);
+        let err = ClusterMap::parse(old.as_bytes(), 1).unwrap_err();
+        assert!(matches!(err, MapError::Format { found: None }));
+        assert!(
+            err.to_string().contains("format 1 (no \"format\" field)"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("reads format 2"), "{err}");
+        let future = format!(r#"{{"format": 3, "map": {SEED_MAP}}}"#);
+        let err = ClusterMap::parse(future.as_bytes(), 1).unwrap_err();
+        assert!(err.to_string().contains("has format 3"), "{err}");
+    }
+
     #[test]
     fn malformed_documents_are_refused() {
         assert!(matches!(ClusterMap::parse(b"", 1), Err(MapError::Json(_))));
@@ -367,13 +540,45 @@ mod tests {
             Err(MapError::Json(_))
         ));
         let map = ClusterMap::parse(&seed_doc(), 1).unwrap();
-        let bad_key = format!(r#"{{"map": {}, "reweights": {{"9": 0}}}}"#, map.map_json);
+        let with = |extra: &str| {
+            let doc = format!(
+                r#"{{"format": 2, "map": {}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}{extra}}}"#,
+                map.map_json
+            );
+            ClusterMap::parse(doc.as_bytes(), 1)
+        };
+        assert!(with("").is_ok());
         assert!(matches!(
-            ClusterMap::parse(bad_key.as_bytes(), 1),
+            with(r#", "reweights": {"9": 0}"#),
             Err(MapError::UnknownReweightDevice { .. })
         ));
-        let bad_value = format!(r#"{{"map": {}, "reweights": {{"1": -5}}}}"#, map.map_json);
-        assert!(ClusterMap::parse(bad_value.as_bytes(), 1).is_err());
+        assert!(with(r#", "reweights": {"1": -5}"#).is_err());
+        let err = |extra: &str| with(extra).unwrap_err().to_string();
+        assert!(
+            err(r#", "past": {"64": [1]}"#)
+                .contains("\"64\" is not a placement group below pg_num 64")
+        );
+        assert!(err(r#", "past": {"x": [1]}"#).contains("not a placement group"));
+        assert!(err(r#", "past": {"3": [9]}"#).contains("placement group 3 names device 9"));
+        assert!(with(r#", "past": {"3": []}"#).unwrap().past.is_empty());
+        let pool = |pool: &str| {
+            let doc = format!(
+                r#"{{"format": 2, "map": {}, "pool": {pool}}}"#,
+                map.map_json
+            );
+            ClusterMap::parse(doc.as_bytes(), 1)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(pool(r#"{"id": 1, "pg_num": 0, "size": 3}"#).contains("pg_num 0 is not in"));
+        assert!(pool(r#"{"id": 1, "pg_num": 8, "size": 0}"#).contains("size 0 is not in"));
+        let no_pool = format!(r#"{{"format": 2, "map": {}}}"#, map.map_json);
+        assert!(
+            ClusterMap::parse(no_pool.as_bytes(), 1)
+                .unwrap_err()
+                .to_string()
+                .contains("pool is missing")
+        );
         let big = vec![b' '; MAX_MAP_BYTES + 1];
         assert!(matches!(
             ClusterMap::parse(&big, 1),

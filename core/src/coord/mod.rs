@@ -1,26 +1,24 @@
-//! ZooKeeper coordination: membership, the CRUSH map, the catalog and the item directory.
+//! ZooKeeper coordination: membership, the cluster map (CRUSH map, reweights, pool and past
+//! sets) and the catalog: bounded metadata only, never anything that grows with the carts.
 //!
 //! [`Coordinator`] is the only way cartdb talks to ZooKeeper. Data nodes register their device,
-//! gateways register themselves and record where replicas live, everyone reads the map and the
-//! catalog. The znode layout, data formats and the reasons behind them are in
-//! `docs/zookeeper.md`.
+//! gateways register themselves and change the map, everyone reads the map and the catalog.
+//! The znode layout, data formats and the reasons behind them are in `docs/zookeeper.md`.
 //!
-//! Reads never touch the network: [`Coordinator::members`], [`Coordinator::map`],
-//! [`Coordinator::catalog`] and [`Coordinator::directory`] hand out in-memory copies that
-//! background followers keep fresh from persistent watches. Writes are bounded ZooKeeper calls
-//! that return a [`CoordError`] naming the operation and the znode.
+//! Reads never touch the network: [`Coordinator::members`], [`Coordinator::map`] and
+//! [`Coordinator::catalog`] hand out in-memory copies that background followers keep fresh
+//! from persistent watches. Writes are bounded ZooKeeper calls that return a [`CoordError`]
+//! naming the operation and the znode; none is made per cart request.
 //!
 //! # Layout
 //! - [`error`]: the error type, [`CoordError`].
-//! - [`map`]: the CRUSH map document and its reweights, [`ClusterMap`] (pure).
+//! - [`map`]: the cluster map document, [`ClusterMap`] (pure).
 //! - [`membership`]: who is up, [`Membership`], and the registration data format (pure).
-//! - [`directory`]: the in-memory item directory, [`Directory`].
 //! - `layout`: the znode paths.
 //! - `zk`: one session behind timeouts and typed outcomes.
 //! - `follow`: the watch-driven tasks that keep the in-memory copies fresh.
 //! - `supervisor`: the task that owns the session and replaces it after an expiry.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -31,11 +29,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 use zookeeper_client::{CreateMode, SessionId, SessionState};
 
-use crate::cart::{DeviceId, ItemKey, Product};
+use crate::cart::{DeviceId, Product};
 use crate::catalog::Catalog;
 use crate::wire::SweepStatus;
 
-pub mod directory;
 pub mod error;
 mod follow;
 mod layout;
@@ -44,9 +41,8 @@ pub mod membership;
 mod supervisor;
 mod zk;
 
-pub use directory::Directory;
 pub use error::CoordError;
-pub use map::{ClusterMap, FULL_WEIGHT, MapError};
+pub use map::{ClusterMap, FULL_WEIGHT, MAP_FORMAT, MapError, Placement, PoolSettings};
 pub use membership::Membership;
 
 use supervisor::{Inner, Slot};
@@ -121,8 +117,8 @@ impl fmt::Debug for Coordinator {
 impl Coordinator {
     /// Connects, creates the chroot and the layout's parent znodes, and starts the supervisor
     /// (which owns the session and replaces it after an expiry, re-creating this process's
-    /// registrations and re-reading all watched state). Returns once the members, map,
-    /// catalog and directory have been read once (or after 30 s with a warning).
+    /// registrations and re-reading all watched state). Returns once the members, map and
+    /// catalog have been read once (or after 30 s with a warning).
     ///
     /// # Errors
     /// [`CoordError::Connect`] or [`CoordError::Timeout`] when no session can be opened, or
@@ -245,15 +241,20 @@ impl Coordinator {
         self.inner.members.subscribe()
     }
 
-    /// Creates `/map` from a CRUSH map (python-crush JSON, as in `config/crush-map.json`) with
-    /// no reweights, at epoch 1. Does nothing when `/map` already exists: the map in ZooKeeper
-    /// is the one every gateway places with, whatever the local file says.
+    /// Creates `/map` from a CRUSH map (python-crush JSON, as in `config/crush-map.json`) and
+    /// the pool's settings, with no reweights and no past sets, at epoch 1. Does nothing when
+    /// `/map` already exists: the map in ZooKeeper (pool included) is the one every gateway
+    /// places with, whatever the local file and flags say.
     ///
     /// # Errors
-    /// [`CoordError::InvalidMap`] when `map_json` is not a valid map (checked before anything
-    /// is written), or the failed ZooKeeper call.
-    pub async fn bootstrap_map(&self, map_json: &str) -> Result<(), CoordError> {
-        let (doc, map) = map::bootstrap_document(map_json).map_err(CoordError::InvalidMap)?;
+    /// [`CoordError::InvalidMap`] when `map_json` is not a valid map or `pool` is invalid
+    /// (checked before anything is written), or the failed ZooKeeper call.
+    pub async fn bootstrap_map(
+        &self,
+        map_json: &str,
+        pool: PoolSettings,
+    ) -> Result<(), CoordError> {
+        let (doc, map) = map::bootstrap_document(map_json, pool).map_err(CoordError::InvalidMap)?;
         let doc = &doc;
         let created = self
             .run("bootstrap map", |zk| async move {
@@ -263,7 +264,10 @@ impl Coordinator {
         if created {
             info!(
                 devices = map.devices.len(),
-                "CRUSH map bootstrapped at epoch 1"
+                pg_num = pool.pg_num,
+                pool = pool.id,
+                size = pool.size,
+                "cluster map bootstrapped at epoch 1"
             );
             self.inner.map.publish(map.epoch, Some(Arc::new(map)));
         } else {
@@ -277,30 +281,35 @@ impl Coordinator {
         self.inner.map.subscribe()
     }
 
-    /// Replaces the reweights of the map at `expected_epoch` (compare-and-set on `/map`'s
-    /// version). Returns `Ok(false)` when the map is no longer at that epoch: someone else
-    /// changed it first; re-read [`Coordinator::map`] and decide again. Writing the reweights
-    /// the map already has changes nothing and returns `Ok(true)` without a new epoch.
+    /// Replaces the reweights and past sets of the map at `expected_epoch` in one
+    /// compare-and-set on `/map`'s version, so a new up set and the past sets that go with
+    /// it are never seen apart. Returns `Ok(false)` when the map is no longer at that epoch:
+    /// someone else changed it first; re-read [`Coordinator::map`] and decide again. Writing
+    /// what the map already has changes nothing and returns `Ok(true)` without a new epoch.
     ///
     /// # Errors
-    /// [`CoordError::UnknownDevice`] when a reweight names a device not in the map,
-    /// [`CoordError::NotBootstrapped`], [`CoordError::InvalidMapData`] when `/map` holds an
-    /// invalid document, or the failed ZooKeeper call.
-    pub async fn set_reweights(
+    /// [`CoordError::UnknownDevice`] when a reweight or past set names a device not in the
+    /// map, [`CoordError::NotBootstrapped`], [`CoordError::InvalidMapData`] when `/map` holds
+    /// an invalid document, or the failed ZooKeeper call.
+    pub async fn set_placement(
         &self,
         expected_epoch: u64,
-        reweights: BTreeMap<DeviceId, u32>,
+        placement: Placement,
     ) -> Result<bool, CoordError> {
-        let reweights = &reweights;
+        let placement = &placement;
         let written = self
-            .run("set reweights", |zk| async move {
-                write_reweights(&zk, expected_epoch, reweights).await
+            .run("set placement", |zk| async move {
+                write_placement(&zk, expected_epoch, placement).await
             })
             .await?;
         let Some(map) = written else {
             return Ok(false);
         };
-        info!(epoch = map.epoch, "reweights set");
+        info!(
+            epoch = map.epoch,
+            past_pgs = map.past.len(),
+            "placement set"
+        );
         self.inner.map.publish(map.epoch, Some(Arc::new(map)));
         Ok(true)
     }
@@ -406,42 +415,6 @@ impl Coordinator {
         }
     }
 
-    /// The item directory, kept fresh by a persistent recursive watch on `/users` (and
-    /// re-read after every reconnect). Its lookups never touch the network.
-    pub fn directory(&self) -> Arc<Directory> {
-        self.inner.directory.clone()
-    }
-
-    /// Records that `devices` hold replicas of `key`: for each device the directory does not
-    /// list yet, creates `/devices/<d>/<user>/<product>` and then `/users/<user>/<product>/<d>`
-    /// (parents as needed; an existing znode is fine, another gateway may race us). The
-    /// local directory is updated as soon as the znodes exist.
-    ///
-    /// # Errors
-    /// [`CoordError::InvalidName`] when the user or product id cannot be a znode name, or the
-    /// failed ZooKeeper call.
-    pub async fn record_replicas(
-        &self,
-        key: &ItemKey,
-        devices: &[DeviceId],
-    ) -> Result<(), CoordError> {
-        const OP: &str = "record replicas";
-        check_segment(OP, "user", &key.user)?;
-        check_segment(OP, "product", &key.product)?;
-        let missing = &self.inner.directory.missing(key, devices);
-        if missing.is_empty() {
-            return Ok(());
-        }
-        self.run(OP, |zk| async move {
-            record(&zk, &self.inner.directory, key, missing).await
-        })
-        .await?;
-        for &device in missing {
-            self.inner.directory.insert(&key.user, &key.product, device);
-        }
-        Ok(())
-    }
-
     /// Runs `call` with the live session; if that session expired during the call, runs it
     /// once more with the next session (every call passed here is idempotent).
     async fn run<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, CoordError>
@@ -504,13 +477,14 @@ async fn create_once(
     }
 }
 
-/// One compare-and-set of `/map`'s reweights; `None` when the map is not at `expected_epoch`.
-async fn write_reweights(
+/// One compare-and-set of `/map`'s placement; `None` when the map is not at
+/// `expected_epoch`.
+async fn write_placement(
     zk: &Zk,
     expected_epoch: u64,
-    reweights: &BTreeMap<DeviceId, u32>,
+    placement: &Placement,
 ) -> Result<Option<ClusterMap>, CoordError> {
-    const OP: &str = "set reweights";
+    const OP: &str = "set placement";
     let Some((data, stat)) = zk.get(layout::MAP).await? else {
         return Err(CoordError::NotBootstrapped {
             op: OP,
@@ -525,18 +499,24 @@ async fn write_reweights(
             path: layout::MAP.to_owned(),
             source,
         })?;
-    if let Some(&device) = reweights.keys().find(|d| !current.devices.contains_key(d)) {
+    let named = placement
+        .reweights
+        .keys()
+        .chain(placement.past.values().flatten());
+    if let Some(&device) = named.into_iter().find(|d| !current.devices.contains_key(d)) {
         return Err(CoordError::UnknownDevice { op: OP, device });
     }
-    if current.reweights == *reweights {
+    if current.reweights == placement.reweights && current.past == placement.past {
         return Ok(Some(current));
     }
-    let doc = map::document(&current.map_json, reweights);
+    let doc = map::document(&current.map_json, current.settings, placement);
+    // Re-parsed so that nothing is published that a reader would refuse (a past set naming
+    // a PG beyond pg_num, say).
+    let checked = ClusterMap::parse(&doc, expected_epoch + 1).map_err(CoordError::InvalidMap)?;
     let written = zk.set(layout::MAP, &doc, stat.version).await?;
     Ok(written.map(|stat| ClusterMap {
         epoch: zk::generation(&stat),
-        reweights: reweights.clone(),
-        ..current
+        ..checked
     }))
 }
 
@@ -565,75 +545,11 @@ async fn try_upsert(zk: &Zk, product: &Product) -> Result<Option<(u64, Arc<Catal
     Ok(written.map(|stat| (zk::generation(&stat), Arc::new(catalog))))
 }
 
-/// Creates both directory entries for each device, the per-device one first: a gateway that
-/// dies in between leaves the item missing from `/users`, so the next request records it
-/// again, instead of an entry in `/users` without its `/devices` counterpart.
-/// Records `devices` as replicas of `key`: usually one `multi` transaction that creates the
-/// item's missing parents (known from the directory cache) and its leaves, so recording a new
-/// item costs one ZooKeeper round trip. When the cache was stale (another gateway recorded
-/// something first) or a device's own parent is missing, the transaction changes nothing and
-/// each path is settled on its own.
-async fn record(
-    zk: &Zk,
-    directory: &Directory,
-    key: &ItemKey,
-    devices: &[DeviceId],
-) -> Result<(), CoordError> {
-    let plan = record_plan(&directory.items_of(&key.user), key, devices);
-    if let Created::New(_) = zk.create_all(&plan).await? {
-        return Ok(());
-    }
-    let one = |device: DeviceId| async move {
-        zk.ensure_path(&layout::device_item(key, device)).await?;
-        zk.ensure_path(&layout::user_replica(key, device)).await
-    };
-    futures::future::try_join_all(devices.iter().map(|&d| one(d))).await?;
-    Ok(())
-}
-
-/// The znodes to create, parents first, to record `devices` for `key`, given what the
-/// directory already holds for the user. `/devices/<d>` itself is assumed to exist; when it
-/// does not (the first item ever on a device), the transaction fails and the slow path
-/// creates it.
-fn record_plan(
-    known: &BTreeMap<String, BTreeSet<DeviceId>>,
-    key: &ItemKey,
-    devices: &[DeviceId],
-) -> Vec<String> {
-    let mut plan = Vec::new();
-    if known.is_empty() {
-        plan.push(layout::user(&key.user));
-    }
-    if !known.contains_key(&key.product) {
-        plan.push(layout::user_product(&key.user, &key.product));
-    }
-    for &device in devices {
-        if !known.values().any(|held| held.contains(&device)) {
-            plan.push(layout::device_user(device, &key.user));
-        }
-        plan.push(layout::device_item(key, device));
-        plan.push(layout::user_replica(key, device));
-    }
-    plan
-}
-
 fn check_address(address: &str) -> Result<(), CoordError> {
     membership::check_address(address).map_err(|problem| CoordError::InvalidAddress {
         address: address.to_owned(),
         problem,
     })
-}
-
-fn check_segment(op: &'static str, field: &'static str, value: &str) -> Result<(), CoordError> {
-    match layout::segment_problem(field, value) {
-        None => Ok(()),
-        Some(problem) => Err(CoordError::InvalidName {
-            op,
-            field,
-            value: value.to_owned(),
-            problem,
-        }),
-    }
 }
 
 /// A create outcome that the layout rules out (a parent created at connect is gone, or a
@@ -656,7 +572,7 @@ mod tests {
 
     /// Handlers call the coordinator from spawned tasks, so its futures must be `Send`.
     #[allow(dead_code, clippy::let_underscore_future)]
-    fn api_futures_are_send(c: &Coordinator, key: &ItemKey, product: Product, catalog: &Catalog) {
+    fn api_futures_are_send(c: &Coordinator, product: Product, catalog: &Catalog) {
         fn send<T: Send>(_: T) {}
         send(Coordinator::connect(
             c.inner.config.clone(),
@@ -665,64 +581,22 @@ mod tests {
         send(c.register_device(1, "h:1"));
         send(c.deregister_device(1));
         send(c.register_gateway("h:1"));
-        send(c.bootstrap_map("{}"));
-        send(c.set_reweights(1, BTreeMap::new()));
+        send(c.bootstrap_map(
+            "{}",
+            PoolSettings {
+                id: 1,
+                pg_num: 1,
+                size: 1,
+            },
+        ));
+        send(c.set_placement(1, Placement::default()));
         send(c.bootstrap_catalog(catalog));
         send(c.upsert_product(product));
-        send(c.record_replicas(key, &[1]));
     }
 
     #[test]
     fn the_coordinator_is_shareable() {
         fn shareable<T: Send + Sync + Clone + 'static>() {}
         shareable::<Coordinator>();
-        shareable::<Arc<Directory>>();
-    }
-}
-
-#[cfg(test)]
-mod record_plan_tests {
-    use super::*;
-
-    fn key() -> ItemKey {
-        ItemKey {
-            user: "u1".into(),
-            product: "7".into(),
-        }
-    }
-
-    #[test]
-    fn a_new_user_gets_every_parent_before_the_leaves() {
-        let plan = record_plan(&BTreeMap::new(), &key(), &[1, 3]);
-        assert_eq!(
-            plan,
-            [
-                "/users/u1",
-                "/users/u1/7",
-                "/devices/1/u1",
-                "/devices/1/u1/7",
-                "/users/u1/7/1",
-                "/devices/3/u1",
-                "/devices/3/u1/7",
-                "/users/u1/7/3",
-            ]
-        );
-    }
-
-    #[test]
-    fn parents_the_cache_knows_are_not_created_again() {
-        let known = BTreeMap::from([("2".to_owned(), BTreeSet::from([1]))]);
-        let plan = record_plan(&known, &key(), &[1, 3]);
-        assert_eq!(
-            plan,
-            [
-                "/users/u1/7",
-                "/devices/1/u1/7",
-                "/users/u1/7/1",
-                "/devices/3/u1",
-                "/devices/3/u1/7",
-                "/users/u1/7/3",
-            ]
-        );
     }
 }

@@ -3,7 +3,7 @@
 //! ```text
 //!            connect() ──► open session ──► start_session ──► supervise (loop)
 //!                                               │                 │ waits for the session to end
-//!   followers (members, map, catalog, directory)│                 │ (Expired / Closed / AuthFailed)
+//!   followers (members, map, catalog)           │                 │ (Expired / Closed / AuthFailed)
 //!   registrar (re-creates this process's        │                 ▼
 //!   ephemerals) ◄───────────────────────────────┘   reopen with backoff ──► start_session ...
 //! ```
@@ -27,11 +27,9 @@ use crate::cart::DeviceId;
 use crate::catalog::Catalog;
 
 use super::CoordConfig;
-use super::directory::Directory;
 use super::error::CoordError;
 use super::follow::{
-    self, CatalogFollower, DirectoryFollower, Follower, MapFollower, MembersFollower, RETRY_DELAY,
-    Versioned,
+    self, CatalogFollower, Follower, MapFollower, MembersFollower, RETRY_DELAY, Versioned,
 };
 use super::map::ClusterMap;
 use super::membership::{self, Membership};
@@ -54,7 +52,6 @@ pub(crate) struct Inner {
     pub(crate) members: Arc<watch::Sender<Arc<Membership>>>,
     pub(crate) map: Arc<Versioned<Option<Arc<ClusterMap>>>>,
     pub(crate) catalog: Arc<Versioned<Arc<Catalog>>>,
-    pub(crate) directory: Arc<Directory>,
 }
 
 impl Inner {
@@ -66,7 +63,6 @@ impl Inner {
             members: Arc::new(watch::Sender::new(Arc::default())),
             map: Arc::new(Versioned::new(None)),
             catalog: Arc::new(Versioned::new(Arc::default())),
-            directory: Arc::default(),
         }
     }
 }
@@ -110,9 +106,6 @@ pub(crate) fn start_session(
     });
     session.follow(CatalogFollower {
         catalog: inner.catalog.clone(),
-    });
-    session.follow(DirectoryFollower {
-        directory: inner.directory.clone(),
     });
     // Published before the registrar takes the registrations lock: a register call holding
     // that lock may be waiting for this session.

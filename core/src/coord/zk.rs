@@ -6,8 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use zookeeper_client::{
-    Acls, AddWatchMode, Client, CreateMode, CreateOptions, Error, MultiWriteError,
-    PersistentWatcher, SessionId, SessionState, Stat, StateWatcher,
+    Acls, AddWatchMode, Client, CreateMode, CreateOptions, Error, PersistentWatcher, SessionId,
+    SessionState, Stat, StateWatcher,
 };
 
 use super::CoordConfig;
@@ -128,43 +128,6 @@ impl Zk {
     /// fine.
     pub(crate) async fn mkdir(&self, path: &str) -> Result<(), CoordError> {
         timed("mkdir", path, self.client.mkdir(path, &PERSISTENT)).await
-    }
-
-    /// Creates a persistent, empty znode, and its parents when they are missing. An existing
-    /// znode is fine: another process may record the same thing at the same time.
-    pub(crate) async fn ensure_path(&self, path: &str) -> Result<(), CoordError> {
-        match self.create(path, &[], CreateMode::Persistent).await? {
-            Created::New(_) | Created::Existed => Ok(()),
-            Created::NoParent => self.mkdir(path).await,
-        }
-    }
-
-    /// Creates every path of `paths`, in order, as persistent empty znodes in one `multi`
-    /// transaction: all of them or none. `Created::NoParent` or `Created::Existed` when one
-    /// of them could not be created for that reason (and then none was).
-    pub(crate) async fn create_all(&self, paths: &[String]) -> Result<Created, CoordError> {
-        let first = paths.first().map_or("", String::as_str);
-        let mut writer = self.client.new_multi_writer();
-        for path in paths {
-            writer
-                .add_create(path, &[], &PERSISTENT)
-                .map_err(|e| zk_error("multi create", path, e))?;
-        }
-        match tokio::time::timeout(OP_TIMEOUT, writer.commit()).await {
-            Err(_) => Err(timeout("multi create", first)),
-            Ok(Ok(_)) => Ok(Created::New(0)),
-            Ok(Err(MultiWriteError::OperationFailed { source, index })) => {
-                let path = paths.get(index).map_or(first, String::as_str);
-                match source {
-                    Error::NodeExists => Ok(Created::Existed),
-                    Error::NoNode => Ok(Created::NoParent),
-                    e => Err(zk_error("multi create", path, e)),
-                }
-            }
-            Ok(Err(MultiWriteError::RequestFailed { source })) => {
-                Err(zk_error("multi create", first, source))
-            }
-        }
     }
 
     /// Compare-and-set of a znode's data: `None` when its version is no longer `version` (or

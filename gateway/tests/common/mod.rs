@@ -6,7 +6,7 @@
 #![allow(dead_code, reason = "each test file uses a different part")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,16 +128,20 @@ impl FakeNode {
             }
             // The fake never compacts: folding is the data node's business, tested there.
             DataRequest::Compact { .. } => DataResponse::Compacted { folded: 0 },
-            DataRequest::ListCategory { category } => {
-                let users: BTreeSet<String> = items
+            DataRequest::ListCategory { category } => DataResponse::CategoryItems {
+                items: items
                     .iter()
                     .filter(|(_, s)| s.meta.category == category && s.qty() > 0)
-                    .map(|(k, _)| k.user.clone())
-                    .collect();
-                DataResponse::CategoryUsers {
-                    users: users.into_iter().collect(),
-                }
-            }
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+            },
+            // Placement-group scans, listings and handback are the data node's business,
+            // tested against the real one (datanode/tests, the cluster tests).
+            DataRequest::ScanPg { .. } | DataRequest::ListItems { .. } => DataResponse::Held {
+                items: Vec::new(),
+                more: false,
+            },
+            DataRequest::DropItems { .. } => DataResponse::Dropped { items: 0 },
         }
     }
 }

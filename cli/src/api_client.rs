@@ -1,0 +1,55 @@
+//! The HTTP side of the commands that read a running cluster through its API server:
+//! one GET that answers JSON, with the admin token when one is given, and the API's
+//! `{"error": ...}` turned into an error naming the URL and the status.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Where the API server is and how to authenticate, shared by every command that asks it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Base URL of the API server.
+    #[arg(long, env = "CARTDB_API", default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    /// Bearer token for the admin endpoints (when the API server has one configured).
+    #[arg(long, env = "CARTDB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// `GET {api}{path}` with `query`, answered with JSON.
+///
+/// # Errors
+/// The API unreachable, an answer that is not JSON, or an error status (with the API's
+/// `error` text).
+pub fn get_json(args: &ApiArgs, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let url = format!("{}{path}", args.api.trim_end_matches('/'));
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let mut request = client.get(&url).query(query);
+        if let Some(token) = &args.admin_token {
+            request = request.bearer_auth(token);
+        }
+        let reply = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = reply.status();
+        let body: Value = reply
+            .json()
+            .await
+            .with_context(|| format!("{url} did not answer JSON"))?;
+        if !status.is_success() {
+            bail!("{url} answered {status}: {}", body["error"]);
+        }
+        Ok(body)
+    })
+}

@@ -1,0 +1,88 @@
+//! A client of one gateway's internal RPC, for tests that must choose which gateway serves a
+//! request (the API server picks one at random): read-your-writes across gateways, say.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cartdb_core::rpc::RpcClient;
+use cartdb_core::wire::{GatewayRequest, GatewayResponse, ServiceKind};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One connection to one gateway.
+pub struct GatewayClient {
+    address: String,
+    client: RpcClient<GatewayRequest, GatewayResponse>,
+}
+
+impl GatewayClient {
+    /// Connects to the gateway at `address`.
+    ///
+    /// # Errors
+    /// When the connection or the protocol handshake fails.
+    pub async fn connect(address: &str) -> anyhow::Result<Self> {
+        let client = RpcClient::connect(address, ServiceKind::Gateway, TIMEOUT)
+            .await
+            .with_context(|| format!("connecting to the gateway at {address}"))?;
+        Ok(Self {
+            address: address.to_owned(),
+            client,
+        })
+    }
+
+    /// Inserts one `item` into `user`'s cart; returns the quantity afterwards.
+    ///
+    /// # Errors
+    /// A transport failure or any answer but `Updated`.
+    pub async fn insert(&self, user: &str, item: &str) -> anyhow::Result<u64> {
+        let request = GatewayRequest::Insert {
+            user: user.to_owned(),
+            item_name: item.to_owned(),
+            idempotency_key: None,
+        };
+        match self.call(&request).await? {
+            GatewayResponse::Updated { qty } => Ok(qty),
+            other => bail!("insert {user}/{item} through {}: {other:?}", self.address),
+        }
+    }
+
+    /// Deletes one `item` from `user`'s cart; returns the quantity afterwards.
+    ///
+    /// # Errors
+    /// A transport failure or any answer but `Updated`.
+    pub async fn delete(&self, user: &str, item: &str) -> anyhow::Result<u64> {
+        let request = GatewayRequest::Delete {
+            user: user.to_owned(),
+            item_name: item.to_owned(),
+            idempotency_key: None,
+        };
+        match self.call(&request).await? {
+            GatewayResponse::Updated { qty } => Ok(qty),
+            other => bail!("delete {user}/{item} through {}: {other:?}", self.address),
+        }
+    }
+
+    /// `user`'s cart as (item name, quantity) pairs, sorted by name.
+    ///
+    /// # Errors
+    /// A transport failure or any answer but `Cart`.
+    pub async fn cart(&self, user: &str) -> anyhow::Result<Vec<(String, u64)>> {
+        let request = GatewayRequest::ListAll {
+            user: user.to_owned(),
+        };
+        match self.call(&request).await? {
+            GatewayResponse::Cart { items } => Ok(items
+                .into_iter()
+                .map(|line| (line.name, line.qty))
+                .collect()),
+            other => bail!("list_all {user} through {}: {other:?}", self.address),
+        }
+    }
+
+    async fn call(&self, request: &GatewayRequest) -> anyhow::Result<GatewayResponse> {
+        self.client
+            .call(request, TIMEOUT)
+            .await
+            .with_context(|| format!("calling the gateway at {}", self.address))
+    }
+}
