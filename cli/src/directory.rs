@@ -106,12 +106,14 @@ fn locate_lines(doc: &Value) -> String {
     let mut out = String::new();
     for item in doc["items"].as_array().into_iter().flatten() {
         let product = item["product"].as_str().unwrap_or("?");
-        out += &format!(
-            "{user} {} (product {product}): x={} pg={}\n",
-            item["name"].as_str().unwrap_or("(not in the catalog)"),
-            item["x"],
-            item["pg"],
-        );
+        let what = match product.strip_prefix('@') {
+            Some(recorded) => format!("cart-index entry for product {recorded}"),
+            None => format!(
+                "{} (product {product})",
+                item["name"].as_str().unwrap_or("(not in the catalog)")
+            ),
+        };
+        out += &format!("{user} {what}: x={} pg={}\n", item["x"], item["pg"]);
         for replica in item["replicas"].as_array().into_iter().flatten() {
             let role = if replica["current"] == Value::Bool(true) {
                 "current"
@@ -152,6 +154,9 @@ mod tests {
                     {"device": 4, "current": true, "answered": true, "qty": null},
                     {"device": 6, "current": false, "answered": true, "qty": 1}
                 ]
+            }, {
+                "product": "@1", "name": null, "x": 5, "pg": 5,
+                "replicas": [{"device": 2, "current": true, "answered": true, "qty": 1}]
             }]
         });
         let text = locate_lines(&doc);
@@ -169,6 +174,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  user1/1/6      past    qty 1\n"), "{text}");
+        assert!(
+            text.contains("user1 cart-index entry for product 1: x=5 pg=5\n"),
+            "{text}"
+        );
+        assert!(text.contains("  user1/@1/2     current qty 1\n"), "{text}");
         assert_eq!(
             locate_lines(&json!({"userid": "u", "items": []})),
             "u: no items\n"

@@ -37,7 +37,9 @@ pub enum PolicyCommand {
     /// Print the devices the policy chooses for each placement key X.
     ///
     /// Prints one line per X: `X: D1 D2 D3`, devices primary first (the line has only
-    /// `X:` when the policy chooses none).
+    /// `X:` when the policy chooses none). With `--pg-num`, X is mapped as cartdb maps an
+    /// item: to its placement group, whose placement seed (pps) the policy places:
+    /// `X: pg P pps S: D1 D2 D3`.
     Place(PlaceArgs),
     /// Check the policy against conformance vectors; exit non-zero on any mismatch.
     ///
@@ -83,6 +85,12 @@ pub struct PlaceArgs {
     /// Reweight a device: DEV=W with W a fraction of 1.0 (0 = out). Repeatable.
     #[arg(long = "reweight", value_name = "DEV=W", value_parser = parse_reweight)]
     reweights: Vec<(u32, u32)>,
+    /// Map each X through the placement groups of a pool with this many PGs.
+    #[arg(long, value_name = "N")]
+    pg_num: Option<u32>,
+    /// The pool id of the placement seeds (with --pg-num).
+    #[arg(long, value_name = "ID", default_value_t = 1, requires = "pg_num")]
+    pool: u32,
     /// Placement keys (u32), e.g. 72916709 for user1/pork.
     #[arg(value_name = "X", required = true)]
     xs: Vec<u32>,
@@ -150,12 +158,24 @@ impl Session {
 }
 
 fn place(args: &PlaceArgs) -> Result<ExitCode> {
+    let pool = args
+        .pg_num
+        .map(|pg_num| Pool::new(args.pool, pg_num))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--pg-num: {e}"))?;
     let session = Session::open(&args.policy)?;
     let mut placer = session.placer(&args.reweights)?;
     for &x in &args.xs {
-        let devices = placer.place(x, args.replicas)?;
+        let (label, input) = match pool {
+            Some(pool) => {
+                let pg = pool.pg_of(x);
+                (format!("{x}: pg {pg} pps {}", pool.pps(pg)), pool.pps(pg))
+            }
+            None => (x.to_string(), x),
+        };
+        let devices = placer.place(input, args.replicas)?;
         println!(
-            "{x}:{}",
+            "{label}:{}",
             devices.iter().map(|d| format!(" {d}")).collect::<String>()
         );
     }

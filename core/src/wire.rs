@@ -182,8 +182,9 @@ pub enum GatewayRequest {
     /// that replicas converged).
     Replicas { user: String },
     /// Where `user`'s items live: each item's PG and the devices of its up and past sets,
-    /// with what each holds (admin; the seed's USERID/PRODUCTID/DEVICEID view). `item`
-    /// limits the answer to the product of that name.
+    /// with what each holds (admin; the seed's USERID/PRODUCTID/DEVICEID view), and the
+    /// same for the cart-index entries (`@<productid>`) that record them. `item` limits the
+    /// answer to the product of that name and its index entry.
     Locate { user: String, item: Option<String> },
     /// What one device holds, from its own store, in key order after `after` (admin; the
     /// seed's DEVICEID/USERID/PRODUCTID view).
@@ -222,9 +223,10 @@ pub enum GatewayResponse {
     },
 }
 
-/// Where one item of a user lives (`GatewayRequest::Locate`).
+/// Where one item (or cart-index entry) of a user lives (`GatewayRequest::Locate`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemLocation {
+    /// The product id, or `@<productid>` for a cart-index entry.
     pub product: String,
     /// The product's name in the catalog, if it is still there.
     pub name: Option<String>,

@@ -397,8 +397,8 @@ impl GatewayService {
         Ok(GatewayResponse::Cart { items })
     }
 
-    /// Where `user`'s items (or the one named `item`) live: each item's PG, its up and past
-    /// sets, and what each of those devices holds.
+    /// Where `user`'s items (or the one named `item`) live, and their cart-index entries:
+    /// each one's PG, its up and past sets, and what each of those devices holds.
     async fn locate(&self, user: &str, item: Option<String>, deadline: Instant) -> Answer {
         validate_id("userid", user).map_err(invalid)?;
         let wanted = match &item {
@@ -409,11 +409,15 @@ impl GatewayService {
             None => None,
         };
         let read = self.read(user, ReadMode::Quorum, deadline).await?;
+        // Items and the cart-index entries that record them (`@<productid>`).
         let products: BTreeSet<String> = read
             .items
             .iter()
-            .map(|s| indexed_product(&s.product).unwrap_or(&s.product).to_owned())
-            .filter(|p| wanted.as_ref().is_none_or(|w| w == p))
+            .filter(|s| {
+                let product = indexed_product(&s.product).unwrap_or(&s.product);
+                wanted.as_ref().is_none_or(|w| w == product)
+            })
+            .map(|s| s.product.clone())
             .collect();
         let topology = self.parts.view.current();
         let keys: Vec<ItemKey> = products

@@ -18,6 +18,7 @@
 //! - [`cluster`]: [`Cluster::start`] with [`ClusterOptions`], fault injection and the readiness wait.
 //! - [`client`]: [`ApiClient`], a thin REST client returning `(status, json)` as [`Reply`].
 //! - [`gateway`]: [`GatewayClient`], one gateway's RPC, for tests that choose the gateway.
+//! - [`replica_check`]: the replicas' own states and whether they converged.
 //! - [`view`]: [`ClusterView`], the parsed `/api/cluster` document.
 //! - [`process`]: [`Service`], one managed child process with its log file.
 //! - [`zookeeper`]: [`ZooKeeper`], a standalone server in a directory, and the `ruok` probe.
@@ -29,6 +30,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod ports;
 pub mod process;
+pub mod replica_check;
 pub mod view;
 pub mod wait;
 pub mod zookeeper;
