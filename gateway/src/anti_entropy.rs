@@ -9,14 +9,19 @@
 //!          ([`GatewayService::sweep`]): summaries compared, divergent items merged,
 //!          stale up-set replicas repaired, settled logs compacted
 //! clean?   the PG's round was clean when every read was complete and needed no repair,
-//!          every up-set device answered the scan, and the map epoch did not change
+//!          every up-set device answered the scan, and the PG's up and past sets did not
+//!          change meanwhile
 //! handback if the PG has a past set and the round was clean: DropItems to each past
-//!          device for the items it held, then the past set is cleared in ZooKeeper
-//!          (compare-and-set on the map)
+//!          device for the items it held; its past set is then cleared in ZooKeeper, in a
+//!          batch with the other PGs found clean lately (one compare-and-set on the map,
+//!          every [`CLEAR_EVERY`]), as long as its sets are still the ones the round saw
 //! ```
 //!
-//! A round that needed repairs is not clean; the PG is tried again (a PG with a past set
-//! within [`PAST_RETRY`]), and the second round, with nothing left to repair, is. Why a
+//! A round that needed repairs is not clean; the PG is tried again (PGs with a past set go
+//! first, least recently tried first, each at most once per [`PAST_RETRY`]), and the second
+//! round, with nothing left to repair, is. Batching the clears keeps one map epoch for
+//! many clean PGs: after a device returns, half the PGs of a small cluster have a past set,
+//! and one epoch per PG would make every gateway recompute its PG table as often. Why a
 //! clean round proves the up set holds everything: each read merged every live copy in the
 //! up and past sets and found each up-set device already equal to the merge; the reads'
 //! quorum rule tolerates fewer than W silent devices, so every acknowledged write had a copy
@@ -57,6 +62,9 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 /// Shortest time between two rounds of one PG with a past set.
 pub const PAST_RETRY: Duration = Duration::from_secs(1);
 
+/// How often the past sets of PGs found clean are cleared, in one map change.
+pub const CLEAR_EVERY: Duration = Duration::from_secs(2);
+
 /// Most items one scan answer carries; a PG with more on one device is swept in part and
 /// not declared clean in that round.
 const SCAN_LIMIT: u32 = 50_000;
@@ -78,13 +86,30 @@ pub struct AntiEntropy {
 #[derive(Debug)]
 struct Round {
     pg: u32,
-    epoch: u64,
+    /// The PG's up and past sets when it was scanned.
+    sets: PgSets,
     /// Users left to compare, with their items in this PG.
     pending: Vec<(String, Vec<String>)>,
     /// What each past device held of the PG, for the handback.
     past_items: BTreeMap<DeviceId, Vec<ItemKey>>,
     /// Whether everything so far allows calling the PG clean.
     clean: bool,
+}
+
+/// A PG's up and past sets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PgSets {
+    up: Vec<DeviceId>,
+    past: Option<BTreeSet<DeviceId>>,
+}
+
+impl PgSets {
+    fn of(topology: &Topology, pg: u32) -> Self {
+        Self {
+            up: topology.placement().table().up(pg).to_vec(),
+            past: topology.map.past_of(pg).cloned(),
+        }
+    }
 }
 
 impl AntiEntropy {
@@ -111,7 +136,9 @@ impl AntiEntropy {
         let mut pass: Vec<u32> = Vec::new();
         let mut round: Option<Round> = None;
         let mut attempted: HashMap<u32, Instant> = HashMap::new();
+        let mut clean: Vec<(u32, PgSets)> = Vec::new();
         let mut last_publish = Instant::now() - PUBLISH_EVERY;
+        let mut last_clear = Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -120,7 +147,9 @@ impl AntiEntropy {
             if self.leads() {
                 let topology = self.view.current();
                 match round.take() {
-                    Some(current) => round = self.step(current, &topology, &mut status).await,
+                    Some(current) => {
+                        round = self.step(current, &topology, &mut status, &mut clean).await;
+                    }
                     None => {
                         let pg = next_pg(&topology.map.past, &attempted, Instant::now())
                             .or_else(|| self.next_in_pass(&mut pass, &topology, &mut status));
@@ -133,7 +162,12 @@ impl AntiEntropy {
             } else if round.is_some() || !pass.is_empty() {
                 round = None;
                 pass.clear();
+                clean.clear();
                 tracing::info!("no longer the smallest live gateway; anti-entropy handed over");
+            }
+            if !clean.is_empty() && last_clear.elapsed() >= CLEAR_EVERY {
+                last_clear = Instant::now();
+                self.clear_past_sets(&mut clean, &mut status).await;
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 last_publish = Instant::now();
@@ -227,22 +261,24 @@ impl AntiEntropy {
         pending.reverse();
         Round {
             pg,
-            epoch: topology.map.epoch,
+            sets: PgSets::of(topology, pg),
             pending,
             past_items,
             clean,
         }
     }
 
-    /// Compares one user of the round, or finishes the round; `None` when it is over.
+    /// Compares one user of the round, or finishes the round (handing a clean PG's past
+    /// copies back and queueing its past set to be cleared); `None` when it is over.
     async fn step(
         &self,
         mut round: Round,
         topology: &Topology,
         status: &mut SweepStatus,
+        clean: &mut Vec<(u32, PgSets)>,
     ) -> Option<Round> {
-        if topology.map.epoch != round.epoch {
-            // The PG's sets may have changed: start it again from a new scan.
+        if PgSets::of(topology, round.pg) != round.sets {
+            // The PG moved while it was swept: start it again from a new scan.
             return None;
         }
         if let Some((user, products)) = round.pending.pop() {
@@ -258,54 +294,63 @@ impl AntiEntropy {
             }
             return Some(round);
         }
-        if round.clean && topology.map.past_of(round.pg).is_some() {
-            self.hand_back(round, topology, status).await;
+        if round.clean && round.sets.past.is_some() && self.hand_back(&round, status).await {
+            clean.push((round.pg, round.sets));
         }
         None
     }
 
-    /// The PG is clean on its up set: deletes the copies its past devices held, then clears
-    /// its past set.
-    async fn hand_back(&self, round: Round, topology: &Topology, status: &mut SweepStatus) {
-        let pg = round.pg;
-        for (device, keys) in round.past_items {
+    /// The PG is clean on its up set: deletes the copies its past devices held. `false`
+    /// when a device refused, and the PG stays unclean.
+    async fn hand_back(&self, round: &Round, status: &mut SweepStatus) -> bool {
+        for (device, keys) in &round.past_items {
             if keys.is_empty() {
                 continue;
             }
-            let request = DataRequest::DropItems { keys };
+            let request = DataRequest::DropItems { keys: keys.clone() };
             match self
                 .replicas
-                .call(device, &request, self.request_timeout)
+                .call(*device, &request, self.request_timeout)
                 .await
             {
                 Ok(DataResponse::Dropped { items }) => status.handed_back += u64::from(items),
                 other => {
-                    tracing::debug!(pg, device, answer = ?other, "handback failed; the PG stays unclean");
-                    return;
+                    tracing::debug!(pg = round.pg, device, answer = ?other, "handback failed; the PG stays unclean");
+                    return false;
                 }
             }
         }
+        true
+    }
+
+    /// Clears, in one map change, the past sets of the PGs found clean whose sets are still
+    /// the ones their rounds saw; the others are swept again.
+    async fn clear_past_sets(&self, clean: &mut Vec<(u32, PgSets)>, status: &mut SweepStatus) {
+        let topology = self.view.current();
         let mut past = topology.map.past.clone();
-        past.remove(&pg);
+        let cleared: Vec<u32> = clean
+            .drain(..)
+            .filter(|(pg, sets)| PgSets::of(&topology, *pg) == *sets)
+            .map(|(pg, _)| pg)
+            .filter(|pg| past.remove(pg).is_some())
+            .collect();
+        if cleared.is_empty() {
+            return;
+        }
         let placement = Placement {
             reweights: topology.map.reweights.clone(),
             past,
         };
-        match self
-            .coordination
-            .set_placement(round.epoch, placement)
-            .await
-        {
+        let epoch = topology.map.epoch;
+        match self.coordination.set_placement(epoch, placement).await {
             Ok(true) => {
-                status.pgs_cleaned += 1;
-                tracing::info!(
-                    pg,
-                    epoch = round.epoch,
-                    "placement group clean; past set cleared"
-                );
+                status.pgs_cleaned += cleared.len() as u64;
+                tracing::info!(epoch, pgs = ?cleared, "placement groups clean; past sets cleared");
             }
-            Ok(false) => tracing::debug!(pg, "the map changed first; the PG is swept again"),
-            Err(e) => tracing::warn!(pg, error = %e, "cannot clear the past set; retrying later"),
+            Ok(false) => tracing::debug!(epoch, "the map changed first; those PGs are swept again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot clear past sets; those PGs are swept again")
+            }
         }
     }
 
@@ -324,12 +369,14 @@ impl AntiEntropy {
     }
 }
 
-/// The PG with a past set to sweep next: the smallest one not attempted within
-/// [`PAST_RETRY`] of `now`.
+/// The PG with a past set to sweep next: of those not attempted within [`PAST_RETRY`] of
+/// `now`, the one attempted longest ago (never attempted first, then by PG number), so that
+/// every such PG gets its turn however many there are.
 fn next_pg(past: &PastSets, attempted: &HashMap<u32, Instant>, now: Instant) -> Option<u32> {
     past.keys()
         .copied()
-        .find(|pg| attempted.get(pg).is_none_or(|at| *at + PAST_RETRY <= now))
+        .filter(|pg| attempted.get(pg).is_none_or(|at| *at + PAST_RETRY <= now))
+        .min_by_key(|pg| (attempted.get(pg).copied(), *pg))
 }
 
 fn held_key(item: HeldItem) -> ItemKey {
@@ -355,5 +402,26 @@ mod tests {
         assert_eq!(next_pg(&past, &both, now), None);
         assert_eq!(next_pg(&past, &both, now + PAST_RETRY), Some(3));
         assert_eq!(next_pg(&PastSets::new(), &HashMap::new(), now), None);
+    }
+
+    /// With more PGs than can be swept within the retry pause, the ones tried longest ago
+    /// come first: no PG waits forever behind lower-numbered ones.
+    #[test]
+    fn no_pg_with_a_past_set_is_starved() {
+        let start = Instant::now();
+        let past: PastSets = (0..50).map(|pg| (pg, BTreeSet::from([1]))).collect();
+        let mut attempted = HashMap::new();
+        let mut now = start;
+        let mut order = Vec::new();
+        for _ in 0..100 {
+            // Each round takes 100 ms, far less than the 50 PGs need to get one each.
+            now += Duration::from_millis(100);
+            if let Some(pg) = next_pg(&past, &attempted, now) {
+                attempted.insert(pg, now);
+                order.push(pg);
+            }
+        }
+        let swept: BTreeSet<u32> = order.iter().copied().collect();
+        assert_eq!(swept.len(), 50, "every PG had a turn: {order:?}");
     }
 }
