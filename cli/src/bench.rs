@@ -33,6 +33,8 @@ use reqwest::{Client, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::footprint::Footprint;
+
 /// Arguments of `cartdb bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -65,6 +67,10 @@ pub struct BenchArgs {
     /// Print the summary as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// The cluster's ZooKeeper (`host:port`): after the run, its znode count is printed with
+    /// the RSS of every cartdb and ZooKeeper process on this machine.
+    #[arg(long, env = "CARTDB_ZK")]
+    pub zk: Option<String>,
 }
 
 /// How long one request may take before it counts as a transport failure.
@@ -95,10 +101,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let plan = Plan::new(&args, catalog, seed)?;
     let stats = drive(&args, client, plan).await?;
     let summary = Summary::new(&args, seed, &stats);
+    let footprint = Footprint::measure(args.zk.as_deref());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
+        eprint!("{}", footprint.to_text());
     } else {
         print!("{}", summary.to_text());
+        print!("{}", footprint.to_text());
     }
     summary.check_failure_rate()
 }
@@ -934,6 +943,7 @@ mod tests {
             seed: Some(1),
             admin_token: None,
             json: false,
+            zk: None,
         };
         let summary = Summary::new(&args, 1, &stats);
         assert_eq!(summary.total_ops, 101);

@@ -3,6 +3,8 @@
 //! # Layout
 //! - `policy`: `cartdb policy place|verify|verify-merge`, running policy components.
 //! - `bench`: `cartdb bench`, load and latency measurement of a running API server.
+//! - `footprint`: the RSS of the cluster's processes and ZooKeeper's znode count, after a
+//!   bench run.
 //! - `status`: `cartdb status`, the cluster as the API server reports it.
 //! - `directory`: `cartdb locate` and `cartdb device-items`, the seed's two directory views.
 //! - `api_client`: the GET every command that reads the API server makes.
@@ -16,6 +18,7 @@ use clap::{Parser, Subcommand};
 mod api_client;
 mod bench;
 mod directory;
+mod footprint;
 mod policy;
 mod status;
 

@@ -9,7 +9,7 @@
 //! - [`merge`]: the built-in merge of replica states of one cart item.
 //! - [`wire`]: the request/response enums of the gateway and data node protocols.
 //! - [`rpc`]: length-delimited framing with request ids, a multiplexed client and a server loop.
-//! - [`coord`]: ZooKeeper coordination: membership, the CRUSH map, the catalog and the directory.
+//! - [`coord`]: ZooKeeper coordination: membership, the cluster map (PGs included) and the catalog.
 //! - [`config`]: configuration pieces shared by several binaries.
 
 pub mod cart;

@@ -1,5 +1,6 @@
-//! Coordination through a real ZooKeeper: membership, the CRUSH map, the catalog, the item
-//! directory, recovery from session expiry, and refusal of malformed znode data.
+//! Coordination through a real ZooKeeper: membership, the cluster map (reweights, pool and past
+//! sets), the catalog, recovery from session expiry, and refusal of malformed or older-format
+//! znode data.
 //!
 //! Every test uses its own chroot on one shared server (see `support::zk`) and waits for
 //! conditions with a deadline instead of sleeping.

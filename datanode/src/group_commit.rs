@@ -521,6 +521,7 @@ impl BatchPlan {
             .filter(|(_, slot)| slot.changed)
             .map(|(key, slot)| ItemWrite {
                 index: IndexChange::between(slot.before.as_ref(), &slot.head),
+                created: slot.before.is_none(),
                 key,
                 head: slot.head,
                 added: slot.added,
@@ -742,22 +743,8 @@ impl GroupCommit {
             }
         }
         let (reply, answer) = oneshot::channel();
-        if self
-            .queue
-            .send(Message::Drop(DropJob { keys, reply }))
+        self.send(Message::Drop(DropJob { keys, reply }), answer)
             .await
-            .is_err()
-        {
-            return DataResponse::Failed(DataFailure::ShuttingDown {
-                device: self.device,
-            });
-        }
-        answer.await.unwrap_or_else(|_| {
-            storage_failure(
-                self.device,
-                "the write path stopped before answering".into(),
-            )
-        })
     }
 
     async fn write(&self, request: WriteRequest) -> DataResponse {
@@ -768,8 +755,17 @@ impl GroupCommit {
             });
         }
         let (reply, answer) = oneshot::channel();
-        let job = Job { request, reply };
-        if self.queue.send(Message::Write(job)).await.is_err() {
+        self.send(Message::Write(Job { request, reply }), answer)
+            .await
+    }
+
+    /// Queues `message` for the writer and waits for its `answer`.
+    async fn send(
+        &self,
+        message: Message,
+        answer: oneshot::Receiver<DataResponse>,
+    ) -> DataResponse {
+        if self.queue.send(message).await.is_err() {
             return DataResponse::Failed(DataFailure::ShuttingDown {
                 device: self.device,
             });

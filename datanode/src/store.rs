@@ -14,8 +14,8 @@
 //! `placement` finds the items of one placement group without a full scan: `x` is the item's
 //! placement key (`cartdb_model::placement_key::placement_key`), and with its bits reversed
 //! the PG's low bits become the key's high bits, so a PG's items are one or two key ranges
-//! whatever `pg_num` is (`cartdb_model::pg::Pool::key_ranges`). Its entries are written with
-//! every item write and deleted only with the item.
+//! whatever `pg_num` is (`cartdb_model::pg::Pool::key_ranges`). An entry is written with the
+//! item's first write on this replica and deleted only with the item.
 //!
 //! The data directory carries a format marker file, [`FORMAT_FILE`]: a directory written
 //! before placement groups (no marker, or another format) is refused by name, not migrated.
@@ -184,6 +184,8 @@ pub struct ItemWrite {
     /// Id entries to drop: folded operations older than the idempotency window.
     pub forgotten: Vec<OpId>,
     pub index: IndexChange,
+    /// The item is new on this replica: its `placement` entry is written with it.
+    pub created: bool,
 }
 
 /// How the category index changes when an item's state changes.
@@ -598,7 +600,9 @@ impl CartStore {
             );
         }
         batch.insert(&self.items, raw, value);
-        batch.insert(&self.placement, placement_entry(&write.key)?, Vec::new());
+        if write.created {
+            batch.insert(&self.placement, placement_entry(&write.key)?, Vec::new());
+        }
         Ok(())
     }
 

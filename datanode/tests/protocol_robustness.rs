@@ -108,15 +108,10 @@ async fn a_proper_client_is_served() {
         panic!("{reply:?}")
     };
     assert_eq!(items.len(), 1);
-    let reply = client
-        .call(
-            &DataRequest::ListCategory {
-                category: "fruit".into(),
-            },
-            TIMEOUT,
-        )
-        .await
-        .unwrap();
+    let fruit = DataRequest::ListCategory {
+        category: "fruit".into(),
+    };
+    let reply = client.call(&fruit, TIMEOUT).await.unwrap();
     let key = ItemKey {
         user: "u1".into(),
         product: "p1".into(),
@@ -165,15 +160,7 @@ async fn a_proper_client_is_served() {
     assert_eq!(reply, DataResponse::Dropped { items: 1 });
     assert!(held(client.call(&scan(pg), TIMEOUT).await.unwrap()).is_empty());
     assert!(held(client.call(&listed, TIMEOUT).await.unwrap()).is_empty());
-    let reply = client
-        .call(
-            &DataRequest::ListCategory {
-                category: "fruit".into(),
-            },
-            TIMEOUT,
-        )
-        .await
-        .unwrap();
+    let reply = client.call(&fruit, TIMEOUT).await.unwrap();
     assert_eq!(reply, DataResponse::CategoryItems { items: vec![] });
     shutdown.cancel();
     server.await.unwrap();

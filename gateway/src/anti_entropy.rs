@@ -65,9 +65,10 @@ pub const PAST_RETRY: Duration = Duration::from_secs(1);
 /// How often the past sets of PGs found clean are cleared, in one map change.
 pub const CLEAR_EVERY: Duration = Duration::from_secs(2);
 
-/// Most items one scan answer carries; a PG with more on one device is swept in part and
-/// not declared clean in that round.
-const SCAN_LIMIT: u32 = 50_000;
+/// Most items one scan answer carries (the data nodes cap it there too); a PG with more on
+/// one device is swept in part and not declared clean in that round. With the default 256
+/// PGs, 3 replicas and 6 devices (128 PGs each) that is 1.28 million items per device.
+const SCAN_LIMIT: u32 = 10_000;
 
 /// Everything the sweep needs.
 pub struct AntiEntropy {
