@@ -67,15 +67,18 @@ pub const DATA_FORMAT: &str = "cartdb-data 3";
 /// 200 MiB RSS, and carts are read by user prefix, mostly from recent (memtable) data.
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Memtable size per keyspace before it is flushed to a table (fjall's default is 64 MiB,
-/// which with two keyspaces and a sealed memtable each could reach 256 MiB on its own).
-/// Small on purpose: every write stores a new version of the whole item, and a cart read
-/// (a prefix scan) walks every version still in the memtable. Profiled under the cluster
-/// benchmark, 8 MiB spent ~17 % of a node's CPU in that walk; 1 MiB gave +13 % throughput.
-const MEMTABLE_BYTES: u64 = 1024 * 1024;
+/// which with four keyspaces and a sealed memtable each could reach 512 MiB on its own).
+/// 1 MiB was chosen when every cart read scanned the memtable (8 MiB then cost ~17 % of a
+/// node's CPU); the head cache now serves hot carts, and with carts spread over a million
+/// shoppers 1 MiB meant a flush (and, in fjall, a journal sync) every few hundred writes per
+/// keyspace. 4 MiB, with one worker thread: 1,972 -> 2,183 ops/s and p99 132 -> 87 ms over
+/// 5 minutes at 1,000,000 users (docs/benchmarks.md).
+const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// Open table files kept cached (fjall defaults to the process's file limit).
 const MAX_CACHED_FILES: usize = 256;
-/// fjall's background flush and compaction threads.
-const WORKER_THREADS: usize = 2;
+/// fjall's background flush and compaction threads. Six data nodes share two cores; two
+/// threads each spent more in scheduling than they gained (measured with the memtable size).
+const WORKER_THREADS: usize = 1;
 /// Journal bytes kept before fjall flushes the memtables that pin the oldest journal
 /// (fjall's minimum; its default is 512 MiB). The `categories` keyspace changes rarely, so
 /// its memtable would otherwise pin journals full of already-flushed `items` writes, which
