@@ -176,7 +176,10 @@ mod tests {
             znodes: Some(42),
         };
         let text = footprint.to_text();
-        assert!(text.contains("cartdb-api       pid 1        RSS     1.0 MiB"), "{text}");
+        assert!(
+            text.contains("cartdb-api       pid 1        RSS     1.0 MiB"),
+            "{text}"
+        );
         assert!(text.contains("total RSS 3.0 MiB"), "{text}");
         assert!(text.contains("ZooKeeper znodes: 42"), "{text}");
     }

@@ -9,8 +9,8 @@
 //!          ([`GatewayService::sweep`]): summaries compared, divergent items merged,
 //!          stale up-set replicas repaired, settled logs compacted
 //! clean?   the PG's round was clean when every read was complete and needed no repair,
-//!          every up-set device answered the scan, and the PG's up and past sets did not
-//!          change meanwhile
+//!          every up-set device answered the scan, fewer than W devices of the read set
+//!          were silent, and the PG's up and past sets did not change meanwhile
 //! handback if the PG has a past set and the round was clean: DropItems to each past
 //!          device for the items it held; its past set is then cleared in ZooKeeper, in a
 //!          batch with the other PGs found clean lately (one compare-and-set on the map,
@@ -81,6 +81,9 @@ pub struct AntiEntropy {
     pub users_per_sec: u32,
     /// Time limit of one scan or drop request.
     pub request_timeout: Duration,
+    /// Acknowledgements a write needs (W): a PG is clean only if fewer than W devices of
+    /// its read set were silent, so every acknowledged write had a copy among those read.
+    pub write_quorum: usize,
 }
 
 /// One PG being swept.
@@ -230,17 +233,15 @@ impl AntiEntropy {
         });
         let mut by_user: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut past_items = BTreeMap::new();
-        let mut clean = true;
+        let mut tally = ScanTally::default();
         for (device, answer) in futures::future::join_all(calls).await {
             let items = match answer {
                 Ok(DataResponse::Held { items, more }) => {
-                    clean &= !more;
+                    tally.truncated |= more;
                     items
                 }
                 other => {
-                    // An up-set device that cannot be scanned cannot be proved complete;
-                    // a past device that is down is covered by the reads' quorum rule.
-                    clean &= !up.contains(&device);
+                    tally.silent.insert(device);
                     tracing::debug!(pg, device, answer = ?other.err(), "cannot scan a device of the PG");
                     continue;
                 }
@@ -255,6 +256,7 @@ impl AntiEntropy {
                 past_items.insert(device, items.into_iter().map(held_key).collect());
             }
         }
+        let clean = tally.allows_clean(&up, self.write_quorum);
         let mut pending: Vec<(String, Vec<String>)> = by_user
             .into_iter()
             .map(|(user, products)| (user, products.into_iter().collect()))
@@ -370,6 +372,25 @@ impl AntiEntropy {
     }
 }
 
+/// What a PG's scan heard, for deciding whether its round can prove it clean.
+#[derive(Debug, Default)]
+struct ScanTally {
+    /// Devices of the read set that did not answer.
+    silent: BTreeSet<DeviceId>,
+    /// Some answer was cut short by its limit.
+    truncated: bool,
+}
+
+impl ScanTally {
+    /// Whether the scan allows the round to call the PG clean: every answer whole, every
+    /// up-set device answered (the up set must be proved complete), and fewer than W devices
+    /// of the read set silent, so that a write acknowledged by W of them has a copy on one
+    /// that answered.
+    fn allows_clean(&self, up: &BTreeSet<DeviceId>, write_quorum: usize) -> bool {
+        !self.truncated && self.silent.is_disjoint(up) && self.silent.len() < write_quorum
+    }
+}
+
 /// The PG with a past set to sweep next: of those not attempted within [`PAST_RETRY`] of
 /// `now`, the one attempted longest ago (never attempted first, then by PG number), so that
 /// every such PG gets its turn however many there are.
@@ -403,6 +424,25 @@ mod tests {
         assert_eq!(next_pg(&past, &both, now), None);
         assert_eq!(next_pg(&past, &both, now + PAST_RETRY), Some(3));
         assert_eq!(next_pg(&PastSets::new(), &HashMap::new(), now), None);
+    }
+
+    #[test]
+    fn a_scan_proves_a_pg_clean_only_with_the_up_set_and_all_but_w_minus_1() {
+        let up = BTreeSet::from([1, 2, 3]);
+        let heard = |silent: &[DeviceId], truncated| ScanTally {
+            silent: silent.iter().copied().collect(),
+            truncated,
+        };
+        assert!(heard(&[], false).allows_clean(&up, 2));
+        // One past device down: every acknowledged write still has a copy that answered.
+        assert!(heard(&[5], false).allows_clean(&up, 2));
+        // An up-set device silent, two past devices silent, or a cut-short answer: not clean.
+        assert!(!heard(&[2], false).allows_clean(&up, 2));
+        assert!(!heard(&[4, 5], false).allows_clean(&up, 2));
+        assert!(!heard(&[], true).allows_clean(&up, 2));
+        // An empty up set that answered while every past device is down proves nothing.
+        let lone = BTreeSet::from([1]);
+        assert!(!heard(&[2, 3, 4, 5, 6], false).allows_clean(&lone, 2));
     }
 
     /// With more PGs than can be swept within the retry pause, the ones tried longest ago

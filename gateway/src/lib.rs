@@ -137,6 +137,7 @@ pub async fn run(
             gateway_id,
             users_per_sec: rate.get(),
             request_timeout: settings.request_timeout,
+            write_quorum: settings.replication.write_quorum,
         };
         tokio::spawn(sweep.run(shutdown.clone()))
     });
