@@ -40,10 +40,7 @@ impl GatewayClient {
             item_name: item.to_owned(),
             idempotency_key: None,
         };
-        match self.call(&request).await? {
-            GatewayResponse::Updated { qty } => Ok(qty),
-            other => bail!("insert {user}/{item} through {}: {other:?}", self.address),
-        }
+        self.change("insert", &request).await
     }
 
     /// Deletes one `item` from `user`'s cart; returns the quantity afterwards.
@@ -56,9 +53,14 @@ impl GatewayClient {
             item_name: item.to_owned(),
             idempotency_key: None,
         };
-        match self.call(&request).await? {
+        self.change("delete", &request).await
+    }
+
+    /// Sends an insert or delete; the quantity it answers.
+    async fn change(&self, what: &str, request: &GatewayRequest) -> anyhow::Result<u64> {
+        match self.call(request).await? {
             GatewayResponse::Updated { qty } => Ok(qty),
-            other => bail!("delete {user}/{item} through {}: {other:?}", self.address),
+            other => bail!("{what} {request:?} through {}: {other:?}", self.address),
         }
     }
 
