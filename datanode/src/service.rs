@@ -8,10 +8,12 @@
 //!                                                   --> CartStore, inline
 //! ```
 //!
-//! Reads run inline on the runtime thread although fjall calls block: a cart read is a
+//! Cart reads run inline on the runtime thread although fjall calls block: a cart read is a
 //! prefix scan of recent data (memtable and block cache) that takes microseconds, while a
 //! hop to tokio's blocking pool costs two thread wake-ups per read. Profiled under the
-//! cluster benchmark, those wake-ups were the largest single cost of a data node.
+//! cluster benchmark, those wake-ups were the largest single cost of a data node. The
+//! operator and sweep listings (`ScanPg`, `ListItems`) read up to 10,000 items and run on
+//! the blocking pool instead, so that they never hold cart requests up.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -109,6 +111,24 @@ impl DataNodeService {
             Ok(response) => return response,
             Err(e) => e.to_string(),
         };
+        self.storage_failure(detail)
+    }
+
+    /// Runs a long read on tokio's blocking pool; every failure becomes a `Storage` reply.
+    async fn read_blocking(
+        &self,
+        read: impl FnOnce(&CartStore) -> Result<DataResponse, StoreError> + Send + 'static,
+    ) -> DataResponse {
+        let store = self.store.clone();
+        let detail = match tokio::task::spawn_blocking(move || read(&store)).await {
+            Ok(Ok(response)) => return response,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the read task failed: {e}"),
+        };
+        self.storage_failure(detail)
+    }
+
+    fn storage_failure(&self, detail: String) -> DataResponse {
         tracing::warn!(%detail, "read failed");
         DataResponse::Failed(DataFailure::Storage {
             device: self.device,
@@ -172,16 +192,22 @@ impl Service for DataNodeService {
                 let request = CompactRequest { key, upto, digest };
                 self.writer.compact(request).await
             }
-            DataRequest::ScanPg { ranges, limit } => self.read(move |store| {
-                let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LISTED);
-                let (items, more) = store.scan_placement(&ranges, limit)?;
-                Ok(DataResponse::Held { items, more })
-            }),
-            DataRequest::ListItems { after, limit } => self.read(move |store| {
-                let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LISTED);
-                let (items, more) = store.list_items(after.as_ref(), limit)?;
-                Ok(DataResponse::Held { items, more })
-            }),
+            DataRequest::ScanPg { ranges, limit } => {
+                self.read_blocking(move |store| {
+                    let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LISTED);
+                    let (items, more) = store.scan_placement(&ranges, limit)?;
+                    Ok(DataResponse::Held { items, more })
+                })
+                .await
+            }
+            DataRequest::ListItems { after, limit } => {
+                self.read_blocking(move |store| {
+                    let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LISTED);
+                    let (items, more) = store.list_items(after.as_ref(), limit)?;
+                    Ok(DataResponse::Held { items, more })
+                })
+                .await
+            }
             DataRequest::DropItems { keys } => self.writer.drop_items(keys).await,
         }
     }
