@@ -110,7 +110,7 @@ struct PgSets {
 impl PgSets {
     fn of(topology: &Topology, pg: u32) -> Self {
         Self {
-            up: topology.placement().table().up(pg).to_vec(),
+            up: topology.up_of_pg(pg).to_vec(),
             past: topology.map.past_of(pg).cloned(),
         }
     }

@@ -50,7 +50,12 @@ impl Topology {
 
     /// The up set of `key`'s PG, primary first: where its writes go.
     pub fn up_set(&self, key: &ItemKey) -> &[DeviceId] {
-        self.placement.table().up(self.pg_of(key))
+        self.up_of_pg(self.pg_of(key))
+    }
+
+    /// The up set of `pg`, primary first.
+    pub fn up_of_pg(&self, pg: u32) -> &[DeviceId] {
+        self.placement.table().up(pg)
     }
 
     /// Where `key` may be held: its PG's up set (primary first), then its past set.
@@ -60,7 +65,7 @@ impl Topology {
 
     /// The up set of `pg`, then its past set.
     pub fn read_set_of_pg(&self, pg: u32) -> Vec<DeviceId> {
-        let mut devices = self.placement.table().up(pg).to_vec();
+        let mut devices = self.up_of_pg(pg).to_vec();
         if let Some(past) = self.map.past_of(pg) {
             for device in past {
                 if !devices.contains(device) {

@@ -315,7 +315,7 @@ fn add_placements(plan: &mut ReadPlan, topology: &Topology, user: &str, products
                 product,
             };
             let pg = topology.pg_of(&key);
-            let up = topology.placement().table().up(pg);
+            let up = topology.up_of_pg(pg);
             let past: Vec<DeviceId> = topology
                 .map
                 .past_of(pg)

@@ -434,7 +434,7 @@ impl GatewayService {
             .into_iter()
             .map(|key| {
                 let pg = topology.pg_of(&key);
-                let up = topology.placement().table().up(pg);
+                let up = topology.up_of_pg(pg);
                 let replicas = topology
                     .read_set(&key)
                     .into_iter()

@@ -25,15 +25,6 @@ impl PgTable {
         Self { up }
     }
 
-    /// The number of PGs.
-    pub fn len(&self) -> usize {
-        self.up.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.up.is_empty()
-    }
-
     /// The up set of `pg`, primary first; empty for a PG the table does not have.
     pub fn up(&self, pg: u32) -> &[u32] {
         usize::try_from(pg)

@@ -196,7 +196,10 @@ pub(crate) fn document(map_json: &str, settings: PoolSettings, placement: &Place
             )
         })
         .collect();
-    let settings = serde_json::to_value(settings).unwrap_or(Value::Null);
+    let settings = format!(
+        r#"{{"id":{},"pg_num":{},"size":{}}}"#,
+        settings.id, settings.pg_num, settings.size
+    );
     format!(
         r#"{{"format":{MAP_FORMAT},"map":{map_json},"reweights":{},"pool":{settings},"past":{}}}"#,
         Value::Object(reweights),
