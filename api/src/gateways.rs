@@ -138,6 +138,27 @@ impl GatewayPool {
         // A statement of its own: the thread-local RNG is not `Send` and must not live across
         // the awaits below (a `for` keeps its head's temporaries alive for the whole loop).
         let order = failover_order(&ids, &mut rand::rng());
+        self.call_in_order(&peers, order, request).await
+    }
+
+    /// Sends `request` to the gateway with the smallest id, and on a transport failure to
+    /// each of the others by id: the smallest live gateway leads the anti-entropy sweep, and
+    /// only its `Cluster` answer carries the sweep's progress.
+    ///
+    /// # Errors
+    /// As [`GatewayPool::call`].
+    pub async fn call_leader_first(&self, request: &GatewayRequest) -> Result<Reply, PoolError> {
+        let peers = self.snapshot();
+        let order: Vec<u32> = peers.keys().copied().collect();
+        self.call_in_order(&peers, order, request).await
+    }
+
+    async fn call_in_order(
+        &self,
+        peers: &Peers,
+        order: Vec<u32>,
+        request: &GatewayRequest,
+    ) -> Result<Reply, PoolError> {
         for id in order {
             let Some(client) = peers.get(&id) else {
                 continue;

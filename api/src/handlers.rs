@@ -213,7 +213,10 @@ pub struct ApiView {
 }
 
 pub async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
-    let reply = ask(&state, &GatewayRequest::Cluster).await?;
+    let reply = state
+        .pool()
+        .call_leader_first(&GatewayRequest::Cluster)
+        .await?;
     match reply.response {
         GatewayResponse::Cluster(status) => Ok(Json(ClusterView {
             status: *status,

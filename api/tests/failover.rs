@@ -1,5 +1,6 @@
 //! Requests go to a random live gateway and fail over to another on transport failures,
-//! with one idempotency key across the attempts.
+//! with one idempotency key across the attempts; the cluster status goes to the smallest-id
+//! gateway first.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -115,4 +116,26 @@ async fn requests_are_spread_over_the_gateways() {
     assert_eq!(a + b, 200);
     // Binomial(200, 0.5): outside 60..=140 with probability below 1e-8.
     assert!((60..=140).contains(&a), "split {a}:{b}");
+}
+
+/// `GET /api/cluster` asks the smallest-id gateway (the anti-entropy leader, whose answer
+/// carries the sweep's progress) every time, and the next one only when it is down.
+#[tokio::test]
+async fn the_cluster_status_asks_the_smallest_gateway_first() {
+    let (first, first_addr) = spawn_gateway(1, Behaviour::Succeed).await;
+    let (second, second_addr) = spawn_gateway(2, Behaviour::Succeed).await;
+    let both = app(&[&first_addr, &second_addr], None);
+    for _ in 0..10 {
+        let (status, body) = send(&both, common::get("/api/cluster")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["api"]["answered_by"], 1);
+    }
+    assert_eq!(first.seen().len(), 10);
+    assert!(second.seen().is_empty());
+
+    let dead = dead_address().await;
+    let first_down = app(&[&dead, &second_addr], None);
+    let (status, body) = send(&first_down, common::get("/api/cluster")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["api"]["answered_by"], 2);
 }

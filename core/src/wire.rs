@@ -322,7 +322,7 @@ pub struct PgStatus {
 }
 
 /// Counters of the work that makes replicas converge, from the answering gateway, and the
-/// anti-entropy sweep's progress as its leader last published it.
+/// anti-entropy sweep's progress if that gateway leads the sweep.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaintenanceStatus {
     /// The merge policy this gateway runs; `None`: the built-in reference merge.
@@ -339,11 +339,12 @@ pub struct MaintenanceStatus {
     pub compactions: u64,
     /// Log entries folded into bases by them.
     pub folded_ops: u64,
-    /// The anti-entropy sweep; `None` until a leader has published progress.
+    /// The anti-entropy sweep; `None` when the answering gateway does not lead it (the API
+    /// server asks the leader, the smallest-id gateway, first).
     pub anti_entropy: Option<SweepStatus>,
 }
 
-/// Progress of the anti-entropy sweep, published by the gateway that leads it.
+/// Progress of the anti-entropy sweep, as the gateway that leads it reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SweepStatus {
     /// The gateway running the sweep (the live gateway with the smallest id).

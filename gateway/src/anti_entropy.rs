@@ -35,9 +35,10 @@
 //! gateway already holds. Two gateways that briefly both believe they lead only repeat work:
 //! repairs and drops are idempotent, and clearing a past set is a compare-and-set.
 //!
-//! The leader publishes its progress to `/anti-entropy` every few seconds; every gateway
-//! reads it back for `GET /api/cluster`, so the status does not depend on which gateway
-//! answers.
+//! The leader keeps its progress to itself: its `Cluster` answers carry it, and the API
+//! server asks the smallest-id gateway first for `GET /api/cluster`. Progress used to be
+//! published to a znode every few seconds and read back by every gateway; that kept
+//! ZooKeeper busy while carts were served, for a status only operators read.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -56,8 +57,8 @@ use crate::coordination::Coordination;
 use crate::replicas::Replicas;
 use crate::service::GatewayService;
 
-/// How often progress is published and read back.
-const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+/// How often the progress shown in `Cluster` answers is brought up to date.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// Shortest time between two rounds of one PG with a past set.
 pub const PAST_RETRY: Duration = Duration::from_secs(1);
@@ -128,7 +129,8 @@ impl AntiEntropy {
             .is_none_or(|&smallest| smallest >= self.gateway_id)
     }
 
-    /// Sweeps while leading, publishes and reads back progress, until `shutdown`.
+    /// Sweeps while leading, and keeps the progress shown in `Cluster` answers, until
+    /// `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let pace = Duration::from_secs(1) / self.users_per_sec.max(1);
         let mut ticks = tokio::time::interval(pace);
@@ -175,7 +177,7 @@ impl AntiEntropy {
             }
             if last_publish.elapsed() >= PUBLISH_EVERY {
                 last_publish = Instant::now();
-                self.exchange_progress(&mut status).await;
+                self.publish_progress(&status);
             }
         }
     }
@@ -357,18 +359,14 @@ impl AntiEntropy {
         }
     }
 
-    /// Publishes this gateway's progress if it leads, then reads back the published one.
-    async fn exchange_progress(&self, status: &mut SweepStatus) {
-        if self.leads() {
-            status.updated_ms = wall_clock_millis();
-            if let Err(e) = self.coordination.publish_sweep(status).await {
-                tracing::debug!(error = %e, "cannot publish anti-entropy progress");
-            }
-        }
-        match self.coordination.read_sweep().await {
-            Ok(published) => self.service.set_sweep_status(published),
-            Err(e) => tracing::debug!(error = %e, "cannot read anti-entropy progress"),
-        }
+    /// Shows this gateway's progress in its `Cluster` answers while it leads, and none
+    /// while another gateway does (its own would be stale).
+    fn publish_progress(&self, status: &SweepStatus) {
+        let shown = self.leads().then(|| SweepStatus {
+            updated_ms: wall_clock_millis(),
+            ..status.clone()
+        });
+        self.service.set_sweep_status(shown);
     }
 }
 

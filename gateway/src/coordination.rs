@@ -2,7 +2,8 @@
 //!
 //! ZooKeeper (through [`Coordinator`]) is the real implementation. No cart request reaches
 //! it: only catalog changes, and, from the anti-entropy sweep's leader, clearing the past
-//! set of a clean placement group and publishing progress. Everything a request needs
+//! sets of clean placement groups (a few times a minute at most, and only while some PG has
+//! one). Everything a request needs
 //! (catalog, membership, map) is read from local copies that the coordinator keeps fresh.
 
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use std::sync::Arc;
 use cartdb_core::cart::Product;
 use cartdb_core::catalog::Catalog;
 use cartdb_core::coord::{CoordError, Coordinator, Placement};
-use cartdb_core::wire::SweepStatus;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
@@ -33,15 +33,6 @@ pub trait Coordination: Send + Sync + 'static {
     /// [`CoordError::InvalidCatalog`] when the product does not fit the catalog (its name
     /// belongs to another product), other [`CoordError`]s when the catalog is unreachable.
     fn upsert_product(&self, product: Product) -> BoxFuture<'_, Result<Arc<Catalog>, CoordError>>;
-
-    /// See [`Coordinator::publish_sweep`].
-    fn publish_sweep<'a>(
-        &'a self,
-        status: &'a SweepStatus,
-    ) -> BoxFuture<'a, Result<(), CoordError>>;
-
-    /// See [`Coordinator::read_sweep`].
-    fn read_sweep(&self) -> BoxFuture<'_, Result<Option<SweepStatus>, CoordError>>;
 }
 
 impl Coordination for Coordinator {
@@ -55,16 +46,5 @@ impl Coordination for Coordinator {
 
     fn upsert_product(&self, product: Product) -> BoxFuture<'_, Result<Arc<Catalog>, CoordError>> {
         Coordinator::upsert_product(self, product).boxed()
-    }
-
-    fn publish_sweep<'a>(
-        &'a self,
-        status: &'a SweepStatus,
-    ) -> BoxFuture<'a, Result<(), CoordError>> {
-        Coordinator::publish_sweep(self, status).boxed()
-    }
-
-    fn read_sweep(&self) -> BoxFuture<'_, Result<Option<SweepStatus>, CoordError>> {
-        Coordinator::read_sweep(self).boxed()
     }
 }

@@ -72,7 +72,7 @@ pub struct GatewayService {
     read_repair: Arc<ReadRepair>,
     compactor: Arc<Compactor>,
     merge_fallbacks: AtomicU64,
-    /// The anti-entropy sweep's progress, as last read from ZooKeeper.
+    /// The anti-entropy sweep's progress while this gateway leads it.
     sweep: Mutex<Option<SweepStatus>>,
     /// This service, for background follow-up reads that outlive a request.
     me: Weak<GatewayService>,
@@ -324,7 +324,7 @@ impl GatewayService {
         });
     }
 
-    /// Records the sweep's progress (from ZooKeeper) for `Cluster` answers.
+    /// Records the sweep's progress (this gateway's own, while it leads) for `Cluster` answers.
     pub fn set_sweep_status(&self, status: Option<SweepStatus>) {
         *self.sweep.lock().unwrap_or_else(PoisonError::into_inner) = status;
     }

@@ -57,19 +57,6 @@ impl Coordination for FakeCoordination {
             .map_err(CoordError::InvalidCatalog);
         async move { result }.boxed()
     }
-
-    fn publish_sweep<'a>(
-        &'a self,
-        _status: &'a cartdb_core::wire::SweepStatus,
-    ) -> BoxFuture<'a, Result<(), CoordError>> {
-        async { Ok(()) }.boxed()
-    }
-
-    fn read_sweep(
-        &self,
-    ) -> BoxFuture<'_, Result<Option<cartdb_core::wire::SweepStatus>, CoordError>> {
-        async { Ok(None) }.boxed()
-    }
 }
 
 /// The reference CRUSH policy, compiled once for all tests of this file.

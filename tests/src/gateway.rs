@@ -1,11 +1,12 @@
 //! A client of one gateway's internal RPC, for tests that must choose which gateway serves a
-//! request (the API server picks one at random): read-your-writes across gateways, say.
+//! request (the API server picks one at random): read-your-writes across gateways, say, or
+//! one gateway's own counters.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cartdb_core::rpc::RpcClient;
-use cartdb_core::wire::{GatewayRequest, GatewayResponse, ServiceKind};
+use cartdb_core::wire::{GatewayRequest, GatewayResponse, MaintenanceStatus, ServiceKind};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -78,6 +79,18 @@ impl GatewayClient {
                 .map(|line| (line.name, line.qty))
                 .collect()),
             other => bail!("list_all {user} through {}: {other:?}", self.address),
+        }
+    }
+
+    /// This gateway's own repair and compaction counters (`GET /api/cluster` shows only the
+    /// sweep leader's).
+    ///
+    /// # Errors
+    /// A transport failure or any answer but `Cluster`.
+    pub async fn maintenance(&self) -> anyhow::Result<MaintenanceStatus> {
+        match self.call(&GatewayRequest::Cluster).await? {
+            GatewayResponse::Cluster(status) => Ok(status.maintenance),
+            other => bail!("cluster status through {}: {other:?}", self.address),
         }
     }
 

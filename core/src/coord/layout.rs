@@ -15,8 +15,6 @@ pub(crate) const GATEWAYS: &str = "/gateways";
 pub(crate) const MAP: &str = "/map";
 /// The product catalog.
 pub(crate) const CATALOG: &str = "/catalog";
-/// The anti-entropy sweep's progress (JSON `SweepStatus`), written by the gateway leading it.
-pub(crate) const ANTI_ENTROPY: &str = "/anti-entropy";
 
 /// Persistent parents created at connect (the map and catalog are created by bootstrap).
 pub(crate) const PARENTS: [&str; 3] = [LIVE, GATEWAY_IDS, GATEWAYS];

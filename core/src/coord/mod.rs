@@ -31,7 +31,6 @@ use zookeeper_client::{CreateMode, SessionId, SessionState};
 
 use crate::cart::{DeviceId, Product};
 use crate::catalog::Catalog;
-use crate::wire::SweepStatus;
 
 pub mod error;
 mod follow;
@@ -364,55 +363,6 @@ impl Coordinator {
             path: layout::CATALOG.to_owned(),
             attempts: CAS_ATTEMPTS,
         })
-    }
-
-    /// Publishes the anti-entropy sweep's progress to `/anti-entropy` (last writer wins:
-    /// only the sweep's leader writes it). Called a few times a minute, never per request.
-    ///
-    /// # Errors
-    /// The failed ZooKeeper call.
-    pub async fn publish_sweep(&self, status: &SweepStatus) -> Result<(), CoordError> {
-        const OP: &str = "publish sweep";
-        let json = serde_json::to_vec(status).unwrap_or_default();
-        let json = &json;
-        self.run(OP, |zk| async move {
-            if zk.set(layout::ANTI_ENTROPY, json, -1).await?.is_some() {
-                return Ok(());
-            }
-            match zk
-                .create(layout::ANTI_ENTROPY, json, CreateMode::Persistent)
-                .await?
-            {
-                Created::New(_) => Ok(()),
-                // Created by the previous leader a moment ago; the next publish sets it.
-                Created::Existed => Ok(()),
-                other => Err(unexpected(OP, layout::ANTI_ENTROPY, other)),
-            }
-        })
-        .await
-    }
-
-    /// The anti-entropy sweep's progress as last published; `None` when nothing was
-    /// published yet or the znode does not hold a progress record (logged, naming it).
-    ///
-    /// # Errors
-    /// The failed ZooKeeper call.
-    pub async fn read_sweep(&self) -> Result<Option<SweepStatus>, CoordError> {
-        let data = self
-            .run("read sweep", |zk| async move {
-                zk.get(layout::ANTI_ENTROPY).await
-            })
-            .await?;
-        let Some((bytes, _)) = data else {
-            return Ok(None);
-        };
-        match serde_json::from_slice(&bytes) {
-            Ok(status) => Ok(Some(status)),
-            Err(e) => {
-                warn!(znode = layout::ANTI_ENTROPY, error = %e, "ignoring malformed sweep progress");
-                Ok(None)
-            }
-        }
     }
 
     /// Runs `call` with the live session; if that session expired during the call, runs it
