@@ -115,6 +115,7 @@ impl GatewayPool {
             .map(|(&id, client)| GatewayInfo {
                 id,
                 address: client.addr().to_owned(),
+                metrics: None,
             })
             .collect()
     }

@@ -50,6 +50,8 @@ pub enum RunError {
     Coordination(CoordError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Telemetry(cartdb_core::telemetry::TelemetryError),
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then stops accepting, lets
@@ -64,6 +66,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     config.validate()?;
+    // Before anything records a metric (the ZooKeeper session's state among them).
+    cartdb_core::telemetry::Telemetry::install().map_err(RunError::Telemetry)?;
     // Stops the background work when the server stops, also on its own error, without
     // cancelling the caller's token.
     let stop = shutdown.child_token();

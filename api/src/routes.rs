@@ -54,6 +54,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/locate", get(handlers::locate))
         .route("/api/admin/device-items", get(handlers::device_items))
         .route("/healthz", get(handlers::healthz))
+        .route("/metrics", get(cartdb_core::telemetry::metrics_handler))
+        // Counts and times the requests of the routes above, labelled with the route's
+        // pattern (never the query), so it must come after them; unmatched paths are
+        // counted by `not_found`.
+        .route_layer(axum::middleware::from_fn(track_request))
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -61,7 +66,41 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Records `cartdb_http_requests_total` (by endpoint, method and status) and
+/// `cartdb_http_request_seconds` (by endpoint and method).
+async fn track_request(
+    path: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let endpoint = path.as_str().to_owned();
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!(
+        "cartdb_http_request_seconds",
+        "endpoint" => endpoint.clone(),
+        "method" => method.clone(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "cartdb_http_requests_total",
+        "endpoint" => endpoint,
+        "method" => method,
+        "status" => response.status().as_u16().to_string(),
+    )
+    .increment(1);
+    response
+}
+
 async fn not_found(uri: Uri) -> ApiError {
+    metrics::counter!(
+        "cartdb_http_requests_total",
+        "endpoint" => "unmatched",
+        "method" => "any",
+        "status" => "404",
+    )
+    .increment(1);
     ApiError::RouteNotFound {
         path: uri.path().to_owned(),
     }

@@ -7,6 +7,17 @@ use clap::Args;
 
 use crate::coord::CoordConfig;
 
+/// Where a data node or gateway serves Prometheus metrics (flattened into their configs;
+/// the API server serves them on its own HTTP port).
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Address to serve Prometheus metrics on (`GET /metrics`). Port 0 picks a free port;
+    /// the address is registered in ZooKeeper, so `GET /api/cluster` lists it either way.
+    /// Default: 127.0.0.1:0.
+    #[arg(long, env = "CARTDB_METRICS_LISTEN", default_value = "127.0.0.1:0")]
+    pub metrics_listen: std::net::SocketAddr,
+}
+
 /// How a process reaches ZooKeeper (flattened into each binary's config).
 #[derive(Debug, Clone, Args)]
 pub struct ZkArgs {

@@ -11,6 +11,7 @@
 //! - [`rpc`]: length-delimited framing with request ids, a multiplexed client and a server loop.
 //! - [`coord`]: ZooKeeper coordination: membership, the cluster map (PGs included) and the catalog.
 //! - [`config`]: configuration pieces shared by several binaries.
+//! - [`telemetry`]: the Prometheus recorder and the `/metrics` endpoint every process serves.
 
 pub mod cart;
 pub mod catalog;
@@ -19,5 +20,6 @@ pub mod coord;
 pub mod merge;
 pub use cartdb_model::{pg, pg_table, placement_key};
 pub mod rpc;
+pub mod telemetry;
 pub mod version;
 pub mod wire;

@@ -26,6 +26,16 @@ pub enum ServiceKind {
     Gateway,
 }
 
+impl ServiceKind {
+    /// `datanode` or `gateway`, for metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DataNode => "datanode",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
 /// A request from a gateway to a data node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataRequest {
@@ -78,6 +88,24 @@ pub enum DataRequest {
     /// This replica's items in key order (user, then product), after `after`, at most
     /// `limit`: the seed's DEVICEID/USERID/PRODUCTID view.
     ListItems { after: Option<ItemKey>, limit: u32 },
+}
+
+impl DataRequest {
+    /// The request's kind, for metrics labels and logs (never its contents).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Apply { .. } => "apply",
+            Self::ReadUser { .. } => "read_user",
+            Self::ListCategory { .. } => "list_category",
+            Self::ReadSummaries { .. } => "read_summaries",
+            Self::ReadItems { .. } => "read_items",
+            Self::Repair { .. } => "repair",
+            Self::Compact { .. } => "compact",
+            Self::ScanPg { .. } => "scan_pg",
+            Self::DropItems { .. } => "drop_items",
+            Self::ListItems { .. } => "list_items",
+        }
+    }
 }
 
 /// One item a replica holds, with its user.
@@ -193,6 +221,24 @@ pub enum GatewayRequest {
         after: Option<ItemKey>,
         limit: u32,
     },
+}
+
+impl GatewayRequest {
+    /// The request's kind, for metrics labels and logs (never its contents).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Insert { .. } => "insert",
+            Self::Delete { .. } => "delete",
+            Self::ListAll { .. } => "list_all",
+            Self::ListCategory { .. } => "list_category",
+            Self::Products => "products",
+            Self::UpsertProduct { .. } => "upsert_product",
+            Self::Cluster => "cluster",
+            Self::Replicas { .. } => "replicas",
+            Self::Locate { .. } => "locate",
+            Self::DeviceItems { .. } => "device_items",
+        }
+    }
 }
 
 /// A gateway's answer to one [`GatewayRequest`].
@@ -378,6 +424,9 @@ pub struct DeviceStatus {
     pub address: Option<String>,
     /// Placement groups whose up set includes this device.
     pub pgs: u32,
+    /// Where the data node serves `GET /metrics`, when it is up.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 /// A live gateway.
@@ -385,6 +434,10 @@ pub struct DeviceStatus {
 pub struct GatewayInfo {
     pub id: u32,
     pub address: String,
+    /// Where the gateway serves `GET /metrics` (`None`: not registered, or not known to
+    /// the one answering).
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 /// A loaded WebAssembly policy.

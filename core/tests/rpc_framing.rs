@@ -23,6 +23,10 @@ impl Service for Doubler {
     type Response = u64;
     const KIND: ServiceKind = ServiceKind::DataNode;
 
+    fn request_name(_request: &u64) -> &'static str {
+        "double"
+    }
+
     async fn call(self: Arc<Self>, request: u64) -> u64 {
         if request == STALL {
             std::future::pending::<()>().await;

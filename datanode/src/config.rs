@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cartdb_core::cart::DeviceId;
-use cartdb_core::config::{ConfigError, ZkArgs};
+use cartdb_core::config::{ConfigError, MetricsArgs, ZkArgs};
 use cartdb_core::coord::CoordConfig;
 use clap::Parser;
 
@@ -52,6 +52,8 @@ pub struct DataNodeConfig {
     /// Idempotency-Key is still recognised. Default: 3600.
     #[arg(long, env = "CARTDB_IDEMPOTENCY_WINDOW_SECS", default_value_t = 3600)]
     pub idempotency_window_secs: u64,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub zk: ZkArgs,
 }

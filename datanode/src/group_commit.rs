@@ -893,9 +893,19 @@ impl Writer {
             .map(|job| self.decide(&mut plan, &job.request))
             .collect();
         let writes = plan.into_writes();
+        let started = std::time::Instant::now();
         let outcome = self.store.commit(&writes);
         // Counted before answering, so a caller that saw its reply also sees its batch.
         self.counters.record(jobs.len(), !writes.is_empty());
+        metrics::histogram!("cartdb_datanode_group_commit_batch_size").record(jobs.len() as f64);
+        metrics::counter!("cartdb_datanode_write_requests_total").increment(jobs.len() as u64);
+        if !writes.is_empty() {
+            // One fjall commit with SyncData: the memtable inserts and the journal's fdatasync.
+            metrics::histogram!("cartdb_datanode_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let result = if outcome.is_ok() { "ok" } else { "error" };
+            metrics::counter!("cartdb_datanode_commits_total", "result" => result).increment(1);
+        }
         match outcome {
             Ok(()) => answer_each(jobs, replies),
             Err(e @ StoreError::Commit { .. }) => self.fail(jobs, &e),

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cartdb_core::coord::Coordinator;
 use cartdb_core::rpc::serve;
+use cartdb_core::telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,7 @@ pub async fn run(
         .local_addr()
         .context("reading the listener's address")?;
     let advertise = settings.advertise_addr(bound);
+    let metrics = Metrics::bind(config.metrics.metrics_listen, &advertise).await?;
     let group_commit = GroupCommitSettings {
         device: settings.device,
         max_batch: settings.max_batch,
@@ -56,7 +58,25 @@ pub async fn run(
     let node = DataNodeService::open(&settings.data_dir, group_commit)
         .await
         .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
-    let served = serve_registered(&settings, &advertise, listener, &node, &shutdown).await;
+    let metrics_stop = CancellationToken::new();
+    let metrics_served = tokio::spawn(
+        metrics
+            .telemetry
+            .serve(metrics.listener, metrics_stop.clone()),
+    );
+    let served = serve_registered(
+        &settings,
+        &advertise,
+        &metrics.address,
+        listener,
+        &node,
+        &shutdown,
+    )
+    .await;
+    metrics_stop.cancel();
+    if let Ok(Err(e)) = metrics_served.await {
+        tracing::warn!(error = %e, "the metrics endpoint failed");
+    }
     let closed = node.close().await.context("closing the store");
     let batches = node.counters();
     tracing::info!(
@@ -70,10 +90,12 @@ pub async fn run(
     served.and(closed)
 }
 
-/// Registers the device, serves until shutdown, drains, and deregisters.
+/// Registers the device (with its metrics address), serves until shutdown, drains, and
+/// deregisters.
 async fn serve_registered(
     settings: &NodeSettings,
     advertise: &str,
+    metrics_address: &str,
     listener: TcpListener,
     node: &Arc<DataNodeService>,
     shutdown: &CancellationToken,
@@ -87,6 +109,10 @@ async fn serve_registered(
         }
         () = shutdown.cancelled() => return Ok(()),
     };
+    coord
+        .set_metrics_address(metrics_address)
+        .await
+        .with_context(|| format!("--metrics-listen: cannot register {metrics_address}"))?;
     coord
         .register_device(settings.device, advertise)
         .await

@@ -142,6 +142,10 @@ impl Service for DataNodeService {
     type Response = DataResponse;
     const KIND: ServiceKind = ServiceKind::DataNode;
 
+    fn request_name(request: &DataRequest) -> &'static str {
+        request.name()
+    }
+
     async fn call(self: Arc<Self>, request: DataRequest) -> DataResponse {
         match request {
             DataRequest::Apply {

@@ -362,6 +362,19 @@ impl AntiEntropy {
     /// Shows this gateway's progress in its `Cluster` answers while it leads, and none
     /// while another gateway does (its own would be stale).
     fn publish_progress(&self, status: &SweepStatus) {
+        let leads = self.leads();
+        metrics::gauge!("cartdb_anti_entropy_leader").set(if leads { 1.0 } else { 0.0 });
+        if leads {
+            #[allow(clippy::cast_precision_loss, reason = "PG counts stay far below 2^52")]
+            {
+                metrics::gauge!("cartdb_anti_entropy_pgs_done").set(status.pgs_done as f64);
+                metrics::gauge!("cartdb_anti_entropy_pgs_total").set(status.pgs_total as f64);
+            }
+            metrics::counter!("cartdb_anti_entropy_passes_total").absolute(status.sweeps_completed);
+            metrics::counter!("cartdb_anti_entropy_repairs_total").absolute(status.repairs);
+            metrics::counter!("cartdb_anti_entropy_pgs_cleaned_total").absolute(status.pgs_cleaned);
+            metrics::counter!("cartdb_anti_entropy_handed_back_total").absolute(status.handed_back);
+        }
         let shown = self.leads().then(|| SweepStatus {
             updated_ms: wall_clock_millis(),
             ..status.clone()

@@ -91,6 +91,7 @@ impl Topology {
                 reweight: self.map.reweight_of(id),
                 address: self.members.devices.get(&id).cloned(),
                 pgs: u32::try_from(pgs.get(&id).copied().unwrap_or(0)).unwrap_or(u32::MAX),
+                metrics: self.members.device_metrics.get(&id).cloned(),
             })
             .collect();
         let size = usize::try_from(self.map.settings.size).unwrap_or(usize::MAX);
@@ -107,6 +108,7 @@ impl Topology {
             .map(|(&id, address)| GatewayInfo {
                 id,
                 address: address.clone(),
+                metrics: self.members.gateway_metrics.get(&id).cloned(),
             })
             .collect();
         ClusterStatus {
@@ -137,6 +139,7 @@ pub struct ClusterView {
 
 impl ClusterView {
     pub fn new(topology: Topology) -> Self {
+        topology.record_gauges();
         Self {
             current: ArcSwap::from_pointee(topology),
         }
@@ -148,9 +151,43 @@ impl ClusterView {
         self.current.load_full()
     }
 
-    /// Makes `topology` current.
+    /// Makes `topology` current, and publishes its gauges: the map epoch, devices up and
+    /// down, and PGs by state (`clean`, `remapped`: with a past set, `undersized`: fewer
+    /// devices than the pool's size; a PG can be both of the last two).
     pub fn replace(&self, topology: Topology) {
+        topology.record_gauges();
         self.current.store(Arc::new(topology));
+    }
+}
+
+impl Topology {
+    fn record_gauges(&self) {
+        #[allow(
+            clippy::cast_precision_loss,
+            reason = "epochs and counts stay far below 2^52"
+        )]
+        let gauge = |value: usize| value as f64;
+        metrics::gauge!("cartdb_map_epoch").set(self.map.epoch as f64);
+        let up = self
+            .map
+            .devices
+            .keys()
+            .filter(|&&d| self.members.is_live(d))
+            .count();
+        metrics::gauge!("cartdb_devices", "state" => "up").set(gauge(up));
+        metrics::gauge!("cartdb_devices", "state" => "down")
+            .set(gauge(self.map.devices.len() - up));
+        let size = usize::try_from(self.map.settings.size).unwrap_or(usize::MAX);
+        let table = self.placement.table();
+        let (mut clean, mut undersized) = (0, 0);
+        for (pg, devices) in table.iter() {
+            let short = devices.len() < size;
+            undersized += usize::from(short);
+            clean += usize::from(!short && self.map.past_of(pg).is_none());
+        }
+        metrics::gauge!("cartdb_pgs", "state" => "clean").set(gauge(clean));
+        metrics::gauge!("cartdb_pgs", "state" => "remapped").set(gauge(self.map.past.len()));
+        metrics::gauge!("cartdb_pgs", "state" => "undersized").set(gauge(undersized));
     }
 }
 

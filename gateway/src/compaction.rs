@@ -147,9 +147,17 @@ impl Compactor {
         let sends = calls.iter().map(|(device, request)| async move {
             let answer = self.replicas.call(*device, request, self.timeout).await;
             self.sent.fetch_add(1, Ordering::Relaxed);
+            let result = if matches!(answer, Ok(DataResponse::Compacted { .. })) {
+                "ok"
+            } else {
+                "error"
+            };
+            metrics::counter!("cartdb_gateway_compactions_total", "result" => result).increment(1);
             match answer {
                 Ok(DataResponse::Compacted { folded }) => {
                     self.folded.fetch_add(u64::from(folded), Ordering::Relaxed);
+                    metrics::counter!("cartdb_gateway_folded_ops_total")
+                        .increment(u64::from(folded));
                 }
                 Ok(other) => {
                     tracing::warn!(device, response = ?other, "compaction got an unexpected answer")

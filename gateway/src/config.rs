@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cartdb_core::config::{ConfigError, Replication, ZkArgs};
+use cartdb_core::config::{ConfigError, MetricsArgs, Replication, ZkArgs};
 use cartdb_core::coord::{CoordConfig, PoolSettings};
 use cartdb_core::pg::MAX_PG_NUM;
 use clap::Parser;
@@ -97,6 +97,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "CARTDB_ANTI_ENTROPY_USERS_PER_SEC", default_value_t = 20)]
     pub anti_entropy_users_per_sec: u32,
 
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub zk: ZkArgs,
 }

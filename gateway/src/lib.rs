@@ -50,6 +50,7 @@ use anyhow::Context;
 use cartdb_core::catalog::Catalog;
 use cartdb_core::coord::{ClusterMap, Coordinator};
 use cartdb_core::rpc;
+use cartdb_core::telemetry::Metrics;
 use cartdb_core::wire::PolicyInfo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +88,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
+    // First, so that everything recorded from here on (the ZooKeeper session's state among
+    // it) reaches the recorder.
+    let address = advertised_address(&settings, &listener)?;
+    let metrics = Metrics::bind(config.metrics.metrics_listen, &address).await?;
     let (policy, merge_policy) =
         load_policies(&settings.placement_policy, settings.merge_policy.as_deref()).await?;
     let merge_policy = merge_policy.map(Arc::new);
@@ -99,7 +104,11 @@ pub async fn run(
         return Ok(());
     };
     let (view, replicas) = initial_view(&coordinator, &policy, map, &settings).await?;
-    let address = advertised_address(&settings, &listener)?;
+    coordinator
+        .set_metrics_address(&metrics.address)
+        .await
+        .with_context(|| format!("--metrics-listen: cannot register {}", metrics.address))?;
+    let metrics_served = tokio::spawn(metrics.telemetry.serve(metrics.listener, shutdown.clone()));
     let gateway_id = coordinator
         .register_gateway(&address)
         .await
@@ -151,6 +160,9 @@ pub async fn run(
         None => None,
     } {
         tracing::error!(error = %e, "the anti-entropy sweep failed");
+    }
+    if let Ok(Err(e)) = metrics_served.await {
+        tracing::warn!(error = %e, "the metrics endpoint failed");
     }
     session.cancel();
     drop(coordinator);

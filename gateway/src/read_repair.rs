@@ -107,13 +107,17 @@ impl ReadRepair {
                 self.repaired.fetch_add(1, Ordering::Relaxed);
                 self.ops_added
                     .fetch_add(u64::from(added), Ordering::Relaxed);
+                metrics::counter!("cartdb_gateway_repairs_total", "result" => "ok").increment(1);
+                metrics::counter!("cartdb_gateway_repaired_ops_total").increment(u64::from(added));
             }
             Ok(other) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("cartdb_gateway_repairs_total", "result" => "error").increment(1);
                 tracing::warn!(device, response = ?other, "read repair got an unexpected answer");
             }
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("cartdb_gateway_repairs_total", "result" => "error").increment(1);
                 tracing::debug!(device, error = %e, "read repair failed; the next read retries it");
             }
         }

@@ -100,24 +100,55 @@ impl Replicas {
         request: &DataRequest,
         timeout: Duration,
     ) -> Result<DataResponse, ReplicaError> {
-        let peer = self.peer(device).ok_or(ReplicaError::Down { device })?;
-        call_peer(&peer, request, timeout).await
+        let Some(peer) = self.peer(device) else {
+            count_error(device, request, "down");
+            return Err(ReplicaError::Down { device });
+        };
+        call_peer(device, &peer, request, timeout).await
     }
 }
 
-/// Sends one request on a peer's connection; a `Failed` answer becomes an error.
+/// Sends one request on `device`'s connection `peer`; a `Failed` answer becomes an error.
+/// Every call is timed (`cartdb_gateway_rpc_seconds`) and every failure counted
+/// (`cartdb_gateway_rpc_errors_total`), by device and request kind.
 ///
 /// # Errors
 /// As [`Replicas::call`].
 pub async fn call_peer(
+    device: DeviceId,
     peer: &DataClient,
     request: &DataRequest,
     timeout: Duration,
 ) -> Result<DataResponse, ReplicaError> {
-    match peer.call(request, timeout).await? {
-        DataResponse::Failed(failure) => Err(ReplicaError::Refused(failure)),
-        response => Ok(response),
+    let started = std::time::Instant::now();
+    let answer = peer.call(request, timeout).await;
+    metrics::histogram!(
+        "cartdb_gateway_rpc_seconds",
+        "device" => device.to_string(),
+        "request" => request.name(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    match answer {
+        Ok(DataResponse::Failed(failure)) => {
+            count_error(device, request, "refused");
+            Err(ReplicaError::Refused(failure))
+        }
+        Ok(response) => Ok(response),
+        Err(e) => {
+            count_error(device, request, "transport");
+            Err(e.into())
+        }
     }
+}
+
+fn count_error(device: DeviceId, request: &DataRequest, kind: &'static str) {
+    metrics::counter!(
+        "cartdb_gateway_rpc_errors_total",
+        "device" => device.to_string(),
+        "request" => request.name(),
+        "kind" => kind,
+    )
+    .increment(1);
 }
 
 fn same_addresses(

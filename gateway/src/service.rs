@@ -229,6 +229,7 @@ impl GatewayService {
                 Ok(merged) => return merged,
                 Err(error) => {
                     self.merge_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("cartdb_gateway_merge_fallbacks_total").increment(1);
                     tracing::warn!(%error, "merge policy failed; using the built-in merge");
                 }
             }
@@ -598,8 +599,18 @@ impl rpc::Service for GatewayService {
     type Response = GatewayResponse;
     const KIND: ServiceKind = ServiceKind::Gateway;
 
+    fn request_name(request: &GatewayRequest) -> &'static str {
+        request.name()
+    }
+
     async fn call(self: Arc<Self>, request: GatewayRequest) -> GatewayResponse {
-        self.handle(request).await
+        let name = request.name();
+        let response = self.handle(request).await;
+        if let GatewayResponse::Failed(GatewayFailure::QuorumNotReached { .. }) = &response {
+            metrics::counter!("cartdb_gateway_quorum_failures_total", "request" => name)
+                .increment(1);
+        }
+        response
     }
 }
 

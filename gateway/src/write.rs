@@ -82,7 +82,7 @@ fn send(
                 require_in_cart,
             };
             let timeout = deadline.saturating_duration_since(Instant::now());
-            apply_reply(device, call_peer(&peer, &request, timeout).await)
+            apply_reply(device, call_peer(device, &peer, &request, timeout).await)
         })
     });
     async move {

@@ -94,6 +94,7 @@ impl TestGateway {
         let members = Membership {
             devices: addresses.clone(),
             gateways: BTreeMap::from([(1, "127.0.0.1:7100".to_owned())]),
+            ..Membership::default()
         };
         let replicas = Arc::new(Replicas::new(Duration::from_secs(1)));
         replicas.refresh(&addresses);

@@ -21,6 +21,7 @@
 //! - [`replica_check`]: the replicas' own states and whether they converged.
 //! - [`view`]: [`ClusterView`], the parsed `/api/cluster` document.
 //! - [`process`]: [`Service`], one managed child process with its log file.
+//! - [`prometheus`]: scraping `GET /metrics` and reading the text format strictly.
 //! - [`zookeeper`]: [`ZooKeeper`], a standalone server in a directory, and the `ruok` probe.
 //! - [`ports`]: free loopback ports outside the kernel's ephemeral range.
 //! - [`wait`]: [`wait_until`] and [`Deadline`], polling with a deadline (never a bare sleep).
@@ -30,6 +31,7 @@ pub mod cluster;
 pub mod gateway;
 pub mod ports;
 pub mod process;
+pub mod prometheus;
 pub mod replica_check;
 pub mod view;
 pub mod wait;

@@ -37,6 +37,18 @@ pub async fn replica_states(
     Ok(items)
 }
 
+/// The devices holding `user`'s `product` (by product id) right now.
+///
+/// # Errors
+/// When the replicas cannot be read.
+pub async fn holders(api: &ApiClient, user: &str, product: &str) -> Result<Vec<u64>> {
+    let items = replica_states(api, user).await?;
+    Ok(items
+        .get(product)
+        .map(|d| d.keys().copied().collect())
+        .unwrap_or_default())
+}
+
 /// `Some(())` once every item of `user` (and every cart-index entry) is held identically by
 /// every device of its placement group's up set, by at least `replicas` of them, and by no
 /// device outside its up and past sets. Copies on past devices may lag: they are read, never

@@ -8,19 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use cartdb_tests::replica_check::{converged, replica_states};
-use cartdb_tests::{ApiClient, Cluster, ClusterOptions, wait_until};
+use cartdb_tests::replica_check::{converged, holders, replica_states};
+use cartdb_tests::{Cluster, ClusterOptions, wait_until};
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The devices holding `user`'s `product` (by product id) right now.
-async fn holders(api: &ApiClient, user: &str, product: &str) -> Result<Vec<u64>> {
-    let items = replica_states(api, user).await?;
-    Ok(items
-        .get(product)
-        .map(|d| d.keys().copied().collect())
-        .unwrap_or_default())
-}
 
 fn options() -> ClusterOptions {
     ClusterOptions {

@@ -86,6 +86,10 @@ impl Service for FakeGateway {
     type Response = GatewayResponse;
     const KIND: ServiceKind = ServiceKind::Gateway;
 
+    fn request_name(request: &GatewayRequest) -> &'static str {
+        request.name()
+    }
+
     async fn call(self: Arc<Self>, request: GatewayRequest) -> GatewayResponse {
         self.seen.lock().unwrap().push(request.clone());
         match self.behaviour {
@@ -132,6 +136,7 @@ pub fn success(gateway: u32, request: &GatewayRequest) -> GatewayResponse {
             gateways: vec![cartdb_core::wire::GatewayInfo {
                 id: gateway,
                 address: "fake".into(),
+                metrics: None,
             }],
             map_epoch: 7,
             placement_policy: PolicyInfo {

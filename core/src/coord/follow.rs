@@ -233,11 +233,26 @@ impl Follower for MembersFollower {
 
     async fn reload(&mut self, zk: &Zk) -> Result<(), CoordError> {
         let previous = self.members.borrow().clone();
-        let devices = read_registrations(zk, layout::LIVE, layout::device_id, &previous.devices);
-        let gateways =
-            read_registrations(zk, layout::GATEWAYS, layout::gateway_id, &previous.gateways);
-        let (devices, gateways) = tokio::try_join!(devices, gateways)?;
-        let next = Membership { devices, gateways };
+        let devices = read_registrations(
+            zk,
+            layout::LIVE,
+            layout::device_id,
+            (&previous.devices, &previous.device_metrics),
+        );
+        let gateways = read_registrations(
+            zk,
+            layout::GATEWAYS,
+            layout::gateway_id,
+            (&previous.gateways, &previous.gateway_metrics),
+        );
+        let ((devices, device_metrics), (gateways, gateway_metrics)) =
+            tokio::try_join!(devices, gateways)?;
+        let next = Membership {
+            devices,
+            gateways,
+            device_metrics,
+            gateway_metrics,
+        };
         self.members.send_if_modified(|current| {
             let changed = **current != next;
             if changed {
@@ -249,14 +264,15 @@ impl Follower for MembersFollower {
     }
 }
 
-/// Reads the ephemeral registrations under `parent`. A child with an unexpected name is
-/// ignored; one with malformed data keeps its previous address (or stays absent).
+/// Reads the ephemeral registrations under `parent`: the addresses, and the metrics
+/// addresses of those that gave one. A child with an unexpected name is ignored; one with
+/// malformed data keeps its previous addresses (or stays absent).
 async fn read_registrations(
     zk: &Zk,
     parent: &str,
     id_of: fn(&str) -> Option<u32>,
-    previous: &BTreeMap<u32, String>,
-) -> Result<BTreeMap<u32, String>, CoordError> {
+    previous: (&BTreeMap<u32, String>, &BTreeMap<u32, String>),
+) -> Result<(BTreeMap<u32, String>, BTreeMap<u32, String>), CoordError> {
     let children = zk.children(parent).await?;
     let reads = children.iter().filter_map(|child| {
         let Some(id) = id_of(child) else {
@@ -266,23 +282,29 @@ async fn read_registrations(
         let path = format!("{parent}/{child}");
         Some(async move { zk.get(&path).await.map(|data| (id, path, data)) })
     });
-    let mut live = BTreeMap::new();
+    let (mut live, mut metrics) = (BTreeMap::new(), BTreeMap::new());
     for (id, path, data) in futures::future::try_join_all(reads).await? {
         // None: the process deregistered between the listing and the read.
         let Some((data, _)) = data else { continue };
         match membership::decode(&data) {
-            Ok(address) => {
-                live.insert(id, address);
+            Ok(endpoint) => {
+                live.insert(id, endpoint.address);
+                if let Some(address) = endpoint.metrics {
+                    metrics.insert(id, address);
+                }
             }
             Err(problem) => {
                 warn!(path, problem, "refusing a malformed registration");
-                if let Some(address) = previous.get(&id) {
+                if let Some(address) = previous.0.get(&id) {
                     live.insert(id, address.clone());
+                }
+                if let Some(address) = previous.1.get(&id) {
+                    metrics.insert(id, address.clone());
                 }
             }
         }
     }
-    Ok(live)
+    Ok((live, metrics))
 }
 
 /// Keeps the [`ClusterMap`] fresh from `/map`.

@@ -16,6 +16,10 @@ pub struct Membership {
     pub devices: BTreeMap<DeviceId, String>,
     /// Registered gateways: gateway id -> `host:port` they serve on.
     pub gateways: BTreeMap<u32, String>,
+    /// Where the registered data nodes serve `GET /metrics` (`host:port`), if they said.
+    pub device_metrics: BTreeMap<DeviceId, String>,
+    /// Where the registered gateways serve `GET /metrics`, if they said.
+    pub gateway_metrics: BTreeMap<u32, String>,
 }
 
 impl Membership {
@@ -29,23 +33,41 @@ impl Membership {
 #[derive(Serialize, Deserialize)]
 struct Registration<'a> {
     address: &'a str,
+    /// Absent in registrations of processes that serve no metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metrics: Option<&'a str>,
 }
 
-/// The znode data that registers `address` (already checked by [`check_address`]).
-pub(crate) fn encode(address: &str) -> Vec<u8> {
+/// What a process registers: where it serves, and where it serves `GET /metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub(crate) address: String,
+    pub(crate) metrics: Option<String>,
+}
+
+/// The znode data that registers `address` and `metrics` (already checked by
+/// [`check_address`]).
+pub(crate) fn encode(address: &str, metrics: Option<&str>) -> Vec<u8> {
     // Writing `{"address": ...}` by hand would need escaping; a borrowed struct cannot fail.
-    serde_json::to_vec(&Registration { address }).unwrap_or_default()
+    serde_json::to_vec(&Registration { address, metrics }).unwrap_or_default()
 }
 
-/// The address in a registration znode's data (untrusted).
+/// The endpoint in a registration znode's data (untrusted).
 ///
 /// # Errors
 /// What is wrong with the data.
-pub(crate) fn decode(data: &[u8]) -> Result<String, &'static str> {
-    let registration: Registration<'_> = serde_json::from_slice(data)
-        .map_err(|_| "not JSON of the form {\"address\": \"host:port\"}")?;
+pub(crate) fn decode(data: &[u8]) -> Result<Endpoint, &'static str> {
+    let registration: Registration<'_> = serde_json::from_slice(data).map_err(
+        |_| "not JSON of the form {\"address\": \"host:port\", \"metrics\": \"host:port\"}",
+    )?;
     check_address(registration.address)?;
-    Ok(registration.address.to_owned())
+    if let Some(metrics) = registration.metrics {
+        check_address(metrics).map_err(|_| "its metrics address is not host:port")?;
+    }
+    Ok(Endpoint {
+        address: registration.address.to_owned(),
+        metrics: registration.metrics.map(str::to_owned),
+    })
 }
 
 /// Checks that an address looks like `host:port`.
@@ -72,10 +94,23 @@ mod tests {
 
     #[test]
     fn registrations_round_trip() {
-        let data = encode("127.0.0.1:7001");
+        let data = encode("127.0.0.1:7001", None);
         assert_eq!(data, br#"{"address":"127.0.0.1:7001"}"#);
-        assert_eq!(decode(&data).unwrap(), "127.0.0.1:7001");
-        assert_eq!(decode(br#"{"address":"[::1]:80"}"#).unwrap(), "[::1]:80");
+        assert_eq!(decode(&data).unwrap().address, "127.0.0.1:7001");
+        assert_eq!(
+            decode(br#"{"address":"[::1]:80"}"#).unwrap().address,
+            "[::1]:80"
+        );
+        let data = encode("127.0.0.1:7001", Some("127.0.0.1:9101"));
+        assert_eq!(
+            data,
+            br#"{"address":"127.0.0.1:7001","metrics":"127.0.0.1:9101"}"#
+        );
+        assert_eq!(
+            decode(&data).unwrap().metrics.as_deref(),
+            Some("127.0.0.1:9101")
+        );
+        assert!(decode(br#"{"address":"h:1","metrics":"no port"}"#).is_err());
     }
 
     #[test]

@@ -151,6 +151,18 @@ impl Coordinator {
         matches!(&*self.inner.session.borrow(), Slot::Live(zk) if zk.state() == SessionState::SyncConnected)
     }
 
+    /// Sets where this process serves `GET /metrics` (`host:port`); the registrations made
+    /// after this call carry it, so operators and Prometheus find every endpoint through
+    /// the membership. Call it before registering.
+    ///
+    /// # Errors
+    /// [`CoordError::InvalidAddress`].
+    pub async fn set_metrics_address(&self, address: &str) -> Result<(), CoordError> {
+        check_address(address)?;
+        self.inner.registrations.lock().await.metrics = Some(address.to_owned());
+        Ok(())
+    }
+
     /// Registers this data node's device at `address` (`host:port`) with an ephemeral znode.
     /// An ephemeral for this device left by an older session (say, this node before a kill -9
     /// and a restart within the session timeout) is replaced. The registration is remembered,
@@ -163,7 +175,7 @@ impl Coordinator {
         let mut registrations = self.inner.registrations.lock().await;
         registrations.devices.insert(device, address.to_owned());
         let path = &layout::device(device);
-        let data = &membership::encode(address);
+        let data = &membership::encode(address, registrations.metrics.as_deref());
         self.run("register device", |zk| async move {
             supervisor::ensure_ephemeral(&zk, path, data).await
         })
@@ -206,7 +218,7 @@ impl Coordinator {
         };
         registrations.gateway = Some((id, address.to_owned()));
         let path = &layout::gateway(id);
-        let data = &membership::encode(address);
+        let data = &membership::encode(address, registrations.metrics.as_deref());
         self.run("register gateway", |zk| async move {
             supervisor::ensure_ephemeral(&zk, path, data).await
         })

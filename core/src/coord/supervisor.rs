@@ -83,6 +83,8 @@ pub(crate) struct Registrations {
     pub(crate) devices: BTreeMap<DeviceId, String>,
     /// Gateway id and address.
     pub(crate) gateway: Option<(u32, String)>,
+    /// Where this process serves `GET /metrics`, registered with each of the above.
+    pub(crate) metrics: Option<String>,
 }
 
 /// Starts the tasks of one session and publishes it for API calls. Returns the tasks and one
@@ -160,10 +162,20 @@ pub(crate) async fn supervise(
     info!("ZooKeeper coordinator stopped");
 }
 
-/// Waits until the session reaches a terminal state (or `stop`), logging connection changes.
+/// Waits until the session reaches a terminal state (or `stop`), logging connection changes
+/// and counting them: `cartdb_zookeeper_connected` (1 while connected),
+/// `cartdb_zookeeper_sessions_total` (sessions opened: the first, and one per expiry) and
+/// `cartdb_zookeeper_reconnects_total` (reconnections within a session).
 async fn session_end(zk: &Zk, stop: &CancellationToken) -> SessionState {
+    let connected = metrics::gauge!("cartdb_zookeeper_connected");
+    metrics::counter!("cartdb_zookeeper_sessions_total").increment(1);
     let mut states = zk.state_watcher();
     let mut state = zk.state();
+    connected.set(if state == SessionState::SyncConnected {
+        1.0
+    } else {
+        0.0
+    });
     while !state.is_terminated() {
         tokio::select! {
             () = stop.cancelled() => return SessionState::Closed,
@@ -171,14 +183,18 @@ async fn session_end(zk: &Zk, stop: &CancellationToken) -> SessionState {
         }
         match state {
             SessionState::Disconnected => {
+                connected.set(0.0);
                 warn!(session = %zk.session_id(), "disconnected from ZooKeeper")
             }
             SessionState::SyncConnected => {
+                connected.set(1.0);
+                metrics::counter!("cartdb_zookeeper_reconnects_total").increment(1);
                 info!(session = %zk.session_id(), "reconnected to ZooKeeper")
             }
             _ => {}
         }
     }
+    connected.set(0.0);
     state
 }
 
@@ -233,12 +249,22 @@ async fn restore_registrations(inner: Arc<Inner>, zk: Zk, stop: CancellationToke
 async fn restore(zk: &Zk, registrations: &Registrations) -> Result<(), CoordError> {
     for (&device, address) in &registrations.devices {
         let path = super::layout::device(device);
-        ensure_ephemeral(zk, &path, &membership::encode(address)).await?;
+        ensure_ephemeral(
+            zk,
+            &path,
+            &membership::encode(address, registrations.metrics.as_deref()),
+        )
+        .await?;
         info!(device, path, "device registration restored");
     }
     if let Some((id, address)) = &registrations.gateway {
         let path = super::layout::gateway(*id);
-        ensure_ephemeral(zk, &path, &membership::encode(address)).await?;
+        ensure_ephemeral(
+            zk,
+            &path,
+            &membership::encode(address, registrations.metrics.as_deref()),
+        )
+        .await?;
         info!(gateway = id, path, "gateway registration restored");
     }
     Ok(())

@@ -33,6 +33,9 @@ pub trait Service: Send + Sync + 'static {
     /// Answers one request. Failures are expressed in `Response`.
     fn call(self: Arc<Self>, request: Self::Request)
     -> impl Future<Output = Self::Response> + Send;
+
+    /// The request's kind, the `request` label of the server's metrics.
+    fn request_name(request: &Self::Request) -> &'static str;
 }
 
 /// Accepts connections on `listener` and serves them until `shutdown` is cancelled, then
@@ -85,6 +88,9 @@ async fn serve_connection<S: Service>(
         tracing::warn!(%peer, %problem, "refused connection: bad hello");
         return;
     }
+    let open_connections =
+        metrics::gauge!("cartdb_rpc_server_connections", "service" => S::KIND.name());
+    open_connections.increment(1);
     let (sink, mut frames) = framed.split();
     let (replies, queue) = mpsc::channel(REPLY_QUEUE);
     let writer = tokio::spawn(write_replies(sink, queue));
@@ -112,7 +118,13 @@ async fn serve_connection<S: Service>(
         let service = service.clone();
         let replies = replies.clone();
         requests.spawn(async move {
+            let request = S::request_name(&frame.body);
+            let started = std::time::Instant::now();
             let response = service.call(frame.body).await;
+            let labels = [("service", S::KIND.name()), ("request", request)];
+            metrics::counter!("cartdb_rpc_server_requests_total", &labels).increment(1);
+            metrics::histogram!("cartdb_rpc_server_request_seconds", &labels)
+                .record(started.elapsed().as_secs_f64());
             match connection::encode(frame.id, &response) {
                 // The writer is gone only when the connection is; the reply has nowhere to go.
                 Ok(bytes) => drop(replies.send(bytes).await),
@@ -126,6 +138,7 @@ async fn serve_connection<S: Service>(
     // The writer ends once every reply is flushed; its result only says whether the peer is
     // still there, which no longer matters.
     let _ = writer.await;
+    open_connections.decrement(1);
 }
 
 async fn write_replies(

@@ -94,6 +94,20 @@ pub enum PolicyError {
     Poisoned { path: PathBuf },
 }
 
+impl PolicyError {
+    /// The `outcome` label of a failed call in the policy metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Trapped { .. } => "trap",
+            Self::TimedOut { .. } => "timeout",
+            Self::InvalidResult { .. } | Self::InvalidMerge { .. } => "invalid",
+            Self::MergeRefused { .. } | Self::Guest { .. } => "refused",
+            Self::Poisoned { .. } => "poisoned",
+            _ => "error",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Every policy call returns this error, so a fat variant costs every caller a large

@@ -136,6 +136,13 @@ impl MergePolicy {
     /// [`PolicyError::MergeRefused`] when the guest returns an error;
     /// [`PolicyError::InvalidMerge`] when the answer fails the checks.
     pub fn merge(&self, states: &[ItemState]) -> Result<ItemState, PolicyError> {
+        let started = std::time::Instant::now();
+        let result = self.merge_checked(states);
+        super::record_call("merge", self.sha256(), started, &result);
+        result
+    }
+
+    fn merge_checked(&self, states: &[ItemState]) -> Result<ItemState, PolicyError> {
         let first = states.first().ok_or_else(|| PolicyError::NothingToMerge {
             path: self.path.clone(),
         })?;

@@ -45,3 +45,25 @@ pub use merge::MergePolicy;
 pub use merge_validate::InvalidMerge;
 pub use placement::{MAX_REPLICAS, PlacementPolicy, Placer};
 pub use validate::{InvalidPlacement, MapProblem};
+
+/// Counts one policy call (`cartdb_policy_calls_total`, by kind, sha256 and outcome) and
+/// times it (`cartdb_policy_call_seconds`). The sha256 names the component, so a swapped
+/// policy starts its own series.
+fn record_call<T>(
+    kind: &'static str,
+    sha256: &str,
+    started: std::time::Instant,
+    result: &Result<T, PolicyError>,
+) {
+    let outcome = result.as_ref().map_or_else(PolicyError::outcome, |_| "ok");
+    let sha256 = sha256.to_owned();
+    metrics::histogram!("cartdb_policy_call_seconds", "kind" => kind, "sha256" => sha256.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "cartdb_policy_calls_total",
+        "kind" => kind,
+        "sha256" => sha256,
+        "outcome" => outcome,
+    )
+    .increment(1);
+}

@@ -205,6 +205,13 @@ impl Placer {
     /// [`PolicyError::Trapped`] or [`PolicyError::TimedOut`] (which poison the placer);
     /// [`PolicyError::InvalidResult`] when the answer fails validation.
     pub fn place(&mut self, x: u32, replicas: u32) -> Result<Vec<u32>, PolicyError> {
+        let started = std::time::Instant::now();
+        let result = self.place_checked(x, replicas);
+        super::record_call("placement", &self.policy.inner.sha256, started, &result);
+        result
+    }
+
+    fn place_checked(&mut self, x: u32, replicas: u32) -> Result<Vec<u32>, PolicyError> {
         let loaded = &self.policy.inner;
         if self.poisoned {
             return Err(PolicyError::Poisoned {

@@ -154,6 +154,10 @@ impl rpc::Service for FakeService {
     type Response = DataResponse;
     const KIND: ServiceKind = ServiceKind::DataNode;
 
+    fn request_name(request: &DataRequest) -> &'static str {
+        request.name()
+    }
+
     async fn call(self: Arc<Self>, request: DataRequest) -> DataResponse {
         let delay = self.0.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
