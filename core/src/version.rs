@@ -40,24 +40,49 @@ pub fn wall_clock_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// How far ahead of the wall clock a version may be before [`HybridClock::observe`] refuses
+/// it, unless set with [`HybridClock::with_max_skew`].
+pub const DEFAULT_MAX_SKEW_MS: u64 = 10_000;
+
 /// A hybrid logical clock owned by one gateway.
 ///
 /// Readings never go backwards, even when the wall clock does, and two readings of one clock
 /// never repeat. [`HybridClock::observe`] pulls the clock past a version seen from elsewhere,
-/// so an operation issued after another was observed is ordered after it.
+/// so an operation issued after another was observed is ordered after it, unless that
+/// version is dated more than the allowed skew ahead of this clock's wall clock: one runaway
+/// (or forged) version must not drag every clock forward. Arithmetic saturates, so no
+/// reading overflows.
 #[derive(Debug)]
 pub struct HybridClock {
     gateway: u32,
     last: AtomicU64,
+    max_skew_ms: u64,
+}
+
+/// Why [`HybridClock::observe`] did not move the clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a version dated {ahead_ms} ms ahead of the clock, more than the {max_skew_ms} ms allowed")]
+pub struct TooFarAhead {
+    pub ahead_ms: u64,
+    pub max_skew_ms: u64,
 }
 
 impl HybridClock {
-    /// A clock for the gateway with this id.
+    /// A clock for the gateway with this id, refusing to observe versions more than
+    /// [`DEFAULT_MAX_SKEW_MS`] ahead.
     pub fn new(gateway: u32) -> Self {
         Self {
             gateway,
             last: AtomicU64::new(0),
+            max_skew_ms: DEFAULT_MAX_SKEW_MS,
         }
+    }
+
+    /// The same clock with another bound on observed versions' skew.
+    #[must_use]
+    pub fn with_max_skew(mut self, max_skew_ms: u64) -> Self {
+        self.max_skew_ms = max_skew_ms;
+        self
     }
 
     /// Issues the next version, reading the system clock.
@@ -67,23 +92,52 @@ impl HybridClock {
 
     /// Issues the next version for a wall-clock reading of `now_millis`.
     pub fn tick(&self, now_millis: u64) -> Version {
-        let physical = now_millis << LOGICAL_BITS;
+        let physical = physical(now_millis);
         let previous = self
             .last
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-                Some(physical.max(last + 1))
+                Some(physical.max(last.saturating_add(1)))
             })
             .unwrap_or_else(|last| last);
         Version {
-            hlc: physical.max(previous + 1),
+            hlc: physical.max(previous.saturating_add(1)),
             gateway: self.gateway,
         }
     }
 
-    /// Moves the clock past `seen`, so later readings order after it.
-    pub fn observe(&self, seen: Version) {
-        self.last.fetch_max(seen.hlc, Ordering::AcqRel);
+    /// Moves the clock past `seen`, so later readings order after it; reads the system
+    /// clock for the skew check.
+    ///
+    /// # Errors
+    /// [`TooFarAhead`] when `seen` is dated more than the allowed skew ahead of the wall
+    /// clock; the clock is left alone.
+    pub fn observe(&self, seen: Version) -> Result<(), TooFarAhead> {
+        self.observe_at(seen, wall_clock_millis())
     }
+
+    /// [`HybridClock::observe`] with a wall-clock reading of `now_millis`.
+    ///
+    /// # Errors
+    /// As [`HybridClock::observe`].
+    pub fn observe_at(&self, seen: Version, now_millis: u64) -> Result<(), TooFarAhead> {
+        let ahead_ms = seen.millis().saturating_sub(now_millis);
+        if ahead_ms > self.max_skew_ms {
+            return Err(TooFarAhead {
+                ahead_ms,
+                max_skew_ms: self.max_skew_ms,
+            });
+        }
+        self.last.fetch_max(seen.hlc, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// The clock reading of `millis` with a zero counter; saturates at the largest reading.
+fn physical(millis: u64) -> u64 {
+    millis
+        .checked_shl(LOGICAL_BITS)
+        .filter(|p| p >> LOGICAL_BITS == millis)
+        .unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -108,8 +162,44 @@ mod tests {
             hlc: 5_000 << LOGICAL_BITS,
             gateway: 2,
         };
-        clock.observe(remote);
+        clock.observe_at(remote, 5_000).unwrap();
         assert!(clock.tick(10) > remote);
+    }
+
+    #[test]
+    fn a_version_from_the_future_is_refused_and_nothing_overflows() {
+        let clock = HybridClock::new(1).with_max_skew(1_000);
+        let now = 1_000_000;
+        let near = Version {
+            hlc: (now + 900) << LOGICAL_BITS,
+            gateway: 2,
+        };
+        assert_eq!(clock.observe_at(near, now), Ok(()));
+        let far = Version {
+            hlc: (now + 60_000) << LOGICAL_BITS,
+            gateway: 2,
+        };
+        assert_eq!(
+            clock.observe_at(far, now),
+            Err(TooFarAhead {
+                ahead_ms: 60_000,
+                max_skew_ms: 1_000
+            })
+        );
+        assert!(
+            clock.tick(now) < far,
+            "the refused version did not move the clock"
+        );
+        let max = Version {
+            hlc: u64::MAX,
+            gateway: 2,
+        };
+        assert!(clock.observe_at(max, now).is_err());
+        // Even a clock at the end of time, or a wall clock beyond it, does not overflow.
+        let end = HybridClock::new(3).with_max_skew(u64::MAX);
+        end.observe_at(max, 0).unwrap();
+        assert_eq!(end.tick(u64::MAX).hlc, u64::MAX);
+        assert_eq!(end.tick(5).hlc, u64::MAX);
     }
 
     #[test]

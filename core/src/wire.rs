@@ -179,6 +179,17 @@ pub enum DataFailure {
         age_ms: u64,
         window_ms: u64,
     },
+    /// The operation's version is dated further ahead of the node's clock than the clock
+    /// skew it allows: a gateway with a clock far ahead, or a forged version. Nothing was
+    /// written.
+    #[error(
+        "device {device} refused an operation dated {ahead_ms} ms ahead of its clock: more than the {max_skew_ms} ms clock skew it allows"
+    )]
+    FromTheFuture {
+        device: DeviceId,
+        ahead_ms: u64,
+        max_skew_ms: u64,
+    },
 }
 
 /// A request from the API server to a gateway.

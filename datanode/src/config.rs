@@ -44,6 +44,11 @@ pub struct DataNodeConfig {
     /// skew between machines. Default: 30.
     #[arg(long, env = "CARTDB_ACCEPT_WINDOW_SECS", default_value_t = 30)]
     pub accept_window_secs: u64,
+    /// Seconds an operation's version may be ahead of this node's clock; operations dated
+    /// further ahead are refused, so one gateway's runaway clock cannot order its writes
+    /// after everyone else's. Must be below --accept-window-secs. Default: 10.
+    #[arg(long, env = "CARTDB_MAX_CLOCK_SKEW_SECS", default_value_t = 10)]
+    pub max_clock_skew_secs: u64,
     /// Seconds an operation stays in the log before compaction may fold it into the
     /// item's base. Must exceed --accept-window-secs. Default: 60.
     #[arg(long, env = "CARTDB_COMPACTION_GRACE_SECS", default_value_t = 60)]
@@ -85,6 +90,12 @@ impl DataNodeConfig {
         if self.accept_window_secs == 0 {
             return Err(ConfigError::new("accept-window-secs", "must be above 0"));
         }
+        if self.max_clock_skew_secs == 0 || self.max_clock_skew_secs >= self.accept_window_secs {
+            return Err(ConfigError::new(
+                "max-clock-skew-secs",
+                "must be above 0 and below --accept-window-secs",
+            ));
+        }
         if self.compaction_grace_secs <= self.accept_window_secs {
             return Err(ConfigError::new(
                 "compaction-grace-secs",
@@ -114,6 +125,7 @@ impl DataNodeConfig {
                 accept_window: Some(Duration::from_secs(self.accept_window_secs)),
                 grace: Duration::from_secs(self.compaction_grace_secs),
                 id_retention: Duration::from_secs(self.idempotency_window_secs),
+                max_skew: Some(Duration::from_secs(self.max_clock_skew_secs)),
             },
             coord: self.zk.coord_config()?,
         })

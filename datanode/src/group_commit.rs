@@ -80,12 +80,18 @@ pub enum WriteRequest {
 /// the same log. That is only safe if no operation that old can still arrive later: so an
 /// operation older than `accept_window` (< `grace`) is refused. Folded operations' ids are
 /// remembered for `id_retention`, so retries are recognised that long.
+///
+/// An operation dated more than `max_skew` ahead of this node's clock is refused too: its
+/// version would outrank every operation issued for as long as the skew lasts, and a gateway
+/// that read it would drag its own clock forward that far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
     /// `None`: accept operations of any age (tests that use small synthetic versions).
     pub accept_window: Option<Duration>,
     pub grace: Duration,
     pub id_retention: Duration,
+    /// `None`: accept operations from any future (tests with synthetic versions).
+    pub max_skew: Option<Duration>,
 }
 
 impl Timing {
@@ -94,6 +100,7 @@ impl Timing {
         accept_window: None,
         grace: Duration::ZERO,
         id_retention: Duration::from_secs(365 * 24 * 3600),
+        max_skew: None,
     };
 }
 
@@ -129,6 +136,9 @@ pub enum Outcome {
     Repaired { added: u32 },
     /// The operation is older than the acceptance window: nothing written.
     Expired { age_ms: u64, window_ms: u64 },
+    /// The operation is dated further ahead of this node's clock than the allowed skew:
+    /// nothing written.
+    FromTheFuture { ahead_ms: u64, max_skew_ms: u64 },
     /// A compaction folded this many log entries.
     Compacted { folded: u32 },
 }
@@ -149,6 +159,14 @@ impl Outcome {
                 device,
                 age_ms,
                 window_ms,
+            }),
+            Self::FromTheFuture {
+                ahead_ms,
+                max_skew_ms,
+            } => DataResponse::Failed(DataFailure::FromTheFuture {
+                device,
+                ahead_ms,
+                max_skew_ms,
             }),
             Self::Compacted { folded } => DataResponse::Compacted { folded },
         }
@@ -440,6 +458,16 @@ impl BatchPlan {
                     let age_ms = age_ms(apply.op.version);
                     if age_ms > window_ms {
                         return Ok(Outcome::Expired { age_ms, window_ms });
+                    }
+                }
+                if let Some(skew) = timing.max_skew {
+                    let max_skew_ms = millis(skew);
+                    let ahead_ms = apply.op.version.millis().saturating_sub(now_ms);
+                    if ahead_ms > max_skew_ms {
+                        return Ok(Outcome::FromTheFuture {
+                            ahead_ms,
+                            max_skew_ms,
+                        });
                     }
                 }
                 if !slot.add(key, apply.op, reader)? {
@@ -1393,6 +1421,7 @@ mod tests {
             accept_window: Some(Duration::from_secs(30)),
             grace: Duration::from_secs(60),
             id_retention: Duration::from_secs(3600),
+            max_skew: Some(Duration::from_secs(10)),
         };
         let now = 1_000_000;
         for (id, kind, ms) in [

@@ -8,7 +8,7 @@ mod common;
 use cartdb_core::cart::{ItemKey, OpKind};
 use cartdb_core::wire::{DataFailure, DataResponse};
 use cartdb_datanode::store::CartStore;
-use common::{applied, close, duplicate, op, open};
+use common::{applied, close, duplicate, op, open, open_timed};
 
 fn key(user: &str, product: &str) -> ItemKey {
     ItemKey {
@@ -228,4 +228,46 @@ async fn invalid_identifiers_are_refused() {
         writer.apply(op("u", "p", "c", 3, OpKind::Add, 1)).await,
         applied(1)
     );
+}
+
+/// An operation dated further ahead of the node's clock than the allowed skew is refused
+/// with a named error and writes nothing; one within the skew is applied.
+#[tokio::test]
+async fn a_version_from_the_future_is_refused() {
+    use std::time::Duration;
+
+    use cartdb_core::version::wall_clock_millis;
+    use cartdb_datanode::group_commit::Timing;
+
+    let dir = tempfile::tempdir().unwrap();
+    let timing = Timing {
+        accept_window: Some(Duration::from_secs(30)),
+        grace: Duration::from_secs(60),
+        id_retention: Duration::from_secs(3600),
+        max_skew: Some(Duration::from_secs(10)),
+    };
+    let (store, writer) = open_timed(dir.path(), 16, timing);
+    let now = wall_clock_millis();
+    let future = op("u1", "p1", "c1", 1, OpKind::Add, (now + 3_600_000) << 16);
+    match writer.apply(future).await {
+        DataResponse::Failed(DataFailure::FromTheFuture {
+            ahead_ms,
+            max_skew_ms,
+            ..
+        }) => {
+            assert!(ahead_ms > 3_500_000, "{ahead_ms}");
+            assert_eq!(max_skew_ms, 10_000);
+        }
+        other => panic!("a version an hour ahead was answered {other:?}"),
+    }
+    assert_eq!(store.read_item(&key("u1", "p1")).unwrap(), None);
+    let near = op("u1", "p1", "c1", 2, OpKind::Add, (now + 1_000) << 16);
+    assert!(matches!(
+        writer.apply(near).await,
+        DataResponse::Applied {
+            duplicate: false,
+            ..
+        }
+    ));
+    close(store, writer).await;
 }

@@ -275,7 +275,10 @@ impl GatewayService {
         })?;
         if let Some(newest) = read.items.iter().filter_map(|s| s.latest).max() {
             // Later writes through this gateway order after everything this read saw.
-            self.clock.observe(newest);
+            if let Err(refused) = self.clock.observe(newest) {
+                metrics::counter!("cartdb_gateway_future_versions_total").increment(1);
+                tracing::warn!(%refused, ?newest, "not moving the clock to a version read from the replicas");
+            }
         }
         Ok(read)
     }

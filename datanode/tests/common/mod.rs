@@ -44,11 +44,16 @@ pub fn op(
 
 /// Opens the store in `dir` and starts a writer over it.
 pub fn open(dir: &Path, max_batch: usize) -> (Arc<CartStore>, GroupCommit) {
+    open_timed(dir, max_batch, Timing::ANY_AGE)
+}
+
+/// [`open`] with the clock rules `timing`.
+pub fn open_timed(dir: &Path, max_batch: usize, timing: Timing) -> (Arc<CartStore>, GroupCommit) {
     let store = Arc::new(CartStore::open(dir).expect("open store"));
     let settings = GroupCommitSettings {
         device: DEVICE,
         max_batch,
-        timing: Timing::ANY_AGE,
+        timing,
     };
     let writer = GroupCommit::start(store.clone(), settings).expect("start writer");
     (store, writer)
