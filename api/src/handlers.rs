@@ -197,6 +197,48 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiE
     }
 }
 
+/// `GET /readyz`: 200 while this server's ZooKeeper session is connected, a gateway
+/// answers, and every placement group has a write quorum of live devices; otherwise 503
+/// naming each thing missing (`/healthz` stays liveness: the process serves).
+pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut missing = Vec::new();
+    if state.zookeeper_connected() == Some(false) {
+        missing.push("ZooKeeper: this API server's session is not connected".to_owned());
+    }
+    match state
+        .pool()
+        .call_leader_first(&GatewayRequest::Cluster)
+        .await
+    {
+        Ok(Reply {
+            response: GatewayResponse::Cluster(status),
+            ..
+        }) => {
+            let pgs = &status.placement_groups;
+            if pgs.without_write_quorum > 0 {
+                missing.push(format!(
+                    "write quorum: {} of {} placement groups have fewer than {} live devices",
+                    pgs.without_write_quorum, pgs.pg_num, status.replication.write_quorum
+                ));
+            }
+        }
+        Ok(other) => missing.push(format!(
+            "gateway {}: unexpected answer to a cluster status request",
+            other.gateway
+        )),
+        Err(e) => missing.push(format!("gateways: {e}")),
+    }
+    if missing.is_empty() {
+        return Json(serde_json::json!({"status": "ready"})).into_response();
+    }
+    let body = serde_json::json!({
+        "error": format!("not ready: {}", missing.join("; ")),
+        "missing": missing,
+    });
+    (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
 /// A gateway's view of the cluster, plus this API server's.
 #[derive(Debug, Serialize)]
 pub struct ClusterView {

@@ -86,7 +86,10 @@ pub async fn run(
     if config.admin_token.is_none() {
         tracing::warn!("no admin token configured: admin endpoints are open to anyone");
     }
-    let app = router(AppState::new(pool, config.admin_token.as_deref()));
+    let session = coordinator.clone();
+    let state = AppState::new(pool, config.admin_token.as_deref())
+        .with_session_probe(Arc::new(move || session.is_connected()));
+    let app = router(state);
     tracing::info!(listen = ?listener.local_addr().ok(), "API server listening");
     // axum leaves Nagle's algorithm on; a reply must not wait for the client's delayed ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {

@@ -13,11 +13,26 @@ use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::gateways::GatewayPool;
 use crate::handlers;
 
-/// What every handler can reach: the gateways and the admin token.
-#[derive(Clone, Debug)]
+/// Whether this process's ZooKeeper session is connected (for `/readyz`).
+pub type SessionProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What every handler can reach: the gateways, the admin token and, for readiness, the
+/// ZooKeeper session.
+#[derive(Clone)]
 pub struct AppState {
     pool: Arc<GatewayPool>,
     admin: Option<AdminToken>,
+    zookeeper: Option<SessionProbe>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("pool", &self.pool)
+            .field("admin", &self.admin.is_some())
+            .field("zookeeper", &self.zookeeper.is_some())
+            .finish()
+    }
 }
 
 impl AppState {
@@ -26,7 +41,21 @@ impl AppState {
         Self {
             pool,
             admin: admin_token.map(AdminToken::new),
+            zookeeper: None,
         }
+    }
+
+    /// The same state, with `/readyz` also requiring `probe` (the ZooKeeper session) to
+    /// answer `true`.
+    #[must_use]
+    pub fn with_session_probe(mut self, probe: SessionProbe) -> Self {
+        self.zookeeper = Some(probe);
+        self
+    }
+
+    /// Whether the ZooKeeper session is connected; `None` when no probe was given.
+    pub fn zookeeper_connected(&self) -> Option<bool> {
+        self.zookeeper.as_ref().map(|probe| probe())
     }
 
     pub fn pool(&self) -> &GatewayPool {
@@ -54,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/locate", get(handlers::locate))
         .route("/api/admin/device-items", get(handlers::device_items))
         .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(cartdb_core::telemetry::metrics_handler))
         // Counts and times the requests of the routes above, labelled with the route's
         // pattern (never the query), so it must come after them; unmatched paths are

@@ -165,3 +165,31 @@ async fn deleting_what_is_not_in_the_cart_is_404() {
         )
     );
 }
+
+/// `/readyz` is 200 with a gateway answering and every PG writable; 503 naming what is
+/// missing otherwise: no gateway, or no ZooKeeper session.
+#[tokio::test]
+async fn readiness_names_what_is_missing() {
+    let (ready, _gateway) = healthy_app(None).await;
+    let (status, body) = send(&ready, get("/readyz")).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ready"})));
+
+    let (status, body) = send(&app_without_gateways(), get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        error_of(&body).contains("gateways: no gateway available"),
+        "{body}"
+    );
+
+    let (gateway, addr) = common::spawn_gateway(1, common::Behaviour::Succeed).await;
+    let pool = std::sync::Arc::new(cartdb_api::GatewayPool::new(common::TIMEOUT));
+    pool.set_members(&std::collections::BTreeMap::from([(1, addr)]));
+    let disconnected = cartdb_api::router(
+        cartdb_api::AppState::new(pool, None).with_session_probe(std::sync::Arc::new(|| false)),
+    );
+    let (status, body) = send(&disconnected, get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(error_of(&body).contains("ZooKeeper"), "{body}");
+    assert_eq!(body["missing"].as_array().map(Vec::len), Some(1), "{body}");
+    drop(gateway);
+}

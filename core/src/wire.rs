@@ -376,6 +376,9 @@ pub struct PgStatus {
     pub with_past: u32,
     /// PGs whose up set has fewer devices than the pool's size.
     pub undersized: u32,
+    /// PGs whose up set has fewer live devices than the write quorum: writes to them fail.
+    #[serde(default)]
+    pub without_write_quorum: u32,
 }
 
 /// Counters of the work that makes replicas converge, from the answering gateway, and the

@@ -101,6 +101,14 @@ impl Topology {
             .iter()
             .filter(|(_, up)| up.len() < size)
             .count();
+        let without_write_quorum = self
+            .placement
+            .table()
+            .iter()
+            .filter(|(_, up)| {
+                up.iter().filter(|&&d| self.members.is_live(d)).count() < replication.write_quorum
+            })
+            .count();
         let gateways = self
             .members
             .gateways
@@ -127,6 +135,7 @@ impl Topology {
                 pg_num: self.map.pool.pg_num(),
                 with_past: u32::try_from(self.map.past.len()).unwrap_or(u32::MAX),
                 undersized: u32::try_from(undersized).unwrap_or(u32::MAX),
+                without_write_quorum: u32::try_from(without_write_quorum).unwrap_or(u32::MAX),
             },
         }
     }

@@ -321,6 +321,11 @@ impl Cluster {
         &self.zookeeper
     }
 
+    /// The cluster's ZooKeeper server, to stop and restart it (its data directory stays).
+    pub fn zookeeper_mut(&mut self) -> &mut ZooKeeper {
+        &mut self.zookeeper
+    }
+
     /// Clients of every registered gateway, by gateway id, from `/api/cluster`.
     ///
     /// # Errors
