@@ -31,7 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use client::{PeerClient, RpcClient};
-pub use server::{Service, serve};
+pub use server::{ServeLimits, Service, serve, serve_with};
 
 use crate::wire::ServiceKind;
 

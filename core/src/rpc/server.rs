@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -38,8 +38,39 @@ pub trait Service: Send + Sync + 'static {
     fn request_name(request: &Self::Request) -> &'static str;
 }
 
+/// The bounds one server keeps, whatever its peers do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Most open connections. One more is accepted and closed at once (counted in
+    /// `cartdb_rpc_server_refused_connections_total`, logged at most once a second), so
+    /// idle or hostile peers cannot use up the process's file descriptors.
+    pub max_connections: usize,
+    /// Most requests of one connection being served at once. At the bound the server stops
+    /// reading that connection until one is answered, so a peer that pipelines requests
+    /// without reading the replies is held back by TCP instead of growing the server's
+    /// memory.
+    pub max_in_flight: usize,
+    /// A connection with nothing in flight that sends nothing for this long is closed
+    /// (clients reconnect on demand).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServeLimits {
+    /// 1,024 connections (a cluster has a handful of peers per process), 256 requests in
+    /// flight per connection (a gateway's share of a data node's group commit), 5 minutes
+    /// idle.
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_in_flight: 256,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Accepts connections on `listener` and serves them until `shutdown` is cancelled, then
 /// stops accepting, lets every request already received finish and be answered, and returns.
+/// Keeps the default [`ServeLimits`].
 ///
 /// # Errors
 /// Never at present; accept errors (such as running out of file descriptors) are logged and
@@ -49,7 +80,22 @@ pub async fn serve<S: Service>(
     service: Arc<S>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, service, ServeLimits::default(), shutdown).await
+}
+
+/// [`serve`] with the bounds `limits`.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with<S: Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    limits: ServeLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut last_refusal_logged: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -57,12 +103,21 @@ pub async fn serve<S: Service>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                connections.spawn(serve_connection(
-                    stream,
-                    peer,
-                    service.clone(),
-                    shutdown.clone(),
-                ));
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    metrics::counter!("cartdb_rpc_server_refused_connections_total", "service" => S::KIND.name())
+                        .increment(1);
+                    if last_refusal_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        last_refusal_logged = Some(std::time::Instant::now());
+                        tracing::warn!(%peer, max = limits.max_connections, "refused connection: at the connection limit");
+                    }
+                    drop(stream);
+                    continue;
+                };
+                let (service, shutdown) = (service.clone(), shutdown.clone());
+                connections.spawn(async move {
+                    serve_connection(stream, peer, service, limits, shutdown).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -81,6 +136,7 @@ async fn serve_connection<S: Service>(
     stream: TcpStream,
     peer: SocketAddr,
     service: Arc<S>,
+    limits: ServeLimits,
     shutdown: CancellationToken,
 ) {
     let mut framed = connection::framed(stream);
@@ -95,10 +151,29 @@ async fn serve_connection<S: Service>(
     let (replies, queue) = mpsc::channel(REPLY_QUEUE);
     let writer = tokio::spawn(write_replies(sink, queue));
     let requests = TaskTracker::new();
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     loop {
+        // Taken before reading the next request: at the bound, nothing more is read.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let next = tokio::select! {
             () = shutdown.cancelled() => break,
-            next = frames.next() => next,
+            next = tokio::time::timeout(limits.idle_timeout, frames.next()) => next,
+        };
+        let next = match next {
+            Ok(next) => next,
+            // Nothing received for the idle time-out: close only if nothing is in flight
+            // (this loop holds one permit itself).
+            Err(_) if in_flight.available_permits() + 1 >= limits.max_in_flight => {
+                tracing::debug!(%peer, idle = ?limits.idle_timeout, "closing an idle connection");
+                break;
+            }
+            Err(_) => continue,
         };
         let bytes = match next {
             Some(Ok(bytes)) => bytes,
@@ -130,6 +205,9 @@ async fn serve_connection<S: Service>(
                 Ok(bytes) => drop(replies.send(bytes).await),
                 Err(e) => tracing::error!(%peer, error = %e, "cannot encode a reply"),
             }
+            // Released once the reply is queued: a peer that reads no replies fills the
+            // queue, and then holds every permit of its connection.
+            drop(permit);
         });
     }
     requests.close();
