@@ -26,6 +26,20 @@ pub struct ApiConfig {
     /// request fails over to another gateway. Default 3000.
     #[arg(long, env = "CARTDB_GATEWAY_TIMEOUT_MS", default_value_t = 3000)]
     pub gateway_timeout_ms: u64,
+    /// Most open HTTP connections; one more is accepted and closed at once. Default 4096.
+    #[arg(long, env = "CARTDB_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub http_max_connections: usize,
+    /// Milliseconds a client gets to send a request's head (request line and headers);
+    /// slower ones (slow-loris) are disconnected. Default 10000.
+    #[arg(long, env = "CARTDB_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+    /// Milliseconds a client gets to send a request's body. Default 10000.
+    #[arg(long, env = "CARTDB_HTTP_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_body_timeout_ms: u64,
+    /// Milliseconds a request may take from its head to its answer; then 503. Default
+    /// 30000.
+    #[arg(long, env = "CARTDB_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_request_timeout_ms: u64,
     /// How to reach ZooKeeper, where the live gateways are registered.
     #[command(flatten)]
     pub zk: ZkArgs,
@@ -52,7 +66,28 @@ impl ApiConfig {
         if self.gateway_timeout_ms == 0 {
             return Err(ConfigError::new("gateway-timeout-ms", "must be at least 1"));
         }
+        for (field, value) in [
+            ("http-max-connections", self.http_max_connections as u64),
+            ("http-header-timeout-ms", self.http_header_timeout_ms),
+            ("http-body-timeout-ms", self.http_body_timeout_ms),
+            ("http-request-timeout-ms", self.http_request_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
+        }
         self.zk.coord_config().map(drop)
+    }
+
+    /// The HTTP server's bounds.
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            max_connections: self.http_max_connections,
+            header_read_timeout: Duration::from_millis(self.http_header_timeout_ms),
+            body_timeout: Duration::from_millis(self.http_body_timeout_ms),
+            request_timeout: Duration::from_millis(self.http_request_timeout_ms),
+            ..crate::http::HttpLimits::default()
+        }
     }
 
     /// The per-gateway time-out as a duration.

@@ -68,6 +68,10 @@ pub enum ApiError {
     /// The RPC layer failed in a way that is not the gateway's fault (a bug).
     #[error("internal error: {0}")]
     Rpc(RpcError),
+    /// The request was not answered within the server's whole-request time limit
+    /// (`--http-request-timeout-ms`); it may or may not have been applied.
+    #[error("the request was not answered within {after:?}")]
+    RequestTimeout { after: std::time::Duration },
 }
 
 impl ApiError {
@@ -85,7 +89,7 @@ impl ApiError {
             Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Gateway(failure) => gateway_failure_status(failure),
-            Self::NoGateway => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoGateway | Self::RequestTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnexpectedReply { .. } | Self::Rpc(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

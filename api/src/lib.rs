@@ -17,6 +17,7 @@
 //! - [`extract`]: extractors whose rejections are JSON errors; the idempotency key.
 //! - [`auth`]: the admin bearer-token check.
 //! - [`gateways`]: the gateway pool, random choice and failover.
+//! - [`http`]: the server loop with its bounds: connections, head, body and request times.
 //! - [`error`]: [`ApiError`] and its status table.
 
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod extract;
 pub mod gateways;
 pub mod handlers;
+pub mod http;
 pub mod routes;
 
 use std::sync::Arc;
@@ -91,13 +93,7 @@ pub async fn run(
         .with_session_probe(Arc::new(move || session.is_connected()));
     let app = router(state);
     tracing::info!(listen = ?listener.local_addr().ok(), "API server listening");
-    // axum leaves Nagle's algorithm on; a reply must not wait for the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let served = http::serve(listener, app, config.http_limits(), shutdown.clone()).await;
     stop.cancel();
     tasks.close();
     tasks.wait().await;
