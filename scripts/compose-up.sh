@@ -69,6 +69,19 @@ fi
     exit 0
 }
 
+# The admin token: the API server refuses to start without one. Generated once (readable by
+# this user only) unless CARTDB_ADMIN_TOKEN is set.
+if [[ -z ${CARTDB_ADMIN_TOKEN:-} ]]; then
+    token_file="$CARTDB_REPO/.cartdb/compose-admin-token"
+    if [[ ! -s $token_file ]]; then
+        mkdir -p "$(dirname "$token_file")"
+        (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$token_file")
+        info "generated an admin token in $token_file"
+    fi
+    CARTDB_ADMIN_TOKEN=$(<"$token_file")
+fi
+export CARTDB_ADMIN_TOKEN
+
 section "5/7 ${COMPOSE[*]} up -d"
 started=$SECONDS
 "${COMPOSE[@]}" up -d --remove-orphans || die "compose up failed (see ${COMPOSE[*]} logs)"
@@ -81,8 +94,7 @@ fi
 ok "cluster ready $((SECONDS - started))s after up ($((SECONDS - begun))s in all)"
 
 section "7/7 ready"
-token_hint=""
-[[ -n ${CARTDB_ADMIN_TOKEN:-} ]] && token_hint=" -H 'Authorization: Bearer \$CARTDB_ADMIN_TOKEN'"
+token_hint=" -H 'Authorization: Bearer \$CARTDB_ADMIN_TOKEN'"
 cat <<EOF_READY
 
   cartdb runs in compose project "$(compose_project)". REST API: $API_URL
@@ -91,8 +103,10 @@ cat <<EOF_READY
          -d '{"userid": "alice", "item_name": "pork"}'
     curl -s '$API_URL/api/list_all?userid=alice'
     curl -s$token_hint '$API_URL/api/list_category?category=1'
-    curl -s $API_URL/api/cluster
+    curl -s$token_hint $API_URL/api/cluster
     ${COMPOSE[*]} exec api cartdb status
+
+  The admin token: export CARTDB_ADMIN_TOKEN=\$(cat ${token_file:-<your CARTDB_ADMIN_TOKEN>})
 
   Logs: ${COMPOSE[*]} logs -f [service]      Stop: scripts/compose-down.sh [-v]
 

@@ -15,7 +15,8 @@
 # Options: --clean (delete the cluster directory first), --no-build, --no-deps, --help
 # Environment: CARTDB_HOME (cluster directory), CARTDB_ZK_PORT (2181), CARTDB_API_PORT (8080),
 #   CARTDB_START_TIMEOUT (seconds, 120), CARTDB_PROFILE (release, or debug for a quicker
-#   build), CARTDB_ADMIN_TOKEN (passed to the API server as is), RUST_LOG (default info).
+#   build), CARTDB_ADMIN_TOKEN (the API server's admin token; by default one is generated
+#   once and kept in <cluster directory>/admin-token), RUST_LOG (default info).
 set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -86,6 +87,18 @@ fi
 mkdir -p "$CLUSTER_HOME/logs"
 CLUSTER_HOME=$(cd "$CLUSTER_HOME" && pwd)
 LOGS="$CLUSTER_HOME/logs"
+
+# The admin token: the API server refuses to start without one. Generated once per cluster
+# directory (readable by this user only) unless CARTDB_ADMIN_TOKEN is set.
+TOKEN_FILE="$CLUSTER_HOME/admin-token"
+if [[ -z ${CARTDB_ADMIN_TOKEN:-} ]]; then
+    if [[ ! -s $TOKEN_FILE ]]; then
+        (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE")
+        info "generated an admin token in $TOKEN_FILE"
+    fi
+    CARTDB_ADMIN_TOKEN=$(<"$TOKEN_FILE")
+fi
+export CARTDB_ADMIN_TOKEN
 
 # The processes this script started: pid -> name and pid -> log, and the stop order.
 declare -A NAME_OF=() LOG_OF=()
@@ -213,7 +226,12 @@ cat <<EOF_READY
     curl -s -X POST $API_URL/api/insert -H 'Content-Type: application/json' \\
          -d '{"userid": "alice", "item_name": "pork"}'
     curl -s '$API_URL/api/list_all?userid=alice'
-    curl -s $API_URL/api/cluster
+
+  Admin endpoints need the admin token (the cartdb command reads CARTDB_ADMIN_TOKEN):
+
+    export CARTDB_ADMIN_TOKEN=\$(cat $TOKEN_FILE)
+    curl -s $API_URL/api/cluster -H "Authorization: Bearer \$CARTDB_ADMIN_TOKEN"
+    target/$PROFILE/cartdb status
 
   Data and logs: $CLUSTER_HOME (logs in $LOGS)
   Press Ctrl-C to stop the cluster.

@@ -1,4 +1,5 @@
-//! The admin check: when an admin token is configured, admin endpoints need
+//! The admin check: when an admin token is configured (the API server refuses to start
+//! without one unless `--insecure-open-admin`), admin endpoints need
 //! `Authorization: Bearer <token>`.
 //!
 //! The token is compared as SHA-256 digests, byte by byte without an early exit, so neither
@@ -72,6 +73,22 @@ impl FromRequestParts<AppState> for Admin {
         } else {
             Err(ApiError::Unauthorized)
         }
+    }
+}
+
+/// Extractor for endpoints that serve everyone but show admins more: whether the request
+/// is an admin's (always, when no admin token is configured). Never rejects.
+#[derive(Debug, Clone, Copy)]
+pub struct IsAdmin(pub bool);
+
+impl FromRequestParts<AppState> for IsAdmin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, std::convert::Infallible> {
+        Ok(Self(Admin::from_request_parts(parts, state).await.is_ok()))
     }
 }
 

@@ -18,10 +18,16 @@ pub struct ApiConfig {
     /// Address the HTTP server listens on. Default `127.0.0.1:8080`.
     #[arg(long, env = "CARTDB_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Bearer token that admin endpoints (`/api/list_category`, `POST /api/products`)
-    /// require. Unset (the default): admin endpoints are open to anyone.
+    /// Bearer token that admin endpoints (`/api/list_category`, `POST /api/products`,
+    /// `/api/admin/...`, the internal addresses in `/api/cluster`) require. Required unless
+    /// --insecure-open-admin is given.
     #[arg(long, env = "CARTDB_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
+    /// Serve the admin endpoints to anyone when no --admin-token is set. Only for a
+    /// throw-away local cluster: anyone who reaches the port can then list every shopper
+    /// of a category and change prices.
+    #[arg(long, env = "CARTDB_INSECURE_OPEN_ADMIN")]
+    pub insecure_open_admin: bool,
     /// How long one gateway may take to connect and answer, in milliseconds, before the
     /// request fails over to another gateway. Default 3000.
     #[arg(long, env = "CARTDB_GATEWAY_TIMEOUT_MS", default_value_t = 3000)]
@@ -61,6 +67,12 @@ impl ApiConfig {
             return Err(ConfigError::new(
                 "admin-token",
                 "must not be empty; leave it unset to keep admin endpoints open",
+            ));
+        }
+        if self.admin_token.is_none() && !self.insecure_open_admin {
+            return Err(ConfigError::new(
+                "admin-token",
+                "is required (or CARTDB_ADMIN_TOKEN); pass --insecure-open-admin to leave the admin endpoints open on purpose",
             ));
         }
         if self.gateway_timeout_ms == 0 {
@@ -107,10 +119,18 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_valid() {
-        let config = parse(&[]);
+    fn defaults_with_a_token_are_valid() {
+        let config = parse(&["--admin-token", "t"]);
         assert!(config.validate().is_ok());
         assert_eq!(config.gateway_timeout(), Duration::from_secs(3));
+        assert!(parse(&["--insecure-open-admin"]).validate().is_ok());
+    }
+
+    #[test]
+    fn admin_endpoints_are_not_open_by_default() {
+        let err = parse(&[]).validate().unwrap_err();
+        assert_eq!(err.field, "admin-token");
+        assert!(err.problem.contains("--insecure-open-admin"), "{err}");
     }
 
     #[test]
@@ -121,7 +141,7 @@ mod tests {
 
     #[test]
     fn a_zero_timeout_is_refused() {
-        let err = parse(&["--gateway-timeout-ms", "0"])
+        let err = parse(&["--admin-token", "t", "--gateway-timeout-ms", "0"])
             .validate()
             .unwrap_err();
         assert_eq!(err.field, "gateway-timeout-ms");

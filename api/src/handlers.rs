@@ -254,20 +254,50 @@ pub struct ApiView {
     pub answered_by: u32,
 }
 
-pub async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterView>, ApiError> {
+/// `GET /api/cluster`. The internal addresses (data nodes', gateways' and their metrics
+/// endpoints) are shown to admin requests only; others get them empty.
+pub async fn cluster(
+    State(state): State<AppState>,
+    admin: crate::auth::IsAdmin,
+) -> Result<Json<ClusterView>, ApiError> {
     let reply = state
         .pool()
         .call_leader_first(&GatewayRequest::Cluster)
         .await?;
     match reply.response {
-        GatewayResponse::Cluster(status) => Ok(Json(ClusterView {
-            status: *status,
-            api: ApiView {
-                gateways: state.pool().gateways(),
-                answered_by: reply.gateway,
-            },
-        })),
+        GatewayResponse::Cluster(status) => {
+            let mut view = ClusterView {
+                status: *status,
+                api: ApiView {
+                    gateways: state.pool().gateways(),
+                    answered_by: reply.gateway,
+                },
+            };
+            if !admin.0 {
+                view.redact_addresses();
+            }
+            Ok(Json(view))
+        }
         other => Err(unexpected("Cluster", other)),
+    }
+}
+
+impl ClusterView {
+    /// Empties every internal address: where data nodes and gateways listen is for admins.
+    fn redact_addresses(&mut self) {
+        for device in &mut self.status.devices {
+            device.address = None;
+            device.metrics = None;
+        }
+        for gateway in self
+            .status
+            .gateways
+            .iter_mut()
+            .chain(&mut self.api.gateways)
+        {
+            gateway.address.clear();
+            gateway.metrics = None;
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use axum::http::StatusCode;
+use axum::http::{Request, StatusCode};
 use common::{Behaviour, Failure, app, error_of, get, healthy_app, post_json, send, spawn_gateway};
 use serde_json::json;
 
@@ -192,4 +192,23 @@ async fn readiness_names_what_is_missing() {
     assert!(error_of(&body).contains("ZooKeeper"), "{body}");
     assert_eq!(body["missing"].as_array().map(Vec::len), Some(1), "{body}");
     drop(gateway);
+}
+
+/// With an admin token, `/api/cluster` answers everyone but shows the internal addresses
+/// only to admin requests.
+#[tokio::test]
+async fn internal_addresses_are_for_admins() {
+    let (app, _gateway) = healthy_app(Some("secret")).await;
+    let (status, body) = send(&app, get("/api/cluster")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["gateways"][0]["address"], "", "{body}");
+    assert_eq!(body["api"]["gateways"][0]["address"], "", "{body}");
+    let admin = Request::builder()
+        .uri("/api/cluster")
+        .header("authorization", "Bearer secret")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let (status, body) = send(&app, admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["gateways"][0]["address"], "fake", "{body}");
 }

@@ -39,7 +39,8 @@ pub struct ClusterOptions {
     pub write_quorum: usize,
     /// Replies a read needs (R).
     pub read_quorum: usize,
-    /// The API server's admin bearer token, if any.
+    /// The API server's admin bearer token ([`TEST_ADMIN_TOKEN`] by default); `None` starts
+    /// it with `--insecure-open-admin`.
     pub admin_token: Option<String>,
     /// ZooKeeper session timeout of every process: how long a silent process stays "up".
     pub zk_session_timeout_ms: u64,
@@ -55,6 +56,9 @@ pub struct ClusterOptions {
     pub gateway_args: Vec<String>,
 }
 
+/// The admin token of test clusters unless a test sets another.
+pub const TEST_ADMIN_TOKEN: &str = "cartdb-test-admin-token";
+
 impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
@@ -63,7 +67,7 @@ impl Default for ClusterOptions {
             replicas: 3,
             write_quorum: 2,
             read_quorum: 2,
-            admin_token: None,
+            admin_token: Some(TEST_ADMIN_TOKEN.to_owned()),
             zk_session_timeout_ms: 2_000,
             start_timeout: Duration::from_secs(90),
             map_file: None,
@@ -274,9 +278,10 @@ impl Cluster {
                 "--zk-session-timeout-ms".to_owned(),
                 options.zk_session_timeout_ms.to_string(),
             ]);
-        if let Some(token) = &options.admin_token {
-            api = api.args(["--admin-token", token]);
-        }
+        api = match &options.admin_token {
+            Some(token) => api.args(["--admin-token", token]),
+            None => api.args(["--insecure-open-admin"]),
+        };
         api
     }
 
