@@ -46,7 +46,7 @@ pub struct DataNodeConfig {
     pub accept_window_secs: u64,
     /// Seconds an operation's version may be ahead of this node's clock; operations dated
     /// further ahead are refused, so one gateway's runaway clock cannot order its writes
-    /// after everyone else's. Must be below --accept-window-secs. Default: 10.
+    /// after everyone else's. Must be above 0. Default: 10.
     #[arg(long, env = "CARTDB_MAX_CLOCK_SKEW_SECS", default_value_t = 10)]
     pub max_clock_skew_secs: u64,
     /// Seconds an operation stays in the log before compaction may fold it into the
@@ -90,11 +90,8 @@ impl DataNodeConfig {
         if self.accept_window_secs == 0 {
             return Err(ConfigError::new("accept-window-secs", "must be above 0"));
         }
-        if self.max_clock_skew_secs == 0 || self.max_clock_skew_secs >= self.accept_window_secs {
-            return Err(ConfigError::new(
-                "max-clock-skew-secs",
-                "must be above 0 and below --accept-window-secs",
-            ));
+        if self.max_clock_skew_secs == 0 {
+            return Err(ConfigError::new("max-clock-skew-secs", "must be above 0"));
         }
         if self.compaction_grace_secs <= self.accept_window_secs {
             return Err(ConfigError::new(

@@ -263,20 +263,20 @@ impl ApiClient {
         self.get("/api/cluster").await
     }
 
-    /// `GET path`.
+    /// `GET path`, with the admin token if the client has one.
     ///
     /// # Errors
     /// Only when the server cannot be reached.
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
-        send(self.http.get(self.url(path))).await
+        send(self.authorised(self.http.get(self.url(path)))).await
     }
 
-    /// `POST path` with a JSON body.
+    /// `POST path` with a JSON body, with the admin token if the client has one.
     ///
     /// # Errors
     /// Only when the server cannot be reached.
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
-        send(self.http.post(self.url(path)).json(body)).await
+        send(self.authorised(self.http.post(self.url(path)).json(body))).await
     }
 
     /// Any request with raw bytes as the body and an optional content type (for bad input).
