@@ -154,6 +154,16 @@ impl GatewayPool {
         self.call_in_order(&peers, order, request).await
     }
 
+    /// Sends `request` to gateway `id` only.
+    ///
+    /// # Errors
+    /// [`PoolError::NoGateway`] when that gateway is not known or cannot be reached;
+    /// [`PoolError::Rpc`] as for [`GatewayPool::call`].
+    pub async fn call_on(&self, id: u32, request: &GatewayRequest) -> Result<Reply, PoolError> {
+        let peers = self.snapshot();
+        self.call_in_order(&peers, vec![id], request).await
+    }
+
     async fn call_in_order(
         &self,
         peers: &Peers,

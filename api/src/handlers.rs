@@ -254,16 +254,30 @@ pub struct ApiView {
     pub answered_by: u32,
 }
 
-/// `GET /api/cluster`. The internal addresses (data nodes', gateways' and their metrics
-/// endpoints) are shown to admin requests only; others get them empty.
+/// `GET /api/cluster[?gateway=N]`.
+#[derive(Debug, Deserialize)]
+pub struct ClusterQuery {
+    /// Ask this gateway instead of the sweep's leader (to see what each one sees).
+    pub gateway: Option<u32>,
+}
+
+/// `GET /api/cluster`: the status as the sweep's leader (or the gateway `?gateway=N`) sees
+/// it. The internal addresses (data nodes', gateways' and their metrics endpoints) are shown
+/// to admin requests only; others get them empty.
 pub async fn cluster(
     State(state): State<AppState>,
     admin: crate::auth::IsAdmin,
+    ApiQuery(query): ApiQuery<ClusterQuery>,
 ) -> Result<Json<ClusterView>, ApiError> {
-    let reply = state
-        .pool()
-        .call_leader_first(&GatewayRequest::Cluster)
-        .await?;
+    let reply = match query.gateway {
+        Some(id) => state.pool().call_on(id, &GatewayRequest::Cluster).await?,
+        None => {
+            state
+                .pool()
+                .call_leader_first(&GatewayRequest::Cluster)
+                .await?
+        }
+    };
     match reply.response {
         GatewayResponse::Cluster(status) => {
             let mut view = ClusterView {

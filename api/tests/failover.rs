@@ -134,6 +134,14 @@ async fn the_cluster_status_asks_the_smallest_gateway_first() {
     assert!(second.seen().is_empty());
 
     let dead = dead_address().await;
+    let (status, body) = send(&both, common::get("/api/cluster?gateway=2")).await;
+    assert_eq!(
+        (status, body["api"]["answered_by"].clone()),
+        (StatusCode::OK, 2.into())
+    );
+    let (status, body) = send(&both, common::get("/api/cluster?gateway=9")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
     let first_down = app(&[&dead, &second_addr], None);
     let (status, body) = send(&first_down, common::get("/api/cluster")).await;
     assert_eq!(status, StatusCode::OK);

@@ -224,10 +224,13 @@ def run(command: list[str]) -> str:
     return done.stdout
 
 
-def cluster_view(api: Api):
-    status, body = api.get("/api/cluster")
+def cluster_view(api: Api, gateway: int | None = None):
+    """The cluster document (with the internal addresses: as an admin), as the sweep's
+    leader sees it, or as gateway `gateway` does."""
+    path = "/api/cluster" if gateway is None else f"/api/cluster?gateway={gateway}"
+    status, body = api.get(path, admin=True)
     if status != 200:
-        raise CheckFailed(f"/api/cluster: {status} {body}")
+        raise CheckFailed(f"{path}: {status} {body}")
     return body
 
 
@@ -398,15 +401,22 @@ class Test:
         seen: dict[int, str] = {}
 
         def whole() -> tuple[bool | None, str]:
-            # /api/cluster answers from one gateway at a time: wait until each of both has
+            # Each gateway has its own view: ask each one the API knows, until both have
             # answered with every device up and both gateways registered.
-            view = cluster_view(self.api)
-            up = sum(1 for d in view["devices"] if d["up"] and d["reweight"] > 0)
-            state = (f"{up}/{len(view['devices'])} devices up and in, "
-                     f"{len(view['gateways'])} gateways, API knows {len(view['api']['gateways'])}")
-            if up == len(view["devices"]) and len(view["gateways"]) == 2 \
-                    and len(view["api"]["gateways"]) == 2:
-                seen[view["api"]["answered_by"]] = state
+            state = "no answer yet"
+            for entry in cluster_view(self.api)["api"]["gateways"]:
+                try:
+                    view = cluster_view(self.api, entry["id"])
+                except CheckFailed as unreachable:
+                    state = str(unreachable)
+                    continue
+                up = sum(1 for d in view["devices"] if d["up"] and d["reweight"] > 0)
+                state = (f"{up}/{len(view['devices'])} devices up and in, "
+                         f"{len(view['gateways'])} gateways, "
+                         f"API knows {len(view['api']['gateways'])}")
+                if up == len(view["devices"]) and len(view["gateways"]) == 2 \
+                        and len(view["api"]["gateways"]) == 2:
+                    seen[view["api"]["answered_by"]] = state
             return len(seen) == 2 or None, f"{state}; full view from gateways {sorted(seen)}"
 
         wait_until("every device and both gateways back, seen by both gateways", whole)

@@ -8,15 +8,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use cartdb_tests::cluster::bin_dir;
+use cartdb_tests::cluster::{TEST_ADMIN_TOKEN, bin_dir};
 use cartdb_tests::{Cluster, ClusterOptions, wait_until};
 
-/// Runs `cartdb ARGS --api URL` and returns its stdout; fails on a non-zero exit.
+/// Runs `cartdb ARGS --api URL` with the test cluster's admin token in the environment, as an
+/// operator would, and returns its stdout; fails on a non-zero exit.
 fn cartdb(api: &str, args: &[&str]) -> Result<String> {
     let binary = bin_dir().join("cartdb");
     let output = Command::new(&binary)
         .args(args)
         .args(["--api", api])
+        .env("CARTDB_ADMIN_TOKEN", TEST_ADMIN_TOKEN)
         .output()
         .with_context(|| format!("running {}", binary.display()))?;
     ensure!(
@@ -96,6 +98,7 @@ async fn locate_and_device_items_show_the_seed_views() -> Result<()> {
     // Bad input is refused by name.
     let unknown = Command::new(bin_dir().join("cartdb"))
         .args(["device-items", "42", "--api", &url])
+        .env("CARTDB_ADMIN_TOKEN", TEST_ADMIN_TOKEN)
         .output()?;
     assert!(!unknown.status.success());
     let stderr = String::from_utf8_lossy(&unknown.stderr);
