@@ -19,7 +19,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,12 +27,12 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use cartdb_core::connection_slots::ConnectionSlots;
 use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -79,9 +78,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = app.layer(axum::middleware::from_fn_with_state(limits, bound_request));
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut slots = ConnectionSlots::new(
+        limits.max_connections,
+        metrics::counter!("cartdb_http_refused_connections_total"),
+    );
     let connections = TaskTracker::new();
-    let mut last_refusal_logged: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -96,12 +97,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("cartdb_http_refused_connections_total").increment(1);
-            if last_refusal_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                last_refusal_logged = Some(Instant::now());
-                tracing::warn!(%peer, max = limits.max_connections, "refused connection: at the connection limit");
-            }
+        let Some(slot) = slots.admit(peer) else {
             continue;
         };
         // A reply must not wait for the client's delayed ACK.

@@ -11,11 +11,13 @@
 //! - [`rpc`]: length-delimited framing with request ids, a multiplexed client and a server loop.
 //! - [`coord`]: ZooKeeper coordination: membership, the cluster map (PGs included) and the catalog.
 //! - [`config`]: configuration pieces shared by several binaries.
+//! - [`connection_slots`]: the connection cap of every server (RPC and HTTP).
 //! - [`telemetry`]: the Prometheus recorder and the `/metrics` endpoint every process serves.
 
 pub mod cart;
 pub mod catalog;
 pub mod config;
+pub mod connection_slots;
 pub mod coord;
 pub mod merge;
 pub use cartdb_model::{pg, pg_table, placement_key};

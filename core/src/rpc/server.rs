@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Hello;
 use super::connection::{self, FramedStream};
+use crate::connection_slots::ConnectionSlots;
 use crate::wire::ServiceKind;
 
 /// Replies queued per connection before request tasks wait for the writer.
@@ -94,8 +95,10 @@ pub async fn serve_with<S: Service>(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let connections = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut last_refusal_logged: Option<std::time::Instant> = None;
+    let mut slots = ConnectionSlots::new(
+        limits.max_connections,
+        metrics::counter!("cartdb_rpc_server_refused_connections_total", "service" => S::KIND.name()),
+    );
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -103,13 +106,7 @@ pub async fn serve_with<S: Service>(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    metrics::counter!("cartdb_rpc_server_refused_connections_total", "service" => S::KIND.name())
-                        .increment(1);
-                    if last_refusal_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                        last_refusal_logged = Some(std::time::Instant::now());
-                        tracing::warn!(%peer, max = limits.max_connections, "refused connection: at the connection limit");
-                    }
+                let Some(slot) = slots.admit(peer) else {
                     drop(stream);
                     continue;
                 };
