@@ -6,12 +6,21 @@
 #   - a C linker (gcc) for Rust, Java (default-jre-headless) if `java` is missing,
 #     Apache ZooKeeper (Debian's `zookeeper` package) and netcat (`nc`, for `ruok` probes);
 #   - the Rust target wasm32-unknown-unknown (placement policies are WebAssembly guests)
-#     and the rustfmt and clippy components.
+#     and the rustfmt and clippy components;
+#   - with --for-tests, also what only the tests need: Chromium and ChromeDriver (Debian's
+#     chromium and chromium-driver) for the dashboard's browser test.
 #
 # Works without a terminal (DEBIAN_FRONTEND=noninteractive); uses sudo only when not root.
 set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+for_tests=0
+case "${1:-}" in
+    "") ;;
+    --for-tests) for_tests=1 ;;
+    *) die "unknown option '$1' (usage: scripts/install-deps.sh [--for-tests])" ;;
+esac
 
 missing_packages=()
 need_package() { missing_packages+=("$1"); }
@@ -22,6 +31,10 @@ command -v java >/dev/null 2>&1 || need_package default-jre-headless
 [[ -f /usr/share/java/zookeeper.jar ]] || need_package zookeeper
 [[ -f /usr/share/java/slf4j-simple.jar ]] || need_package libslf4j-java
 command -v nc >/dev/null 2>&1 || need_package netcat-openbsd
+if ((for_tests)); then
+    [[ -x /usr/bin/chromium ]] || need_package chromium
+    [[ -x /usr/bin/chromedriver ]] || need_package chromium-driver
+fi
 
 if ((${#missing_packages[@]})); then
     command -v apt-get >/dev/null 2>&1 ||
@@ -37,7 +50,7 @@ if ((${#missing_packages[@]})); then
         apt-get install -y -q --no-install-recommends "${missing_packages[@]}"
     ok "installed ${missing_packages[*]}"
 else
-    ok "system packages present (cc, java, zookeeper, slf4j, nc)"
+    ok "system packages present (cc, java, zookeeper, slf4j, nc$( ((for_tests)) && echo ', chromium, chromedriver'))"
 fi
 
 info "checking the Rust toolchain"

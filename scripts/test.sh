@@ -2,7 +2,7 @@
 # shellcheck source-path=SCRIPTDIR
 # Everything CI checks, in order, with a header per step and a summary at the end:
 #
-#   1. dependencies         scripts/install-deps.sh
+#   1. dependencies         scripts/install-deps.sh --for-tests (adds Chromium and ChromeDriver)
 #   2. format               cargo fmt --all --check
 #   3. build                cargo build --workspace --all-targets (makes target/debug/cartdb-*,
 #                           which the cluster tests run as processes, and target/policies/*.wasm)
@@ -103,7 +103,8 @@ verify_policies() {
 disk_free() { df -h "$TARGET_DIR" 2>/dev/null | tail -n 1 || true; }
 mkdir -p "$TARGET_DIR"
 info "disk before the build: $(disk_free)"
-step "dependencies (scripts/install-deps.sh)" "$CARTDB_REPO/scripts/install-deps.sh" || summary
+step "dependencies (scripts/install-deps.sh --for-tests)" \
+    "$CARTDB_REPO/scripts/install-deps.sh" --for-tests || summary
 step "format (cargo fmt --all --check)" cargo fmt --all --check || true
 if ! step "build (cargo build --workspace --all-targets)" cargo build --workspace --all-targets; then
     summary

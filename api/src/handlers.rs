@@ -476,6 +476,24 @@ pub async fn device_items(
     }
 }
 
+/// Answer of `GET /api/admin/traffic`.
+#[derive(Debug, Serialize)]
+pub struct TrafficSeries {
+    /// Width of each point's bucket.
+    pub bucket_secs: u64,
+    /// The cart operations this API server answered, oldest bucket first.
+    pub points: Vec<crate::traffic::TrafficPoint>,
+}
+
+/// `GET /api/admin/traffic` (admin): this API server's cart operations per second and
+/// latency percentiles over the last ten minutes, for the dashboard's charts.
+pub async fn traffic(_admin: Admin, State(state): State<AppState>) -> Json<TrafficSeries> {
+    Json(TrafficSeries {
+        bucket_secs: crate::traffic::BUCKET_SECS,
+        points: state.traffic().series(crate::traffic::unix_secs()),
+    })
+}
+
 async fn ask(state: &AppState, request: &GatewayRequest) -> Result<Reply, ApiError> {
     Ok(state.pool().call(request).await?)
 }

@@ -16,18 +16,22 @@
 //! - [`handlers`]: one handler per endpoint.
 //! - [`extract`]: extractors whose rejections are JSON errors; the idempotency key.
 //! - [`auth`]: the admin bearer-token check.
+//! - [`dashboard`]: the static dashboard page and its vendored chart library.
+//! - [`traffic`]: the recent cart-operation rate and latency the dashboard charts.
 //! - [`gateways`]: the gateway pool, random choice and failover.
 //! - [`http`]: the server loop with its bounds: connections, head, body and request times.
 //! - [`error`]: [`ApiError`] and its status table.
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod gateways;
 pub mod handlers;
 pub mod http;
 pub mod routes;
+pub mod traffic;
 
 use std::sync::Arc;
 

@@ -11,18 +11,20 @@ use axum::routing::{get, post};
 use crate::auth::AdminToken;
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::gateways::GatewayPool;
-use crate::handlers;
+use crate::traffic::Traffic;
+use crate::{dashboard, handlers};
 
 /// Whether this process's ZooKeeper session is connected (for `/readyz`).
 pub type SessionProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// What every handler can reach: the gateways, the admin token and, for readiness, the
-/// ZooKeeper session.
+/// What every handler can reach: the gateways, the admin token, for readiness the
+/// ZooKeeper session, and the recent traffic the dashboard charts.
 #[derive(Clone)]
 pub struct AppState {
     pool: Arc<GatewayPool>,
     admin: Option<AdminToken>,
     zookeeper: Option<SessionProbe>,
+    traffic: Arc<Traffic>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -42,6 +44,7 @@ impl AppState {
             pool,
             admin: admin_token.map(AdminToken::new),
             zookeeper: None,
+            traffic: Arc::default(),
         }
     }
 
@@ -65,6 +68,10 @@ impl AppState {
     pub fn admin_token(&self) -> Option<&AdminToken> {
         self.admin.as_ref()
     }
+
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
 }
 
 /// The API's routes over `state`. Needs no ZooKeeper: tests fill the pool directly.
@@ -82,13 +89,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/replicas", get(handlers::replicas))
         .route("/api/admin/locate", get(handlers::locate))
         .route("/api/admin/device-items", get(handlers::device_items))
+        .route("/api/admin/traffic", get(handlers::traffic))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/{file}", get(dashboard::asset))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(cartdb_core::telemetry::metrics_handler))
         // Counts and times the requests of the routes above, labelled with the route's
         // pattern (never the query), so it must come after them; unmatched paths are
         // counted by `not_found`.
-        .route_layer(axum::middleware::from_fn(track_request))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            track_request,
+        ))
         // Applies to the routes above, so it must come after them.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -96,9 +109,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The endpoints whose requests are cart operations, charted by the dashboard.
+const CART_OPERATIONS: [&str; 4] = [
+    "/api/insert",
+    "/api/delete",
+    "/api/list_all",
+    "/api/list_category",
+];
+
 /// Records `cartdb_http_requests_total` (by endpoint, method and status) and
-/// `cartdb_http_request_seconds` (by endpoint and method).
+/// `cartdb_http_request_seconds` (by endpoint and method), and the cart operations in the
+/// dashboard's [`Traffic`] window.
 async fn track_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
     path: axum::extract::MatchedPath,
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -107,12 +130,20 @@ async fn track_request(
     let method = request.method().as_str().to_owned();
     let started = std::time::Instant::now();
     let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    if CART_OPERATIONS.contains(&endpoint.as_str()) {
+        state.traffic().record(
+            crate::traffic::unix_secs(),
+            elapsed,
+            response.status().is_server_error(),
+        );
+    }
     metrics::histogram!(
         "cartdb_http_request_seconds",
         "endpoint" => endpoint.clone(),
         "method" => method.clone(),
     )
-    .record(started.elapsed().as_secs_f64());
+    .record(elapsed.as_secs_f64());
     metrics::counter!(
         "cartdb_http_requests_total",
         "endpoint" => endpoint,

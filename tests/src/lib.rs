@@ -16,6 +16,7 @@
 //!
 //! # Layout
 //! - [`cluster`]: [`Cluster::start`] with [`ClusterOptions`], fault injection and the readiness wait.
+//! - [`browser`]: [`Browser`], headless Chromium driven through ChromeDriver (WebDriver).
 //! - [`client`]: [`ApiClient`], a thin REST client returning `(status, json)` as [`Reply`].
 //! - [`gateway`]: [`GatewayClient`], one gateway's RPC, for tests that choose the gateway.
 //! - [`replica_check`]: the replicas' own states and whether they converged.
@@ -26,6 +27,7 @@
 //! - [`ports`]: free loopback ports outside the kernel's ephemeral range.
 //! - [`wait`]: [`wait_until`] and [`Deadline`], polling with a deadline (never a bare sleep).
 
+pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod gateway;
@@ -37,6 +39,7 @@ pub mod view;
 pub mod wait;
 pub mod zookeeper;
 
+pub use browser::Browser;
 pub use client::{ApiClient, Reply};
 pub use cluster::{Cluster, ClusterOptions};
 pub use gateway::GatewayClient;
