@@ -165,8 +165,7 @@ function drawCharts(traffic) {
       }, ops, $("chart-ops")),
       latency: new uPlot({
         width: width(), height: 200, axes,
-        series: [{}, { label: "p50 ms", stroke: "#1a7f37", points: { show: false } },
-          { label: "p99 ms", stroke: "#cf222e", points: { show: false } }],
+        series: [{}, { label: "p50 ms", stroke: "#1a7f37" }, { label: "p99 ms", stroke: "#cf222e" }],
       }, latency, $("chart-latency")),
     };
     window.addEventListener("resize", () => {
