@@ -45,6 +45,8 @@ export COMPOSE_PROJECT_NAME="${CARTDB_TEST_PROJECT:-cartdb-test}"
 # The test's own settings: nothing from the caller's shell may change what is tested.
 CARTDB_ADMIN_TOKEN="compose-test-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 export CARTDB_ADMIN_TOKEN
+CARTDB_CLUSTER_SECRET="compose-test-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export CARTDB_CLUSTER_SECRET
 export CARTDB_REPLICAS=3 CARTDB_WRITE_QUORUM=2 CARTDB_READ_QUORUM=2 CARTDB_API_BIND=127.0.0.1
 START_TIMEOUT="${CARTDB_START_TIMEOUT:-180}"
 # The network's subnet is chosen just before `up`; until then compose still needs a value

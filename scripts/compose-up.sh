@@ -81,6 +81,17 @@ if [[ -z ${CARTDB_ADMIN_TOKEN:-} ]]; then
     CARTDB_ADMIN_TOKEN=$(<"$token_file")
 fi
 export CARTDB_ADMIN_TOKEN
+# The cluster secret every cartdb process proves to its RPC peers, likewise generated once.
+if [[ -z ${CARTDB_CLUSTER_SECRET:-} ]]; then
+    secret_file="$CARTDB_REPO/.cartdb/compose-cluster-secret"
+    if [[ ! -s $secret_file ]]; then
+        mkdir -p "$(dirname "$secret_file")"
+        (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$secret_file")
+        info "generated a cluster secret in $secret_file"
+    fi
+    CARTDB_CLUSTER_SECRET=$(<"$secret_file")
+fi
+export CARTDB_CLUSTER_SECRET
 
 section "5/7 ${COMPOSE[*]} up -d"
 started=$SECONDS

@@ -17,6 +17,8 @@
 #   CARTDB_START_TIMEOUT (seconds, 120), CARTDB_PROFILE (release, or debug for a quicker
 #   build), CARTDB_ADMIN_TOKEN (the API server's admin token; by default one is generated
 #   once and kept in <cluster directory>/admin-token), RUST_LOG (default info).
+# The cluster secret every process proves in its RPC hello is generated once and kept in
+# <cluster directory>/cluster-secret.
 set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -99,6 +101,14 @@ if [[ -z ${CARTDB_ADMIN_TOKEN:-} ]]; then
     CARTDB_ADMIN_TOKEN=$(<"$TOKEN_FILE")
 fi
 export CARTDB_ADMIN_TOKEN
+# The cluster secret every process proves to its RPC peers (a peer without it is refused):
+# generated once per cluster directory, readable by this user only, passed as a file.
+SECRET_FILE="$CLUSTER_HOME/cluster-secret"
+if [[ ! -s $SECRET_FILE ]]; then
+    (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$SECRET_FILE")
+    info "generated a cluster secret in $SECRET_FILE"
+fi
+export CARTDB_CLUSTER_SECRET_FILE="$SECRET_FILE"
 
 # The processes this script started: pid -> name and pid -> log, and the stop order.
 declare -A NAME_OF=() LOG_OF=()

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cartdb_core::config::{ConfigError, ZkArgs};
+use cartdb_core::config::{ConfigError, SecretArgs, ZkArgs};
 use clap::Parser;
 
 /// Configuration of `cartdb-api`.
@@ -49,6 +49,9 @@ pub struct ApiConfig {
     /// How to reach ZooKeeper, where the live gateways are registered.
     #[command(flatten)]
     pub zk: ZkArgs,
+    /// The cluster secret proved to the gateways.
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 impl ApiConfig {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use cartdb_core::rpc::{PeerClient, RpcError};
+use cartdb_core::rpc::{ClusterKey, PeerClient, RpcError};
 use cartdb_core::wire::{GatewayInfo, GatewayRequest, GatewayResponse, ServiceKind};
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -35,6 +35,7 @@ type Peers = BTreeMap<u32, Arc<GatewayClient>>;
 /// never waits for requests in flight and requests never see a half-updated map.
 pub struct GatewayPool {
     timeout: Duration,
+    key: ClusterKey,
     peers: RwLock<Arc<Peers>>,
 }
 
@@ -67,10 +68,12 @@ pub enum PoolError {
 }
 
 impl GatewayPool {
-    /// An empty pool whose calls (connect plus answer) each get `timeout` per gateway.
-    pub fn new(timeout: Duration) -> Self {
+    /// An empty pool whose calls (connect plus answer) each get `timeout` per gateway, and
+    /// whose connections prove the cluster secret `key`.
+    pub fn new(key: ClusterKey, timeout: Duration) -> Self {
         Self {
             timeout,
+            key,
             peers: RwLock::new(Arc::default()),
         }
     }
@@ -95,7 +98,7 @@ impl GatewayPool {
     }
 
     fn client_for(&self, addr: &str) -> GatewayClient {
-        PeerClient::new(addr, ServiceKind::Gateway, self.timeout)
+        PeerClient::new(addr, ServiceKind::Gateway, self.key.clone(), self.timeout)
     }
 
     /// How many gateways are known.
@@ -255,6 +258,10 @@ pub async fn follow_membership<M>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    fn test_key() -> cartdb_core::rpc::ClusterKey {
+        cartdb_core::rpc::ClusterKey::new(b"unit-test-cluster-secret", "test").unwrap()
+    }
+
     use super::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
@@ -310,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn unchanged_gateways_keep_their_client() {
-        let pool = GatewayPool::new(Duration::from_secs(1));
+        let pool = GatewayPool::new(test_key(), Duration::from_secs(1));
         let first = BTreeMap::from([(1, "127.0.0.1:1".to_owned()), (2, "127.0.0.1:2".to_owned())]);
         pool.set_members(&first);
         let before = pool.snapshot();
@@ -323,14 +330,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_pool_has_no_gateway() {
-        let pool = GatewayPool::new(Duration::from_secs(1));
+        let pool = GatewayPool::new(test_key(), Duration::from_secs(1));
         let result = pool.call(&GatewayRequest::Products).await;
         assert!(matches!(result, Err(PoolError::NoGateway)));
     }
 
     #[tokio::test]
     async fn the_pool_follows_membership_changes() {
-        let pool = Arc::new(GatewayPool::new(Duration::from_secs(1)));
+        let pool = Arc::new(GatewayPool::new(test_key(), Duration::from_secs(1)));
         let (members, watched) = watch::channel(BTreeMap::from([(1, "127.0.0.1:1".to_owned())]));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(follow_membership(

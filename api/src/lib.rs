@@ -72,6 +72,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     config.validate()?;
+    let key = config.secret.key()?;
     // Before anything records a metric (the ZooKeeper session's state among them).
     cartdb_core::telemetry::Telemetry::install().map_err(RunError::Telemetry)?;
     // Stops the background work when the server stops, also on its own error, without
@@ -81,7 +82,7 @@ pub async fn run(
     let coordinator = Coordinator::connect(config.zk.coord_config()?, stop.clone())
         .await
         .map_err(RunError::Coordination)?;
-    let pool = Arc::new(GatewayPool::new(config.gateway_timeout()));
+    let pool = Arc::new(GatewayPool::new(key, config.gateway_timeout()));
     let tasks = TaskTracker::new();
     tasks.spawn(gateways::follow_membership(
         pool.clone(),

@@ -182,7 +182,10 @@ async fn readiness_names_what_is_missing() {
     );
 
     let (gateway, addr) = common::spawn_gateway(1, common::Behaviour::Succeed).await;
-    let pool = std::sync::Arc::new(cartdb_api::GatewayPool::new(common::TIMEOUT));
+    let pool = std::sync::Arc::new(cartdb_api::GatewayPool::new(
+        common::cluster_key(),
+        common::TIMEOUT,
+    ));
     pool.set_members(&std::collections::BTreeMap::from([(1, addr)]));
     let disconnected = cartdb_api::router(
         cartdb_api::AppState::new(pool, None).with_session_probe(std::sync::Arc::new(|| false)),

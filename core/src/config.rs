@@ -127,12 +127,39 @@ impl Replication {
 #[error("invalid configuration: {field}: {problem}")]
 pub struct ConfigError {
     pub field: &'static str,
-    pub problem: &'static str,
+    /// What is wrong, naming the value where it helps.
+    pub problem: std::borrow::Cow<'static, str>,
 }
 
 impl ConfigError {
-    pub fn new(field: &'static str, problem: &'static str) -> Self {
-        Self { field, problem }
+    pub fn new(field: &'static str, problem: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Where a process finds the cluster secret it proves in every RPC hello (flattened into
+/// the data node's, gateway's and API server's configs; see [`crate::rpc::secret`]).
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// File holding the cluster secret (at least 16 bytes; surrounding whitespace is
+    /// ignored) that every data node, gateway and API server of the cluster shares. Without
+    /// it, the secret itself is read from CARTDB_CLUSTER_SECRET. scripts/start-cluster.sh
+    /// generates <cluster dir>/cluster-secret.
+    #[arg(long, env = "CARTDB_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<std::path::PathBuf>,
+}
+
+impl SecretArgs {
+    /// The cluster key.
+    ///
+    /// # Errors
+    /// [`ConfigError`] on `cluster-secret-file` naming the file or variable and the problem.
+    pub fn key(&self) -> Result<crate::rpc::ClusterKey, ConfigError> {
+        crate::rpc::ClusterKey::load(self.cluster_secret_file.as_deref())
+            .map_err(|e| ConfigError::new("cluster-secret-file", e.to_string()))
     }
 }
 

@@ -16,7 +16,8 @@ use crate::cart::{
 
 /// Sent in the hello frame of every connection; peers refuse a different version.
 /// 3: placement groups (PG scans, item drops, category answers with item keys).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: the hello carries a nonce and is followed by proofs of the cluster secret.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Which service a connection expects to reach, checked in the hello exchange so that a client
 /// pointed at the wrong port gets a clear error instead of undecodable frames.

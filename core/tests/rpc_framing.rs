@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cartdb_core::rpc::{RpcClient, RpcError, Service, serve};
+use cartdb_core::rpc::{ClusterKey, RpcClient, RpcError, Service, serve};
 use cartdb_core::wire::ServiceKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,18 +38,23 @@ impl Service for Doubler {
 
 type Server = tokio::task::JoinHandle<std::io::Result<()>>;
 
+/// The cluster secret both ends of these tests' connections hold.
+fn key() -> ClusterKey {
+    ClusterKey::new(b"core-test-cluster-secret", "test").unwrap()
+}
+
 async fn start() -> (String, CancellationToken, Server) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(serve(listener, Arc::new(Doubler), shutdown.clone()));
+    let server = tokio::spawn(serve(listener, Arc::new(Doubler), key(), shutdown.clone()));
     (addr, shutdown, server)
 }
 
 const T: Duration = Duration::from_secs(5);
 
 async fn connect(addr: &str) -> RpcClient<u64, u64> {
-    RpcClient::connect(addr, ServiceKind::DataNode, T)
+    RpcClient::connect(addr, ServiceKind::DataNode, &key(), T)
         .await
         .unwrap()
 }
@@ -99,7 +104,7 @@ async fn garbage_closes_only_the_sender() {
 #[tokio::test]
 async fn wrong_service_is_refused_at_hello() {
     let (addr, _shutdown, _server) = start().await;
-    let refused = RpcClient::<u64, u64>::connect(&addr, ServiceKind::Gateway, T).await;
+    let refused = RpcClient::<u64, u64>::connect(&addr, ServiceKind::Gateway, &key(), T).await;
     match refused {
         Err(RpcError::Handshake { problem, .. }) => {
             assert!(problem.contains("DataNode"), "{problem}")

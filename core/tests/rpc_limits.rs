@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cartdb_core::rpc::connection::{self, exchange_hello};
-use cartdb_core::rpc::{Hello, RpcClient, ServeLimits, Service, serve_with};
+use cartdb_core::rpc::secret::Side;
+use cartdb_core::rpc::{ClusterKey, Hello, RpcClient, ServeLimits, Service, serve_with};
 use cartdb_core::wire::ServiceKind;
 use futures::SinkExt;
 use tokio::io::AsyncReadExt;
@@ -51,6 +52,7 @@ async fn start(limits: ServeLimits) -> (String, Arc<Staller>, CancellationToken)
     tokio::spawn(serve_with(
         listener,
         service.clone(),
+        key(),
         limits,
         shutdown.clone(),
     ));
@@ -58,6 +60,11 @@ async fn start(limits: ServeLimits) -> (String, Arc<Staller>, CancellationToken)
 }
 
 const T: Duration = Duration::from_secs(5);
+
+/// The cluster secret both ends of these tests' connections hold.
+fn key() -> ClusterKey {
+    ClusterKey::new(b"core-test-cluster-secret", "test").unwrap()
+}
 
 /// Polls `done` every 10 ms until it holds or `limit` passes; whether it held.
 async fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -82,7 +89,7 @@ async fn idle_connections_hit_the_cap_while_a_peer_is_served() {
         ..ServeLimits::default()
     };
     let (addr, _service, shutdown) = start(limits).await;
-    let peer: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, T)
+    let peer: RpcClient<u64, u64> = RpcClient::connect(&addr, ServiceKind::DataNode, &key(), T)
         .await
         .unwrap();
     let mut idle = Vec::new();
@@ -115,7 +122,7 @@ async fn idle_connections_hit_the_cap_while_a_peer_is_served() {
     let mut reconnected = None;
     let deadline = Instant::now() + Duration::from_secs(20);
     while reconnected.is_none() && Instant::now() < deadline {
-        match RpcClient::<u64, u64>::connect(&addr, ServiceKind::DataNode, T).await {
+        match RpcClient::<u64, u64>::connect(&addr, ServiceKind::DataNode, &key(), T).await {
             Ok(client) => reconnected = Some(client),
             // A back-off between attempts, not synchronisation.
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -141,9 +148,14 @@ async fn pipelined_requests_are_held_back_at_the_in_flight_bound() {
     let (addr, service, shutdown) = start(limits).await;
     let stream = TcpStream::connect(&addr).await.unwrap();
     let mut framed = connection::framed(stream);
-    exchange_hello(&mut framed, Hello::new(ServiceKind::DataNode))
-        .await
-        .unwrap();
+    exchange_hello(
+        &mut framed,
+        Hello::new(ServiceKind::DataNode),
+        &key(),
+        Side::Client,
+    )
+    .await
+    .unwrap();
     let writer = tokio::spawn(async move {
         for id in 0..100_000u64 {
             let frame = connection::encode(id, &0u64).unwrap();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cartdb_core::cart::DeviceId;
-use cartdb_core::config::{ConfigError, MetricsArgs, ZkArgs};
+use cartdb_core::config::{ConfigError, MetricsArgs, SecretArgs, ZkArgs};
 use cartdb_core::coord::CoordConfig;
 use clap::Parser;
 
@@ -61,6 +61,8 @@ pub struct DataNodeConfig {
     pub metrics: MetricsArgs,
     #[command(flatten)]
     pub zk: ZkArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 /// The validated configuration.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cartdb_core::coord::Coordinator;
-use cartdb_core::rpc::serve;
+use cartdb_core::rpc::{ClusterKey, serve};
 use cartdb_core::telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = config.settings()?;
+    let key = config.secret.key()?;
     let bound = listener
         .local_addr()
         .context("reading the listener's address")?;
@@ -65,6 +66,7 @@ pub async fn run(
             .serve(metrics.listener, metrics_stop.clone()),
     );
     let served = serve_registered(
+        &key,
         &settings,
         &advertise,
         &metrics.address,
@@ -93,6 +95,7 @@ pub async fn run(
 /// Registers the device (with its metrics address), serves until shutdown, drains, and
 /// deregisters.
 async fn serve_registered(
+    key: &ClusterKey,
     settings: &NodeSettings,
     advertise: &str,
     metrics_address: &str,
@@ -118,7 +121,7 @@ async fn serve_registered(
         .await
         .with_context(|| format!("registering device {} at {advertise}", settings.device))?;
     tracing::info!(device = settings.device, %advertise, "data node serving");
-    let served = serve_until_stopped(listener, node, shutdown).await;
+    let served = serve_until_stopped(listener, node, key, shutdown).await;
     // Closing the session removes the ephemeral znode anyway; this only makes it prompt.
     if let Err(e) = coord.deregister_device(settings.device).await {
         tracing::warn!(error = %e, "cannot deregister; the session close will remove it");
@@ -132,10 +135,11 @@ async fn serve_registered(
 async fn serve_until_stopped(
     listener: TcpListener,
     node: &Arc<DataNodeService>,
+    key: &ClusterKey,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    let server = serve(listener, node.clone(), stop.clone());
+    let server = serve(listener, node.clone(), key.clone(), stop.clone());
     tokio::pin!(server);
     let storage_failed = tokio::select! {
         served = &mut server => return served.context("serving gateways"),

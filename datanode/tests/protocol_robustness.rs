@@ -11,7 +11,8 @@ use std::time::Duration;
 use cartdb_core::cart::{ItemKey, OpKind};
 use cartdb_core::pg::Pool;
 use cartdb_core::placement_key::placement_key;
-use cartdb_core::rpc::{Hello, RpcClient, serve};
+use cartdb_core::rpc::secret::Side;
+use cartdb_core::rpc::{ClusterKey, Hello, RpcClient, serve};
 use cartdb_core::wire::{DataRequest, DataResponse, ServiceKind};
 use cartdb_datanode::group_commit::{GroupCommitSettings, Timing};
 use cartdb_datanode::service::DataNodeService;
@@ -43,7 +44,7 @@ async fn start_node(
     let shutdown = CancellationToken::new();
     let server = tokio::spawn({
         let (service, shutdown) = (service.clone(), shutdown.clone());
-        async move { serve(listener, service, shutdown).await.unwrap() }
+        async move { serve(listener, service, key(), shutdown).await.unwrap() }
     });
     (addr, service, shutdown, server)
 }
@@ -69,12 +70,31 @@ async fn write_frame(stream: &mut TcpStream, body: &[u8]) {
 /// Connects raw and completes the hello, as a well-behaved client would.
 async fn raw_after_hello(addr: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let hello = postcard::to_stdvec(&Hello::new(ServiceKind::DataNode)).unwrap();
-    write_frame(&mut stream, &hello).await;
-    let len = stream.read_u32().await.unwrap();
-    let mut theirs = vec![0; usize::try_from(len).unwrap()];
-    stream.read_exact(&mut theirs).await.unwrap();
+    let ours = Hello::new(ServiceKind::DataNode);
+    write_frame(&mut stream, &postcard::to_stdvec(&ours).unwrap()).await;
+    let theirs: Hello = postcard::from_bytes(&read_frame(&mut stream).await).unwrap();
+    let proof = key().proof(
+        Side::Client,
+        ours.service,
+        ours.protocol,
+        &ours.nonce,
+        &theirs.nonce,
+    );
+    write_frame(&mut stream, &proof).await;
+    let _server_proof = read_frame(&mut stream).await;
     stream
+}
+
+async fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
+    let len = stream.read_u32().await.unwrap();
+    let mut frame = vec![0; usize::try_from(len).unwrap()];
+    stream.read_exact(&mut frame).await.unwrap();
+    frame
+}
+
+/// The cluster secret of the node under test and its clients.
+fn key() -> ClusterKey {
+    ClusterKey::new(b"datanode-test-cluster-secret", "test").unwrap()
 }
 
 /// Waits for the server to close the connection (EOF or reset), ignoring what it sends.
@@ -89,7 +109,7 @@ async fn assert_closed_by_server(mut stream: TcpStream) {
 async fn a_proper_client_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, service, shutdown, server) = start_node(dir.path()).await;
-    let client = Client::connect(&addr, ServiceKind::DataNode, TIMEOUT)
+    let client = Client::connect(&addr, ServiceKind::DataNode, &key(), TIMEOUT)
         .await
         .unwrap();
     let reply = client.call(&apply(1, OpKind::Add), TIMEOUT).await.unwrap();
@@ -174,7 +194,7 @@ async fn a_proper_client_is_served() {
 async fn bad_peers_are_disconnected_and_others_served() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, service, shutdown, server) = start_node(dir.path()).await;
-    let before = Client::connect(&addr, ServiceKind::DataNode, TIMEOUT)
+    let before = Client::connect(&addr, ServiceKind::DataNode, &key(), TIMEOUT)
         .await
         .unwrap();
 
@@ -202,7 +222,7 @@ async fn bad_peers_are_disconnected_and_others_served() {
             duplicate: false
         }
     );
-    let after = Client::connect(&addr, ServiceKind::DataNode, TIMEOUT)
+    let after = Client::connect(&addr, ServiceKind::DataNode, &key(), TIMEOUT)
         .await
         .unwrap();
     let reply = after.call(&apply(2, OpKind::Add), TIMEOUT).await.unwrap();
@@ -224,8 +244,13 @@ async fn bad_peers_are_disconnected_and_others_served() {
 async fn the_wrong_service_is_refused_at_hello() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, _service, shutdown, server) = start_node(dir.path()).await;
-    let wrong =
-        RpcClient::<DataRequest, DataResponse>::connect(&addr, ServiceKind::Gateway, TIMEOUT).await;
+    let wrong = RpcClient::<DataRequest, DataResponse>::connect(
+        &addr,
+        ServiceKind::Gateway,
+        &key(),
+        TIMEOUT,
+    )
+    .await;
     assert!(wrong.is_err());
     shutdown.cancel();
     server.await.unwrap();

@@ -191,6 +191,10 @@ fn horizon_at(millis: u64) -> Version {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 mod tests {
+    fn test_key() -> cartdb_core::rpc::ClusterKey {
+        cartdb_core::rpc::ClusterKey::new(b"unit-test-cluster-secret", "test").unwrap()
+    }
+
     use cartdb_core::cart::{Base, ItemMeta, StateDigest};
 
     use super::*;
@@ -236,7 +240,7 @@ mod tests {
             grace: Duration::from_secs(60),
             min_ops: 8,
         };
-        let replicas = Arc::new(Replicas::new(Duration::from_millis(10)));
+        let replicas = Arc::new(Replicas::new(test_key(), Duration::from_millis(10)));
         let c = Compactor::new(replicas, settings, Duration::from_millis(10));
         let due = c.due("u", vec![settled("short", 3), settled("long", 8)]);
         assert_eq!(due.len(), 1);

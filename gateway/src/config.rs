@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cartdb_core::config::{ConfigError, MetricsArgs, Replication, ZkArgs};
+use cartdb_core::config::{ConfigError, MetricsArgs, Replication, SecretArgs, ZkArgs};
 use cartdb_core::coord::{CoordConfig, PoolSettings};
 use cartdb_core::pg::MAX_PG_NUM;
 use clap::Parser;
@@ -101,6 +101,8 @@ pub struct GatewayConfig {
     pub metrics: MetricsArgs,
     #[command(flatten)]
     pub zk: ZkArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
 }
 
 /// Shortest and longest accepted request time limits.

@@ -49,7 +49,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cartdb_core::catalog::Catalog;
 use cartdb_core::coord::{ClusterMap, Coordinator};
-use cartdb_core::rpc;
+use cartdb_core::rpc::{self, ClusterKey};
 use cartdb_core::telemetry::Metrics;
 use cartdb_core::wire::PolicyInfo;
 use tokio::net::TcpListener;
@@ -88,6 +88,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = config.validate()?;
+    let key = config.secret.key()?;
     // First, so that everything recorded from here on (the ZooKeeper session's state among
     // it) reaches the recorder.
     let address = advertised_address(&settings, &listener)?;
@@ -103,7 +104,7 @@ pub async fn run(
     let Some(map) = wait_until_ready(&coordinator, &shutdown).await? else {
         return Ok(());
     };
-    let (view, replicas) = initial_view(&coordinator, &policy, map, &settings).await?;
+    let (view, replicas) = initial_view(&coordinator, &policy, map, &settings, &key).await?;
     coordinator
         .set_metrics_address(&metrics.address)
         .await
@@ -151,7 +152,7 @@ pub async fn run(
         tokio::spawn(sweep.run(shutdown.clone()))
     });
     tracing::info!(%address, gateway = gateway_id, "gateway serving");
-    let served = rpc::serve(listener, service, shutdown.clone()).await;
+    let served = rpc::serve(listener, service, key, shutdown.clone()).await;
     if let Err(e) = keeper.await {
         tracing::error!(error = %e, "the cluster keeper failed");
     }
@@ -193,6 +194,7 @@ async fn initial_view(
     policy: &PlacementPolicy,
     map: Arc<ClusterMap>,
     settings: &GatewaySettings,
+    key: &ClusterKey,
 ) -> anyhow::Result<(Arc<ClusterView>, Arc<Replicas>)> {
     if usize::try_from(map.settings.size).ok() != Some(settings.replication.replicas) {
         anyhow::bail!(
@@ -208,7 +210,7 @@ async fn initial_view(
         .with_context(|| format!("cannot place with the map at epoch {}", map.epoch))?;
     let members = coordinator.members().borrow().clone();
     let connect_timeout = settings.request_timeout.min(MAX_CONNECT_TIMEOUT);
-    let replicas = Arc::new(Replicas::new(connect_timeout));
+    let replicas = Arc::new(Replicas::new(key.clone(), connect_timeout));
     replicas.refresh(&members.devices);
     let topology = Topology::new(map, members, Arc::new(placement));
     Ok((Arc::new(ClusterView::new(topology)), replicas))

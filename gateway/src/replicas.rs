@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use cartdb_core::cart::DeviceId;
-use cartdb_core::rpc::{PeerClient, RpcError};
+use cartdb_core::rpc::{ClusterKey, PeerClient, RpcError};
 use cartdb_core::wire::{DataFailure, DataRequest, DataResponse, ServiceKind};
 
 /// A connection to one data node.
@@ -42,14 +42,17 @@ pub enum ReplicaError {
 /// Every live data node, by device id.
 pub struct Replicas {
     peers: ArcSwap<BTreeMap<DeviceId, Arc<DataClient>>>,
+    key: ClusterKey,
     connect_timeout: Duration,
 }
 
 impl Replicas {
-    /// No peers yet; connections made later give up after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// No peers yet; connections made later prove the cluster secret `key` and give up
+    /// after `connect_timeout`.
+    pub fn new(key: ClusterKey, connect_timeout: Duration) -> Self {
         Self {
             peers: ArcSwap::from_pointee(BTreeMap::new()),
+            key,
             connect_timeout,
         }
     }
@@ -70,6 +73,7 @@ impl Replicas {
                     _ => Arc::new(DataClient::new(
                         addr.clone(),
                         ServiceKind::DataNode,
+                        self.key.clone(),
                         self.connect_timeout,
                     )),
                 };
@@ -181,6 +185,10 @@ pub fn response_name(response: &DataResponse) -> &'static str {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 mod tests {
+    fn test_key() -> cartdb_core::rpc::ClusterKey {
+        cartdb_core::rpc::ClusterKey::new(b"unit-test-cluster-secret", "test").unwrap()
+    }
+
     use super::*;
 
     fn addrs(entries: &[(DeviceId, &str)]) -> BTreeMap<DeviceId, String> {
@@ -189,7 +197,7 @@ mod tests {
 
     #[tokio::test]
     async fn refresh_keeps_unchanged_clients_and_replaces_moved_ones() {
-        let replicas = Replicas::new(Duration::from_millis(100));
+        let replicas = Replicas::new(test_key(), Duration::from_millis(100));
         replicas.refresh(&addrs(&[(1, "127.0.0.1:1"), (2, "127.0.0.1:2")]));
         let one = replicas.peer(1).unwrap();
         let two = replicas.peer(2).unwrap();
@@ -208,7 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_device_without_a_data_node_is_down() {
-        let replicas = Replicas::new(Duration::from_millis(100));
+        let replicas = Replicas::new(test_key(), Duration::from_millis(100));
         let request = DataRequest::ReadUser { user: "u".into() };
         let error = replicas
             .call(7, &request, Duration::from_millis(100))

@@ -96,7 +96,7 @@ impl TestGateway {
             gateways: BTreeMap::from([(1, "127.0.0.1:7100".to_owned())]),
             ..Membership::default()
         };
-        let replicas = Arc::new(Replicas::new(Duration::from_secs(1)));
+        let replicas = Arc::new(Replicas::new(common::cluster_key(), Duration::from_secs(1)));
         replicas.refresh(&addresses);
         let catalog = Catalog::from_json(&config_file("catalog.json")).unwrap();
         let (catalog_tx, catalog_rx) = watch::channel(Arc::new(catalog));

@@ -33,7 +33,7 @@ struct Fixture {
 impl Fixture {
     async fn start() -> Fixture {
         let (nodes, addresses) = start_nodes(3).await;
-        let replicas = Replicas::new(Duration::from_secs(1));
+        let replicas = Replicas::new(common::cluster_key(), Duration::from_secs(1));
         replicas.refresh(&addresses);
         Fixture {
             nodes,

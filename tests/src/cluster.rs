@@ -59,6 +59,22 @@ pub struct ClusterOptions {
 /// The admin token of test clusters unless a test sets another.
 pub const TEST_ADMIN_TOKEN: &str = "cartdb-test-admin-token";
 
+/// The cluster secret of every test cluster, written to `<cluster dir>/cluster-secret` and
+/// given to every process with `--cluster-secret-file`.
+pub const TEST_CLUSTER_SECRET: &str = "cartdb-test-cluster-secret";
+/// The name of that file in the cluster's directory.
+const SECRET_FILE: &str = "cluster-secret";
+
+/// The key of [`TEST_CLUSTER_SECRET`], for tests that speak the RPC themselves.
+///
+/// # Panics
+/// Never: the constant is long enough.
+pub fn test_cluster_key() -> cartdb_core::rpc::ClusterKey {
+    #[allow(clippy::expect_used)]
+    cartdb_core::rpc::ClusterKey::new(TEST_CLUSTER_SECRET.as_bytes(), "TEST_CLUSTER_SECRET")
+        .expect("the test secret is long enough")
+}
+
 impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
@@ -160,6 +176,14 @@ pub struct Cluster {
     dir: Option<tempfile::TempDir>,
 }
 
+/// `--cluster-secret-file <dir>/cluster-secret`.
+fn secret_args(dir: &Path) -> [std::ffi::OsString; 2] {
+    [
+        "--cluster-secret-file".into(),
+        dir.join(SECRET_FILE).into_os_string(),
+    ]
+}
+
 impl Cluster {
     /// Starts ZooKeeper, then every data node, gateway and the API server, and waits until
     /// `/api/cluster` shows every device up and in and every gateway registered.
@@ -173,6 +197,9 @@ impl Cluster {
             .prefix("cartdb-cluster-")
             .tempdir()
             .context("creating the cluster directory")?;
+        let secret = dir.path().join(SECRET_FILE);
+        std::fs::write(&secret, TEST_CLUSTER_SECRET)
+            .with_context(|| format!("writing {}", secret.display()))?;
         let zk_dir = dir.path().join("zookeeper");
         let zookeeper = ZooKeeper::start(&zk_dir, free_port()?, options.start_timeout).await?;
         let api_port = free_port()?;
@@ -233,6 +260,7 @@ impl Cluster {
                 .args(["--listen".to_owned(), format!("127.0.0.1:{}", free_port()?)])
                 .args(["--data-dir".into(), data.into_os_string()])
                 .args(self.zk_args())
+                .args(self.secret_args())
                 .args(self.options.datanode_args.clone()),
         )
     }
@@ -244,6 +272,7 @@ impl Cluster {
             Service::new(format!("gateway-{n}"), &artifacts.gateway, log)
                 .args(["--listen".to_owned(), format!("127.0.0.1:{}", free_port()?)])
                 .args(self.zk_args())
+                .args(self.secret_args())
                 .args([
                     "--placement-policy".into(),
                     artifacts.policy.clone().into_os_string(),
@@ -277,12 +306,17 @@ impl Cluster {
             .args([
                 "--zk-session-timeout-ms".to_owned(),
                 options.zk_session_timeout_ms.to_string(),
-            ]);
+            ])
+            .args(secret_args(dir));
         api = match &options.admin_token {
             Some(token) => api.args(["--admin-token", token]),
             None => api.args(["--insecure-open-admin"]),
         };
         api
+    }
+
+    fn secret_args(&self) -> [std::ffi::OsString; 2] {
+        secret_args(self.path())
     }
 
     fn zk_args(&self) -> [String; 4] {

@@ -22,7 +22,8 @@ impl GatewayClient {
     /// # Errors
     /// When the connection or the protocol handshake fails.
     pub async fn connect(address: &str) -> anyhow::Result<Self> {
-        let client = RpcClient::connect(address, ServiceKind::Gateway, TIMEOUT)
+        let key = crate::cluster::test_cluster_key();
+        let client = RpcClient::connect(address, ServiceKind::Gateway, &key, TIMEOUT)
             .await
             .with_context(|| format!("connecting to the gateway at {address}"))?;
         Ok(Self {

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use cartdb_api::{AppState, GatewayPool, router};
 use cartdb_core::cart::{CartLine, Product};
-use cartdb_core::rpc::{Service, serve};
+use cartdb_core::rpc::{ClusterKey, Service, serve};
 use cartdb_core::wire::{
     ClusterStatus, GatewayFailure, GatewayRequest, GatewayResponse, PolicyInfo, ReplicationInfo,
     ServiceKind,
@@ -160,6 +160,11 @@ pub fn success(gateway: u32, request: &GatewayRequest) -> GatewayResponse {
     }
 }
 
+/// The cluster secret the fake gateways and the routers' pools share.
+pub fn cluster_key() -> ClusterKey {
+    ClusterKey::new(b"api-test-cluster-secret", "test").unwrap()
+}
+
 /// A fake gateway served on a free loopback port until the test ends.
 pub async fn spawn_gateway(id: u32, behaviour: Behaviour) -> (Arc<FakeGateway>, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -169,7 +174,12 @@ pub async fn spawn_gateway(id: u32, behaviour: Behaviour) -> (Arc<FakeGateway>, 
         behaviour,
         seen: Mutex::default(),
     });
-    tokio::spawn(serve(listener, gateway.clone(), CancellationToken::new()));
+    tokio::spawn(serve(
+        listener,
+        gateway.clone(),
+        cluster_key(),
+        CancellationToken::new(),
+    ));
     (gateway, addr)
 }
 
@@ -184,7 +194,7 @@ pub const TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A router over the gateways at `addrs` (gateway ids 1, 2, ...).
 pub fn app(addrs: &[&str], admin_token: Option<&str>) -> Router {
-    let pool = Arc::new(GatewayPool::new(TIMEOUT));
+    let pool = Arc::new(GatewayPool::new(cluster_key(), TIMEOUT));
     let members: BTreeMap<u32, String> = (1..)
         .zip(addrs)
         .map(|(id, addr)| (id, (*addr).to_owned()))

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::connection::{self, FramedStream};
+use super::secret::{ClusterKey, Side};
 use super::{Hello, RpcError};
 use crate::wire::ServiceKind;
 
@@ -48,14 +49,17 @@ where
     Req: Serialize,
     Resp: DeserializeOwned + Send + 'static,
 {
-    /// Connects to `addr` and checks that it is a `service` speaking our protocol version.
+    /// Connects to `addr` and checks that it is a `service` speaking our protocol version
+    /// and holding the cluster secret `key` (proving ours in turn).
     ///
     /// # Errors
     /// [`RpcError::Connect`] when the TCP connection fails or times out,
-    /// [`RpcError::Handshake`] when the peer is not the expected service.
+    /// [`RpcError::Handshake`] when the peer is not the expected service or refuses (or
+    /// fails) the proof of the cluster secret.
     pub async fn connect(
         addr: &str,
         service: ServiceKind,
+        key: &ClusterKey,
         timeout: Duration,
     ) -> Result<Self, RpcError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -69,7 +73,7 @@ where
                 source,
             })?;
         let mut framed = connection::framed(stream);
-        connection::exchange_hello(&mut framed, Hello::new(service))
+        connection::exchange_hello(&mut framed, Hello::new(service), key, Side::Client)
             .await
             .map_err(|problem| RpcError::Handshake {
                 addr: addr.to_owned(),
@@ -288,6 +292,7 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
 pub struct PeerClient<Req, Resp> {
     addr: String,
     service: ServiceKind,
+    key: ClusterKey,
     connect_timeout: Duration,
     state: tokio::sync::Mutex<PeerState<Req, Resp>>,
 }
@@ -302,11 +307,18 @@ where
     Req: Serialize,
     Resp: DeserializeOwned + Send + 'static,
 {
-    /// A peer at `addr` that is expected to be a `service`. Does not connect yet.
-    pub fn new(addr: impl Into<String>, service: ServiceKind, connect_timeout: Duration) -> Self {
+    /// A peer at `addr` that is expected to be a `service` holding the cluster secret `key`.
+    /// Does not connect yet.
+    pub fn new(
+        addr: impl Into<String>,
+        service: ServiceKind,
+        key: ClusterKey,
+        connect_timeout: Duration,
+    ) -> Self {
         Self {
             addr: addr.into(),
             service,
+            key,
             connect_timeout,
             state: tokio::sync::Mutex::new(PeerState {
                 client: None,
@@ -342,7 +354,7 @@ where
                 addr: self.addr.clone(),
             });
         }
-        match RpcClient::connect(&self.addr, self.service, self.connect_timeout).await {
+        match RpcClient::connect(&self.addr, self.service, &self.key, self.connect_timeout).await {
             Ok(client) => {
                 let client = Arc::new(client);
                 state.client = Some(client.clone());

@@ -1,4 +1,5 @@
-//! The frame codec and the hello exchange that opens every connection.
+//! The frame codec and the hello exchange (with the cluster secret's proofs) that opens
+//! every connection.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use super::secret::{ClusterKey, Side};
 use super::{Frame, Hello, MAX_FRAME_BYTES};
 
 /// A TCP stream cut into length-delimited frames.
@@ -45,28 +47,76 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Frame<T>, postcard::E
 }
 
 /// Sends our hello and reads the peer's, failing with the reason when the peer's does not
-/// match `ours`.
+/// match `ours`; then proves the cluster secret and checks the peer's proof, in the order
+/// [`super::secret`] describes for `side`.
 ///
 /// # Errors
-/// A description of the problem: I/O failure, time-out, an undecodable hello or a mismatch.
-pub async fn exchange_hello(stream: &mut FramedStream, ours: Hello) -> Result<(), String> {
+/// A description of the problem: I/O failure, time-out, an undecodable hello, a mismatch, or
+/// a proof of the cluster secret that is missing or wrong.
+pub async fn exchange_hello(
+    stream: &mut FramedStream,
+    ours: Hello,
+    key: &ClusterKey,
+    side: Side,
+) -> Result<(), String> {
     let bytes = postcard::to_stdvec(&ours).map_err(|e| format!("cannot encode hello: {e}"))?;
-    stream
-        .send(Bytes::from(bytes))
-        .await
-        .map_err(|e| format!("cannot send hello: {e}"))?;
-    let reply = tokio::time::timeout(HELLO_TIMEOUT, stream.next())
-        .await
-        .map_err(|_| format!("no hello within {HELLO_TIMEOUT:?}"))?;
-    let frame = match reply {
-        Some(Ok(frame)) => frame,
-        Some(Err(e)) => return Err(format!("cannot read hello: {e}")),
-        None => return Err("connection closed during hello".to_owned()),
-    };
+    send(stream, Bytes::from(bytes), "hello").await?;
+    let frame = receive(stream, "hello").await?;
     let theirs: Hello =
         postcard::from_bytes(&frame).map_err(|e| format!("undecodable hello: {e}"))?;
-    match theirs.mismatch(&ours) {
-        Some(problem) => Err(problem),
-        None => Ok(()),
+    if let Some(problem) = theirs.mismatch(&ours) {
+        return Err(problem);
+    }
+    let proof = key.proof(
+        side,
+        ours.service,
+        ours.protocol,
+        &ours.nonce,
+        &theirs.nonce,
+    );
+    let check = |frame: &[u8], peer: Side| {
+        key.verify(
+            frame,
+            peer,
+            ours.service,
+            ours.protocol,
+            &theirs.nonce,
+            &ours.nonce,
+        )
+    };
+    match side {
+        Side::Client => {
+            send(stream, Bytes::copy_from_slice(&proof), "proof").await?;
+            let frame = receive(stream, "proof").await?;
+            if !check(&frame, Side::Server) {
+                return Err("the server did not prove the cluster secret (do both use the same --cluster-secret-file?)".to_owned());
+            }
+        }
+        Side::Server => {
+            let frame = receive(stream, "proof").await?;
+            if !check(&frame, Side::Client) {
+                return Err("the peer did not prove the cluster secret (do both use the same --cluster-secret-file?)".to_owned());
+            }
+            send(stream, Bytes::copy_from_slice(&proof), "proof").await?;
+        }
+    }
+    Ok(())
+}
+
+async fn send(stream: &mut FramedStream, frame: Bytes, what: &str) -> Result<(), String> {
+    stream
+        .send(frame)
+        .await
+        .map_err(|e| format!("cannot send the {what}: {e}"))
+}
+
+async fn receive(stream: &mut FramedStream, what: &str) -> Result<bytes::BytesMut, String> {
+    let reply = tokio::time::timeout(HELLO_TIMEOUT, stream.next())
+        .await
+        .map_err(|_| format!("no {what} within {HELLO_TIMEOUT:?}"))?;
+    match reply {
+        Some(Ok(frame)) => Ok(frame),
+        Some(Err(e)) => Err(format!("cannot read the {what}: {e}")),
+        None => Err(format!("connection closed before the {what}")),
     }
 }

@@ -6,8 +6,10 @@
 //!
 //! ```text
 //! client                                   server
-//!   | -- Hello{magic, protocol, service} --> |   refuses a wrong service or version
-//!   | <-- Hello{magic, protocol, service} -- |
+//!   | -- Hello{magic, protocol, service, ..> |   refuses a wrong service or version
+//!   | <-- Hello{magic, protocol, service, .. |
+//!   | -- proof of the cluster secret ------> |   refuses a peer without the secret
+//!   | <-- proof of the cluster secret ------ |
 //!   | -- Frame{id: 1, Apply..} ------------> |   each request is served in its own task
 //!   | -- Frame{id: 2, ReadUser..} ---------> |
 //!   | <-- Frame{id: 2, UserItems..} -------- |
@@ -21,9 +23,11 @@
 //! - [`connection`]: the codec, the hello exchange and frame encoding.
 //! - [`client`]: [`RpcClient`], one multiplexed connection; [`PeerClient`], one that reconnects.
 //! - [`server`]: the [`Service`] trait and [`serve`], the accept loop.
+//! - [`secret`]: [`ClusterKey`], the cluster secret and its HMAC challenge.
 
 pub mod client;
 pub mod connection;
+pub mod secret;
 pub mod server;
 
 use std::time::Duration;
@@ -31,6 +35,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use client::{PeerClient, RpcClient};
+pub use secret::{ClusterKey, SecretError};
 pub use server::{ServeLimits, Service, serve, serve_with};
 
 use crate::wire::ServiceKind;
@@ -85,17 +90,21 @@ pub struct Hello {
     pub magic: [u8; 6],
     pub protocol: u16,
     pub service: ServiceKind,
+    /// Fresh random bytes for this connection, covered by both proofs of the cluster
+    /// secret ([`secret`]).
+    pub nonce: [u8; secret::NONCE_BYTES],
 }
 
 impl Hello {
     pub const MAGIC: [u8; 6] = *b"cartdb";
 
-    /// The hello of this build for `service`.
+    /// The hello of this build for `service`, with a fresh nonce.
     pub fn new(service: ServiceKind) -> Self {
         Self {
             magic: Self::MAGIC,
             protocol: crate::wire::PROTOCOL_VERSION,
             service,
+            nonce: rand::random(),
         }
     }
 

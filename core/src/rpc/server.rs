@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Hello;
 use super::connection::{self, FramedStream};
+use super::secret::{ClusterKey, Side};
 use crate::connection_slots::ConnectionSlots;
 use crate::wire::ServiceKind;
 
@@ -79,9 +80,10 @@ impl Default for ServeLimits {
 pub async fn serve<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
+    key: ClusterKey,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_with(listener, service, ServeLimits::default(), shutdown).await
+    serve_with(listener, service, key, ServeLimits::default(), shutdown).await
 }
 
 /// [`serve`] with the bounds `limits`.
@@ -91,9 +93,11 @@ pub async fn serve<S: Service>(
 pub async fn serve_with<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
+    key: ClusterKey,
     limits: ServeLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let key = Arc::new(key);
     let connections = TaskTracker::new();
     let mut slots = ConnectionSlots::new(
         limits.max_connections,
@@ -110,9 +114,9 @@ pub async fn serve_with<S: Service>(
                     drop(stream);
                     continue;
                 };
-                let (service, shutdown) = (service.clone(), shutdown.clone());
+                let (service, key, shutdown) = (service.clone(), key.clone(), shutdown.clone());
                 connections.spawn(async move {
-                    serve_connection(stream, peer, service, limits, shutdown).await;
+                    serve_connection(stream, peer, service, &key, limits, shutdown).await;
                     drop(slot);
                 });
             }
@@ -133,11 +137,16 @@ async fn serve_connection<S: Service>(
     stream: TcpStream,
     peer: SocketAddr,
     service: Arc<S>,
+    key: &ClusterKey,
     limits: ServeLimits,
     shutdown: CancellationToken,
 ) {
     let mut framed = connection::framed(stream);
-    if let Err(problem) = connection::exchange_hello(&mut framed, Hello::new(S::KIND)).await {
+    if let Err(problem) =
+        connection::exchange_hello(&mut framed, Hello::new(S::KIND), key, Side::Server).await
+    {
+        metrics::counter!("cartdb_rpc_server_refused_handshakes_total", "service" => S::KIND.name())
+            .increment(1);
         tracing::warn!(%peer, %problem, "refused connection: bad hello");
         return;
     }

@@ -174,6 +174,11 @@ pub struct RunningNode {
     stop: CancellationToken,
 }
 
+/// The cluster secret the fake data nodes and the gateways under test share.
+pub fn cluster_key() -> rpc::ClusterKey {
+    rpc::ClusterKey::new(b"gateway-test-cluster-secret", "test").unwrap()
+}
+
 impl RunningNode {
     /// Starts a fake data node for `device` on a free loopback port.
     pub async fn start(device: DeviceId) -> RunningNode {
@@ -185,7 +190,7 @@ impl RunningNode {
         });
         let stop = CancellationToken::new();
         let service = Arc::new(FakeService(node.clone()));
-        tokio::spawn(rpc::serve(listener, service, stop.clone()));
+        tokio::spawn(rpc::serve(listener, service, cluster_key(), stop.clone()));
         RunningNode {
             node,
             address,
