@@ -8,7 +8,8 @@
 #   - the Rust target wasm32-unknown-unknown (placement policies are WebAssembly guests)
 #     and the rustfmt and clippy components;
 #   - with --for-tests, also what only the tests need: Chromium and ChromeDriver (Debian's
-#     chromium and chromium-driver) for the dashboard's browser test.
+#     chromium and chromium-driver) for the dashboard's browser test, and Schemathesis (PyPI,
+#     pinned) in a virtualenv under target/tools/schemathesis for the API contract test.
 #
 # Works without a terminal (DEBIAN_FRONTEND=noninteractive); uses sudo only when not root.
 set -euo pipefail
@@ -72,4 +73,25 @@ else
     [[ -d $sysroot/lib/rustlib/wasm32-unknown-unknown ]] ||
         die "no rustup and no wasm32-unknown-unknown standard library in $sysroot: install Rust with rustup"
     ok "Rust $(rustc --version | cut -d' ' -f2) (without rustup) with wasm32-unknown-unknown"
+fi
+
+# Schemathesis for tests/tests/contract.rs: pinned, in a virtualenv of its own so nothing of
+# the system's Python changes.
+SCHEMATHESIS_VERSION=4.32.5
+if ((for_tests)); then
+    venv="${CARGO_TARGET_DIR:-$CARTDB_REPO/target}/tools/schemathesis"
+    if [[ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != *"$SCHEMATHESIS_VERSION"* ]]; then
+        command -v python3 >/dev/null 2>&1 || die "python3 is missing: install Debian's python3 and python3-venv"
+        if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+            command -v apt-get >/dev/null 2>&1 || die "python3's venv module is missing: install python3-venv"
+            sudo=()
+            ((EUID == 0)) || sudo=(sudo)
+            "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv
+        fi
+        info "installing schemathesis $SCHEMATHESIS_VERSION into $venv (PyPI)"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    ok "schemathesis $SCHEMATHESIS_VERSION in $venv"
 fi

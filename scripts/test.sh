@@ -2,7 +2,8 @@
 # shellcheck source-path=SCRIPTDIR
 # Everything CI checks, in order, with a header per step and a summary at the end:
 #
-#   1. dependencies         scripts/install-deps.sh --for-tests (adds Chromium and ChromeDriver)
+#   1. dependencies         scripts/install-deps.sh --for-tests (adds Chromium, ChromeDriver and
+#                           Schemathesis in target/tools/schemathesis)
 #   2. format               cargo fmt --all --check
 #   3. build                cargo build --workspace --all-targets (makes target/debug/cartdb-*,
 #                           which the cluster tests run as processes, and target/policies/*.wasm)
@@ -35,6 +36,8 @@ if [[ ${CI:-} == true ]]; then
 fi
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export CARTDB_BIN_DIR="$TARGET_DIR/debug"
+# Installed by scripts/install-deps.sh --for-tests; tests/tests/contract.rs runs it.
+export CARTDB_SCHEMATHESIS="$TARGET_DIR/tools/schemathesis/bin/schemathesis"
 
 results=()
 failed=0

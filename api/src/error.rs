@@ -16,6 +16,30 @@ use crate::gateways::PoolError;
 /// what one request can make the server buffer.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The body of every error answer (for the OpenAPI document; [`ApiError`] writes it).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, naming the field or the cause.
+    pub error: String,
+}
+
+/// `GET /readyz`'s answer while ready.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    pub status: &'static str,
+}
+
+/// `GET /readyz`'s answer while not ready (503): the error body plus each missing thing.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct NotReady {
+    /// `not ready: ` and the missing things, joined.
+    pub error: String,
+    /// One entry per missing thing, e.g. `ZooKeeper: this API server's session is not
+    /// connected`.
+    pub missing: Vec<String>,
+}
+
 /// Why a request failed. [`ApiError::status`] is the status table.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -59,6 +83,9 @@ pub enum ApiError {
     /// No gateway is known, or every known one failed at the transport level.
     #[error("no gateway available")]
     NoGateway,
+    /// `?gateway=N` names no live gateway.
+    #[error("no live gateway has id {id}")]
+    UnknownGateway { id: u32 },
     /// A gateway answered with a reply that does not fit the request (a protocol bug).
     #[error("internal error: the gateway answered {request} with {reply}")]
     UnexpectedReply {
@@ -86,7 +113,7 @@ impl ApiError {
             | Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::RouteNotFound { .. } | Self::UnknownGateway { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Gateway(failure) => gateway_failure_status(failure),
             Self::NoGateway | Self::RequestTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -137,6 +164,7 @@ impl From<PoolError> for ApiError {
     fn from(error: PoolError) -> Self {
         match error {
             PoolError::NoGateway => Self::NoGateway,
+            PoolError::UnknownGateway { id } => Self::UnknownGateway { id },
             PoolError::Rpc(e) => Self::Rpc(e),
         }
     }

@@ -62,6 +62,9 @@ pub enum PoolError {
     /// No gateway is known, or every one failed at the transport level.
     #[error("no gateway available")]
     NoGateway,
+    /// A gateway was asked for by id, and no live gateway has it.
+    #[error("no live gateway has id {id}")]
+    UnknownGateway { id: u32 },
     /// A failure that another gateway would not fix (the request cannot be encoded).
     #[error(transparent)]
     Rpc(RpcError),
@@ -160,10 +163,14 @@ impl GatewayPool {
     /// Sends `request` to gateway `id` only.
     ///
     /// # Errors
-    /// [`PoolError::NoGateway`] when that gateway is not known or cannot be reached;
-    /// [`PoolError::Rpc`] as for [`GatewayPool::call`].
+    /// [`PoolError::UnknownGateway`] when no live gateway has that id,
+    /// [`PoolError::NoGateway`] when it cannot be reached; [`PoolError::Rpc`] as for
+    /// [`GatewayPool::call`].
     pub async fn call_on(&self, id: u32, request: &GatewayRequest) -> Result<Reply, PoolError> {
         let peers = self.snapshot();
+        if !peers.contains_key(&id) {
+            return Err(PoolError::UnknownGateway { id });
+        }
         self.call_in_order(&peers, vec![id], request).await
     }
 

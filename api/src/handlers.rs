@@ -12,17 +12,32 @@ use cartdb_core::wire::{
     ReplicaDump,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Admin;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody, NotReady, Ready};
 use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
 use crate::gateways::Reply;
 use crate::routes::AppState;
 
 /// Body of `POST /api/insert` and `POST /api/delete`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CartChange {
+    /// The shopper: 1-256 bytes, no `/` and no control characters (as every identifier).
+    #[schema(
+        example = "user1",
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub userid: String,
+    /// The product's name in the catalog.
+    #[schema(
+        example = "pork",
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub item_name: String,
 }
 
@@ -34,12 +49,17 @@ impl CartChange {
 }
 
 /// Answer of an insert or delete.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Changed {
     pub message: &'static str,
     pub qty: u64,
 }
 
+/// Adds one of the product named `item_name` to the user's cart.
+#[utoipa::path(post, path = "/api/insert", tag = "cart", request_body = CartChange,
+    params(("Idempotency-Key" = Option<String>, Header, description = "any string of at most 256 bytes; retries with the same key are applied once (within the idempotency window)")),
+    responses((status = 200, description = "inserted into cart: the quantity now", body = Changed),
+        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 404, description = "`product not available in inventory`, or (delete) `product is not available in cart`", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn insert(
     State(state): State<AppState>,
     key: IdempotencyKey,
@@ -58,6 +78,11 @@ pub async fn insert(
     }))
 }
 
+/// Removes one of the product named `item_name` from the user's cart.
+#[utoipa::path(post, path = "/api/delete", tag = "cart", request_body = CartChange,
+    params(("Idempotency-Key" = Option<String>, Header, description = "any string of at most 256 bytes; retries with the same key are applied once (within the idempotency window)")),
+    responses((status = 200, description = "deleted from cart: the quantity now", body = Changed),
+        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 404, description = "`product not available in inventory`, or (delete) `product is not available in cart`", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     key: IdempotencyKey,
@@ -88,18 +113,28 @@ async fn updated_qty(
 }
 
 /// Query of `GET /api/list_all`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UserQuery {
+    /// The shopper.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub userid: String,
 }
 
 /// A user's cart in the seed's shape.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Cart {
     pub userid: String,
     pub response: Vec<CartLine>,
 }
 
+/// The merged cart: the items with quantity above 0, sorted by name.
+#[utoipa::path(get, path = "/api/list_all", tag = "cart", params(UserQuery),
+    responses((status = 200, description = "the cart", body = Cart), (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn list_all(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<UserQuery>,
@@ -118,18 +153,29 @@ pub async fn list_all(
 }
 
 /// Query of `GET /api/list_category`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CategoryQuery {
+    /// The category.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub category: String,
 }
 
 /// Users holding an item of a category.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CategoryUsers {
     pub category: String,
     pub users: Vec<String>,
 }
 
+/// The users holding an item of the category with quantity above 0 (admin).
+#[utoipa::path(get, path = "/api/list_category", tag = "cart", params(CategoryQuery), security(("admin_token" = [])),
+    responses((status = 200, description = "the users", body = CategoryUsers), (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 401, description = "the admin token is missing or wrong", body = ErrorBody),
+        (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn list_category(
     _admin: Admin,
     State(state): State<AppState>,
@@ -149,11 +195,14 @@ pub async fn list_category(
 }
 
 /// The catalog.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Catalog {
     pub products: Vec<Product>,
 }
 
+/// The catalog.
+#[utoipa::path(get, path = "/api/products", tag = "catalog",
+    responses((status = 200, description = "every product", body = Catalog), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn products(State(state): State<AppState>) -> Result<Json<Catalog>, ApiError> {
     match ask(&state, &GatewayRequest::Products).await?.response {
         GatewayResponse::Products { products } => Ok(Json(Catalog { products })),
@@ -161,6 +210,10 @@ pub async fn products(State(state): State<AppState>) -> Result<Json<Catalog>, Ap
     }
 }
 
+/// Adds a product to the catalog, or replaces the one with its `productid` (admin).
+#[utoipa::path(post, path = "/api/products", tag = "catalog", request_body = Product, security(("admin_token" = [])),
+    responses((status = 200, description = "the catalog holds the product", body = Product),
+        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 401, description = "the admin token is missing or wrong", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn upsert_product(
     _admin: Admin,
     State(state): State<AppState>,
@@ -179,12 +232,15 @@ pub async fn upsert_product(
 }
 
 /// Answer of `GET /healthz`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     pub status: &'static str,
     pub gateways: usize,
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "alive", body = Health),
+        (status = 503, description = "no gateway is known", body = ErrorBody)))]
 /// Healthy while at least one gateway is known; it does not call one, so a health check
 /// costs the cluster nothing.
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
@@ -197,6 +253,9 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiE
     }
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "ready", body = Ready),
+        (status = 503, description = "not ready: each missing thing named", body = NotReady)))]
 /// `GET /readyz`: 200 while this server's ZooKeeper session is connected, a gateway
 /// answers, and every placement group has a write quorum of live devices; otherwise 503
 /// naming each thing missing (`/healthz` stays liveness: the process serves).
@@ -230,17 +289,17 @@ pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
         Err(e) => missing.push(format!("gateways: {e}")),
     }
     if missing.is_empty() {
-        return Json(serde_json::json!({"status": "ready"})).into_response();
+        return Json(Ready { status: "ready" }).into_response();
     }
-    let body = serde_json::json!({
-        "error": format!("not ready: {}", missing.join("; ")),
-        "missing": missing,
-    });
+    let body = NotReady {
+        error: format!("not ready: {}", missing.join("; ")),
+        missing,
+    };
     (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 /// A gateway's view of the cluster, plus this API server's.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ClusterView {
     #[serde(flatten)]
     pub status: ClusterStatus,
@@ -248,19 +307,27 @@ pub struct ClusterView {
 }
 
 /// The API server's own view: the gateways it knows and which one answered.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ApiView {
     pub gateways: Vec<GatewayInfo>,
     pub answered_by: u32,
 }
 
 /// `GET /api/cluster[?gateway=N]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ClusterQuery {
     /// Ask this gateway instead of the sweep's leader (to see what each one sees).
     pub gateway: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/cluster", tag = "cluster", params(ClusterQuery),
+    security((), ("admin_token" = [])),
+    responses((status = 200, description = "the cluster; addresses empty unless admin", body = ClusterView),
+(status = 400, description = "bad input, naming the field", body = ErrorBody),
+        (status = 404, description = "`?gateway=N` names no live gateway", body = ErrorBody),
+        (status = 503, description = "no gateway answered", body = ErrorBody),
+        (status = 500, description = "a bug", body = ErrorBody)))]
 /// `GET /api/cluster`: the status as the sweep's leader (or the gateway `?gateway=N`) sees
 /// it. The internal addresses (data nodes', gateways' and their metrics endpoints) are shown
 /// to admin requests only; others get them empty.
@@ -316,12 +383,15 @@ impl ClusterView {
 }
 
 /// Every live replica's own state of a user's items.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Replicas {
     pub userid: String,
     pub replicas: Vec<ReplicaDump>,
 }
 
+#[utoipa::path(get, path = "/api/admin/replicas", tag = "admin", params(UserQuery), security(("admin_token" = [])),
+    responses((status = 200, description = "each live replica's state", body = Replicas),
+        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 401, description = "the admin token is missing or wrong", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 /// `GET /api/admin/replicas?userid=U` (admin): the unmerged state each live data node holds
 /// of the user's items, to check that replicas converged.
 pub async fn replicas(
@@ -343,15 +413,27 @@ pub async fn replicas(
 }
 
 /// Query of `GET /api/admin/locate`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LocateQuery {
+    /// The shopper.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub userid: String,
     /// Only the item of this name.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub item: Option<String>,
 }
 
 /// Where a user's items live: the seed's USERID/PRODUCTID/DEVICEID view.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Located {
     pub userid: String,
     /// One entry per item: its PG and the devices of its up set (`current`) and past set,
@@ -361,6 +443,10 @@ pub struct Located {
     pub paths: Vec<String>,
 }
 
+#[utoipa::path(get, path = "/api/admin/locate", tag = "admin", params(LocateQuery), security(("admin_token" = [])),
+    responses((status = 200, description = "the items' placement groups and devices", body = Located),
+        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 401, description = "the admin token is missing or wrong", body = ErrorBody), (status = 404, description = "no product of that name", body = ErrorBody),
+        (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 /// `GET /api/admin/locate?userid=U[&item=NAME]` (admin).
 pub async fn locate(
     _admin: Admin,
@@ -397,18 +483,32 @@ pub async fn locate(
 }
 
 /// Query of `GET /api/admin/device-items`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeviceItemsQuery {
+    /// The device (data node) id.
     pub device: DeviceId,
-    /// Start after this item (the `next` of the previous page).
+    /// Start after this item (the `next` of the previous page); with `after_productid`.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub after_userid: Option<String>,
+    /// Start after this item; with `after_userid`.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub after_productid: Option<String>,
     /// Items per page (1-1000). Default: 1000.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
 /// What one device holds: the seed's DEVICEID/USERID/PRODUCTID view.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeviceItems {
     pub device: DeviceId,
     pub items: Vec<DeviceItem>,
@@ -419,13 +519,16 @@ pub struct DeviceItems {
 }
 
 /// One item a device holds, as its own store has it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeviceItem {
     pub userid: String,
     pub productid: String,
     pub qty: u64,
 }
 
+#[utoipa::path(get, path = "/api/admin/device-items", tag = "admin", params(DeviceItemsQuery), security(("admin_token" = [])),
+    responses((status = 200, description = "one page of the device's items", body = DeviceItems),
+        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 401, description = "the admin token is missing or wrong", body = ErrorBody), (status = 503, description = "the device is down, or no gateway answered", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 /// `GET /api/admin/device-items?device=D[&after_userid=U&after_productid=P][&limit=N]`
 /// (admin).
 pub async fn device_items(
@@ -477,7 +580,7 @@ pub async fn device_items(
 }
 
 /// Answer of `GET /api/admin/traffic`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TrafficSeries {
     /// Width of each point's bucket.
     pub bucket_secs: u64,
@@ -485,6 +588,8 @@ pub struct TrafficSeries {
     pub points: Vec<crate::traffic::TrafficPoint>,
 }
 
+#[utoipa::path(get, path = "/api/admin/traffic", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, description = "the last ten minutes in 5 s buckets", body = TrafficSeries), (status = 401, description = "the admin token is missing or wrong", body = ErrorBody)))]
 /// `GET /api/admin/traffic` (admin): this API server's cart operations per second and
 /// latency percentiles over the last ten minutes, for the dashboard's charts.
 pub async fn traffic(_admin: Admin, State(state): State<AppState>) -> Json<TrafficSeries> {

@@ -17,6 +17,7 @@
 //! - [`extract`]: extractors whose rejections are JSON errors; the idempotency key.
 //! - [`auth`]: the admin bearer-token check.
 //! - [`dashboard`]: the static dashboard page and its vendored chart library.
+//! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 //! - [`traffic`]: the recent cart-operation rate and latency the dashboard charts.
 //! - [`gateways`]: the gateway pool, random choice and failover.
 //! - [`http`]: the server loop with its bounds: connections, head, body and request times.
@@ -30,6 +31,7 @@ pub mod extract;
 pub mod gateways;
 pub mod handlers;
 pub mod http;
+pub mod openapi;
 pub mod routes;
 pub mod traffic;
 

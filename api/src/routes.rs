@@ -90,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/locate", get(handlers::locate))
         .route("/api/admin/device-items", get(handlers::device_items))
         .route("/api/admin/traffic", get(handlers::traffic))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/{file}", get(dashboard::asset))
         .route("/healthz", get(handlers::healthz))

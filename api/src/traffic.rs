@@ -32,7 +32,7 @@ pub fn unix_secs() -> u64 {
 }
 
 /// One finished bucket as the dashboard charts it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TrafficPoint {
     /// Unix time of the bucket's start, in seconds.
     pub start_secs: u64,

@@ -139,8 +139,10 @@ async fn the_cluster_status_asks_the_smallest_gateway_first() {
         (status, body["api"]["answered_by"].clone()),
         (StatusCode::OK, 2.into())
     );
+    // No such gateway is the client's mistake, not an outage.
     let (status, body) = send(&both, common::get("/api/cluster?gateway=9")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"], "no live gateway has id 9");
 
     let first_down = app(&[&dead, &second_addr], None);
     let (status, body) = send(&first_down, common::get("/api/cluster")).await;

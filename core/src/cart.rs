@@ -20,7 +20,19 @@ pub const MAX_ID_BYTES: usize = 256;
 
 /// A globally unique operation id. Retries of one client request carry the same id, so a
 /// replica that already holds it does not apply it twice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct OpId(pub u128);
 
 impl std::fmt::Display for OpId {
@@ -30,7 +42,19 @@ impl std::fmt::Display for OpId {
 }
 
 /// What an operation does to an item's quantity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub enum OpKind {
     /// The seed's ADD: quantity + 1.
     Add,
@@ -39,7 +63,7 @@ pub enum OpKind {
 }
 
 /// One entry of an item's operation log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Operation {
     pub id: OpId,
     pub kind: OpKind,
@@ -55,7 +79,9 @@ impl Operation {
 }
 
 /// Identifies a cart item: whose cart and which product.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct ItemKey {
     pub user: String,
     pub product: String,
@@ -63,7 +89,7 @@ pub struct ItemKey {
 
 /// Product facts copied into every replica of an item, so a replica can answer a cart or a
 /// category query without the catalog.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ItemMeta {
     pub price: u64,
     pub category: String,
@@ -71,7 +97,9 @@ pub struct ItemMeta {
 
 /// The folded prefix of an operation log: the quantity after every operation up to and
 /// including `version`. A fresh item has quantity 0 and no version.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct Base {
     pub qty: u64,
     pub version: Option<Version>,
@@ -81,7 +109,7 @@ pub struct Base {
 ///
 /// Invariant: `ops` is sorted by [`Operation::log_order`], has no two entries with the same id, and holds
 /// only operations newer than `base.version`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ItemState {
     pub product: String,
     pub meta: ItemMeta,
@@ -235,10 +263,27 @@ pub fn fold_qty(start: u64, kinds: impl IntoIterator<Item = OpKind>) -> u64 {
 }
 
 /// A product of the catalog (the seed's inventory).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
+    /// 1-256 bytes, no `/`, no control characters, not starting with `@`.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub productid: String,
+    /// The name shoppers add to carts by.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub category: String,
     pub price: u64,
 }
@@ -270,7 +315,7 @@ impl Product {
 }
 
 /// One line of a shopper's cart, in the seed's cart shape.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CartLine {
     pub name: String,
     pub productid: String,

@@ -16,7 +16,19 @@ use serde::{Deserialize, Serialize};
 const LOGICAL_BITS: u32 = 16;
 
 /// A total order over operations: clock reading first, the issuing gateway's id breaks ties.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct Version {
     /// Hybrid logical clock reading: milliseconds since the Unix epoch in the high 48 bits, a
     /// counter in the low 16.

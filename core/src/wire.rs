@@ -282,7 +282,7 @@ pub enum GatewayResponse {
 }
 
 /// Where one item (or cart-index entry) of a user lives (`GatewayRequest::Locate`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ItemLocation {
     /// The product id, or `@<productid>` for a cart-index entry.
     pub product: String,
@@ -296,7 +296,7 @@ pub struct ItemLocation {
 }
 
 /// One device that holds, or should hold, an item.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaLocation {
     pub device: DeviceId,
     /// In the PG's up set (`false`: in its past set).
@@ -309,7 +309,7 @@ pub struct ReplicaLocation {
 }
 
 /// One device's own state of a user's items.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaDump {
     pub device: DeviceId,
     /// The device's items, sorted by product id; `None` when it did not answer.
@@ -349,7 +349,7 @@ pub enum GatewayFailure {
 }
 
 /// The cluster as one gateway sees it (`GET /api/cluster`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     /// Every device of the CRUSH map.
     pub devices: Vec<DeviceStatus>,
@@ -368,7 +368,7 @@ pub struct ClusterStatus {
 }
 
 /// The pool's placement groups as one gateway sees them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PgStatus {
     pub pool: u32,
     pub pg_num: u32,
@@ -384,7 +384,7 @@ pub struct PgStatus {
 
 /// Counters of the work that makes replicas converge, from the answering gateway, and the
 /// anti-entropy sweep's progress if that gateway leads the sweep.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MaintenanceStatus {
     /// The merge policy this gateway runs; `None`: the built-in reference merge.
     pub merge_policy: Option<PolicyInfo>,
@@ -406,7 +406,7 @@ pub struct MaintenanceStatus {
 }
 
 /// Progress of the anti-entropy sweep, as the gateway that leads it reports it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SweepStatus {
     /// The gateway running the sweep (the live gateway with the smallest id).
     pub leader: u32,
@@ -428,7 +428,7 @@ pub struct SweepStatus {
 }
 
 /// One device of the map and whether it is up.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceStatus {
     pub id: DeviceId,
     pub name: String,
@@ -445,7 +445,7 @@ pub struct DeviceStatus {
 }
 
 /// A live gateway.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GatewayInfo {
     pub id: u32,
     pub address: String,
@@ -456,14 +456,14 @@ pub struct GatewayInfo {
 }
 
 /// A loaded WebAssembly policy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicyInfo {
     pub name: String,
     pub sha256: String,
 }
 
 /// Replication settings of a gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicationInfo {
     pub replicas: usize,
     pub write_quorum: usize,

@@ -1,0 +1,82 @@
+//! The API contract: Schemathesis (PyPI) fuzzes every operation of `GET /openapi.json` on a
+//! running cluster, with the admin token, and finds no server error and no answer that
+//! violates the document. The seed and the number of examples are fixed, so a failure
+//! reproduces; the run keeps its report under `target/schemathesis/`.
+//!
+//! Schemathesis comes from `scripts/install-deps.sh --for-tests` (a virtualenv in
+//! `target/tools/schemathesis`), or from `CARTDB_SCHEMATHESIS`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use cartdb_tests::cluster::{TEST_ADMIN_TOKEN, workspace_root};
+use cartdb_tests::{Cluster, ClusterOptions};
+
+/// Fixed so that a failure reproduces with the same inputs.
+const SEED: &str = "20261202";
+/// Test cases per operation and phase; 17 operations, a few minutes on two cores.
+const EXAMPLES: &str = "300";
+
+fn schemathesis() -> Result<PathBuf> {
+    let path = std::env::var_os("CARTDB_SCHEMATHESIS").map_or_else(
+        || workspace_root().join("target/tools/schemathesis/bin/schemathesis"),
+        PathBuf::from,
+    );
+    if !path.exists() {
+        bail!(
+            "{} not found: run scripts/install-deps.sh --for-tests (or set CARTDB_SCHEMATHESIS)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_keeps_its_openapi_contract() -> Result<()> {
+    let program = schemathesis()?;
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let document = cluster.client().get("/openapi.json").await?;
+    ensure!(document.status == 200, "GET /openapi.json: {document:?}");
+    ensure!(
+        document.json["openapi"] == "3.1.0",
+        "{}",
+        document.json["openapi"]
+    );
+
+    let reports = workspace_root().join("target/schemathesis");
+    std::fs::create_dir_all(&reports)?;
+    let (api, report_dir) = (cluster.api_url().to_owned(), reports.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&program)
+            .args(["run", &format!("{api}/openapi.json")])
+            .args(["--checks", "not_a_server_error,response_schema_conformance"])
+            .args([
+                "--header",
+                &format!("Authorization: Bearer {TEST_ADMIN_TOKEN}"),
+            ])
+            .args(["--seed", SEED, "--max-examples", EXAMPLES])
+            .args(["--phases", "examples,coverage,fuzzing"])
+            .args(["--workers", "2", "--request-timeout", "30"])
+            .args(["--generation-database", "none", "--no-color"])
+            .args(["--report", "junit"])
+            .arg("--report-dir")
+            .arg(&report_dir)
+            .output()
+            .with_context(|| format!("running {}", program.display()))
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    std::fs::write(reports.join("output.txt"), format!("{stdout}\n{stderr}"))?;
+    if !output.status.success() {
+        bail!(
+            "Schemathesis found problems (exit {:?}); report in {}\n{stdout}\n{stderr}\n{}",
+            output.status.code(),
+            reports.display(),
+            cluster.log_tails(20)
+        );
+    }
+    eprintln!("{stdout}");
+    Ok(())
+}
