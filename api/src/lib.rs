@@ -38,7 +38,7 @@ pub mod traffic;
 use std::sync::Arc;
 
 use cartdb_core::config::ConfigError;
-use cartdb_core::coord::{CoordError, Coordinator, Membership};
+use cartdb_core::coord::{CoordError, Coordinator, Membership, ZkCredentials};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -81,7 +81,9 @@ pub async fn run(
     // cancelling the caller's token.
     let stop = shutdown.child_token();
     // Kept until the server has stopped: the membership watch lives as long as it does.
-    let coordinator = Coordinator::connect(config.zk.coord_config()?, stop.clone())
+    let mut coord_config = config.zk.coord_config()?;
+    coord_config.credentials = Some(ZkCredentials::from_key(&key));
+    let coordinator = Coordinator::connect(coord_config, stop.clone())
         .await
         .map_err(RunError::Coordination)?;
     let pool = Arc::new(GatewayPool::new(key, config.gateway_timeout()));

@@ -42,7 +42,8 @@ pub struct ZkArgs {
 }
 
 impl ZkArgs {
-    /// The validated coordination settings.
+    /// The validated coordination settings, without credentials: a process adds those
+    /// from its cluster key ([`crate::coord::ZkCredentials::from_key`]).
     ///
     /// # Errors
     /// [`ConfigError`] naming the field when the server list is empty, the chroot is not an
@@ -67,6 +68,7 @@ impl ZkArgs {
             servers: self.servers.clone(),
             chroot: self.chroot.clone(),
             session_timeout: Duration::from_millis(self.session_timeout_ms),
+            credentials: None,
         })
     }
 }

@@ -44,6 +44,7 @@ impl Drop for Node {
 
 fn config(chroot: &str) -> CoordConfig {
     CoordConfig {
+        credentials: None,
         servers: ZkServer::shared().address().to_string(),
         chroot: format!("/{chroot}"),
         session_timeout: Duration::from_secs(4),

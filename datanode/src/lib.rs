@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cartdb_core::coord::Coordinator;
+use cartdb_core::coord::ZkCredentials;
 use cartdb_core::rpc::{ClusterKey, serve};
 use cartdb_core::telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -44,8 +45,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = config.settings()?;
+    let mut settings = config.settings()?;
     let key = config.secret.key()?;
+    settings.coord.credentials = Some(ZkCredentials::from_key(&key));
     let bound = listener
         .local_addr()
         .context("reading the listener's address")?;

@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cartdb_core::catalog::Catalog;
-use cartdb_core::coord::{ClusterMap, Coordinator};
+use cartdb_core::coord::{ClusterMap, Coordinator, ZkCredentials};
 use cartdb_core::rpc::{self, ClusterKey};
 use cartdb_core::telemetry::Metrics;
 use cartdb_core::wire::PolicyInfo;
@@ -87,8 +87,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = config.validate()?;
+    let mut settings = config.validate()?;
     let key = config.secret.key()?;
+    settings.coord.credentials = Some(ZkCredentials::from_key(&key));
     // First, so that everything recorded from here on (the ZooKeeper session's state among
     // it) reaches the recorder.
     let address = advertised_address(&settings, &listener)?;

@@ -53,6 +53,41 @@ pub struct CoordConfig {
     pub servers: String,
     pub chroot: String,
     pub session_timeout: Duration,
+    /// The digest identity the session authenticates with. With it, every znode the
+    /// session creates is writable only by sessions holding it, and readable by anyone;
+    /// without it (tests of the coordination logic only), znodes are open to all.
+    pub credentials: Option<ZkCredentials>,
+}
+
+/// The ZooKeeper digest identity of a cartdb cluster: user [`ZkCredentials::USER`] with a
+/// password derived from the cluster secret, so that the one secret every process already
+/// holds also guards ZooKeeper ([`crate::rpc::ClusterKey::zookeeper_password`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkCredentials {
+    password: String,
+}
+
+impl std::fmt::Debug for ZkCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZkCredentials(cartdb:..)")
+    }
+}
+
+impl ZkCredentials {
+    /// The digest user of every cartdb process.
+    pub const USER: &'static str = "cartdb";
+
+    /// The identity whose password is derived from the cluster secret `key`.
+    pub fn from_key(key: &crate::rpc::ClusterKey) -> Self {
+        Self {
+            password: key.zookeeper_password(),
+        }
+    }
+
+    /// `user:password`, what ZooKeeper's digest scheme takes at authentication.
+    pub fn digest_auth(&self) -> Vec<u8> {
+        format!("{}:{}", Self::USER, self.password).into_bytes()
+    }
 }
 
 /// How long [`Coordinator::connect`] waits for the first read of the watched state.

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use zookeeper_client::{
-    Acls, AddWatchMode, Client, CreateMode, CreateOptions, Error, PersistentWatcher, SessionId,
+    Acl, Acls, AddWatchMode, Client, CreateMode, Error, Permission, PersistentWatcher, SessionId,
     SessionState, Stat, StateWatcher,
 };
 
@@ -18,12 +18,20 @@ use super::layout;
 /// its queue, so without a bound a caller could wait for as long as the outage lasts.
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
-const PERSISTENT: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
+/// The ACL of every znode a session with credentials creates: anyone may read it (operators'
+/// tools, `zkCli.sh ls`), only sessions authenticated as the cluster's digest identity may
+/// change or delete it or create children (ZooKeeper turns the `auth` id into the creating
+/// session's `digest:cartdb:<hash>`).
+static CARTDB_ACLS: [Acl; 2] = [
+    Acl::new_const(Permission::READ, "world", "anyone"),
+    Acl::new_const(Permission::ALL, "auth", ""),
+];
 
 /// One ZooKeeper session, rooted at the configured chroot. Cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct Zk {
     client: Client,
+    acls: Acls<'static>,
 }
 
 /// What a create did.
@@ -44,9 +52,16 @@ impl Zk {
     /// [`CoordError::Connect`] or a timeout when no session is established, otherwise the
     /// first failed create.
     pub(crate) async fn open(config: &CoordConfig) -> Result<Zk, CoordError> {
-        let connect = Client::connector()
-            .with_session_timeout(config.session_timeout)
-            .connect(&config.servers);
+        let mut connector = Client::connector();
+        connector = connector.with_session_timeout(config.session_timeout);
+        let acls = match &config.credentials {
+            Some(credentials) => {
+                connector = connector.with_auth("digest", &credentials.digest_auth());
+                Acls::new(&CARTDB_ACLS)
+            }
+            None => Acls::anyone_all(),
+        };
+        let connect = connector.connect(&config.servers);
         // The client retries every server until roughly the session timeout passes.
         let after = config.session_timeout.max(OP_TIMEOUT) * 2;
         let root = tokio::time::timeout(after, connect)
@@ -62,6 +77,7 @@ impl Zk {
             })?;
         let unrooted = Zk {
             client: root.clone(),
+            acls,
         };
         unrooted.mkdir(&config.chroot).await?;
         let client = root
@@ -72,7 +88,7 @@ impl Zk {
                 value: config.chroot.clone(),
                 problem: "not an absolute znode path",
             })?;
-        let zk = Zk { client };
+        let zk = Zk { client, acls };
         for parent in layout::PARENTS {
             zk.mkdir(parent).await?;
         }
@@ -113,7 +129,7 @@ impl Zk {
         data: &[u8],
         mode: CreateMode,
     ) -> Result<Created, CoordError> {
-        let options = mode.with_acls(Acls::anyone_all());
+        let options = mode.with_acls(self.acls);
         let created = self.client.create(path, data, &options);
         match tokio::time::timeout(OP_TIMEOUT, created).await {
             Err(_) => Err(timeout("create", path)),
@@ -127,7 +143,8 @@ impl Zk {
     /// Creates a persistent znode and any missing parents (`mkdir -p`); an existing znode is
     /// fine.
     pub(crate) async fn mkdir(&self, path: &str) -> Result<(), CoordError> {
-        timed("mkdir", path, self.client.mkdir(path, &PERSISTENT)).await
+        let options = CreateMode::Persistent.with_acls(self.acls);
+        timed("mkdir", path, self.client.mkdir(path, &options)).await
     }
 
     /// Compare-and-set of a znode's data: `None` when its version is no longer `version` (or

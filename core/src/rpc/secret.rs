@@ -127,6 +127,19 @@ impl ClusterKey {
         }
     }
 
+    /// The password of the cluster's ZooKeeper digest identity: an HMAC of a fixed label,
+    /// in hex, so it differs from anything the RPC proofs reveal and the secret itself
+    /// never reaches ZooKeeper.
+    pub fn zookeeper_password(&self) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(b"cartdb zookeeper digest password");
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
     /// The proof `side` sends: an HMAC over its role, the service and protocol of the
     /// connection, its own nonce and then the peer's.
     pub fn proof(
