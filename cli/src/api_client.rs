@@ -1,5 +1,5 @@
-//! The HTTP side of the commands that read a running cluster through its API server:
-//! one GET that answers JSON, with the admin token when one is given, and the API's
+//! The HTTP side of the commands that read or change a running cluster through its API
+//! server: a GET or POST that answers JSON, with the admin token when one is given, and the API's
 //! `{"error": ...}` turned into an error naming the URL and the status.
 
 use std::time::Duration;
@@ -24,6 +24,24 @@ pub struct ApiArgs {
 /// The API unreachable, an answer that is not JSON, or an error status (with the API's
 /// `error` text).
 pub fn get_json(args: &ApiArgs, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    request_json(args, path, |client, url| client.get(url).query(query))
+}
+
+/// `POST {api}{path}` with the JSON `body`, answered with JSON.
+///
+/// # Errors
+/// As [`get_json`].
+pub fn post_json(args: &ApiArgs, path: &str, body: &Value) -> anyhow::Result<Value> {
+    request_json(args, path, |client, url| client.post(url).json(body))
+}
+
+/// Sends the request `build` makes for `{api}{path}`, with the admin token if given, and
+/// reads a JSON answer.
+fn request_json(
+    args: &ApiArgs,
+    path: &str,
+    build: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+) -> anyhow::Result<Value> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -34,7 +52,7 @@ pub fn get_json(args: &ApiArgs, path: &str, query: &[(&str, String)]) -> anyhow:
             .timeout(Duration::from_secs(10))
             .build()
             .context("cannot build the HTTP client")?;
-        let mut request = client.get(&url).query(query);
+        let mut request = build(&client, &url);
         if let Some(token) = &args.admin_token {
             request = request.bearer_auth(token);
         }

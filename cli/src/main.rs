@@ -7,7 +7,12 @@
 //!   bench run.
 //! - `status`: `cartdb status`, the cluster as the API server reports it.
 //! - `directory`: `cartdb locate` and `cartdb device-items`, the seed's two directory views.
-//! - `api_client`: the GET every command that reads the API server makes.
+//! - `category`, `product`, `replicas`, `traffic`: the other admin endpoints, one command
+//!   each (`cartdb category`, `cartdb product list|set`, `cartdb replicas`, `cartdb traffic`).
+//! - `api_client`: the GET or POST every command that asks the API server makes.
+//!
+//! Every command that asks the API server takes `--api` (`CARTDB_API`) and `--admin-token`
+//! (`CARTDB_ADMIN_TOKEN`), and `--json` to print the API's document instead of text.
 //!
 //! Adding a subcommand: one [`Command`] variant and one arm in [`run`].
 
@@ -17,10 +22,14 @@ use clap::{Parser, Subcommand};
 
 mod api_client;
 mod bench;
+mod category;
 mod directory;
 mod footprint;
 mod policy;
+mod product;
+mod replicas;
 mod status;
+mod traffic;
 
 /// The cartdb operator CLI.
 #[derive(Debug, Parser)]
@@ -47,6 +56,16 @@ enum Command {
     /// List what one device holds, from its data node's own store:
     /// DEVICEID/USERID/PRODUCTID (admin).
     DeviceItems(directory::DeviceItemsArgs),
+    /// List the users holding an item of a category (admin).
+    Category(category::CategoryArgs),
+    /// List the catalog, or add or replace a product (admin).
+    #[command(subcommand)]
+    Product(product::ProductCommand),
+    /// Show every live replica's own state of a user's items, to check they agree (admin).
+    Replicas(replicas::ReplicasArgs),
+    /// Show the API server's cart operations per second and latency over the last ten
+    /// minutes (admin).
+    Traffic(traffic::TrafficArgs),
 }
 
 /// Runs one command; `Ok` carries the exit code of a command that ran to its end.
@@ -57,6 +76,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Locate(args) => directory::locate(args),
         Command::DeviceItems(args) => directory::device_items(args),
+        Command::Category(args) => category::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Product(command) => product::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Replicas(args) => replicas::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Traffic(args) => traffic::run(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -20,20 +20,41 @@ pub const MAX_ID_BYTES: usize = 256;
 
 /// A globally unique operation id. Retries of one client request carry the same id, so a
 /// replica that already holds it does not apply it twice.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
+///
+/// Binary formats (postcard, on the wire and on disk) carry it as a `u128`; human-readable
+/// ones (JSON, in `GET /api/admin/replicas`) as 32 lowercase hex digits, because a JSON
+/// number above 2^53 loses digits in most parsers (JavaScript's, and serde_json's `Value`),
+/// and two ids must never compare equal by rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, utoipa::ToSchema)]
+#[schema(value_type = String, pattern = "^[0-9a-f]{32}$")]
 pub struct OpId(pub u128);
+
+impl Serialize for OpId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_u128(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OpId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !deserializer.is_human_readable() {
+            return u128::deserialize(deserializer).map(OpId);
+        }
+        let hex = String::deserialize(deserializer)?;
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(serde::de::Error::custom(format!(
+                "operation id {hex:?} is not 32 hex digits"
+            )));
+        }
+        u128::from_str_radix(&hex, 16)
+            .map(OpId)
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 impl std::fmt::Display for OpId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -381,6 +402,19 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), InputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn op_ids_are_hex_in_json_and_integers_in_postcard() {
+        let id = OpId(u128::MAX - 5);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"fffffffffffffffffffffffffffffffa\"");
+        assert_eq!(serde_json::from_str::<OpId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<OpId>("\"xyz\"").is_err());
+        assert!(serde_json::from_str::<OpId>("7").is_err());
+        let bytes = postcard::to_stdvec(&id).unwrap();
+        assert_eq!(postcard::from_bytes::<OpId>(&bytes).unwrap(), id);
+        assert_eq!(bytes, postcard::to_stdvec(&id.0).unwrap());
+    }
 
     fn op(id: u128, kind: OpKind, hlc: u64) -> Operation {
         Operation {

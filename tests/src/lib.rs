@@ -17,6 +17,7 @@
 //! # Layout
 //! - [`cluster`]: [`Cluster::start`] with [`ClusterOptions`], fault injection and the readiness wait.
 //! - [`browser`]: [`Browser`], headless Chromium driven through ChromeDriver (WebDriver).
+//! - [`cli`]: running the operator CLI `cartdb` against a cluster.
 //! - [`client`]: [`ApiClient`], a thin REST client returning `(status, json)` as [`Reply`].
 //! - [`gateway`]: [`GatewayClient`], one gateway's RPC, for tests that choose the gateway.
 //! - [`replica_check`]: the replicas' own states and whether they converged.
@@ -28,6 +29,7 @@
 //! - [`wait`]: [`wait_until`] and [`Deadline`], polling with a deadline (never a bare sleep).
 
 pub mod browser;
+pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod gateway;

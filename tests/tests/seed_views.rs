@@ -4,30 +4,11 @@
 //! from that data node's own store).
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
-use cartdb_tests::cluster::{TEST_ADMIN_TOKEN, bin_dir};
+use anyhow::Result;
+use cartdb_tests::cli::cartdb;
 use cartdb_tests::{Cluster, ClusterOptions, wait_until};
-
-/// Runs `cartdb ARGS --api URL` with the test cluster's admin token in the environment, as an
-/// operator would, and returns its stdout; fails on a non-zero exit.
-fn cartdb(api: &str, args: &[&str]) -> Result<String> {
-    let binary = bin_dir().join("cartdb");
-    let output = Command::new(&binary)
-        .args(args)
-        .args(["--api", api])
-        .env("CARTDB_ADMIN_TOKEN", TEST_ADMIN_TOKEN)
-        .output()
-        .with_context(|| format!("running {}", binary.display()))?;
-    ensure!(
-        output.status.success(),
-        "cartdb {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?)
-}
 
 /// Every replica of every item a user holds appears in `locate` as a current device holding
 /// it, and each of those devices lists the item in `device-items`; a device outside the up
@@ -96,12 +77,12 @@ async fn locate_and_device_items_show_the_seed_views() -> Result<()> {
         );
     }
     // Bad input is refused by name.
-    let unknown = Command::new(bin_dir().join("cartdb"))
-        .args(["device-items", "42", "--api", &url])
-        .env("CARTDB_ADMIN_TOKEN", TEST_ADMIN_TOKEN)
-        .output()?;
-    assert!(!unknown.status.success());
-    let stderr = String::from_utf8_lossy(&unknown.stderr);
-    assert!(stderr.contains("42 is not a device of the map"), "{stderr}");
+    let unknown = cartdb(&url, &["device-items", "42"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unknown.contains("42 is not a device of the map"),
+        "{unknown}"
+    );
     Ok(())
 }

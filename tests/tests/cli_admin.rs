@@ -1,0 +1,112 @@
+//! The operator CLI covers the admin API: `cartdb product set|list`, `cartdb category`,
+//! `cartdb replicas`, `cartdb traffic` and `cartdb status`, in text and with `--json`, on a
+//! running cluster, with `--api` given and the token taken from `CARTDB_ADMIN_TOKEN`.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use cartdb_tests::cli::{cartdb, cartdb_json};
+use cartdb_tests::{Cluster, ClusterOptions, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_action_has_a_command() -> Result<()> {
+    let cluster = Cluster::start(ClusterOptions::default()).await?;
+    let url = cluster.api_url().to_owned();
+    let api = cluster.client().clone();
+
+    // A new product, through the CLI, is then sold through the API.
+    let set = cartdb_json(
+        &url,
+        &[
+            "product",
+            "set",
+            "--productid",
+            "900",
+            "--name",
+            "cli-tea",
+            "--category",
+            "tea",
+            "--price",
+            "7",
+        ],
+    )?;
+    ensure!(set["name"] == "cli-tea" && set["price"] == 7, "{set}");
+    let listed = cartdb(&url, &["product", "list"])?;
+    ensure!(
+        listed.contains("900 cli-tea category tea price 7"),
+        "{listed}"
+    );
+    let catalog = cartdb_json(&url, &["product", "list"])?;
+    ensure!(
+        catalog["products"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["productid"] == "900")),
+        "{catalog}"
+    );
+    let refused = cartdb(
+        &url,
+        &[
+            "product",
+            "set",
+            "--productid",
+            "a/b",
+            "--name",
+            "x",
+            "--category",
+            "c",
+            "--price",
+            "1",
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    ensure!(
+        refused.contains("400") && refused.contains("productid"),
+        "{refused}"
+    );
+
+    // The catalog reaches the gateways through a ZooKeeper watch: wait until it sells.
+    wait_until(
+        "the new product to sell",
+        Duration::from_secs(30),
+        || async { Ok((api.insert("cli-user", "cli-tea").await?.status == 200).then_some(())) },
+    )
+    .await?;
+
+    ensure!(cartdb(&url, &["category", "tea"])? == "cli-user\n");
+    let users = cartdb_json(&url, &["category", "tea"])?;
+    ensure!(users["users"] == serde_json::json!(["cli-user"]), "{users}");
+
+    let replicas = cartdb(&url, &["replicas", "cli-user"])?;
+    // " 900": the item itself, not its cart-index entry "@900".
+    ensure!(
+        replicas.matches(" 900 qty 1 ").count() == 3,
+        "three replicas hold it: {replicas}"
+    );
+    let replicas = cartdb_json(&url, &["replicas", "cli-user"])?;
+    ensure!(replicas["userid"] == "cli-user", "{replicas}");
+
+    // The traffic window shows the insert once its 5-second bucket has closed.
+    let busy = wait_until(
+        "the insert in the traffic table",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let table = cartdb(&url, &["traffic"])?;
+                Ok((table.lines().count() > 1).then_some(table))
+            }
+        },
+    )
+    .await?;
+    ensure!(busy.starts_with("start (unix s)"), "{busy}");
+    let traffic = cartdb_json(&url, &["traffic"])?;
+    ensure!(traffic["bucket_secs"] == 5, "{traffic}");
+
+    let status = cartdb_json(&url, &["status"])?;
+    ensure!(
+        status["devices"].as_array().map(Vec::len) == Some(6),
+        "{status}"
+    );
+    Ok(())
+}
