@@ -16,7 +16,8 @@ use crate::cart::{
 
 /// Sent in the hello frame of every connection; peers refuse a different version.
 /// 3: placement groups (PG scans, item drops, category answers with item keys).
-/// 4: the hello carries a nonce and is followed by proofs of the cluster secret.
+/// 4: the hello carries a nonce and is followed by proofs of the cluster secret; replies
+/// are wrapped in `rpc::ReplyBody` (an answer, or "too large").
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Which service a connection expects to reach, checked in the hello exchange so that a client

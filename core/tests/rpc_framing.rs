@@ -175,3 +175,49 @@ async fn a_time_out_while_replies_arrive_keeps_the_connection() {
     shutdown.cancel();
     server.abort();
 }
+
+/// Answers `n` with `n` bytes, slowly for the big one so a small request is in flight with it.
+struct Sizer;
+
+impl Service for Sizer {
+    type Request = u64;
+    type Response = Vec<u8>;
+    const KIND: ServiceKind = ServiceKind::DataNode;
+
+    fn request_name(_request: &u64) -> &'static str {
+        "size"
+    }
+
+    async fn call(self: Arc<Self>, request: u64) -> Vec<u8> {
+        if request > 1000 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        vec![7; usize::try_from(request).unwrap()]
+    }
+}
+
+/// An answer over the frame limit fails its own request with `ReplyTooLarge`; a request in
+/// flight beside it, and the next one, are answered on the same connection.
+#[tokio::test]
+async fn an_oversize_reply_fails_only_its_own_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve(listener, Arc::new(Sizer), key(), shutdown.clone()));
+    let client: RpcClient<u64, Vec<u8>> =
+        RpcClient::connect(&addr, ServiceKind::DataNode, &key(), T)
+            .await
+            .unwrap();
+    let oversize = cartdb_core::rpc::MAX_FRAME_BYTES as u64 + 1;
+    let (big, small) = tokio::join!(client.call(&oversize, T), client.call(&3, T));
+    match big {
+        Err(RpcError::ReplyTooLarge { bytes, limit, .. }) => {
+            assert!(bytes > limit, "{bytes} > {limit}");
+        }
+        other => panic!("expected ReplyTooLarge, got {other:?}"),
+    }
+    assert_eq!(small.unwrap(), vec![7; 3]);
+    assert!(!client.is_closed());
+    assert_eq!(client.call(&5, T).await.unwrap(), vec![7; 5]);
+    shutdown.cancel();
+}

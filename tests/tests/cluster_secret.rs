@@ -10,7 +10,7 @@ use bytes::Bytes;
 use cartdb_core::cart::{ItemKey, ItemMeta, OpId, OpKind, Operation};
 use cartdb_core::rpc::connection::{self, FramedStream};
 use cartdb_core::rpc::secret::Side;
-use cartdb_core::rpc::{ClusterKey, Frame, Hello, RpcClient, RpcError};
+use cartdb_core::rpc::{ClusterKey, Frame, Hello, ReplyBody, RpcClient, RpcError};
 use cartdb_core::version::HybridClock;
 use cartdb_core::wire::{DataRequest, DataResponse, GatewayRequest, ServiceKind};
 use cartdb_tests::cluster::test_cluster_key;
@@ -152,9 +152,9 @@ async fn peers_without_the_cluster_secret_cannot_change_carts() -> Result<()> {
     .await?;
     let _server_proof = framed.next().await.context("no proof")??;
     let answer = framed.next().await.context("no answer")??;
-    let answer: Frame<DataResponse> = postcard::from_bytes(&answer)?;
+    let answer: Frame<ReplyBody<DataResponse>> = postcard::from_bytes(&answer)?;
     ensure!(
-        matches!(answer.body, DataResponse::Applied { .. }),
+        matches!(answer.body, ReplyBody::Answer(DataResponse::Applied { .. })),
         "{answer:?}"
     );
     let insider = wait_until("the insider's item on device 1", T, || async {

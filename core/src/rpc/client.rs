@@ -18,13 +18,13 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::connection::{self, FramedStream};
 use super::secret::{ClusterKey, Side};
-use super::{Hello, RpcError};
+use super::{Hello, ReplyBody, RpcError};
 use crate::wire::ServiceKind;
 
 /// Requests queued for the writer task before `call` waits; bounds memory per connection.
 const OUTGOING_QUEUE: usize = 1024;
 
-type Pending<Resp> = Arc<Mutex<HashMap<u64, oneshot::Sender<Resp>>>>;
+type Pending<Resp> = Arc<Mutex<HashMap<u64, oneshot::Sender<ReplyBody<Resp>>>>>;
 
 /// One connection to a peer, shared by any number of concurrent callers.
 ///
@@ -121,8 +121,9 @@ where
     /// A time-out while other replies keep arriving leaves it open: the peer is slow.
     ///
     /// # Errors
-    /// [`RpcError::Timeout`], [`RpcError::ConnectionClosed`], or [`RpcError::Encode`] for a
-    /// request that cannot be encoded.
+    /// [`RpcError::Timeout`], [`RpcError::ConnectionClosed`], [`RpcError::ReplyTooLarge`]
+    /// (this request only; the connection stays), or [`RpcError::Encode`] for a request that
+    /// cannot be encoded.
     pub async fn call(&self, request: &Req, timeout: Duration) -> Result<Resp, RpcError> {
         if self.closed.is_cancelled() {
             return Err(self.closed_error());
@@ -144,7 +145,12 @@ where
             return Err(self.closed_error());
         }
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(ReplyBody::Answer(response))) => Ok(response),
+            Ok(Ok(ReplyBody::TooLarge { bytes, limit })) => Err(RpcError::ReplyTooLarge {
+                addr: self.addr.clone(),
+                bytes,
+                limit,
+            }),
             Ok(Err(_)) => Err(self.closed_error()),
             Err(_) => {
                 if self.heard.load(Ordering::Acquire) <= sent && !self.closed.is_cancelled() {
@@ -264,7 +270,7 @@ async fn read_frames<Resp: DeserializeOwned>(
             None => break,
         };
         heard.fetch_max(micros_since(opened), Ordering::AcqRel);
-        match connection::decode::<Resp>(&bytes) {
+        match connection::decode::<ReplyBody<Resp>>(&bytes) {
             Ok(frame) => {
                 if let Some(waiter) = lock(&pending).remove(&frame.id) {
                     // The caller may have given up (time-out); nothing to do then.

@@ -44,6 +44,15 @@ use crate::wire::ServiceKind;
 /// attack, and refusing it bounds the memory one connection can make a process allocate.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
+/// The body of a reply frame: the service's answer, or why there is none. An answer too
+/// large for a frame becomes [`ReplyBody::TooLarge`], so it fails only its own request
+/// instead of the connection and every request in flight on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplyBody<T> {
+    Answer(T),
+    TooLarge { bytes: u64, limit: u64 },
+}
+
 /// One message on a connection: the request id it belongs to and its body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame<T> {
@@ -74,6 +83,13 @@ pub enum RpcError {
     /// The connection closed before the reply arrived.
     #[error("connection to {addr} closed")]
     ConnectionClosed { addr: String },
+    /// The peer's answer was larger than a frame may be ([`MAX_FRAME_BYTES`]).
+    #[error("{addr} answered with {bytes} bytes, over the {limit}-byte frame limit")]
+    ReplyTooLarge {
+        addr: String,
+        bytes: u64,
+        limit: u64,
+    },
     /// The request could not be encoded (a bug).
     #[error("cannot encode a request for {addr}: {source}")]
     Encode {

@@ -16,9 +16,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Hello;
 use super::connection::{self, FramedStream};
 use super::secret::{ClusterKey, Side};
+use super::{Hello, MAX_FRAME_BYTES, ReplyBody};
 use crate::connection_slots::ConnectionSlots;
 use crate::wire::ServiceKind;
 
@@ -206,7 +206,7 @@ async fn serve_connection<S: Service>(
             metrics::counter!("cartdb_rpc_server_requests_total", &labels).increment(1);
             metrics::histogram!("cartdb_rpc_server_request_seconds", &labels)
                 .record(started.elapsed().as_secs_f64());
-            match connection::encode(frame.id, &response) {
+            match encode_reply(frame.id, response) {
                 // The writer is gone only when the connection is; the reply has nowhere to go.
                 Ok(bytes) => drop(replies.send(bytes).await),
                 Err(e) => tracing::error!(%peer, error = %e, "cannot encode a reply"),
@@ -223,6 +223,30 @@ async fn serve_connection<S: Service>(
     // still there, which no longer matters.
     let _ = writer.await;
     open_connections.decrement(1);
+}
+
+/// The reply frame of `response`, or a [`ReplyBody::TooLarge`] in its place when it would
+/// not fit in a frame (which the codec would refuse, closing the connection).
+fn encode_reply<T: Serialize>(id: u64, response: T) -> Result<Bytes, postcard::Error> {
+    let bytes = connection::encode(id, &ReplyBody::Answer(response))?;
+    // The codec's limit is on the frame body; the 4-byte length prefix is not counted.
+    if bytes.len() <= MAX_FRAME_BYTES {
+        return Ok(bytes);
+    }
+    tracing::warn!(
+        id,
+        bytes = bytes.len(),
+        limit = MAX_FRAME_BYTES,
+        "a reply is larger than a frame; answering that request with an error"
+    );
+    metrics::counter!("cartdb_rpc_server_oversize_replies_total").increment(1);
+    connection::encode(
+        id,
+        &ReplyBody::<T>::TooLarge {
+            bytes: bytes.len() as u64,
+            limit: MAX_FRAME_BYTES as u64,
+        },
+    )
 }
 
 async fn write_replies(
