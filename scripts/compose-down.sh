@@ -26,8 +26,9 @@ done
 
 command -v docker >/dev/null 2>&1 || die "docker is not installed: there is no compose cluster to stop"
 docker_answers || die "dockerd is not running: there is no compose cluster to stop"
-# shellcheck disable=SC2119 # no extra compose files
-compose_init
+# With the monitoring file, so that Prometheus (compose-up.sh --monitoring) and its volume go
+# too; without that profile running it changes nothing.
+compose_init "$CARTDB_REPO/docker/compose-monitoring.yaml"
 info "${COMPOSE[*]} down ${volumes[*]}"
 "${COMPOSE[@]}" down --remove-orphans "${volumes[@]}"
 if ((${#volumes[@]})); then

@@ -6,9 +6,11 @@
 #   1. Docker, dockerd, scripts/install-deps.sh and the base image as in compose-up.sh;
 #      cargo build --release (a no-op when already built), staging, image builds (Docker's
 #      layer cache is kept)
-#   2. up -d in project "cartdb-test" with an admin token; waits until every container is
-#      healthy and the API sees 6 devices up and 2 gateways
-#   3. the test: a cart scenario (inserts, deletes, list_all, list_category); docker kill a
+#   2. up -d in project "cartdb-test" with an admin token, a cluster secret and the
+#      monitoring profile (Prometheus, docker/compose-monitoring.yaml); waits until every
+#      container is healthy and the API sees 6 devices up and 2 gateways
+#   3. the test: a cart scenario (inserts, deletes, list_all, list_category); Prometheus
+#      scrapes all 9 cartdb processes and counts the scenario's inserts; docker kill a
 #      data node and keep writing; docker network disconnect a gateway and keep serving
 #      through the other; reconnect the gateway (with its address: docker/compose-test.yaml
 #      gives the network a subnet so that `connect --ip` works) and start the data node;
@@ -90,7 +92,7 @@ docker_install_missing
 "$CARTDB_REPO/scripts/install-deps.sh"
 docker_ensure_daemon
 docker_ensure_base_image
-compose_init "$CARTDB_REPO/docker/compose-test.yaml"
+compose_init "$CARTDB_REPO/docker/compose-test.yaml" "$CARTDB_REPO/docker/compose-monitoring.yaml"
 
 up=0
 teardown() {
@@ -135,6 +137,9 @@ if [[ -z ${CARTDB_API_PORT:-} ]]; then
     fi
 fi
 export CARTDB_API_PORT
+# The monitoring profile runs too, on a port of the kernel's choice.
+CARTDB_PROMETHEUS_PORT=$(free_port)
+export CARTDB_PROMETHEUS_PORT CARTDB_PROMETHEUS_BIND=127.0.0.1
 if [[ -z $subnet_wanted ]]; then
     CARTDB_TEST_SUBNET=$(free_subnet) || die "no free subnet for the test's network"
 fi
@@ -153,6 +158,7 @@ section "compose test: scenario, faults and checks"
 started=$SECONDS
 python3 "$CARTDB_REPO/scripts/lib/compose_test.py" --api "$API_URL" \
     --token "$CARTDB_ADMIN_TOKEN" --replicas "$CARTDB_REPLICAS" \
+    --prometheus "http://127.0.0.1:$CARTDB_PROMETHEUS_PORT" \
     --rejoin "${CARTDB_TEST_REJOIN:-new-address}" \
     --writes-after-heal "${CARTDB_TEST_WRITES_AFTER_HEAL:-12}" -- "${COMPOSE[@]}"
 ok "compose test passed in $((SECONDS - started))s"

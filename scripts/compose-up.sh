@@ -18,20 +18,23 @@
 # image or configuration changed. Data lives in named volumes until compose-down.sh -v.
 #
 # Options: --build-only (steps 1-4), --no-build (skip step 4: use the images as they are),
-#   --no-deps (skip step 1), --help
+#   --no-deps (skip step 1), --monitoring (also Prometheus, scraping every cartdb process:
+#   docker/compose-monitoring.yaml, UI on 127.0.0.1:9090), --help
 # Environment: CARTDB_API_PORT (8080), CARTDB_API_BIND (127.0.0.1), CARTDB_ADMIN_TOKEN,
 #   CARTDB_REPLICAS/CARTDB_WRITE_QUORUM/CARTDB_READ_QUORUM (3/2/2), COMPOSE_PROJECT_NAME,
-#   CARTDB_COMPOSE ("docker compose" or "docker-compose"), CARTDB_START_TIMEOUT (seconds, 180).
+#   CARTDB_COMPOSE ("docker compose" or "docker-compose"), CARTDB_START_TIMEOUT (seconds, 180),
+#   CARTDB_PROMETHEUS_PORT (9090) and CARTDB_PROMETHEUS_BIND (127.0.0.1) with --monitoring.
 set -euo pipefail
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source=lib/docker.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/docker.sh"
 
-build=1 deps=1 start=1
+build=1 deps=1 start=1 monitoring=0
 for arg in "$@"; do
     case $arg in
     --build-only) start=0 ;;
+    --monitoring) monitoring=1 ;;
     --no-build) build=0 ;;
     --no-deps) deps=0 ;;
     -h | --help)
@@ -58,8 +61,12 @@ section "2/7 dockerd"
 docker_ensure_daemon
 section "3/7 base image"
 docker_ensure_base_image
-# shellcheck disable=SC2119 # no extra compose files
-compose_init
+if ((monitoring)); then
+    compose_init "$CARTDB_REPO/docker/compose-monitoring.yaml"
+else
+    # shellcheck disable=SC2119 # no extra compose files
+    compose_init
+fi
 if ((build)); then
     section "4/7 images"
     cartdb_build_images
@@ -120,5 +127,10 @@ cat <<EOF_READY
   The admin token: export CARTDB_ADMIN_TOKEN=\$(cat ${token_file:-<your CARTDB_ADMIN_TOKEN>})
 
   Logs: ${COMPOSE[*]} logs -f [service]      Stop: scripts/compose-down.sh [-v]
-
 EOF_READY
+if ((monitoring)); then
+    cat <<EOF_MONITORING
+  Prometheus (scraping every cartdb process every 5 s): http://${CARTDB_PROMETHEUS_BIND:-127.0.0.1}:${CARTDB_PROMETHEUS_PORT:-9090}
+EOF_MONITORING
+fi
+echo

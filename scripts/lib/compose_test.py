@@ -5,7 +5,10 @@ acknowledged was lost and that the replicas agree.
 
 Run by scripts/compose-test.sh, which brings the cluster up before and tears it down after:
 
-    compose_test.py --api URL --token TOKEN --replicas N -- COMPOSE_COMMAND...
+    compose_test.py --api URL --token TOKEN --replicas N [--prometheus URL] -- COMPOSE_COMMAND...
+
+With --prometheus (the `monitoring` profile), it also checks that Prometheus scrapes every
+cartdb process and holds the requests the scenario made.
 
 The client keeps the expected cart of every user: each insert or delete carries its own
 Idempotency-Key and is retried with that key until it gets a definite answer, so it is
@@ -35,6 +38,8 @@ CATEGORY = {
     "cereals": "3", "bread": "3", "apples": "4", "tomatoes": "4", "coffee": "5", "tea": "5",
 }
 ITEMS = list(CATEGORY)
+# Prometheus targets of docker/prometheus/prometheus.yml: the API server, 2 gateways, 6 data nodes.
+PROMETHEUS_TARGETS = 9
 
 
 def log(message: str) -> None:
@@ -272,6 +277,7 @@ class Test:
         self.rejoin = args.rejoin
         self.writes_after_heal = args.writes_after_heal
         self.compose = Compose(args.compose)
+        self.prometheus = args.prometheus.rstrip("/") if args.prometheus else None
         self.shoppers = Shoppers(self.api, "ct" + uuid.uuid4().hex[:8])
         self.results: list[tuple[str, bool, str]] = []
 
@@ -318,6 +324,31 @@ class Test:
             if status != 401:
                 raise CheckFailed(f"admin/replicas without the admin token: {status}, not 401")
         return f"{s.acked} operations acknowledged, carts and categories as expected"
+
+    # 1b. the monitoring profile ---------------------------------------------------------
+    def prometheus_scrapes_every_process(self) -> str:
+        def query(path: str):
+            with urllib.request.urlopen(f"{self.prometheus}{path}", timeout=HTTP_TIMEOUT) as reply:
+                return json.load(reply)["data"]
+
+        def all_up():
+            targets = query("/api/v1/targets?state=active")["activeTargets"]
+            down = sorted(f"{t['labels']['instance']}: {t.get('lastError') or t['health']}"
+                          for t in targets if t["health"] != "up")
+            if len(targets) == PROMETHEUS_TARGETS and not down:
+                return sorted(t["labels"]["instance"] for t in targets)
+            return None, f"{len(targets)} targets, not up: {down}"
+
+        up = wait_until("Prometheus to scrape every cartdb process", all_up)
+
+        def inserts_counted():
+            result = query("/api/v1/query?query=" + urllib.request.quote(
+                'sum(cartdb_http_requests_total{endpoint="/api/insert"})'))["result"]
+            counted = float(result[0]["value"][1]) if result else 0.0
+            return counted if counted > 0 else (None, f"{counted} inserts counted")
+
+        counted = wait_until("Prometheus to hold the scenario's inserts", inserts_counted)
+        return f"{len(up)} targets up ({', '.join(up)}); {counted:.0f} inserts counted"
 
     def check_categories(self) -> None:
         for category in sorted(set(CATEGORY.values())):
@@ -479,6 +510,8 @@ class Test:
     def run(self) -> int:
         steps = [
             ("cart scenario: inserts, deletes, list_all, list_category", self.scenario),
+            *([("Prometheus scrapes every cartdb process", self.prometheus_scrapes_every_process)]
+              if self.prometheus else []),
             ("docker kill a data node; writes still succeed", self.kill_datanode),
             ("network-disconnect a gateway; the other serves", self.disconnect_gateway),
             ("reconnect the gateway and restart the data node", self.restart_both),
@@ -514,6 +547,8 @@ def main() -> int:
                         help="the address the disconnected gateway comes back with")
     parser.add_argument("--writes-after-heal", type=int, default=12,
                         help="writes made right after both are back, before the checks")
+    parser.add_argument("--prometheus", default="",
+                        help="base URL of Prometheus (the monitoring profile), to check it")
     parser.add_argument("compose", nargs="+", help="the compose command (after --)")
     return Test(parser.parse_args()).run()
 

@@ -167,7 +167,11 @@ compose_init() {
     fi
     read -r -a COMPOSE <<<"$choice"
     COMPOSE+=(-f "$CARTDB_REPO/compose.yaml")
-    for extra in "$@"; do COMPOSE+=(-f "$extra"); done
+    COMPOSE_MONITORING=0
+    for extra in "$@"; do
+        COMPOSE+=(-f "$extra")
+        [[ $extra == */compose-monitoring.yaml ]] && COMPOSE_MONITORING=1
+    done
     [[ -n ${COMPOSE_PROJECT_NAME:-} ]] && COMPOSE+=(-p "$COMPOSE_PROJECT_NAME")
     # Compose v1 prints its own progress; keep its output plain when not on a terminal.
     [[ -t 1 ]] || export COMPOSE_INTERACTIVE_NO_CLI=1
@@ -240,9 +244,11 @@ cartdb_build_images() {
     stage_dist "$target"
     started=$SECONDS
     # One service per image: the others name the same image (and would only hit the cache).
-    info "${COMPOSE[*]} build zookeeper-1 datanode-1 (cached layers are reused)"
-    "${COMPOSE[@]}" build zookeeper-1 datanode-1 || die "building the images failed"
-    ok "images built in $((SECONDS - started))s: cartdb $(image_size cartdb:local), cartdb-zookeeper $(image_size cartdb-zookeeper:local)"
+    local services=(zookeeper-1 datanode-1)
+    ((COMPOSE_MONITORING)) && services+=(prometheus)
+    info "${COMPOSE[*]} build ${services[*]} (cached layers are reused)"
+    "${COMPOSE[@]}" build "${services[@]}" || die "building the images failed"
+    ok "images built in $((SECONDS - started))s: cartdb $(image_size cartdb:local), cartdb-zookeeper $(image_size cartdb-zookeeper:local)$( ((COMPOSE_MONITORING)) && echo ", cartdb-prometheus $(image_size cartdb-prometheus:local)")"
 }
 
 # compose_project: the project's name, as compose labels its containers.
