@@ -80,22 +80,14 @@ fi
 # this user only) unless CARTDB_ADMIN_TOKEN is set.
 if [[ -z ${CARTDB_ADMIN_TOKEN:-} ]]; then
     token_file="$CARTDB_REPO/.cartdb/compose-admin-token"
-    if [[ ! -s $token_file ]]; then
-        mkdir -p "$(dirname "$token_file")"
-        (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$token_file")
-        info "generated an admin token in $token_file"
-    fi
+    ensure_secret_file "$token_file" 24 "an admin token"
     CARTDB_ADMIN_TOKEN=$(<"$token_file")
 fi
 export CARTDB_ADMIN_TOKEN
 # The cluster secret every cartdb process proves to its RPC peers, likewise generated once.
 if [[ -z ${CARTDB_CLUSTER_SECRET:-} ]]; then
     secret_file="$CARTDB_REPO/.cartdb/compose-cluster-secret"
-    if [[ ! -s $secret_file ]]; then
-        mkdir -p "$(dirname "$secret_file")"
-        (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$secret_file")
-        info "generated a cluster secret in $secret_file"
-    fi
+    ensure_secret_file "$secret_file" 32 "a cluster secret"
     CARTDB_CLUSTER_SECRET=$(<"$secret_file")
 fi
 export CARTDB_CLUSTER_SECRET

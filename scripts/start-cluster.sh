@@ -94,20 +94,14 @@ LOGS="$CLUSTER_HOME/logs"
 # directory (readable by this user only) unless CARTDB_ADMIN_TOKEN is set.
 TOKEN_FILE="$CLUSTER_HOME/admin-token"
 if [[ -z ${CARTDB_ADMIN_TOKEN:-} ]]; then
-    if [[ ! -s $TOKEN_FILE ]]; then
-        (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE")
-        info "generated an admin token in $TOKEN_FILE"
-    fi
+    ensure_secret_file "$TOKEN_FILE" 24 "an admin token"
     CARTDB_ADMIN_TOKEN=$(<"$TOKEN_FILE")
 fi
 export CARTDB_ADMIN_TOKEN
 # The cluster secret every process proves to its RPC peers (a peer without it is refused):
 # generated once per cluster directory, readable by this user only, passed as a file.
 SECRET_FILE="$CLUSTER_HOME/cluster-secret"
-if [[ ! -s $SECRET_FILE ]]; then
-    (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$SECRET_FILE")
-    info "generated a cluster secret in $SECRET_FILE"
-fi
+ensure_secret_file "$SECRET_FILE" 32 "a cluster secret"
 export CARTDB_CLUSTER_SECRET_FILE="$SECRET_FILE"
 
 # The processes this script started: pid -> name and pid -> log, and the stop order.

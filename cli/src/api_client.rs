@@ -18,6 +18,15 @@ pub struct ApiArgs {
     pub admin_token: Option<String>,
 }
 
+/// Prints `document` as indented JSON with `--json`, otherwise as `text` renders it.
+pub fn print_document(document: &Value, json: bool, text: impl FnOnce(&Value) -> String) {
+    if json {
+        println!("{document:#}");
+    } else {
+        print!("{}", text(document));
+    }
+}
+
 /// `GET {api}{path}` with `query`, answered with JSON.
 ///
 /// # Errors

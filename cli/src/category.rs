@@ -5,7 +5,7 @@
 use clap::Args;
 use serde_json::Value;
 
-use crate::api_client::{ApiArgs, get_json};
+use crate::api_client::{ApiArgs, get_json, print_document};
 
 /// Arguments of `cartdb category`.
 #[derive(Debug, Args)]
@@ -30,11 +30,7 @@ pub fn run(args: CategoryArgs) -> anyhow::Result<()> {
         "/api/list_category",
         &[("category", args.category)],
     )?;
-    if args.json {
-        println!("{document:#}");
-    } else {
-        print!("{}", user_lines(&document));
-    }
+    print_document(&document, args.json, user_lines);
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
-use crate::api_client::{ApiArgs, get_json};
+use crate::api_client::{ApiArgs, get_json, print_document};
 
 /// Arguments of `cartdb locate`.
 #[derive(Debug, Args)]
@@ -56,11 +56,7 @@ pub fn locate(args: LocateArgs) -> anyhow::Result<ExitCode> {
         query.push(("item", item.clone()));
     }
     let document = get_json(&args.api, "/api/admin/locate", &query)?;
-    if args.json {
-        println!("{document:#}");
-    } else {
-        print!("{}", locate_lines(&document));
-    }
+    print_document(&document, args.json, locate_lines);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,7 +5,7 @@
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::api_client::{ApiArgs, get_json, post_json};
+use crate::api_client::{ApiArgs, get_json, post_json, print_document};
 
 /// `cartdb product ...`.
 #[derive(Debug, Subcommand)]
@@ -51,11 +51,7 @@ pub fn run(command: ProductCommand) -> anyhow::Result<()> {
     match command {
         ProductCommand::List { api, json } => {
             let document = get_json(&api, "/api/products", &[])?;
-            if json {
-                println!("{document:#}");
-            } else {
-                print!("{}", product_lines(&document));
-            }
+            print_document(&document, json, product_lines);
         }
         ProductCommand::Set(args) => {
             let product = json!({
@@ -65,11 +61,9 @@ pub fn run(command: ProductCommand) -> anyhow::Result<()> {
                 "price": args.price,
             });
             let answer = post_json(&args.api, "/api/products", &product)?;
-            if args.json {
-                println!("{answer:#}");
-            } else {
-                println!("set {}", product_line(&answer));
-            }
+            print_document(&answer, args.json, |answer| {
+                format!("set {}\n", product_line(answer))
+            });
         }
     }
     Ok(())

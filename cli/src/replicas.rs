@@ -6,7 +6,7 @@ use cartdb_core::cart::ItemState;
 use clap::Args;
 use serde_json::Value;
 
-use crate::api_client::{ApiArgs, get_json};
+use crate::api_client::{ApiArgs, get_json, print_document};
 
 /// Arguments of `cartdb replicas`.
 #[derive(Debug, Args)]
@@ -27,11 +27,7 @@ pub struct ReplicasArgs {
 /// The API unreachable or answering an error.
 pub fn run(args: ReplicasArgs) -> anyhow::Result<()> {
     let document = get_json(&args.api, "/api/admin/replicas", &[("userid", args.user)])?;
-    if args.json {
-        println!("{document:#}");
-    } else {
-        print!("{}", replica_lines(&document));
-    }
+    print_document(&document, args.json, replica_lines);
     Ok(())
 }
 
@@ -80,7 +76,7 @@ mod tests {
             {"device": 1, "items": [{
                 "product": "1", "meta": {"price": 61, "category": "1"},
                 "base": {"qty": 2, "version": version},
-                "ops": [{"id": 7, "kind": "Add", "version": {"hlc": 131072, "gateway": 1}}],
+                "ops": [{"id": "00000000000000000000000000000007", "kind": "Add", "version": {"hlc": 131072, "gateway": 1}}],
             }], "error": null},
             {"device": 2, "items": [], "error": null},
             {"device": 3, "items": null, "error": "unreachable"},

@@ -6,7 +6,7 @@
 use clap::Args;
 use serde_json::Value;
 
-use crate::api_client::{ApiArgs, get_json};
+use crate::api_client::{ApiArgs, get_json, print_document};
 
 /// Arguments of `cartdb traffic`.
 #[derive(Debug, Args)]
@@ -24,11 +24,7 @@ pub struct TrafficArgs {
 /// The API unreachable or answering an error.
 pub fn run(args: TrafficArgs) -> anyhow::Result<()> {
     let document = get_json(&args.api, "/api/admin/traffic", &[])?;
-    if args.json {
-        println!("{document:#}");
-    } else {
-        print!("{}", traffic_table(&document));
-    }
+    print_document(&document, args.json, traffic_table);
     Ok(())
 }
 

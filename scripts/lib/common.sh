@@ -26,6 +26,16 @@ section() {
     printf '\n%s========== %s ==========%s\n' "$_c_bold" "$*" "$_c_off" >&2
 }
 
+# ensure_secret_file PATH BYTES WHAT: creates PATH with BYTES random bytes in hex, readable by
+# this user only, unless it exists and is not empty (a secret is generated once and kept).
+ensure_secret_file() {
+    local path=$1 bytes=$2 what=$3
+    [[ -s $path ]] && return 0
+    mkdir -p "$(dirname "$path")"
+    (umask 077 && od -An -N"$bytes" -tx1 /dev/urandom | tr -d ' \n' >"$path")
+    info "generated $what in $path"
+}
+
 # poll_until TIMEOUT_SECONDS DESCRIPTION COMMAND [ARGS...]
 # Runs COMMAND until it succeeds or the deadline passes (returns 1 then). Pauses 0.2 s
 # between attempts; the command is what is waited for, never the pause.
