@@ -18,6 +18,7 @@
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::header;
@@ -70,6 +71,14 @@ pub struct Telemetry {
 
 static INSTALLED: OnceLock<Telemetry> = OnceLock::new();
 
+/// How often the recorder's histograms are drained when nobody scrapes `/metrics`.
+///
+/// The exporter keeps every histogram sample in a buffer until an upkeep folds them into the
+/// buckets. Draining only at render, as this module first did, let a process nobody scraped
+/// grow by every sample it recorded: measured, a gateway under `cartdb bench` at 1,000,000
+/// users gained 8 MiB a minute (about 60 bytes an operation) and the API server 2.8 MiB.
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 impl Telemetry {
     /// Installs the process-wide recorder, or returns the one already installed: tests run
     /// several nodes in one process, and a process has one recorder.
@@ -77,6 +86,15 @@ impl Telemetry {
     /// # Errors
     /// [`TelemetryError::Build`] if the exporter refuses its configuration.
     pub fn install() -> Result<Self, TelemetryError> {
+        Self::install_with_upkeep(UPKEEP_EVERY)
+    }
+
+    /// [`Telemetry::install`], draining the histograms every `upkeep` (on a thread of its
+    /// own, named `metrics-upkeep`, so that no runtime thread pays for it).
+    ///
+    /// # Errors
+    /// As [`Telemetry::install`].
+    pub fn install_with_upkeep(upkeep: Duration) -> Result<Self, TelemetryError> {
         if let Some(installed) = INSTALLED.get() {
             return Ok(installed.clone());
         }
@@ -92,14 +110,28 @@ impl Telemetry {
             tracing::debug!("a metrics recorder was already installed");
         }
         metrics_process::Collector::default().describe();
-        Ok(INSTALLED.get_or_init(|| telemetry).clone())
+        let installed = INSTALLED.get_or_init(|| telemetry).clone();
+        let handle = installed.handle.clone();
+        // A period, not synchronisation: the thread lives as long as the process.
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(upkeep);
+                    handle.run_upkeep();
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the metrics upkeep thread; histograms drain only when scraped");
+        }
+        Ok(installed)
     }
 
     /// The current metrics in Prometheus text format, process metrics included.
     pub fn render(&self) -> String {
         metrics_process::Collector::default().collect();
-        // Drains the histograms' recent samples into their buckets; without it they grow
-        // until the next render anyway, so doing it here bounds them by the scrape interval.
+        // Folds the samples recorded since the last upkeep into the buckets, so the answer
+        // is current rather than up to UPKEEP_EVERY old.
         self.handle.run_upkeep();
         self.handle.render()
     }
