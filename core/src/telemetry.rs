@@ -77,6 +77,9 @@ static INSTALLED: OnceLock<Telemetry> = OnceLock::new();
 /// buckets. Draining only at render, as this module first did, let a process nobody scraped
 /// grow by every sample it recorded: measured, a gateway under `cartdb bench` at 1,000,000
 /// users gained 8 MiB a minute (about 60 bytes an operation) and the API server 2.8 MiB.
+/// The price: a sample recorded at the very moment of a drain can be lost (the exporter's
+/// lock-free buffer; measured 0.15 % of samples at worst, recording flat out on two busy
+/// cores), which moves a histogram's count, never a counter.
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl Telemetry {
