@@ -133,11 +133,7 @@ impl ClusterKey {
     pub fn zookeeper_password(&self) -> String {
         let mut mac = self.mac.clone();
         mac.update(b"cartdb zookeeper digest password");
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// The proof `side` sends: an HMAC over its role, the service and protocol of the
