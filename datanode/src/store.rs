@@ -36,6 +36,7 @@
 //! `"a b\0"`. Every method is blocking: call it from `spawn_blocking` or a dedicated thread.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cartdb_core::cart::{
     InputError, ItemKey, ItemState, ItemSummary, OpId, OpKind, Operation, validate_id,
@@ -43,6 +44,7 @@ use cartdb_core::cart::{
 use cartdb_core::placement_key::{is_index_entry, placement_key};
 use cartdb_core::version::Version;
 use cartdb_core::wire::HeldItem;
+use fjall::compaction::Leveled;
 use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -75,6 +77,15 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// keyspace. 4 MiB, with one worker thread: 1,972 -> 2,183 ops/s and p99 132 -> 87 ms over
 /// 5 minutes at 1,000,000 users (docs/benchmarks.md).
 const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+/// Target size of a table written by compaction; with fjall's L0 threshold of 4 tables it
+/// also sets L1's size (4 × this), and each further level is 10 times the one above.
+/// fjall's default is 64 MiB, so L1 held 256 MiB and every L0 -> L1 compaction rewrote the
+/// tables it overlaps; cart keys are spread uniformly, so that was all of L1, and a node's
+/// compaction cost per write grew with its data until a keyspace passed 256 MiB (over ten
+/// minutes of the 1,000,000-shopper benchmark). 8 MiB caps L1 at 32 MiB: from then on a
+/// compaction rewrites at most a few tables. Measured in docs/benchmarks.md (five-minute
+/// runs on an empty store). fjall stores it with the keyspace when it creates it.
+const TABLE_TARGET_BYTES: u64 = 8 * 1024 * 1024;
 /// Open table files kept cached (fjall defaults to the process's file limit).
 const MAX_CACHED_FILES: usize = 256;
 /// fjall's background flush and compaction threads. Six data nodes share two cores; two
@@ -651,6 +662,9 @@ fn scan<T>(
 fn keyspace_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)
+        .compaction_strategy(Arc::new(
+            Leveled::default().with_table_target_size(TABLE_TARGET_BYTES),
+        ))
         .filter_block_pinning_policy(PinningPolicy::all(true))
         .index_block_pinning_policy(PinningPolicy::all(true))
 }
