@@ -72,7 +72,7 @@ function drawDevices(status) {
     cell(row, String(device.id));
     cell(row, device.name);
     cell(row, device.up ? "up" : "down", device.up ? "up" : "down");
-    const weight = device.reweight === 0 ? "out" : "in" +
+    const weight = device.reweight === 0 ? (device.auto_out ? "out (auto)" : "out") : "in" +
       (device.reweight === FULL_WEIGHT ? "" : " " + (device.reweight / FULL_WEIGHT).toFixed(2));
     cell(row, weight, device.reweight === 0 ? "out" : "");
     cell(row, String(device.pgs));
@@ -122,11 +122,24 @@ function drawGroups(status) {
     ["map epoch", String(status.map_epoch)],
     ["pool / pg_num", pgs.pool + " / " + pgs.pg_num],
     ["replicas (W, R)", r.replicas + " (" + r.write_quorum + ", " + r.read_quorum + ")"],
-    ["with past devices", String(pgs.with_past), pgs.with_past ? "warn" : ""],
+    ["flags", status.flags.length ? status.flags.join(", ") : "none",
+      status.flags.length ? "warn" : ""],
+    ["clean", String(pgs.clean)],
+    ["degraded", String(pgs.degraded), pgs.degraded ? "warn" : ""],
+    ["remapped (backfilling)", pgs.remapped + " (" + pgs.backfilling + ")",
+      pgs.remapped ? "warn" : ""],
     ["undersized", String(pgs.undersized), pgs.undersized ? "warn" : ""],
     ["without write quorum", String(pgs.without_write_quorum),
       pgs.without_write_quorum ? "down" : ""],
   ]);
+  const backfill = pgs.backfill;
+  $("backfill-bar").style.width = backfill
+    ? ((100 * (backfill.pgs_total - backfill.pgs_left)) / backfill.pgs_total).toFixed(1) + "%"
+    : "100%";
+  $("backfill-text").textContent = backfill
+    ? (backfill.pgs_total - backfill.pgs_left) + " / " + backfill.pgs_total + " PGs, " +
+      (backfill.eta_secs === null ? "time left unknown" : "about " + backfill.eta_secs + " s left")
+    : "no backfill under way";
   const m = status.maintenance;
   const sweep = m.anti_entropy;
   const rows = [

@@ -125,10 +125,11 @@ impl ApiError {
 /// The status of each gateway failure (part of the status table).
 fn gateway_failure_status(failure: &GatewayFailure) -> StatusCode {
     match failure {
-        GatewayFailure::UnknownProduct { .. } | GatewayFailure::NotInCart { .. } => {
-            StatusCode::NOT_FOUND
-        }
+        GatewayFailure::UnknownProduct { .. }
+        | GatewayFailure::NotInCart { .. }
+        | GatewayFailure::UnknownDevice { .. } => StatusCode::NOT_FOUND,
         GatewayFailure::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+        GatewayFailure::MapChangeRefused { .. } => StatusCode::CONFLICT,
         GatewayFailure::QuorumNotReached { .. }
         | GatewayFailure::CoordinationUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         // `Internal`, and any failure a newer gateway adds that this build does not know.

@@ -599,12 +599,12 @@ pub async fn traffic(_admin: Admin, State(state): State<AppState>) -> Json<Traff
     })
 }
 
-async fn ask(state: &AppState, request: &GatewayRequest) -> Result<Reply, ApiError> {
+pub(crate) async fn ask(state: &AppState, request: &GatewayRequest) -> Result<Reply, ApiError> {
     Ok(state.pool().call(request).await?)
 }
 
 /// The error for a reply that is not the success variant `request` expects.
-fn unexpected(request: &'static str, response: GatewayResponse) -> ApiError {
+pub(crate) fn unexpected(request: &'static str, response: GatewayResponse) -> ApiError {
     let reply = match response {
         GatewayResponse::Failed(failure) => return failure.into(),
         GatewayResponse::Updated { .. } => "Updated",
@@ -615,6 +615,8 @@ fn unexpected(request: &'static str, response: GatewayResponse) -> ApiError {
         GatewayResponse::Replicas { .. } => "Replicas",
         GatewayResponse::Located { .. } => "Located",
         GatewayResponse::DeviceItems { .. } => "DeviceItems",
+        GatewayResponse::MapPreview(_) => "MapPreview",
+        GatewayResponse::Pgs { .. } => "Pgs",
     };
     ApiError::UnexpectedReply { request, reply }
 }

@@ -31,6 +31,7 @@ pub mod extract;
 pub mod gateways;
 pub mod handlers;
 pub mod http;
+pub mod map_admin;
 pub mod openapi;
 pub mod routes;
 pub mod traffic;

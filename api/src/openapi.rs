@@ -16,7 +16,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::error::ErrorBody;
-use crate::handlers;
+use crate::{handlers, map_admin};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -36,6 +36,9 @@ use crate::handlers;
         handlers::locate,
         handlers::device_items,
         handlers::traffic,
+        map_admin::preview,
+        map_admin::change,
+        map_admin::pgs,
         handlers::healthz,
         handlers::readyz,
         metrics,

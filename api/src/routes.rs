@@ -12,7 +12,7 @@ use crate::auth::AdminToken;
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::gateways::GatewayPool;
 use crate::traffic::Traffic;
-use crate::{dashboard, handlers};
+use crate::{dashboard, handlers, map_admin};
 
 /// Whether this process's ZooKeeper session is connected (for `/readyz`).
 pub type SessionProbe = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -90,6 +90,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/locate", get(handlers::locate))
         .route("/api/admin/device-items", get(handlers::device_items))
         .route("/api/admin/traffic", get(handlers::traffic))
+        .route("/api/admin/map/preview", post(map_admin::preview))
+        .route("/api/admin/map/change", post(map_admin::change))
+        .route("/api/admin/pgs", get(map_admin::pgs))
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/{file}", get(dashboard::asset))

@@ -1,14 +1,15 @@
 //! `cartdb status`: the cluster as `GET /api/cluster` reports it, for a terminal.
 //!
 //! Prints the devices (up or down, in or out, PG count, addresses), the gateways, the map
-//! epoch, the placement groups, the policies, and the convergence work: read repairs,
-//! compaction and the anti-entropy sweep's progress. The document is read into the typed
+//! epoch and flags, the placement groups by state with the backfill's progress, the
+//! policies, and the convergence work: read repairs, compaction and the anti-entropy sweep. The document is read into the typed
 //! [`ClusterStatus`] the gateways send, so a field the API stops sending is an error here,
 //! not a silent `?`. `--json` prints the API's document unchanged.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
+use cartdb_core::coord::FULL_WEIGHT;
 use cartdb_core::wire::{ClusterStatus, SweepStatus};
 use clap::Args;
 use serde::Deserialize;
@@ -58,21 +59,52 @@ fn address(value: Option<&str>) -> &str {
     value.filter(|a| !a.is_empty()).unwrap_or("-")
 }
 
+/// A 20-character progress bar for `done` of `total`.
+fn bar(done: u32, total: u32) -> String {
+    const WIDTH: u32 = 20;
+    let filled = if total == 0 {
+        WIDTH
+    } else {
+        u32::try_from(u64::from(done) * u64::from(WIDTH) / u64::from(total)).unwrap_or(WIDTH)
+    };
+    let filled = filled.min(WIDTH) as usize;
+    format!(
+        "[{}{}]",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled)
+    )
+}
+
 /// The human-readable summary of a `/api/cluster` document.
 fn summary(doc: &ClusterDocument) -> String {
     let status = &doc.status;
     let mut out = String::new();
     let up = status.devices.iter().filter(|d| d.up).count();
+    let flags = if status.flags.is_empty() {
+        "none".to_owned()
+    } else {
+        status.flags.join(",")
+    };
     out += &format!(
-        "map epoch {}; {up}/{} devices up\n",
+        "map epoch {}; {up}/{} devices up; flags: {flags}\n",
         status.map_epoch,
         status.devices.len()
     );
     for d in &status.devices {
         let state = if d.up { "up" } else { "DOWN" };
-        let placement = if d.reweight == 0 { "out" } else { "in" };
+        let placement = match (d.reweight, d.auto_out) {
+            (0, true) => "out (auto)".to_owned(),
+            (0, false) => "out".to_owned(),
+            (FULL_WEIGHT, _) => "in".to_owned(),
+            (w, _) => format!("in {:.2}", f64::from(w) / f64::from(FULL_WEIGHT)),
+        };
+        let past = if d.past_pgs > 0 {
+            format!(" (+{} past)", d.past_pgs)
+        } else {
+            String::new()
+        };
         out += &format!(
-            "  {:<10} {state:<4} {placement:<3} {:>4} PGs  {}  metrics {}\n",
+            "  {:<10} {state:<4} {placement:<10} {:>4} PGs{past}  {}  metrics {}\n",
             d.name,
             d.pgs,
             address(d.address.as_deref()),
@@ -81,9 +113,29 @@ fn summary(doc: &ClusterDocument) -> String {
     }
     let pgs = &status.placement_groups;
     out += &format!(
-        "placement groups: {} (pool {}); {} with a past set (read from former devices until clean), {} undersized, {} without a write quorum\n",
-        pgs.pg_num, pgs.pool, pgs.with_past, pgs.undersized, pgs.without_write_quorum,
+        "placement groups: {} (pool {}): {} clean, {} degraded, {} remapped ({} backfilling), {} undersized, {} without a write quorum\n",
+        pgs.pg_num,
+        pgs.pool,
+        pgs.clean,
+        pgs.degraded,
+        pgs.remapped,
+        pgs.backfilling,
+        pgs.undersized,
+        pgs.without_write_quorum,
     );
+    if let Some(b) = &pgs.backfill {
+        let done = b.pgs_total - b.pgs_left;
+        let eta = b
+            .eta_secs
+            .map_or_else(|| "unknown".to_owned(), |s| format!("~{s}s"));
+        out += &format!(
+            "backfill: {done}/{} PGs done {}, {} left, running {}s, time left {eta}\n",
+            b.pgs_total,
+            bar(done, b.pgs_total),
+            b.pgs_left,
+            b.elapsed_secs,
+        );
+    }
     out += &format!("gateways: {}\n", status.gateways.len());
     for g in &status.gateways {
         out += &format!(
@@ -147,10 +199,20 @@ mod tests {
             "map_epoch": 4,
             "devices": [
                 {"id": 1, "name": "device_1", "up": true, "reweight": 65536,
-                 "address": "127.0.0.1:7001", "pgs": 128, "metrics": "127.0.0.1:9101"},
-                {"id": 2, "name": "device_2", "up": false, "reweight": 0, "address": null, "pgs": 0}
+                 "address": "127.0.0.1:7001", "pgs": 128, "metrics": "127.0.0.1:9101",
+                 "auto_out": false, "past_pgs": 3},
+                {"id": 2, "name": "device_2", "up": false, "reweight": 0, "address": null,
+                 "pgs": 0, "auto_out": true, "past_pgs": 0},
+                {"id": 3, "name": "device_3", "up": true, "reweight": 32768, "address": null,
+                 "pgs": 40, "auto_out": false, "past_pgs": 0}
             ],
-            "placement_groups": {"pool": 1, "pg_num": 256, "with_past": 3, "undersized": 0},
+            "placement_groups": {"pool": 1, "pg_num": 256, "clean": 250, "degraded": 0,
+                                 "remapped": 3, "backfilling": 3, "undersized": 0,
+                                 "without_write_quorum": 0,
+                                 "backfill": {"pgs_total": 12, "pgs_left": 3,
+                                              "started_ms": 0, "elapsed_secs": 30,
+                                              "eta_secs": 10}},
+            "flags": ["noout"],
             "gateways": [{"id": 0, "address": ""}],
             "placement_policy": {"name": "crush-straw2", "sha256": "ab"},
             "replication": {"replicas": 3, "write_quorum": 2, "read_quorum": 2},
@@ -164,17 +226,30 @@ mod tests {
             "api": {"gateways": [], "answered_by": 0}
         }));
         let text = summary(&doc);
-        assert!(text.contains("1/2 devices up"), "{text}");
+        assert!(text.contains("2/3 devices up; flags: noout"), "{text}");
         assert!(
-            text.contains("device_2   DOWN out    0 PGs  -  metrics -"),
+            text.contains("device_2   DOWN out (auto)    0 PGs  -  metrics -"),
             "{text}"
         );
         assert!(
-            text.contains("device_1   up   in   128 PGs  127.0.0.1:7001  metrics 127.0.0.1:9101"),
+            text.contains(
+                "device_1   up   in          128 PGs (+3 past)  127.0.0.1:7001  metrics 127.0.0.1:9101"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("device_3   up   in 0.50      40 PGs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backfill: 9/12 PGs done [###############.....], 3 left, running 30s, time left ~10s"),
             "{text}"
         );
         assert!(text.contains("gw-0   -  metrics -"), "{text}");
-        assert!(text.contains("256 (pool 1); 3 with a past set"), "{text}");
+        assert!(
+            text.contains("256 (pool 1): 250 clean, 0 degraded, 3 remapped (3 backfilling)"),
+            "{text}"
+        );
         assert!(text.contains("0 without a write quorum"), "{text}");
         assert!(text.contains("built-in reference merge"), "{text}");
         assert!(text.contains("gw-0: 3 repairs (5 operations)"), "{text}");

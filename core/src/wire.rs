@@ -18,7 +18,8 @@ use crate::cart::{
 /// 3: placement groups (PG scans, item drops, category answers with item keys).
 /// 4: the hello carries a nonce and is followed by proofs of the cluster secret; replies
 /// are wrapped in `rpc::ReplyBody` (an answer, or "too large").
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: PG states and backfill progress in `Cluster` answers, cluster flags, map changes.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Which service a connection expects to reach, checked in the hello exchange so that a client
 /// pointed at the wrong port gets a clear error instead of undecodable frames.
@@ -234,6 +235,34 @@ pub enum GatewayRequest {
         after: Option<ItemKey>,
         limit: u32,
     },
+    /// What `changes` would do to the placement of the PGs, without making them (admin).
+    PreviewMap { changes: Vec<MapChange> },
+    /// Makes `changes` in one compare-and-set of the map (admin); answered with their
+    /// preview against the map they were applied to.
+    ChangeMap { changes: Vec<MapChange> },
+    /// Every PG's up and past sets at the current epoch (admin; Ceph's `pg dump`).
+    Pgs,
+}
+
+/// One change of the cluster map an operator asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapChange {
+    /// Sets or clears a cluster flag (`noout`).
+    Flag { flag: String, on: bool },
+    /// Sets a device's reweight, 16.16 fixed point: 0 marks it out, 0x10000 fully in.
+    /// An operator's reweight is kept when the device goes down and comes back.
+    Reweight { device: DeviceId, weight: u32 },
+    /// Adds a device under a host bucket (created under the first root if missing).
+    AddDevice {
+        device: DeviceId,
+        name: String,
+        host: String,
+        /// CRUSH weight, 16.16 fixed point.
+        weight: u32,
+    },
+    /// Removes a device from the map. Refused until it is out and no PG's up or past set
+    /// holds it (`cartdb device remove` drains it first).
+    RemoveDevice { device: DeviceId },
 }
 
 impl GatewayRequest {
@@ -250,6 +279,9 @@ impl GatewayRequest {
             Self::Replicas { .. } => "replicas",
             Self::Locate { .. } => "locate",
             Self::DeviceItems { .. } => "device_items",
+            Self::PreviewMap { .. } => "preview_map",
+            Self::ChangeMap { .. } => "change_map",
+            Self::Pgs => "pgs",
         }
     }
 }
@@ -280,6 +312,54 @@ pub enum GatewayResponse {
         items: Vec<HeldItem>,
         next: Option<ItemKey>,
     },
+    /// The answer to [`GatewayRequest::PreviewMap`] and [`GatewayRequest::ChangeMap`].
+    MapPreview(Box<MapPreview>),
+    /// The answer to [`GatewayRequest::Pgs`].
+    Pgs { epoch: u64, pgs: Vec<PgEntry> },
+}
+
+/// What a map change does to placement: `crushtool --compare` for cartdb.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MapPreview {
+    /// The epoch of the map the change was compared with (or applied to).
+    pub epoch: u64,
+    /// The epoch the change produced, when it was applied.
+    pub applied_epoch: Option<u64>,
+    pub pg_num: u32,
+    pub size: u32,
+    /// PGs whose up set changes (as a set of devices).
+    pub pgs_moved: u32,
+    /// Copies of PGs that land on a device that did not hold them: the backfill's work.
+    pub copies_moved: u32,
+    /// Copies of PGs in all (`pg_num` x `size`, less any shortfall). Items spread
+    /// uniformly over the PGs (the placement key is a hash), so the share of items whose
+    /// placement changes is expected to be `pgs_moved / pg_num`, and the share of item
+    /// copies that move `copies_moved / copies_total`.
+    pub copies_total: u32,
+    /// Every device of the map before or after, by id.
+    pub devices: Vec<DevicePreview>,
+}
+
+/// One device in a [`MapPreview`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DevicePreview {
+    pub id: DeviceId,
+    pub name: String,
+    /// Reweight before and after (0 = out, 0x10000 = in); `None`: not in that map.
+    pub reweight_before: Option<u32>,
+    pub reweight_after: Option<u32>,
+    /// PGs whose up set holds the device, before and after.
+    pub pgs_before: u32,
+    pub pgs_after: u32,
+}
+
+/// One PG in a [`GatewayResponse::Pgs`] answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PgEntry {
+    pub pg: u32,
+    /// Primary first.
+    pub up: Vec<DeviceId>,
+    pub past: Vec<DeviceId>,
 }
 
 /// Where one item (or cart-index entry) of a user lives (`GatewayRequest::Locate`).
@@ -347,6 +427,12 @@ pub enum GatewayFailure {
     /// A bug or an unexpected state (HTTP 500).
     #[error("internal error: {detail}")]
     Internal { detail: String },
+    /// A map change names a device the map does not have (HTTP 404).
+    #[error("device {device} is not in the map")]
+    UnknownDevice { device: DeviceId },
+    /// A map change cannot be made in the cluster's present state (HTTP 409).
+    #[error("map change refused: {problem}")]
+    MapChangeRefused { problem: String },
 }
 
 /// The cluster as one gateway sees it (`GET /api/cluster`).
@@ -366,6 +452,8 @@ pub struct ClusterStatus {
     pub maintenance: MaintenanceStatus,
     /// The pool's placement groups at this epoch.
     pub placement_groups: PgStatus,
+    /// The cluster flags that are set (`noout`).
+    pub flags: Vec<String>,
 }
 
 /// The pool's placement groups as one gateway sees them.
@@ -373,14 +461,36 @@ pub struct ClusterStatus {
 pub struct PgStatus {
     pub pool: u32,
     pub pg_num: u32,
+    /// PGs with `size` live devices in their up set and no past set.
+    pub clean: u32,
+    /// PGs whose up set has fewer live devices than the pool's size: some device of theirs
+    /// is down (not yet out), or there are too few devices.
+    pub degraded: u32,
     /// PGs whose past set is not empty: they may hold data off their up set, and are read
-    /// from both until the anti-entropy sweep finds them clean.
-    pub with_past: u32,
+    /// from both until the anti-entropy sweep finds them clean (Ceph's "remapped").
+    pub remapped: u32,
+    /// Remapped PGs whose up set is all live, so the sweep can backfill them now.
+    pub backfilling: u32,
     /// PGs whose up set has fewer devices than the pool's size.
     pub undersized: u32,
     /// PGs whose up set has fewer live devices than the write quorum: writes to them fail.
-    #[serde(default)]
     pub without_write_quorum: u32,
+    /// The backfill under way, if any PG is remapped.
+    pub backfill: Option<BackfillProgress>,
+}
+
+/// How far the current backfill has got (see the gateway's `backfill` module).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackfillProgress {
+    /// Most PGs remapped at once since it started.
+    pub pgs_total: u32,
+    /// PGs still remapped.
+    pub pgs_left: u32,
+    /// When it started (wall-clock milliseconds, as seen by the answering gateway).
+    pub started_ms: u64,
+    pub elapsed_secs: u64,
+    /// Estimated seconds left; `None` until a PG is done.
+    pub eta_secs: Option<u64>,
 }
 
 /// Counters of the work that makes replicas converge, from the answering gateway, and the
@@ -443,6 +553,10 @@ pub struct DeviceStatus {
     /// Where the data node serves `GET /metrics`, when it is up.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// Marked out by the cluster (down past the grace): it is marked in when it returns.
+    pub auto_out: bool,
+    /// Placement groups whose past set includes this device: it still holds data they need.
+    pub past_pgs: u32,
 }
 
 /// A live gateway.

@@ -151,7 +151,7 @@ const POOL: PoolSettings = PoolSettings {
 fn reweights(weights: &[(u32, u32)]) -> Placement {
     Placement {
         reweights: weights.iter().copied().collect(),
-        past: Default::default(),
+        ..Placement::default()
     }
 }
 
@@ -193,6 +193,7 @@ async fn map_is_bootstrapped_once_and_changed_by_compare_and_set() {
     let out = Placement {
         reweights: BTreeMap::from([(3, 0)]),
         past: BTreeMap::from([(17, BTreeSet::from([3]))]),
+        ..Placement::default()
     };
     assert!(a.coord.set_placement(1, out).await.unwrap());
     assert_eq!(a.coord.map().borrow().as_ref().unwrap().epoch, 2);
@@ -214,6 +215,7 @@ async fn map_is_bootstrapped_once_and_changed_by_compare_and_set() {
     let beyond_pg_num = Placement {
         reweights: BTreeMap::new(),
         past: BTreeMap::from([(64, BTreeSet::from([1]))]),
+        ..Placement::default()
     };
     assert!(matches!(
         a.coord.set_placement(2, beyond_pg_num).await,
@@ -446,7 +448,7 @@ async fn malformed_znode_data_is_refused() {
 
     raw.set_data("/map", b"{not json", None).await.unwrap();
     let valid = format!(
-        r#"{{"format": 2, "map": {}, "reweights": {{"1": 0}}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}}}"#,
+        r#"{{"format": 3, "map": {}, "reweights": {{"1": 0}}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}}}"#,
         first.map_json
     );
     raw.set_data("/map", valid.as_bytes(), None).await.unwrap();

@@ -343,8 +343,8 @@ impl AntiEntropy {
             return;
         }
         let placement = Placement {
-            reweights: topology.map.reweights.clone(),
             past,
+            ..Placement::of(&topology.map)
         };
         let epoch = topology.map.epoch;
         match self.coordination.set_placement(epoch, placement).await {

@@ -4,24 +4,26 @@
 //! 1. points the data node connections ([`Replicas`]) at the live devices' addresses;
 //! 2. computes every PG's up set when the map epoch changed (off the async workers) and
 //!    publishes the new [`Topology`];
-//! 3. marks dead devices out and returning devices in (see [`reweight_update`]): it computes
-//!    the up sets the new reweights give, the past sets that follow
-//!    (`PgTable::past_after`: a device leaving a PG's up set joins its past set), and
-//!    writes both with one compare-and-set of the map. Both gateways may race to do so; the
-//!    loser's CAS fails harmlessly and it re-decides on the map the winner wrote. Every
-//!    gateway thus places with the same reweights at the same epoch, and no reader sees a
-//!    new up set without the past set that still holds the PG's data.
+//! 3. marks devices down past their grace out, and returning ones in (the rules are in
+//!    [`crate::down_out`]): it computes the up sets the new reweights give, the past sets
+//!    that follow (`PgTable::past_after`: a device leaving a PG's up set joins its past
+//!    set), and writes both with one compare-and-set of the map. Both gateways may race to
+//!    do so; the loser's CAS fails harmlessly and it re-decides on the map the winner wrote.
+//!    Every gateway thus places with the same reweights at the same epoch, and no reader
+//!    sees a new up set without the past set that still holds the PG's data. It wakes up
+//!    by itself when a down device's grace ends.
 //!
 //! None of this runs on the request path.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use cartdb_core::coord::{ClusterMap, Coordinator, Membership, Placement};
+use cartdb_core::coord::{ClusterMap, Coordinator, FULL_WEIGHT, Membership, Placement};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster_view::{ClusterView, Topology, reweight_update};
+use crate::cluster_view::{ClusterView, Topology};
+use crate::down_out::{DownClock, DownOutRules, decide};
 use crate::placement::{EpochPlacement, build_placement};
 use crate::policy::PlacementPolicy;
 use crate::replicas::Replicas;
@@ -36,6 +38,16 @@ pub struct ClusterKeeper {
     pub replicas: Arc<Replicas>,
     pub policy: PlacementPolicy,
     pub rule: Option<String>,
+    pub down_out: DownOutRules,
+}
+
+/// When the keeper should look again though nothing changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// Only on a change.
+    OnChange,
+    /// After this long (a failed update to retry, or a grace ending).
+    After(Duration),
 }
 
 impl ClusterKeeper {
@@ -44,24 +56,30 @@ impl ClusterKeeper {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut members = self.coordinator.members();
         let mut map = self.coordinator.map();
+        let mut clock = DownClock::default();
         loop {
             let current_members = members.borrow_and_update().clone();
             let current_map = map.borrow_and_update().clone();
-            let retry = match current_map {
-                Some(current_map) => !self.refresh(current_members, current_map).await,
+            let wake = match current_map {
+                Some(current_map) => self.refresh(current_members, current_map, &mut clock).await,
                 None => {
                     self.replicas.refresh(&current_members.devices);
-                    false
+                    Wake::OnChange
                 }
             };
-            if !wait_for_change(&mut members, &mut map, retry, &shutdown).await {
+            if !wait_for_change(&mut members, &mut map, wake, &shutdown).await {
                 return;
             }
         }
     }
 
-    /// Applies one (members, map) pair; `false` when the reweight update should be retried.
-    async fn refresh(&self, members: Arc<Membership>, map: Arc<ClusterMap>) -> bool {
+    /// Applies one (members, map) pair, and says when to look again by itself.
+    async fn refresh(
+        &self,
+        members: Arc<Membership>,
+        map: Arc<ClusterMap>,
+        clock: &mut DownClock,
+    ) -> Wake {
         self.replicas.refresh(&members.devices);
         let current = self.view.current();
         let placement = if current.placement().epoch() == map.epoch {
@@ -81,7 +99,7 @@ impl ClusterKeeper {
                 current.placement().clone(),
             )),
         }
-        self.update_reweights(&map, &members).await
+        self.update_reweights(&map, &members, clock).await
     }
 
     async fn rebuild(&self, map: &Arc<ClusterMap>) -> Option<Arc<EpochPlacement>> {
@@ -103,18 +121,44 @@ impl ClusterKeeper {
         }
     }
 
-    /// Marks devices in or out to match `members`, with the past sets that follow; `false`
-    /// when that failed.
-    async fn update_reweights(&self, map: &Arc<ClusterMap>, members: &Membership) -> bool {
-        let Some(reweights) = reweight_update(map, members) else {
-            return true;
+    /// Marks devices out or in by the down/out rules, with the past sets that follow.
+    async fn update_reweights(
+        &self,
+        map: &Arc<ClusterMap>,
+        members: &Membership,
+        clock: &mut DownClock,
+    ) -> Wake {
+        let down_for = clock.observe(map, members, Instant::now());
+        let decision = decide(map, members, &down_for, &self.down_out);
+        #[allow(clippy::cast_precision_loss, reason = "device counts are small")]
+        metrics::gauge!("cartdb_devices_held_in").set(decision.held_in.len() as f64);
+        if !decision.held_in.is_empty() {
+            tracing::warn!(
+                devices = ?decision.held_in,
+                noout = map.flags.noout,
+                min_in_ratio = self.down_out.min_in_ratio,
+                "devices down past the grace are kept in (noout, or the minimum in ratio)"
+            );
+        }
+        let on_time = decision.recheck_in.map_or(Wake::OnChange, Wake::After);
+        let Some(change) = decision.change else {
+            return on_time;
         };
         let current = self.view.current();
         if current.placement().epoch() != map.epoch {
             // No up sets for this epoch (the policy refused the map): nothing to compare.
-            return false;
+            return Wake::After(RETRY_AFTER);
         }
-        let weights = reweights.iter().map(|(d, w)| (*d, *w)).collect();
+        let reweights = change
+            .reweights
+            .into_iter()
+            .filter(|&(_, w)| w != FULL_WEIGHT)
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let weights = map
+            .devices
+            .keys()
+            .map(|&d| (d, reweights.get(&d).copied().unwrap_or(FULL_WEIGHT)))
+            .collect();
         let next = build_placement(
             self.policy.clone(),
             map.clone(),
@@ -126,53 +170,57 @@ impl ClusterKeeper {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(error = %e, "cannot place with the new reweights; retrying");
-                return false;
+                return Wake::After(RETRY_AFTER);
             }
         };
         let past = current
             .placement()
             .table()
             .past_after(next.table(), &map.past);
-        let out: Vec<_> = reweights
-            .iter()
-            .filter(|(_, w)| **w == 0)
-            .map(|(d, _)| *d)
-            .collect();
-        let placement = Placement { reweights, past };
+        let placement = Placement {
+            reweights,
+            past,
+            auto_out: change.auto_out,
+            ..Placement::of(map)
+        };
         match self.coordinator.set_placement(map.epoch, placement).await {
             Ok(true) => {
                 tracing::info!(
                     epoch = map.epoch,
-                    ?out,
-                    "reweights updated for the live devices"
+                    marked_out = ?change.marked_out,
+                    marked_in = ?change.marked_in,
+                    "devices marked out or in"
                 );
-                true
+                metrics::counter!("cartdb_devices_marked_out_total")
+                    .increment(change.marked_out.len() as u64);
+                metrics::counter!("cartdb_devices_marked_in_total")
+                    .increment(change.marked_in.len() as u64);
+                on_time
             }
             Ok(false) => {
                 tracing::debug!(epoch = map.epoch, "the map changed first; deciding again");
-                true
+                on_time
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot update the reweights; retrying");
-                false
+                Wake::After(RETRY_AFTER)
             }
         }
     }
 }
 
-/// Waits until the membership or the map changes, or `retry` is due; `false` when the task
+/// Waits until the membership or the map changes, or `wake` is due; `false` when the task
 /// should stop.
 async fn wait_for_change(
     members: &mut watch::Receiver<Arc<Membership>>,
     map: &mut watch::Receiver<Option<Arc<ClusterMap>>>,
-    retry: bool,
+    wake: Wake,
     shutdown: &CancellationToken,
 ) -> bool {
     let retry_timer = async {
-        if retry {
-            tokio::time::sleep(RETRY_AFTER).await;
-        } else {
-            std::future::pending::<()>().await;
+        match wake {
+            Wake::After(after) => tokio::time::sleep(after).await,
+            Wake::OnChange => std::future::pending::<()>().await,
         }
     };
     let changed = tokio::select! {

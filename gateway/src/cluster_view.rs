@@ -3,17 +3,20 @@
 //! keeper; read with one atomic load per request.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use cartdb_core::cart::{DeviceId, ItemKey};
 use cartdb_core::config::Replication;
-use cartdb_core::coord::{ClusterMap, FULL_WEIGHT, Membership};
+use cartdb_core::coord::{ClusterMap, Membership};
+use cartdb_core::version::wall_clock_millis;
 use cartdb_core::wire::{
-    ClusterStatus, DeviceStatus, GatewayInfo, MaintenanceStatus, PgStatus, PolicyInfo,
-    ReplicationInfo,
+    BackfillProgress, ClusterStatus, DeviceStatus, GatewayInfo, MaintenanceStatus, PgStatus,
+    PolicyInfo, ReplicationInfo,
 };
 
+use crate::backfill::BackfillTracker;
 use crate::placement::{EpochPlacement, pg_of};
 
 /// One consistent snapshot: a map, the membership seen with it, and the up sets computed
@@ -77,9 +80,20 @@ impl Topology {
     }
 
     /// The `Cluster` answer: every device of the map with its state, the live gateways, the
-    /// map epoch, the pool's PGs, the policy and the replication settings.
-    pub fn status(&self, policy: PolicyInfo, replication: Replication) -> ClusterStatus {
-        let pgs = self.placement.table().pgs_per_device();
+    /// map epoch, the pool's PGs by state, the policy, the replication settings and the
+    /// flags. `backfill` is the view's progress of the current backfill.
+    pub fn status(
+        &self,
+        policy: PolicyInfo,
+        replication: Replication,
+        backfill: Option<BackfillProgress>,
+    ) -> ClusterStatus {
+        let table = self.placement.table();
+        let pgs = table.pgs_per_device();
+        let mut past_pgs: BTreeMap<DeviceId, u32> = BTreeMap::new();
+        for device in self.map.past.values().flatten() {
+            *past_pgs.entry(*device).or_default() += 1;
+        }
         let devices = self
             .map
             .devices
@@ -92,23 +106,10 @@ impl Topology {
                 address: self.members.devices.get(&id).cloned(),
                 pgs: u32::try_from(pgs.get(&id).copied().unwrap_or(0)).unwrap_or(u32::MAX),
                 metrics: self.members.device_metrics.get(&id).cloned(),
+                auto_out: self.map.auto_out.contains(&id),
+                past_pgs: past_pgs.get(&id).copied().unwrap_or(0),
             })
             .collect();
-        let size = usize::try_from(self.map.settings.size).unwrap_or(usize::MAX);
-        let undersized = self
-            .placement
-            .table()
-            .iter()
-            .filter(|(_, up)| up.len() < size)
-            .count();
-        let without_write_quorum = self
-            .placement
-            .table()
-            .iter()
-            .filter(|(_, up)| {
-                up.iter().filter(|&&d| self.members.is_live(d)).count() < replication.write_quorum
-            })
-            .count();
         let gateways = self
             .members
             .gateways
@@ -119,6 +120,7 @@ impl Topology {
                 metrics: self.members.gateway_metrics.get(&id).cloned(),
             })
             .collect();
+        let states = PgStates::of(self, replication.write_quorum);
         ClusterStatus {
             devices,
             gateways,
@@ -133,25 +135,92 @@ impl Topology {
             placement_groups: PgStatus {
                 pool: self.map.pool.id(),
                 pg_num: self.map.pool.pg_num(),
-                with_past: u32::try_from(self.map.past.len()).unwrap_or(u32::MAX),
-                undersized: u32::try_from(undersized).unwrap_or(u32::MAX),
-                without_write_quorum: u32::try_from(without_write_quorum).unwrap_or(u32::MAX),
+                clean: states.clean,
+                degraded: states.degraded,
+                remapped: states.remapped,
+                backfilling: states.backfilling,
+                undersized: states.undersized,
+                without_write_quorum: states.without_write_quorum,
+                backfill,
             },
+            flags: self
+                .map
+                .flags
+                .names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
         }
+    }
+}
+
+/// The pool's PGs counted by state (Ceph's names). A PG may be in several: degraded and
+/// remapped, say; `clean` excludes all the others.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PgStates {
+    /// `size` live devices in the up set, and no past set.
+    pub clean: u32,
+    /// Fewer live devices in the up set than the pool's size.
+    pub degraded: u32,
+    /// A past set: data may be held off the up set.
+    pub remapped: u32,
+    /// Remapped, with every up-set device live: the sweep can backfill it now.
+    pub backfilling: u32,
+    /// Fewer devices in the up set than the pool's size.
+    pub undersized: u32,
+    /// Fewer live devices in the up set than the write quorum.
+    pub without_write_quorum: u32,
+}
+
+impl PgStates {
+    /// Counts `topology`'s PGs by state, for a write quorum of `write_quorum`.
+    pub fn of(topology: &Topology, write_quorum: usize) -> Self {
+        let size = usize::try_from(topology.map.settings.size).unwrap_or(usize::MAX);
+        let mut states = Self::default();
+        for (pg, up) in topology.placement.table().iter() {
+            let live = up.iter().filter(|&&d| topology.members.is_live(d)).count();
+            let remapped = topology.map.past_of(pg).is_some();
+            let degraded = live < size;
+            states.undersized += u32::from(up.len() < size);
+            states.degraded += u32::from(degraded);
+            states.remapped += u32::from(remapped);
+            states.backfilling += u32::from(remapped && live == up.len() && !up.is_empty());
+            states.without_write_quorum += u32::from(live < write_quorum);
+            states.clean += u32::from(!degraded && !remapped);
+        }
+        states
     }
 }
 
 /// The current [`Topology`], swapped atomically.
 pub struct ClusterView {
     current: ArcSwap<Topology>,
+    /// The write quorum, for the PG state gauges.
+    write_quorum: usize,
+    backfill: Mutex<BackfillTracker>,
 }
 
 impl ClusterView {
-    pub fn new(topology: Topology) -> Self {
-        topology.record_gauges();
-        Self {
-            current: ArcSwap::from_pointee(topology),
-        }
+    pub fn new(topology: Topology, write_quorum: usize) -> Self {
+        let view = Self {
+            current: ArcSwap::from_pointee(Topology::clone_of(&topology)),
+            write_quorum,
+            backfill: Mutex::default(),
+        };
+        view.replace(topology);
+        view
+    }
+
+    /// The current backfill's progress, if any PG is remapped.
+    pub fn backfill(&self) -> Option<BackfillProgress> {
+        self.tracker().progress(Instant::now())
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, BackfillTracker> {
+        // The tracker holds no invariant a panic could break halfway.
+        self.backfill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The current snapshot. Hold it for the whole request so that every step of the
@@ -161,16 +230,33 @@ impl ClusterView {
     }
 
     /// Makes `topology` current, and publishes its gauges: the map epoch, devices up and
-    /// down, and PGs by state (`clean`, `remapped`: with a past set, `undersized`: fewer
-    /// devices than the pool's size; a PG can be both of the last two).
+    /// down, PGs by state ([`PgStates`]) and the backfill's PGs left.
     pub fn replace(&self, topology: Topology) {
-        topology.record_gauges();
+        let states = PgStates::of(&topology, self.write_quorum);
+        topology.record_gauges(&states);
+        let mut tracker = self.tracker();
+        tracker.observe(states.remapped, Instant::now(), wall_clock_millis());
+        if let Some(progress) = tracker.progress(Instant::now()) {
+            metrics::gauge!("cartdb_backfill_pgs_left").set(f64::from(progress.pgs_left));
+        } else {
+            metrics::gauge!("cartdb_backfill_pgs_left").set(0.0);
+        }
+        drop(tracker);
         self.current.store(Arc::new(topology));
     }
 }
 
 impl Topology {
-    fn record_gauges(&self) {
+    /// A second handle on the same snapshot.
+    fn clone_of(topology: &Topology) -> Self {
+        Self::new(
+            topology.map.clone(),
+            topology.members.clone(),
+            topology.placement.clone(),
+        )
+    }
+
+    fn record_gauges(&self, states: &PgStates) {
         #[allow(
             clippy::cast_precision_loss,
             reason = "epochs and counts stay far below 2^52"
@@ -186,104 +272,15 @@ impl Topology {
         metrics::gauge!("cartdb_devices", "state" => "up").set(gauge(up));
         metrics::gauge!("cartdb_devices", "state" => "down")
             .set(gauge(self.map.devices.len() - up));
-        let size = usize::try_from(self.map.settings.size).unwrap_or(usize::MAX);
-        let table = self.placement.table();
-        let (mut clean, mut undersized) = (0, 0);
-        for (pg, devices) in table.iter() {
-            let short = devices.len() < size;
-            undersized += usize::from(short);
-            clean += usize::from(!short && self.map.past_of(pg).is_none());
+        for (state, count) in [
+            ("clean", states.clean),
+            ("degraded", states.degraded),
+            ("remapped", states.remapped),
+            ("backfilling", states.backfilling),
+            ("undersized", states.undersized),
+            ("without_write_quorum", states.without_write_quorum),
+        ] {
+            metrics::gauge!("cartdb_pgs", "state" => state).set(f64::from(count));
         }
-        metrics::gauge!("cartdb_pgs", "state" => "clean").set(gauge(clean));
-        metrics::gauge!("cartdb_pgs", "state" => "remapped").set(gauge(self.map.past.len()));
-        metrics::gauge!("cartdb_pgs", "state" => "undersized").set(gauge(undersized));
-    }
-}
-
-/// The reweights the map should carry for `members`, or `None` when it already does.
-///
-/// A device that is not live is out (0). A live device is fully in, except that an explicit
-/// partial reweight (between 0 and [`FULL_WEIGHT`], an operator draining it) is kept.
-pub fn reweight_update(map: &ClusterMap, members: &Membership) -> Option<BTreeMap<DeviceId, u32>> {
-    let desired: BTreeMap<DeviceId, u32> = map
-        .reweights_for(members)
-        .into_iter()
-        .map(|(device, weight)| {
-            let current = map.reweight_of(device);
-            let keep_partial = weight == FULL_WEIGHT && current > 0 && current < FULL_WEIGHT;
-            (device, if keep_partial { current } else { weight })
-        })
-        .collect();
-    let unchanged = desired
-        .iter()
-        .all(|(&device, &weight)| map.reweight_of(device) == weight);
-    (!unchanged).then_some(desired)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
-mod tests {
-    use super::*;
-
-    fn map(reweights: &[(DeviceId, u32)]) -> ClusterMap {
-        let settings = cartdb_core::coord::PoolSettings {
-            id: 1,
-            pg_num: 8,
-            size: 3,
-        };
-        ClusterMap {
-            epoch: 3,
-            map_json: "{}".into(),
-            devices: (1..=4).map(|d| (d, format!("device_{d}"))).collect(),
-            reweights: reweights.iter().copied().collect(),
-            settings,
-            pool: settings.pool().unwrap(),
-            past: Default::default(),
-        }
-    }
-
-    fn live(devices: &[DeviceId]) -> Membership {
-        let mut m = Membership::default();
-        for d in devices {
-            m.devices.insert(*d, format!("127.0.0.1:{}", 7000 + d));
-        }
-        m
-    }
-
-    #[test]
-    fn nothing_changes_when_every_device_is_live_and_in() {
-        assert_eq!(reweight_update(&map(&[]), &live(&[1, 2, 3, 4])), None);
-        // An explicit full weight is the same as none.
-        assert_eq!(
-            reweight_update(&map(&[(2, FULL_WEIGHT)]), &live(&[1, 2, 3, 4])),
-            None
-        );
-    }
-
-    #[test]
-    fn a_dead_device_is_marked_out() {
-        let update = reweight_update(&map(&[]), &live(&[1, 2, 4])).unwrap();
-        assert_eq!(
-            update,
-            BTreeMap::from([(1, FULL_WEIGHT), (2, FULL_WEIGHT), (3, 0), (4, FULL_WEIGHT)])
-        );
-        // Once the map says so, nothing more to do.
-        assert_eq!(reweight_update(&map(&[(3, 0)]), &live(&[1, 2, 4])), None);
-    }
-
-    #[test]
-    fn a_device_that_comes_back_is_marked_in() {
-        let update = reweight_update(&map(&[(3, 0)]), &live(&[1, 2, 3, 4])).unwrap();
-        assert_eq!(update[&3], FULL_WEIGHT);
-    }
-
-    #[test]
-    fn a_partial_reweight_of_a_live_device_is_kept() {
-        assert_eq!(
-            reweight_update(&map(&[(2, 0x8000)]), &live(&[1, 2, 3, 4])),
-            None
-        );
-        let update = reweight_update(&map(&[(2, 0x8000)]), &live(&[1, 3, 4])).unwrap();
-        assert_eq!(update[&2], 0);
     }
 }

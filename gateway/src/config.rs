@@ -11,6 +11,7 @@ use cartdb_core::pg::MAX_PG_NUM;
 use clap::Parser;
 
 use crate::compaction::CompactionSettings;
+use crate::down_out::DownOutRules;
 
 /// Configuration of one gateway process. Every flag can also be set by its `CARTDB_*`
 /// environment variable.
@@ -97,6 +98,21 @@ pub struct GatewayConfig {
     #[arg(long, env = "CARTDB_ANTI_ENTROPY_USERS_PER_SEC", default_value_t = 20)]
     pub anti_entropy_users_per_sec: u32,
 
+    /// Seconds a device must stay down (its data node's registration gone) before the
+    /// cluster marks it out and moves its placement groups to other devices. Ceph waits
+    /// 600 s; this default suits a local cluster, where a restart takes a second or two.
+    /// Set the `noout` flag (`cartdb flags set noout`) for longer planned restarts.
+    /// Default: 10.
+    #[arg(long, env = "CARTDB_DOWN_OUT_SECS", default_value_t = 10)]
+    pub down_out_secs: u64,
+
+    /// Least share of the map's devices that must stay in: the cluster never marks a device
+    /// out automatically if fewer would remain (Ceph's mon_osd_min_in_ratio), so that a mass
+    /// expiry of ZooKeeper sessions does not move every PG. With 6 devices, 0.75 lets one go
+    /// out by itself. Between 0 and 1. Default: 0.75.
+    #[arg(long, env = "CARTDB_MIN_IN_RATIO", default_value_t = 0.75)]
+    pub min_in_ratio: f64,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
@@ -104,6 +120,9 @@ pub struct GatewayConfig {
     #[command(flatten)]
     pub secret: SecretArgs,
 }
+
+/// Longest accepted down -> out grace: a day.
+const MAX_DOWN_OUT_SECS: u64 = 86_400;
 
 /// Shortest and longest accepted request time limits.
 const REQUEST_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=20_000;
@@ -125,6 +144,7 @@ pub struct GatewaySettings {
     pub compaction: CompactionSettings,
     /// `None`: no anti-entropy sweep.
     pub anti_entropy_users_per_sec: Option<NonZeroU32>,
+    pub down_out: DownOutRules,
     pub coord: CoordConfig,
 }
 
@@ -172,6 +192,21 @@ impl GatewayConfig {
                 "must name a .wasm component",
             ));
         }
+        if self.down_out_secs == 0 || self.down_out_secs > MAX_DOWN_OUT_SECS {
+            return Err(ConfigError::new(
+                "down-out-secs",
+                format!(
+                    "{} is not between 1 and {MAX_DOWN_OUT_SECS}",
+                    self.down_out_secs
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.min_in_ratio) {
+            return Err(ConfigError::new(
+                "min-in-ratio",
+                format!("{} is not between 0 and 1", self.min_in_ratio),
+            ));
+        }
         if self.pg_num == 0 || self.pg_num > MAX_PG_NUM {
             return Err(ConfigError::new("pg-num", "must be between 1 and 65536"));
         }
@@ -197,6 +232,10 @@ impl GatewayConfig {
                 min_ops: self.compact_min_ops,
             },
             anti_entropy_users_per_sec: NonZeroU32::new(self.anti_entropy_users_per_sec),
+            down_out: DownOutRules {
+                grace: Duration::from_secs(self.down_out_secs),
+                min_in_ratio: self.min_in_ratio,
+            },
             coord: self.zk.coord_config()?,
         })
     }
@@ -259,6 +298,11 @@ mod tests {
         );
         assert_eq!(field(&["--compact-min-ops", "0"]), "compact-min-ops");
         assert_eq!(field(&["--pg-num", "0"]), "pg-num");
+        assert_eq!(field(&["--down-out-secs", "0"]), "down-out-secs");
+        assert_eq!(field(&["--min-in-ratio", "1.5"]), "min-in-ratio");
+        assert_eq!(field(&["--min-in-ratio", "NaN"]), "min-in-ratio");
+        let error = parse(&["--min-in-ratio=-0.1"]).validate().unwrap_err();
+        assert!(error.problem.contains("-0.1"), "{error:?}");
         assert_eq!(field(&["--pg-num", "65537"]), "pg-num");
         // clap itself refuses an empty path, naming the flag.
         let argv = [

@@ -25,12 +25,15 @@
 //! - `policy`: the WebAssembly placement policy host.
 
 pub mod anti_entropy;
+pub mod backfill;
 pub mod cart_lines;
 pub mod cluster_keeper;
 pub mod cluster_view;
 pub mod compaction;
 pub mod config;
 pub mod coordination;
+pub mod down_out;
+pub mod map_change;
 pub mod op_id;
 pub mod placement;
 pub mod policy;
@@ -121,6 +124,7 @@ pub async fn run(
         replicas: replicas.clone(),
         policy: policy.clone(),
         rule: settings.rule.clone(),
+        down_out: settings.down_out,
     };
     let keeper = tokio::spawn(keeper.run(shutdown.clone()));
     let coordination: Arc<dyn Coordination> = Arc::new(coordinator.clone());
@@ -136,6 +140,8 @@ pub async fn run(
             name: policy.name().to_owned(),
             sha256: policy.sha256().to_owned(),
         },
+        placement_policy: policy.clone(),
+        rule: settings.rule.clone(),
         merge_policy,
         compaction: settings.compaction,
     });
@@ -214,7 +220,8 @@ async fn initial_view(
     let replicas = Arc::new(Replicas::new(key.clone(), connect_timeout));
     replicas.refresh(&members.devices);
     let topology = Topology::new(map, members, Arc::new(placement));
-    Ok((Arc::new(ClusterView::new(topology)), replicas))
+    let view = ClusterView::new(topology, settings.replication.write_quorum);
+    Ok((Arc::new(view), replicas))
 }
 
 /// Compiles both policy components off the async workers, with one engine (each engine has

@@ -30,8 +30,8 @@ use cartdb_core::rpc;
 use cartdb_core::version::HybridClock;
 use cartdb_core::wire::{
     DataRequest, DataResponse, GatewayFailure, GatewayRequest, GatewayResponse, HeldItem,
-    ItemLocation, MaintenanceStatus, PolicyInfo, ReplicaDump, ReplicaLocation, ServiceKind,
-    SweepStatus,
+    ItemLocation, MaintenanceStatus, MapChange, PolicyInfo, ReplicaDump, ReplicaLocation,
+    ServiceKind, SweepStatus,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -40,8 +40,9 @@ use crate::cart_lines::cart_lines;
 use crate::cluster_view::ClusterView;
 use crate::compaction::{CompactionSettings, Compactor};
 use crate::coordination::Coordination;
+use crate::map_change::MapChanger;
 use crate::op_id::{keyed_op_id, op_id, validate_idempotency_key};
-use crate::policy::MergePolicy;
+use crate::policy::{MergePolicy, PlacementPolicy};
 use crate::read::{CartQuery, CartRead, ReadError, ReadMode, read_cart, read_category};
 use crate::read_repair::ReadRepair;
 use crate::read_resolution::ReadShortfall;
@@ -60,6 +61,9 @@ pub struct ServiceParts {
     pub replication: Replication,
     pub request_timeout: Duration,
     pub policy: PolicyInfo,
+    /// The placement policy itself and the map's rule, to place a changed map.
+    pub placement_policy: PlacementPolicy,
+    pub rule: Option<String>,
     /// The merge policy; `None`: the built-in reference merge.
     pub merge_policy: Option<Arc<MergePolicy>>,
     pub compaction: CompactionSettings,
@@ -144,6 +148,15 @@ impl GatewayService {
                 after,
                 limit,
             } => self.device_items(device, after, limit, deadline).await,
+            GatewayRequest::PreviewMap { changes } => self.map_change(&changes, false).await,
+            GatewayRequest::ChangeMap { changes } => self.map_change(&changes, true).await,
+            GatewayRequest::Pgs => {
+                let topology = self.parts.view.current();
+                Ok(GatewayResponse::Pgs {
+                    epoch: topology.map.epoch,
+                    pgs: crate::map_change::pg_dump(&topology),
+                })
+            }
         };
         answer.unwrap_or_else(|failure| {
             log_failure(&failure);
@@ -572,13 +585,25 @@ impl GatewayService {
     }
 
     fn cluster(&self) -> GatewayResponse {
-        let mut status = self
-            .parts
-            .view
-            .current()
-            .status(self.parts.policy.clone(), self.parts.replication);
+        let view = &self.parts.view;
+        let mut status = view.current().status(
+            self.parts.policy.clone(),
+            self.parts.replication,
+            view.backfill(),
+        );
         status.maintenance = self.maintenance();
         GatewayResponse::Cluster(Box::new(status))
+    }
+
+    async fn map_change(&self, changes: &[MapChange], commit: bool) -> Answer {
+        let changer = MapChanger {
+            view: self.parts.view.clone(),
+            policy: self.parts.placement_policy.clone(),
+            rule: self.parts.rule.clone(),
+            coordination: self.parts.coordination.clone(),
+        };
+        let preview = changer.run(changes, commit).await?;
+        Ok(GatewayResponse::MapPreview(Box::new(preview)))
     }
 
     fn catalog(&self) -> Arc<Catalog> {

@@ -87,7 +87,7 @@ impl TestGateway {
         let policy = POLICY.clone();
         let map_json = String::from_utf8(config_file("crush-map.json")).unwrap();
         let doc = format!(
-            r#"{{"format": 2, "map": {map_json}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}}}"#
+            r#"{{"format": 3, "map": {map_json}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}}}"#
         );
         let map = ClusterMap::parse(doc.as_bytes(), 1).unwrap();
         let placement = EpochPlacement::build(&policy, &map, Some("data"), None).unwrap();
@@ -104,11 +104,10 @@ impl TestGateway {
             map_changes: AtomicUsize::new(0),
             catalog: catalog_tx,
         });
-        let topology = Arc::new(ClusterView::new(Topology::new(
-            Arc::new(map),
-            Arc::new(members),
-            Arc::new(placement),
-        )));
+        let topology = Arc::new(ClusterView::new(
+            Topology::new(Arc::new(map), Arc::new(members), Arc::new(placement)),
+            2,
+        ));
         let service = GatewayService::new(ServiceParts {
             view: topology.clone(),
             replicas,
@@ -117,6 +116,8 @@ impl TestGateway {
             gateway_id: 1,
             replication: Replication::new(3, 2, 2).unwrap(),
             request_timeout: Duration::from_secs(2),
+            placement_policy: POLICY.clone(),
+            rule: Some("data".to_owned()),
             policy: PolicyInfo {
                 name: policy.name().to_owned(),
                 sha256: policy.sha256().to_owned(),

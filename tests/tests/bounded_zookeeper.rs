@@ -66,12 +66,12 @@ async fn zookeeper_does_not_grow_with_cart_items() -> Result<()> {
         let api = api.clone();
         async move {
             let status = api.cluster().await?;
-            let with_past = status.json["placement_groups"]["with_past"].as_u64();
+            let remapped = status.json["placement_groups"]["remapped"].as_u64();
             ensure!(
-                with_past.is_some(),
-                "no placement_groups.with_past: {status:?}"
+                remapped.is_some(),
+                "no placement_groups.remapped: {status:?}"
             );
-            Ok((with_past == Some(0)).then_some(()))
+            Ok((remapped == Some(0)).then_some(()))
         }
     })
     .await?;

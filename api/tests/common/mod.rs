@@ -150,12 +150,20 @@ pub fn success(gateway: u32, request: &GatewayRequest) -> GatewayResponse {
             },
             maintenance: cartdb_core::wire::MaintenanceStatus::default(),
             placement_groups: cartdb_core::wire::PgStatus::default(),
+            flags: vec![],
         })),
         GatewayRequest::Replicas { .. } => GatewayResponse::Replicas { replicas: vec![] },
         GatewayRequest::Locate { .. } => GatewayResponse::Located { items: vec![] },
         GatewayRequest::DeviceItems { .. } => GatewayResponse::DeviceItems {
             items: vec![],
             next: None,
+        },
+        GatewayRequest::PreviewMap { .. } | GatewayRequest::ChangeMap { .. } => {
+            GatewayResponse::MapPreview(Box::default())
+        }
+        GatewayRequest::Pgs => GatewayResponse::Pgs {
+            epoch: 7,
+            pgs: vec![],
         },
     }
 }

@@ -1,16 +1,20 @@
 //! The cluster map as every gateway must see it: the CRUSH map JSON, its epoch, the
 //! reweights, the pool's placement-group settings and every PG's past set.
 //!
-//! The `/map` znode holds one document (format 2):
+//! The `/map` znode holds one document (format 3):
 //!
 //! ```json
-//! {"format": 2, "map": {...}, "reweights": {"3": 0},
-//!  "pool": {"id": 1, "pg_num": 256, "size": 3}, "past": {"17": [3]}}
+//! {"format": 3, "map": {...}, "reweights": {"3": 0},
+//!  "pool": {"id": 1, "pg_num": 256, "size": 3}, "past": {"17": [3]},
+//!  "auto_out": [3], "flags": ["noout"]}
 //! ```
 //!
 //! the map in python-crush JSON (the seed's format, `config/crush-map.json`), Ceph-style
-//! reweights in 16.16 fixed point (0 = out, `0x10000` = in), the pool (fixed at bootstrap)
-//! and the past sets of the PGs that have one (see `cartdb_model::pg_table`). Keeping them in
+//! reweights in 16.16 fixed point (0 = out, `0x10000` = in), the pool (fixed at bootstrap),
+//! the past sets of the PGs that have one (see `cartdb_model::pg_table`), the devices the
+//! cluster marked out by itself after their down grace (they are marked in again when they
+//! return; a device an operator marked out is not listed and stays out), and the cluster
+//! flags ([`ClusterFlags`]). `auto_out` and `flags` may be absent (none). Keeping them in
 //! one znode makes a change atomic and gives it one epoch, the znode's version + 1: a new
 //! up set and the past set that goes with it are never seen apart. Its size depends on the
 //! number of devices and `pg_num`, never on the number of carts.
@@ -26,8 +30,6 @@ use serde_json::Value;
 
 use crate::cart::DeviceId;
 
-use super::Membership;
-
 /// Reweight of a device that is fully in (1.0 in 16.16 fixed point).
 pub const FULL_WEIGHT: u32 = 0x10000;
 
@@ -35,8 +37,10 @@ pub const FULL_WEIGHT: u32 = 0x10000;
 pub const MAX_MAP_BYTES: usize = 1 << 20;
 
 /// The `/map` document format this build reads and writes. Format 1 (no `format` field) was
-/// the map of the per-item directory era; it is refused, not migrated.
-pub const MAP_FORMAT: u32 = 2;
+/// the map of the per-item directory era; format 2 had no `auto_out`, so a device marked out
+/// by the cluster could not be told from one an operator marked out. Both are refused, not
+/// migrated.
+pub const MAP_FORMAT: u32 = 3;
 
 /// Most replicas a pool may keep per PG.
 pub const MAX_POOL_SIZE: u32 = 16;
@@ -82,6 +86,49 @@ pub struct ClusterMap {
     pub pool: Pool,
     /// Devices that held a PG at an earlier epoch and may hold data its up set lacks.
     pub past: PastSets,
+    /// Devices the cluster marked out itself (down past the grace), to be marked in again
+    /// when they return.
+    pub auto_out: BTreeSet<DeviceId>,
+    /// The cluster flags.
+    pub flags: ClusterFlags,
+}
+
+/// Cluster-wide switches an operator sets, Ceph's `ceph osd set <flag>`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFlags {
+    /// Devices that go down are not marked out, however long they stay down: for planned
+    /// restarts (Ceph's `noout`).
+    pub noout: bool,
+}
+
+impl ClusterFlags {
+    /// Every flag's name, as written in the map document and taken by the CLI.
+    pub const NAMES: [&'static str; 1] = ["noout"];
+
+    /// The names of the flags that are set.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.noout {
+            names.push("noout");
+        }
+        names
+    }
+
+    /// Sets or clears the flag called `name`.
+    ///
+    /// # Errors
+    /// [`MapError::UnknownFlag`] for a name not in [`ClusterFlags::NAMES`].
+    pub fn set(&mut self, name: &str, on: bool) -> Result<(), MapError> {
+        match name {
+            "noout" => self.noout = on,
+            _ => {
+                return Err(MapError::UnknownFlag {
+                    name: name.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The znode document as read; `map` is checked by hand to give precise errors.
@@ -94,6 +141,10 @@ struct MapDoc {
     pool: Option<PoolSettings>,
     #[serde(default)]
     past: BTreeMap<String, Vec<DeviceId>>,
+    #[serde(default)]
+    auto_out: BTreeSet<DeviceId>,
+    #[serde(default)]
+    flags: Vec<String>,
 }
 
 impl ClusterMap {
@@ -121,6 +172,13 @@ impl ClusterMap {
         })?;
         let pool = settings.pool()?;
         let past = past_of(doc.past, &devices, pool.pg_num())?;
+        if let Some(&device) = doc.auto_out.iter().find(|d| !devices.contains_key(d)) {
+            return Err(MapError::UnknownAutoOutDevice { device });
+        }
+        let mut flags = ClusterFlags::default();
+        for name in &doc.flags {
+            flags.set(name, true)?;
+        }
         Ok(ClusterMap {
             epoch,
             map_json: doc.map.to_string(),
@@ -129,6 +187,8 @@ impl ClusterMap {
             settings,
             pool,
             past,
+            auto_out: doc.auto_out,
+            flags,
         })
     }
 
@@ -137,20 +197,15 @@ impl ClusterMap {
         self.past.get(&pg)
     }
 
-    /// The reweights that mark exactly the live devices in: [`FULL_WEIGHT`] for each device of
-    /// the map that is registered in `live`, 0 (Ceph's "out") for the others.
-    pub fn reweights_for(&self, live: &Membership) -> BTreeMap<DeviceId, u32> {
-        self.devices
-            .keys()
-            .map(|&id| {
-                let weight = if live.devices.contains_key(&id) {
-                    FULL_WEIGHT
-                } else {
-                    0
-                };
-                (id, weight)
-            })
-            .collect()
+    /// This map with `placement` in place of its own (and its CRUSH map replaced when
+    /// `placement.crush` is set), at the same epoch: what a change would make of it.
+    ///
+    /// # Errors
+    /// [`MapError`] when the result is not a valid map (a reweight naming a device the new
+    /// CRUSH map lacks, say).
+    pub fn with_placement(&self, placement: &Placement) -> Result<ClusterMap, MapError> {
+        let crush = placement.crush.as_deref().unwrap_or(&self.map_json);
+        ClusterMap::parse(&document(crush, self.settings, placement), self.epoch)
     }
 
     /// The reweight of every device of the map, by id, for the placement policy.
@@ -172,11 +227,50 @@ impl ClusterMap {
     }
 }
 
-/// What a map change writes: the reweights and the past sets that go with them.
+/// What a map change writes: the reweights, the past sets that go with them, the devices
+/// marked out automatically, the flags and, when devices are added or removed, a new CRUSH
+/// map. Start from [`Placement::of`] the map being changed, so that what a change does not
+/// touch is written back as it was.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Placement {
     pub reweights: BTreeMap<DeviceId, u32>,
     pub past: PastSets,
+    pub auto_out: BTreeSet<DeviceId>,
+    pub flags: ClusterFlags,
+    /// A new CRUSH map JSON; `None` keeps the map's.
+    pub crush: Option<String>,
+}
+
+impl Placement {
+    /// The placement `map` has now.
+    pub fn of(map: &ClusterMap) -> Self {
+        Self {
+            reweights: map.reweights.clone(),
+            past: map.past.clone(),
+            auto_out: map.auto_out.clone(),
+            flags: map.flags,
+            crush: None,
+        }
+    }
+
+    /// Whether `map` already has exactly this placement.
+    pub fn is_that_of(&self, map: &ClusterMap) -> bool {
+        self.crush
+            .as_ref()
+            .is_none_or(|crush| *crush == map.map_json)
+            && Self {
+                crush: None,
+                ..self.clone()
+            } == Self::of(map)
+    }
+
+    /// Every device this placement names.
+    pub fn devices(&self) -> impl Iterator<Item = &DeviceId> {
+        self.reweights
+            .keys()
+            .chain(self.past.values().flatten())
+            .chain(self.auto_out.iter())
+    }
 }
 
 /// The `/map` document for a map, its pool and a placement.
@@ -200,8 +294,10 @@ pub(crate) fn document(map_json: &str, settings: PoolSettings, placement: &Place
         r#"{{"id":{},"pg_num":{},"size":{}}}"#,
         settings.id, settings.pg_num, settings.size
     );
+    let auto_out = Value::from(placement.auto_out.iter().copied().collect::<Vec<_>>());
+    let flags = Value::from(placement.flags.names());
     format!(
-        r#"{{"format":{MAP_FORMAT},"map":{map_json},"reweights":{},"pool":{settings},"past":{}}}"#,
+        r#"{{"format":{MAP_FORMAT},"map":{map_json},"reweights":{},"pool":{settings},"past":{},"auto_out":{auto_out},"flags":{flags}}}"#,
         Value::Object(reweights),
         Value::Object(past)
     )
@@ -352,11 +448,11 @@ pub enum MapError {
     #[error("map document is {len} bytes, more than the limit of {max}")]
     TooLarge { len: usize, max: usize },
     #[error(
-        "not JSON of the form {{\"format\": 2, \"map\": {{...}}, \"reweights\": {{...}}, \"pool\": {{...}}, \"past\": {{...}}}}: {0}"
+        "not JSON of the form {{\"format\": 3, \"map\": {{...}}, \"reweights\": {{...}}, \"pool\": {{...}}, \"past\": {{...}}, \"auto_out\": [...], \"flags\": [...]}}: {0}"
     )]
     Json(#[source] serde_json::Error),
     #[error(
-        "the map document has format {}, this build reads format {MAP_FORMAT} (placement groups); it is not migrated: bootstrap a new cluster (a new ZooKeeper chroot and empty data directories)",
+        "the map document has format {}, this build reads format {MAP_FORMAT} (placement groups, automatic out); it is not migrated: bootstrap a new cluster (a new ZooKeeper chroot and empty data directories)",
         found.map_or_else(|| "1 (no \"format\" field)".to_owned(), |f| f.to_string())
     )]
     Format { found: Option<u64> },
@@ -387,6 +483,10 @@ pub enum MapError {
     NoDevices,
     #[error("reweights: {key:?} is not the id of a device in the map")]
     UnknownReweightDevice { key: String },
+    #[error("auto_out: device {device} is not in the map")]
+    UnknownAutoOutDevice { device: DeviceId },
+    #[error("flags: {name:?} is not a cluster flag (known: noout)")]
+    UnknownFlag { name: String },
 }
 
 #[cfg(test)]
@@ -407,7 +507,7 @@ mod tests {
 
     fn parse_map(map: &str) -> Result<ClusterMap, MapError> {
         let doc = format!(
-            r#"{{"format": 2, "map": {map}, "pool": {{"id": 1, "pg_num": 8, "size": 3}}}}"#
+            r#"{{"format": 3, "map": {map}, "pool": {{"id": 1, "pg_num": 8, "size": 3}}}}"#
         );
         ClusterMap::parse(doc.as_bytes(), 1)
     }
@@ -419,6 +519,7 @@ mod tests {
                 .iter()
                 .map(|(pg, devices)| (*pg, devices.iter().copied().collect()))
                 .collect(),
+            ..Placement::default()
         }
     }
 
@@ -437,6 +538,27 @@ mod tests {
         // The map JSON alone is handed on, and still parses as the same map.
         let again = ClusterMap::parse(&document(&map.map_json, POOL, &Placement::default()), 4);
         assert_eq!(again.unwrap(), map);
+    }
+
+    #[test]
+    fn auto_out_and_flags_survive_the_document() {
+        let map = ClusterMap::parse(&seed_doc(), 1).unwrap();
+        assert_eq!(
+            (map.auto_out.len(), map.flags),
+            (0, ClusterFlags::default())
+        );
+        let mut change = placement(&[(2, 0)], &[]);
+        change.auto_out.insert(2);
+        change.flags.set("noout", true).unwrap();
+        let map = ClusterMap::parse(&document(&map.map_json, POOL, &change), 2).unwrap();
+        assert_eq!(map.auto_out, BTreeSet::from([2]));
+        assert!(map.flags.noout);
+        assert!(change.is_that_of(&map));
+        assert_eq!(Placement::of(&map), change);
+        assert!(matches!(
+            change.flags.set("pause", true),
+            Err(MapError::UnknownFlag { .. })
+        ));
     }
 
     #[test]
@@ -460,27 +582,6 @@ mod tests {
             ]
         );
         assert_eq!(map.reweight_of(99), 0);
-    }
-
-    #[test]
-    fn reweights_for_marks_dead_devices_out() {
-        let map = ClusterMap::parse(&seed_doc(), 1).unwrap();
-        let mut live = Membership::default();
-        live.devices.insert(1, "127.0.0.1:7001".into());
-        live.devices.insert(4, "127.0.0.1:7004".into());
-        live.devices.insert(42, "127.0.0.1:7042".into()); // not in the map: ignored
-        let weights = map.reweights_for(&live);
-        assert_eq!(
-            weights,
-            BTreeMap::from([
-                (1, FULL_WEIGHT),
-                (2, 0),
-                (3, 0),
-                (4, FULL_WEIGHT),
-                (5, 0),
-                (6, 0)
-            ])
-        );
     }
 
     #[test]
@@ -525,10 +626,15 @@ mod tests {
             err.to_string().contains("format 1 (no \"format\" field)"),
             "{err}"
         );
-        assert!(err.to_string().contains("reads format 2"), "{err}");
-        let future = format!(r#"{{"format": 3, "map": {SEED_MAP}}}"#);
-        let err = ClusterMap::parse(future.as_bytes(), 1).unwrap_err();
-        assert!(err.to_string().contains("has format 3"), "{err}");
+        assert!(err.to_string().contains("reads format 3"), "{err}");
+        for other in [2, 4] {
+            let doc = format!(r#"{{"format": {other}, "map": {SEED_MAP}}}"#);
+            let err = ClusterMap::parse(doc.as_bytes(), 1).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("has format {other}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -545,7 +651,7 @@ mod tests {
         let map = ClusterMap::parse(&seed_doc(), 1).unwrap();
         let with = |extra: &str| {
             let doc = format!(
-                r#"{{"format": 2, "map": {}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}{extra}}}"#,
+                r#"{{"format": 3, "map": {}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}{extra}}}"#,
                 map.map_json
             );
             ClusterMap::parse(doc.as_bytes(), 1)
@@ -564,9 +670,12 @@ mod tests {
         assert!(err(r#", "past": {"x": [1]}"#).contains("not a placement group"));
         assert!(err(r#", "past": {"3": [9]}"#).contains("placement group 3 names device 9"));
         assert!(with(r#", "past": {"3": []}"#).unwrap().past.is_empty());
+        assert!(err(r#", "auto_out": [9]"#).contains("auto_out: device 9 is not in the map"));
+        assert!(err(r#", "flags": ["nodown"]"#).contains("\"nodown\" is not a cluster flag"));
+        assert!(err(r#", "flags": "noout""#).contains("not JSON of the form"));
         let pool = |pool: &str| {
             let doc = format!(
-                r#"{{"format": 2, "map": {}, "pool": {pool}}}"#,
+                r#"{{"format": 3, "map": {}, "pool": {pool}}}"#,
                 map.map_json
             );
             ClusterMap::parse(doc.as_bytes(), 1)
@@ -575,7 +684,7 @@ mod tests {
         };
         assert!(pool(r#"{"id": 1, "pg_num": 0, "size": 3}"#).contains("pg_num 0 is not in"));
         assert!(pool(r#"{"id": 1, "pg_num": 8, "size": 0}"#).contains("size 0 is not in"));
-        let no_pool = format!(r#"{{"format": 2, "map": {}}}"#, map.map_json);
+        let no_pool = format!(r#"{{"format": 3, "map": {}}}"#, map.map_json);
         assert!(
             ClusterMap::parse(no_pool.as_bytes(), 1)
                 .unwrap_err()

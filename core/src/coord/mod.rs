@@ -13,6 +13,7 @@
 //! # Layout
 //! - [`error`]: the error type, [`CoordError`].
 //! - [`map`]: the cluster map document, [`ClusterMap`] (pure).
+//! - [`map_edit`]: devices added to and removed from the CRUSH map JSON (pure).
 //! - [`membership`]: who is up, [`Membership`], and the registration data format (pure).
 //! - `layout`: the znode paths.
 //! - `zk`: one session behind timeouts and typed outcomes.
@@ -36,12 +37,15 @@ pub mod error;
 mod follow;
 mod layout;
 pub mod map;
+pub mod map_edit;
 pub mod membership;
 mod supervisor;
 mod zk;
 
 pub use error::CoordError;
-pub use map::{ClusterMap, FULL_WEIGHT, MAP_FORMAT, MapError, Placement, PoolSettings};
+pub use map::{
+    ClusterFlags, ClusterMap, FULL_WEIGHT, MAP_FORMAT, MapError, Placement, PoolSettings,
+};
 pub use membership::Membership;
 
 use supervisor::{Inner, Slot};
@@ -496,17 +500,19 @@ async fn write_placement(
             path: layout::MAP.to_owned(),
             source,
         })?;
-    let named = placement
-        .reweights
-        .keys()
-        .chain(placement.past.values().flatten());
-    if let Some(&device) = named.into_iter().find(|d| !current.devices.contains_key(d)) {
+    // With a new CRUSH map, the devices are checked by parsing the result below.
+    if placement.crush.is_none()
+        && let Some(&device) = placement
+            .devices()
+            .find(|d| !current.devices.contains_key(d))
+    {
         return Err(CoordError::UnknownDevice { op: OP, device });
     }
-    if current.reweights == placement.reweights && current.past == placement.past {
+    if placement.is_that_of(&current) {
         return Ok(Some(current));
     }
-    let doc = map::document(&current.map_json, current.settings, placement);
+    let crush = placement.crush.as_deref().unwrap_or(&current.map_json);
+    let doc = map::document(crush, current.settings, placement);
     // Re-parsed so that nothing is published that a reader would refuse (a past set naming
     // a PG beyond pg_num, say).
     let checked = ClusterMap::parse(&doc, expected_epoch + 1).map_err(CoordError::InvalidMap)?;
