@@ -23,8 +23,10 @@ use clap::{Parser, Subcommand};
 mod api_client;
 mod bench;
 mod category;
+mod device;
 mod directory;
 mod footprint;
+mod map;
 mod policy;
 mod product;
 mod replicas;
@@ -66,6 +68,22 @@ enum Command {
     /// Show the API server's cart operations per second and latency over the last ten
     /// minutes (admin).
     Traffic(traffic::TrafficArgs),
+    /// Change the devices of the map: add, remove (drain first), out, in, reweight (admin).
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// Set or clear cluster flags: noout (admin).
+    #[command(subcommand)]
+    Flags(device::FlagsCommand),
+    /// Preview map changes before making them (admin).
+    #[command(subcommand)]
+    Map(MapCommand),
+}
+
+/// `cartdb map ...`.
+#[derive(Debug, Subcommand)]
+enum MapCommand {
+    /// What a change would move: share of PGs and items, PGs per device before and after.
+    Preview(map::PreviewArgs),
 }
 
 /// Runs one command; `Ok` carries the exit code of a command that ran to its end.
@@ -80,6 +98,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Product(command) => product::run(command).map(|()| ExitCode::SUCCESS),
         Command::Replicas(args) => replicas::run(args).map(|()| ExitCode::SUCCESS),
         Command::Traffic(args) => traffic::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Device(command) => device::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Flags(command) => device::run_flags(command).map(|()| ExitCode::SUCCESS),
+        Command::Map(MapCommand::Preview(args)) => map::preview(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

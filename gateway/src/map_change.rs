@@ -25,7 +25,7 @@ use cartdb_core::wire::{DevicePreview, GatewayFailure, MapChange, MapPreview, Pg
 
 use crate::cluster_view::{ClusterView, Topology};
 use crate::coordination::Coordination;
-use crate::placement::build_placement;
+use crate::placement::{BuildError, build_placement};
 use crate::policy::PlacementPolicy;
 
 /// How many times a change is recomputed when the map moves under it (another gateway
@@ -46,7 +46,7 @@ impl MapChanger {
     /// scratch if the map changed meanwhile.
     ///
     /// # Errors
-    /// As [`apply`]; [`GatewayFailure::Internal`] when the policy cannot place the new map,
+    /// As [`apply`]; [`GatewayFailure::InvalidInput`] when the policy refuses the new map,
     /// [`GatewayFailure::CoordinationUnavailable`] when ZooKeeper refuses or the map keeps
     /// changing.
     pub async fn run(
@@ -61,8 +61,13 @@ impl MapChanger {
             let next = Arc::new(next);
             let table = build_placement(self.policy.clone(), next.clone(), self.rule.clone(), None)
                 .await
-                .map_err(|e| GatewayFailure::Internal {
-                    detail: format!("cannot place with the changed map: {e}"),
+                .map_err(|e| match e {
+                    // The policy refusing the changed map is the change's fault.
+                    BuildError::Policy(e) => invalid(
+                        "changes",
+                        &format!("the placement policy refuses the changed map: {e}"),
+                    ),
+                    BuildError::Task(detail) => GatewayFailure::Internal { detail },
                 })?;
             let current = topology.placement().table();
             let mut preview = compare(&topology.map, current, &next, table.table());

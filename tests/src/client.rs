@@ -185,9 +185,32 @@ impl ApiClient {
         item: &str,
         key: &str,
     ) -> anyhow::Result<Reply> {
+        self.change_with_key("/api/insert", user, item, key).await
+    }
+
+    /// `POST /api/delete` with an `Idempotency-Key` header.
+    ///
+    /// # Errors
+    /// Only when the server cannot be reached.
+    pub async fn delete_with_key(
+        &self,
+        user: &str,
+        item: &str,
+        key: &str,
+    ) -> anyhow::Result<Reply> {
+        self.change_with_key("/api/delete", user, item, key).await
+    }
+
+    async fn change_with_key(
+        &self,
+        path: &str,
+        user: &str,
+        item: &str,
+        key: &str,
+    ) -> anyhow::Result<Reply> {
         let request = self
             .http
-            .post(self.url("/api/insert"))
+            .post(self.url(path))
             .header("Idempotency-Key", key)
             .json(&json!({"userid": user, "item_name": item}));
         send(request).await

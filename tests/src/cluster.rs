@@ -411,6 +411,21 @@ impl Cluster {
         &mut self.api
     }
 
+    /// Starts one more data node, with the next device id (7 in a default cluster), for a
+    /// device an operator adds to the map (`cartdb device add`). It registers with
+    /// ZooKeeper at once; the map decides when it receives placement groups.
+    ///
+    /// # Errors
+    /// When a binary is missing or the node cannot be started.
+    pub fn add_datanode(&mut self) -> anyhow::Result<usize> {
+        let artifacts = Artifacts::locate(&self.options)?;
+        let id = self.datanodes.len() + 1;
+        let mut node = self.datanode_service(&artifacts, id)?;
+        node.start()?;
+        self.datanodes.push(node);
+        Ok(id)
+    }
+
     /// SIGKILLs data node `id`.
     ///
     /// # Errors

@@ -27,6 +27,8 @@
 //! - [`zookeeper`]: [`ZooKeeper`], a standalone server in a directory, and the `ruok` probe.
 //! - [`ports`]: free loopback ports outside the kernel's ephemeral range.
 //! - [`wait`]: [`wait_until`] and [`Deadline`], polling with a deadline (never a bare sleep).
+//! - [`workload`]: [`Workload`], a Jepsen-style workload of acknowledged cart operations,
+//!   and the [`History`] check that carts hold exactly what was acknowledged.
 
 pub mod browser;
 pub mod cli;
@@ -39,6 +41,7 @@ pub mod prometheus;
 pub mod replica_check;
 pub mod view;
 pub mod wait;
+pub mod workload;
 pub mod zookeeper;
 
 pub use browser::Browser;
@@ -48,4 +51,5 @@ pub use gateway::GatewayClient;
 pub use process::Service;
 pub use view::ClusterView;
 pub use wait::{Deadline, wait_until};
+pub use workload::{History, Workload};
 pub use zookeeper::ZooKeeper;

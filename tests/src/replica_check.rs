@@ -85,6 +85,33 @@ pub async fn converged(api: &ApiClient, user: &str, replicas: usize) -> Result<O
     Ok(Some(()))
 }
 
+/// `Some(())` once `user`'s items are [`converged`] and settled: no item's placement group
+/// has a past set any more, and no device outside an item's up set holds a copy (nothing
+/// left behind by a handback).
+///
+/// # Errors
+/// What still differs, or an admin endpoint failing.
+pub async fn settled(api: &ApiClient, user: &str, replicas: usize) -> Result<Option<()>> {
+    converged(api, user, replicas).await?;
+    let items = replica_states(api, user).await?;
+    let sets = placement_sets(api, user).await?;
+    for (product, by_device) in &items {
+        let Some(sets) = sets.get(product) else {
+            bail!("item {product} is held ({by_device:?}) but not located");
+        };
+        if !sets.past.is_empty() {
+            bail!("item {product}'s PG still has past devices {:?}", sets.past);
+        }
+        if let Some(stray) = by_device.keys().find(|d| !sets.up.contains(d)) {
+            bail!(
+                "device {stray} holds item {product} outside its up set {:?}",
+                sets.up
+            );
+        }
+    }
+    Ok(Some(()))
+}
+
 /// The up and past sets of one item's placement group.
 #[derive(Debug, Clone, Default)]
 pub struct PlacementSets {

@@ -1,4 +1,5 @@
-//! The API contract: Schemathesis (PyPI) fuzzes every operation of `GET /openapi.json` on a
+//! The API contract: Schemathesis (PyPI) fuzzes every operation of `GET /openapi.json` (but
+//! the map change, which rearranges the cluster) on a
 //! running cluster, with the admin token, and finds no server error and no answer that
 //! violates the document. The seed and the number of examples are fixed, so a failure
 //! reproduces; the run keeps its report under `target/schemathesis/`.
@@ -55,6 +56,11 @@ async fn the_api_keeps_its_openapi_contract() -> Result<()> {
                 "--header",
                 &format!("Authorization: Bearer {TEST_ADMIN_TOKEN}"),
             ])
+            // Map changes rearrange the cluster under the fuzzer (random devices marked
+            // out, hosts added with no data node behind them), after which writes rightly
+            // answer 503; tests/tests/data_movement.rs covers them. Their preview, which
+            // changes nothing, is fuzzed.
+            .args(["--exclude-path", "/api/admin/map/change"])
             .args(["--seed", SEED, "--max-examples", EXAMPLES])
             .args(["--phases", "examples,coverage,fuzzing"])
             .args(["--workers", "2", "--request-timeout", "30"])
