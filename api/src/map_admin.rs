@@ -131,9 +131,20 @@ fn changes_of(body: MapChanges) -> Result<Vec<MapChange>, ApiError> {
         .collect()
 }
 
-async fn preview_of(state: &AppState, request: &GatewayRequest) -> Result<MapPreview, ApiError> {
-    match ask(state, request).await?.response {
-        GatewayResponse::MapPreview(preview) => Ok(*preview),
+/// Sends the changes of `body` to a gateway, to preview or (`commit`) to make them.
+async fn map_request(
+    state: &AppState,
+    body: MapChanges,
+    commit: bool,
+) -> Result<Json<MapPreview>, ApiError> {
+    let changes = changes_of(body)?;
+    let request = if commit {
+        GatewayRequest::ChangeMap { changes }
+    } else {
+        GatewayRequest::PreviewMap { changes }
+    };
+    match ask(state, &request).await?.response {
+        GatewayResponse::MapPreview(preview) => Ok(Json(*preview)),
         other => Err(unexpected("MapPreview", other)),
     }
 }
@@ -147,9 +158,7 @@ pub async fn preview(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<MapChanges>,
 ) -> Result<Json<MapPreview>, ApiError> {
-    let changes = changes_of(body)?;
-    let preview = preview_of(&state, &GatewayRequest::PreviewMap { changes }).await?;
-    Ok(Json(preview))
+    map_request(&state, body, false).await
 }
 
 /// `POST /api/admin/map/change` (admin): makes the changes, in one compare-and-set of the
@@ -162,9 +171,7 @@ pub async fn change(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<MapChanges>,
 ) -> Result<Json<MapPreview>, ApiError> {
-    let changes = changes_of(body)?;
-    let preview = preview_of(&state, &GatewayRequest::ChangeMap { changes }).await?;
-    Ok(Json(preview))
+    map_request(&state, body, true).await
 }
 
 /// Answer of `GET /api/admin/pgs`.

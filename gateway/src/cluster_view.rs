@@ -120,7 +120,6 @@ impl Topology {
                 metrics: self.members.gateway_metrics.get(&id).cloned(),
             })
             .collect();
-        let states = PgStates::of(self, replication.write_quorum);
         ClusterStatus {
             devices,
             gateways,
@@ -133,15 +132,8 @@ impl Topology {
             },
             maintenance: MaintenanceStatus::default(),
             placement_groups: PgStatus {
-                pool: self.map.pool.id(),
-                pg_num: self.map.pool.pg_num(),
-                clean: states.clean,
-                degraded: states.degraded,
-                remapped: states.remapped,
-                backfilling: states.backfilling,
-                undersized: states.undersized,
-                without_write_quorum: states.without_write_quorum,
                 backfill,
+                ..pg_states(self, replication.write_quorum)
             },
             flags: self
                 .map
@@ -154,42 +146,28 @@ impl Topology {
     }
 }
 
-/// The pool's PGs counted by state (Ceph's names). A PG may be in several: degraded and
-/// remapped, say; `clean` excludes all the others.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PgStates {
-    /// `size` live devices in the up set, and no past set.
-    pub clean: u32,
-    /// Fewer live devices in the up set than the pool's size.
-    pub degraded: u32,
-    /// A past set: data may be held off the up set.
-    pub remapped: u32,
-    /// Remapped, with every up-set device live: the sweep can backfill it now.
-    pub backfilling: u32,
-    /// Fewer devices in the up set than the pool's size.
-    pub undersized: u32,
-    /// Fewer live devices in the up set than the write quorum.
-    pub without_write_quorum: u32,
-}
-
-impl PgStates {
-    /// Counts `topology`'s PGs by state, for a write quorum of `write_quorum`.
-    pub fn of(topology: &Topology, write_quorum: usize) -> Self {
-        let size = usize::try_from(topology.map.settings.size).unwrap_or(usize::MAX);
-        let mut states = Self::default();
-        for (pg, up) in topology.placement.table().iter() {
-            let live = up.iter().filter(|&&d| topology.members.is_live(d)).count();
-            let remapped = topology.map.past_of(pg).is_some();
-            let degraded = live < size;
-            states.undersized += u32::from(up.len() < size);
-            states.degraded += u32::from(degraded);
-            states.remapped += u32::from(remapped);
-            states.backfilling += u32::from(remapped && live == up.len() && !up.is_empty());
-            states.without_write_quorum += u32::from(live < write_quorum);
-            states.clean += u32::from(!degraded && !remapped);
-        }
-        states
+/// The pool's PGs counted by state (Ceph's names), for a write quorum of `write_quorum`,
+/// as [`PgStatus`] (without the backfill, which the view tracks). A PG may be in several
+/// states (degraded and remapped, say); `clean` excludes all the others.
+pub fn pg_states(topology: &Topology, write_quorum: usize) -> PgStatus {
+    let size = usize::try_from(topology.map.settings.size).unwrap_or(usize::MAX);
+    let mut states = PgStatus {
+        pool: topology.map.pool.id(),
+        pg_num: topology.map.pool.pg_num(),
+        ..PgStatus::default()
+    };
+    for (pg, up) in topology.placement.table().iter() {
+        let live = up.iter().filter(|&&d| topology.members.is_live(d)).count();
+        let remapped = topology.map.past_of(pg).is_some();
+        let degraded = live < size;
+        states.undersized += u32::from(up.len() < size);
+        states.degraded += u32::from(degraded);
+        states.remapped += u32::from(remapped);
+        states.backfilling += u32::from(remapped && live == up.len() && !up.is_empty());
+        states.without_write_quorum += u32::from(live < write_quorum);
+        states.clean += u32::from(!degraded && !remapped);
     }
+    states
 }
 
 /// The current [`Topology`], swapped atomically.
@@ -230,9 +208,9 @@ impl ClusterView {
     }
 
     /// Makes `topology` current, and publishes its gauges: the map epoch, devices up and
-    /// down, PGs by state ([`PgStates`]) and the backfill's PGs left.
+    /// down, PGs by state ([`pg_states`]) and the backfill's PGs left.
     pub fn replace(&self, topology: Topology) {
-        let states = PgStates::of(&topology, self.write_quorum);
+        let states = pg_states(&topology, self.write_quorum);
         topology.record_gauges(&states);
         let mut tracker = self.tracker();
         tracker.observe(states.remapped, Instant::now(), wall_clock_millis());
@@ -256,7 +234,7 @@ impl Topology {
         )
     }
 
-    fn record_gauges(&self, states: &PgStates) {
+    fn record_gauges(&self, states: &PgStatus) {
         #[allow(
             clippy::cast_precision_loss,
             reason = "epochs and counts stay far below 2^52"

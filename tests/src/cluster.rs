@@ -94,6 +94,38 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// These options with compaction that acts within seconds: a 1 s acceptance window and
+    /// a 2 s grace on the data nodes, a 2 s grace and logs of 4 operations on the gateways.
+    #[must_use]
+    pub fn with_quick_compaction(mut self) -> Self {
+        let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        self.datanode_args.extend(args(&[
+            "--accept-window-secs",
+            "1",
+            "--compaction-grace-secs",
+            "2",
+        ]));
+        self.gateway_args.extend(args(&[
+            "--compaction-grace-secs",
+            "2",
+            "--compact-min-ops",
+            "4",
+        ]));
+        self
+    }
+
+    /// These options with the gateways' anti-entropy sweep at `users_per_sec` (0: off).
+    #[must_use]
+    pub fn with_sweep(mut self, users_per_sec: u32) -> Self {
+        self.gateway_args.extend([
+            "--anti-entropy-users-per-sec".to_owned(),
+            users_per_sec.to_string(),
+        ]);
+        self
+    }
+}
+
 /// The files a cluster is made from, checked before anything starts.
 #[derive(Debug, Clone)]
 struct Artifacts {

@@ -14,12 +14,9 @@ use cartdb_tests::{Cluster, ClusterOptions, wait_until};
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn options() -> ClusterOptions {
-    ClusterOptions {
-        // A sweep that leaves the read-repair test to read repair: it would otherwise
-        // race the read this test makes. The anti-entropy test turns it on.
-        gateway_args: vec!["--anti-entropy-users-per-sec".into(), "0".into()],
-        ..ClusterOptions::default()
-    }
+    // A sweep that leaves the read-repair test to read repair: it would otherwise race the
+    // read this test makes. The anti-entropy test turns it on.
+    ClusterOptions::default().with_sweep(0)
 }
 
 /// Writes made while a replica is dead (kill -9) reach it through read repair: after it
@@ -228,20 +225,7 @@ async fn concurrent_writers_through_both_gateways_converge() -> Result<()> {
 /// short grace, reads fold old operations into the base on every replica alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_folds_old_operations_on_every_replica_alike() -> Result<()> {
-    let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    let cluster = Cluster::start(ClusterOptions {
-        datanode_args: args(&["--accept-window-secs", "1", "--compaction-grace-secs", "2"]),
-        gateway_args: args(&[
-            "--compaction-grace-secs",
-            "2",
-            "--compact-min-ops",
-            "4",
-            "--anti-entropy-users-per-sec",
-            "0",
-        ]),
-        ..ClusterOptions::default()
-    })
-    .await?;
+    let cluster = Cluster::start(options().with_quick_compaction()).await?;
     let api = cluster.client().clone();
     let user = "churn-user";
     for round in 0..6 {
