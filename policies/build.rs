@@ -155,6 +155,50 @@ const TEST_GUESTS: &[TestGuest] = &[
         },
     },
     TestGuest {
+        artifact: "test-dup-device.wasm",
+        constant: "DUP_DEVICE_WASM",
+        doc: "`place` returns `[1, 1]`: the same device twice.",
+        world: "placement-policy",
+        imports: "",
+        exports: Exports::Placement {
+            load: LOAD_OK,
+            place: "(i32.store (i32.const 128) (i32.const 1))
+     (i32.store (i32.const 132) (i32.const 1))
+     (i32.store (i32.const 96) (i32.const 128))
+     (i32.store (i32.const 100) (i32.const 2))
+     (i32.const 96)",
+        },
+    },
+    TestGuest {
+        artifact: "test-grow.wasm",
+        constant: "GROW_WASM",
+        doc: "`place` grows its memory by 1 GiB at once, then returns `[99]` if that worked.",
+        world: "placement-policy",
+        imports: "",
+        exports: Exports::Placement {
+            load: LOAD_OK,
+            place: "(drop (memory.grow (i32.const 16384)))
+     (i32.store (i32.const 128) (i32.const 99))
+     (i32.store (i32.const 96) (i32.const 128))
+     (i32.store (i32.const 100) (i32.const 1))
+     (i32.const 96)",
+        },
+    },
+    TestGuest {
+        artifact: "test-merge-grow.wasm",
+        constant: "MERGE_GROW_WASM",
+        doc: "`merge` grows its memory by 1 GiB when given more than one state; returns a lone state unchanged.",
+        world: "merge-policy",
+        imports: "",
+        exports: Exports::Merge {
+            merge: "(if (i32.gt_u (local.get $len) (i32.const 1))
+       (then (drop (memory.grow (i32.const 16384)))))
+     (i32.store8 (i32.const 256) (i32.const 0))
+     (memory.copy (i32.const 264) (local.get $states) (i32.const 40))
+     (i32.const 256)",
+        },
+    },
+    TestGuest {
         artifact: "test-merge-trap.wasm",
         constant: "MERGE_TRAP_WASM",
         doc: "`merge` traps (`unreachable`) when given more than one state; returns a lone state unchanged.",

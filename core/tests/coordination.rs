@@ -483,3 +483,72 @@ async fn malformed_znode_data_is_refused() {
         "the last good catalog stays"
     );
 }
+
+/// Policy components larger than ZooKeeper's 1 MiB znode limit are stored in chunks under
+/// their sha256, read back whole, checked against the hash (a corrupted chunk is refused,
+/// naming the component), stored once however often they are deployed, and pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_components_are_stored_in_chunks_and_checked() {
+    use cartdb_core::coord::policy_store::{CHUNK_BYTES, PolicyKind, policy_sha256};
+    let config = config("policies");
+    let a = node(&config).await;
+    // 2.5 chunks of bytes that are not all alike.
+    let bytes: Vec<u8> = (0..CHUNK_BYTES * 5 / 2)
+        .map(|i| (i % 251) as u8 ^ (i / 7919) as u8)
+        .collect();
+    let sha = a
+        .coord
+        .store_policy(PolicyKind::Placement, "big.wasm", &bytes, "test", 7)
+        .await
+        .unwrap();
+    assert_eq!(sha, policy_sha256(&bytes));
+    let again = a
+        .coord
+        .store_policy(PolicyKind::Placement, "renamed.wasm", &bytes, "other", 8)
+        .await
+        .unwrap();
+    assert_eq!(again, sha);
+    let stored = a.coord.fetch_policy(&sha).await.unwrap();
+    assert_eq!(stored.bytes, bytes);
+    assert_eq!(stored.header.chunks, 3);
+    assert_eq!(
+        stored.header.name, "big.wasm",
+        "the first deploy's header stays"
+    );
+
+    let raw = raw_client(&config).await;
+    raw.set_data(&format!("/policies/{sha}/1"), b"tampered", None)
+        .await
+        .unwrap();
+    let refused = a.coord.fetch_policy(&sha).await.unwrap_err();
+    let message = refused.to_string();
+    assert!(message.contains(&sha), "{message}");
+    assert!(message.contains("bytes stored"), "{message}");
+    let unknown = a.coord.fetch_policy(&"0".repeat(64)).await.unwrap_err();
+    assert!(
+        unknown.to_string().contains("no such component"),
+        "{unknown}"
+    );
+    assert!(a.coord.fetch_policy("../map").await.is_err());
+
+    let small = a
+        .coord
+        .store_policy(PolicyKind::Merge, "small.wasm", b"small", "test", 9)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.coord
+            .prune_policies(std::slice::from_ref(&small))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(a.coord.fetch_policy(&sha).await.is_err());
+    assert_eq!(a.coord.fetch_policy(&small).await.unwrap().bytes, b"small");
+    assert!(
+        a.coord
+            .store_policy(PolicyKind::Merge, "empty.wasm", b"", "test", 9)
+            .await
+            .is_err()
+    );
+}

@@ -34,6 +34,7 @@ pub mod config;
 pub mod coordination;
 pub mod down_out;
 pub mod map_change;
+pub mod merger;
 pub mod op_id;
 pub mod placement;
 pub mod policy;

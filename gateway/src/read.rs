@@ -35,7 +35,10 @@ use tokio::time::Instant;
 
 use crate::cluster_view::Topology;
 use crate::compaction::SettledItem;
-use crate::read_resolution::{ReadPlan, ReadShortfall, Repair, Repairs, SummaryCheck};
+use crate::merger::Merger;
+use crate::read_resolution::{
+    ReadPlan, ReadShortfall, Repair, Repairs, SummaryCheck, merge_groups,
+};
 use crate::replicas::{ReplicaError, Replicas, response_name};
 
 /// Why a read failed.
@@ -86,7 +89,7 @@ pub enum ReadMode {
 }
 
 /// Reads and merges `user`'s cart (see the module docs and [`crate::read_resolution`] for
-/// the quorum rule). `merge` merges the states of one divergent item. The answer holds the
+/// the quorum rule). `merger` merges the states of divergent items. The answer holds the
 /// cart-index entries too (product ids starting with `@`); [`crate::cart_lines`] leaves
 /// them out of the cart.
 ///
@@ -98,7 +101,7 @@ pub async fn read_cart(
     replicas: &Replicas,
     topology: &Topology,
     query: CartQuery<'_>,
-    merge: impl Fn(&[&ItemState]) -> ItemState,
+    merger: &Merger,
 ) -> Result<CartRead, ReadError> {
     let CartQuery {
         user,
@@ -166,7 +169,19 @@ pub async fn read_cart(
         });
     }
     let states = fetch_states(replicas, user, &check.divergent, deadline).await?;
-    let repairs = Repairs::plan(&plan, &summaries, &states, merge);
+    let merged: BTreeMap<String, ItemState> = merger
+        .merge_all(merge_groups(&states))
+        .await
+        .into_iter()
+        .map(|state| (state.product.clone(), state))
+        .collect();
+    let repairs = Repairs::plan(&plan, &summaries, &states, |inputs| {
+        // Every group was merged above; `plan` groups the same way.
+        let product = inputs.first().map_or("", |s| s.product.as_str());
+        merged.get(product).cloned().unwrap_or_else(|| {
+            cartdb_core::merge::merge_states(inputs).unwrap_or_else(|| inputs[0].clone())
+        })
+    });
     items.extend(repairs.merged);
     items.sort_by(|a, b| a.product.cmp(&b.product));
     Ok(CartRead {

@@ -286,15 +286,7 @@ impl Repairs {
         states: &BTreeMap<DeviceId, Vec<ItemState>>,
         merge: impl Fn(&[&ItemState]) -> ItemState,
     ) -> Self {
-        let mut by_product: BTreeMap<&str, Vec<(DeviceId, &ItemState)>> = BTreeMap::new();
-        for (device, items) in states {
-            for state in items {
-                by_product
-                    .entry(state.product.as_str())
-                    .or_default()
-                    .push((*device, state));
-            }
-        }
+        let by_product = by_product(states);
         let mut out = Self {
             merged: Vec::new(),
             repairs: Vec::new(),
@@ -316,6 +308,31 @@ impl Repairs {
         }
         out
     }
+}
+
+/// The fetched states grouped by item (product), in product order, with their devices.
+fn by_product(
+    states: &BTreeMap<DeviceId, Vec<ItemState>>,
+) -> BTreeMap<&str, Vec<(DeviceId, &ItemState)>> {
+    let mut by_product: BTreeMap<&str, Vec<(DeviceId, &ItemState)>> = BTreeMap::new();
+    for (device, items) in states {
+        for state in items {
+            by_product
+                .entry(state.product.as_str())
+                .or_default()
+                .push((*device, state));
+        }
+    }
+    by_product
+}
+
+/// The states [`Repairs::plan`] merges, one group per item in product order: what to hand
+/// the merge ahead of the plan when merging is asynchronous.
+pub fn merge_groups(states: &BTreeMap<DeviceId, Vec<ItemState>>) -> Vec<Vec<ItemState>> {
+    by_product(states)
+        .into_values()
+        .map(|held| held.into_iter().map(|(_, state)| state.clone()).collect())
+        .collect()
 }
 
 impl Repair {

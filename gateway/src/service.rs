@@ -11,20 +11,17 @@
 //! delete writes the item only: an index entry only means "look here", and the item's
 //! quantity decides whether it is in the cart.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use cartdb_core::cart::{
-    DeviceId, InputError, ItemKey, ItemMeta, ItemState, ItemSummary, OpKind, Operation, Product,
-    validate_id,
+    DeviceId, InputError, ItemKey, ItemMeta, ItemSummary, OpKind, Operation, Product, validate_id,
 };
 use cartdb_core::catalog::Catalog;
 use cartdb_core::config::Replication;
 use cartdb_core::coord::CoordError;
-use cartdb_core::merge::merge_states;
 use cartdb_core::placement_key::{index_entry, indexed_product, placement_key};
 use cartdb_core::rpc;
 use cartdb_core::version::HybridClock;
@@ -41,6 +38,7 @@ use crate::cluster_view::ClusterView;
 use crate::compaction::{CompactionSettings, Compactor};
 use crate::coordination::Coordination;
 use crate::map_change::MapChanger;
+use crate::merger::Merger;
 use crate::op_id::{keyed_op_id, op_id, validate_idempotency_key};
 use crate::policy::{MergePolicy, PlacementPolicy};
 use crate::read::{CartQuery, CartRead, ReadError, ReadMode, read_cart, read_category};
@@ -75,7 +73,7 @@ pub struct GatewayService {
     clock: HybridClock,
     read_repair: Arc<ReadRepair>,
     compactor: Arc<Compactor>,
-    merge_fallbacks: AtomicU64,
+    merger: Merger,
     /// The anti-entropy sweep's progress while this gateway leads it.
     sweep: Mutex<Option<SweepStatus>>,
     /// This service, for background follow-up reads that outlive a request.
@@ -96,6 +94,7 @@ pub struct SweepOutcome {
 impl GatewayService {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
         let clock = HybridClock::new(parts.gateway_id);
+        let merger = Merger::new(parts.merge_policy.clone());
         let read_repair = ReadRepair::new(parts.replicas.clone(), parts.request_timeout);
         let compactor = Compactor::new(
             parts.replicas.clone(),
@@ -107,7 +106,7 @@ impl GatewayService {
             clock,
             read_repair,
             compactor,
-            merge_fallbacks: AtomicU64::new(0),
+            merger,
             sweep: Mutex::new(None),
             me: me.clone(),
         })
@@ -233,23 +232,6 @@ impl GatewayService {
         })
     }
 
-    /// Merges the replica states of one item with the merge policy, or with the built-in
-    /// merge when there is none or it fails (logged and counted).
-    fn merge_item(&self, states: &[&ItemState]) -> ItemState {
-        if let Some(policy) = &self.parts.merge_policy {
-            let owned: Vec<ItemState> = states.iter().map(|s| (*s).clone()).collect();
-            match policy.merge(&owned) {
-                Ok(merged) => return merged,
-                Err(error) => {
-                    self.merge_fallbacks.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("cartdb_gateway_merge_fallbacks_total").increment(1);
-                    tracing::warn!(%error, "merge policy failed; using the built-in merge");
-                }
-            }
-        }
-        merge_states(states).unwrap_or_else(|| states[0].clone())
-    }
-
     /// Reads `user`'s cart in `mode`, merging divergent items.
     async fn read(
         &self,
@@ -280,7 +262,7 @@ impl GatewayService {
                 mode,
                 only,
             },
-            |states| self.merge_item(states),
+            &self.merger,
         )
         .await
         .map_err(|e| match e {
@@ -350,14 +332,14 @@ impl GatewayService {
         let repairs = self.read_repair.counters();
         let (compactions, folded_ops) = self.compactor.counters();
         MaintenanceStatus {
-            merge_policy: self.parts.merge_policy.as_ref().map(|p| PolicyInfo {
+            merge_policy: self.merger.policy().map(|p| PolicyInfo {
                 name: p.name().to_owned(),
                 sha256: p.sha256().to_owned(),
             }),
             repairs: repairs.repaired,
             repaired_ops: repairs.ops_added,
             repair_failures: repairs.failed,
-            merge_fallbacks: self.merge_fallbacks.load(Ordering::Relaxed),
+            merge_fallbacks: self.merger.fallbacks(),
             compactions,
             folded_ops,
             anti_entropy: self

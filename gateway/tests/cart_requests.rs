@@ -20,7 +20,7 @@ use cartdb_core::wire::{GatewayFailure, GatewayRequest, GatewayResponse, PolicyI
 use cartdb_gateway::cluster_view::{ClusterView, Topology};
 use cartdb_gateway::coordination::Coordination;
 use cartdb_gateway::placement::EpochPlacement;
-use cartdb_gateway::policy::{PlacementPolicy, PolicyEngine};
+use cartdb_gateway::policy::{MergePolicy, PlacementPolicy, PolicyEngine, PolicyLimits};
 use cartdb_gateway::replicas::Replicas;
 use cartdb_gateway::{GatewayService, ServiceParts};
 use futures::FutureExt;
@@ -83,6 +83,11 @@ fn config_file(name: &str) -> Vec<u8> {
 
 impl TestGateway {
     async fn start() -> TestGateway {
+        Self::start_with(None).await
+    }
+
+    /// A gateway merging with `merge_policy` (`None`: the built-in merge).
+    async fn start_with(merge_policy: Option<Arc<MergePolicy>>) -> TestGateway {
         let (nodes, addresses) = start_nodes(6).await;
         let policy = POLICY.clone();
         let map_json = String::from_utf8(config_file("crush-map.json")).unwrap();
@@ -122,7 +127,7 @@ impl TestGateway {
                 name: policy.name().to_owned(),
                 sha256: policy.sha256().to_owned(),
             },
-            merge_policy: None,
+            merge_policy,
             compaction: cartdb_gateway::compaction::CompactionSettings {
                 grace: Duration::from_secs(60),
                 min_ops: 32,
@@ -472,4 +477,91 @@ async fn a_slow_replica_does_not_hold_up_requests() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Median and maximum time of `GET /api/products`-like requests (`Products`, answered from
+/// memory) made while `reads` divergent carts are read and merged on the same runtime.
+async fn products_latency_during_merges(
+    gw: &TestGateway,
+    users: &[String],
+) -> (Duration, Duration) {
+    let reads = async {
+        for user in users {
+            let _ = gw.cart(user).await;
+        }
+    };
+    let probes = async {
+        let mut took = Vec::new();
+        // Each probe is due 10 ms after the last: what it measures beyond those 10 ms is
+        // the time the runtime thread was not free to wake it and answer it.
+        const PAUSE: Duration = Duration::from_millis(10);
+        for _ in 0..20 {
+            let started = std::time::Instant::now();
+            tokio::time::sleep(PAUSE).await;
+            let answer = gw.service.handle(GatewayRequest::Products).await;
+            took.push(started.elapsed().saturating_sub(PAUSE));
+            assert!(
+                matches!(answer, GatewayResponse::Products { .. }),
+                "{answer:?}"
+            );
+        }
+        took.sort();
+        (took[took.len() / 2], took[took.len() - 1])
+    };
+    let ((), latency) = tokio::join!(reads, probes);
+    latency
+}
+
+/// Users whose pork went to two of its three replicas only (device 1 refused it), so that
+/// reading their carts needs a merge.
+async fn divergent_users(gw: &TestGateway, prefix: &str) -> Vec<String> {
+    gw.nodes[&1].node.set_failing(true);
+    let mut users = Vec::new();
+    for i in 0..60 {
+        let user = format!("{prefix}-{i}");
+        if gw.replicas_of(&user, "1").contains(&1) {
+            assert_eq!(
+                gw.insert(&user, "pork", None).await,
+                GatewayResponse::Updated { qty: 1 }
+            );
+            users.push(user);
+        }
+    }
+    gw.nodes[&1].node.set_failing(false);
+    assert!(users.len() > 10, "{users:?}");
+    users
+}
+
+/// A merge policy whose every call is slow (it spins until its deadline) does not delay
+/// unrelated requests: merges run off the gateway's runtime thread. Compared, in the same
+/// test, with the fast reference merge policy. (Before merges moved to a blocking thread,
+/// each `Products` request waited behind whole merges: a median of the deadline.)
+#[tokio::test]
+async fn a_slow_merge_policy_does_not_delay_unrelated_requests() {
+    let engine = PolicyEngine::with_limits(PolicyLimits {
+        call_timeout: Duration::from_millis(200),
+        call_fuel: u64::MAX / 2,
+        max_instances: 8,
+        ..PolicyLimits::default()
+    })
+    .unwrap();
+    let load = |path: &str| Arc::new(MergePolicy::load(&engine, Path::new(path)).unwrap());
+    let fast = TestGateway::start_with(Some(load(cartdb_policies::MERGE_POLICY_WASM))).await;
+    let users = divergent_users(&fast, "fast").await;
+    let (fast_median, _) = products_latency_during_merges(&fast, &users).await;
+    let slow =
+        TestGateway::start_with(Some(load(cartdb_policies::test_guests::MERGE_SPIN_WASM))).await;
+    let users = divergent_users(&slow, "slow").await;
+    let (slow_median, slow_max) = products_latency_during_merges(&slow, &users).await;
+    assert!(
+        slow_median <= fast_median + Duration::from_millis(50),
+        "slow policy: median {slow_median:?} (max {slow_max:?}), fast policy: {fast_median:?}"
+    );
+    // The slow merges did happen, and fell back to the built-in merge.
+    match slow.service.handle(GatewayRequest::Cluster).await {
+        GatewayResponse::Cluster(status) => {
+            assert!(status.maintenance.merge_fallbacks > 0, "{status:?}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

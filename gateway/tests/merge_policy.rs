@@ -26,6 +26,8 @@ fn engine() -> &'static PolicyEngine {
     ENGINE.get_or_init(|| {
         let limits = PolicyLimits {
             call_timeout: CALL_TIMEOUT,
+            // Fuel is tested with placement; here the spinning guest meets the deadline.
+            call_fuel: u64::MAX / 2,
             ..PolicyLimits::default()
         };
         PolicyEngine::with_limits(limits).unwrap()
@@ -228,6 +230,14 @@ fn a_trapping_guest_is_an_error_and_its_instance_is_replaced() {
     still_works(&policy);
     let again = policy.merge(&diverged()).unwrap_err();
     assert!(matches!(again, PolicyError::Trapped { .. }), "{again:?}");
+    still_works(&policy);
+}
+
+#[test]
+fn a_guest_growing_to_a_gibibyte_traps_and_the_next_call_gets_a_fresh_instance() {
+    let (policy, err) = misbehave(test_guests::MERGE_GROW_WASM);
+    assert!(matches!(err, PolicyError::Trapped { .. }), "{err:?}");
+    // A lone state needs no growth: a fresh instance answers it.
     still_works(&policy);
 }
 

@@ -214,13 +214,103 @@ fn an_endless_loop_times_out() {
         .unwrap();
     let start = Instant::now();
     let err = placer.place(1, 3).unwrap_err();
-    assert!(matches!(err, PolicyError::TimedOut { .. }), "{err:?}");
+    // Whichever bound comes first: the fuel or the deadline.
+    assert!(
+        matches!(
+            err,
+            PolicyError::TimedOut { .. } | PolicyError::OutOfFuel { .. }
+        ),
+        "{err:?}"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "took {:?}",
         start.elapsed()
     );
     assert!(placer.is_poisoned());
+}
+
+/// A spinning guest under each bound alone: fuel (a generous deadline) and time (generous
+/// fuel). Fuel is the deterministic one: the same guest stops after the same work on any
+/// machine.
+#[test]
+fn fuel_and_deadline_each_stop_a_spinning_guest() {
+    let spin = |limits: PolicyLimits| {
+        let engine = PolicyEngine::with_limits(limits).unwrap();
+        let policy = PlacementPolicy::load(&engine, Path::new(test_guests::SPIN_WASM)).unwrap();
+        let mut placer = policy.placer(SEED_MAP, None, &[]).unwrap();
+        placer.place(1, 3).unwrap_err()
+    };
+    let fuel = spin(PolicyLimits {
+        call_fuel: 1_000_000,
+        call_timeout: Duration::from_secs(30),
+        max_instances: 4,
+        ..PolicyLimits::default()
+    });
+    assert!(
+        matches!(
+            fuel,
+            PolicyError::OutOfFuel {
+                fuel: 1_000_000,
+                ..
+            }
+        ),
+        "{fuel:?}"
+    );
+    assert!(fuel.to_string().contains("ran out of fuel"), "{fuel}");
+    assert_eq!(fuel.outcome(), "fuel");
+    let time = spin(PolicyLimits {
+        call_fuel: u64::MAX / 2,
+        call_timeout: Duration::from_millis(50),
+        max_instances: 4,
+        ..PolicyLimits::default()
+    });
+    assert!(matches!(time, PolicyError::TimedOut { .. }), "{time:?}");
+}
+
+/// A guest that grows its memory to 1 GiB traps at the 64 MiB cap; the host is unaffected
+/// (its resident memory does not grow by anything like it), and a new placer works.
+#[test]
+fn a_guest_growing_to_a_gibibyte_traps_at_the_cap() {
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    let before = rss();
+    let policy = load(test_guests::GROW_WASM).unwrap();
+    let mut placer = policy.placer(SEED_MAP, None, &[]).unwrap();
+    let err = placer.place(1, 3).unwrap_err();
+    assert!(matches!(err, PolicyError::Trapped { .. }), "{err:?}");
+    assert!(err.to_string().contains("trapped"), "{err}");
+    assert!(placer.is_poisoned());
+    assert!(
+        rss().saturating_sub(before) < 256 << 20,
+        "the host grew by {} MiB",
+        rss().saturating_sub(before) >> 20
+    );
+    let mut fresh = policy.placer(SEED_MAP, None, &[]).unwrap();
+    assert!(
+        fresh.place(1, 3).is_err(),
+        "the guest grows again on every call"
+    );
+}
+
+/// A guest answering the same device twice is refused, naming the device.
+#[test]
+fn a_duplicate_device_is_refused() {
+    let mut placer = load(test_guests::DUP_DEVICE_WASM)
+        .unwrap()
+        .placer(SEED_MAP, None, &[])
+        .unwrap();
+    let err = placer.place(1, 3).unwrap_err();
+    assert!(matches!(err, PolicyError::InvalidResult { .. }), "{err:?}");
+    assert_eq!(err.outcome(), "invalid");
 }
 
 #[test]

@@ -58,6 +58,9 @@ pub enum CoordError {
     /// The znode must exist for this operation (it is created by a bootstrap call).
     #[error("{op}: znode {path} does not exist yet; bootstrap it first")]
     NotBootstrapped { op: &'static str, path: String },
+    /// A policy component that cannot be stored, or is not (intact) in the store.
+    #[error("policy component {sha256}: {problem}")]
+    InvalidPolicy { sha256: String, problem: String },
     /// A CRUSH map document in ZooKeeper is invalid, so it cannot be updated safely.
     #[error("znode {path} holds an invalid CRUSH map document: {source}")]
     InvalidMapData {

@@ -15,6 +15,7 @@
 //! - [`map`]: the cluster map document, [`ClusterMap`] (pure).
 //! - [`map_edit`]: devices added to and removed from the CRUSH map JSON (pure).
 //! - [`membership`]: who is up, [`Membership`], and the registration data format (pure).
+//! - [`policy_store`]: policy components stored by sha256, in chunks.
 //! - `layout`: the znode paths.
 //! - `zk`: one session behind timeouts and typed outcomes.
 //! - `follow`: the watch-driven tasks that keep the in-memory copies fresh.
@@ -39,6 +40,7 @@ mod layout;
 pub mod map;
 pub mod map_edit;
 pub mod membership;
+pub mod policy_store;
 mod supervisor;
 mod zk;
 

@@ -85,19 +85,39 @@ pub(super) fn new_store(engine: &PolicyEngine) -> Store<HostState> {
         limits: StoreLimitsBuilder::new()
             .memory_size(limits.max_memory_bytes)
             .instances(8)
+            // Growing past the cap traps at once (a clear failure, counted as a trap)
+            // rather than handing the guest -1 to ignore.
+            .trap_on_grow_failure(true)
             .build(),
     };
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(PolicyEngine::ticks(limits.load_timeout));
+    set_fuel(&mut store, limits.load_fuel);
     store
 }
 
-/// A failed guest call: a timeout when the epoch deadline fired, else a trap.
-pub(super) fn call_error(path: &Path, error: &wasmtime::Error, timeout: Duration) -> PolicyError {
+/// Gives the store `fuel` for what it runs next. The engine always meters fuel
+/// (`consume_fuel` in `engine::config`), the only case in which wasmtime refuses this.
+pub(super) fn set_fuel(store: &mut Store<HostState>, fuel: u64) {
+    if let Err(e) = store.set_fuel(fuel) {
+        tracing::error!(error = %e, "the policy engine does not meter fuel; calls are bounded by time only");
+    }
+}
+
+/// A failed guest call: a timeout when the epoch deadline fired, fuel exhaustion when its
+/// fuel ran out, else a trap.
+pub(super) fn call_error(
+    path: &Path,
+    error: &wasmtime::Error,
+    timeout: Duration,
+    fuel: u64,
+) -> PolicyError {
     let path = path.to_owned();
     if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         PolicyError::TimedOut { path, timeout }
+    } else if error.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) {
+        PolicyError::OutOfFuel { path, fuel }
     } else {
         PolicyError::Trapped {
             path,

@@ -18,10 +18,17 @@ pub struct PolicyLimits {
     pub max_file_bytes: u64,
     /// Linear memory cap of each instance (64 MiB). Also the pooling slot size.
     pub max_memory_bytes: usize,
-    /// Deadline of one `place` call (100 ms).
+    /// Deadline of one `place` or `merge` call (100 ms).
     pub call_timeout: Duration,
+    /// Fuel (about one unit per WebAssembly instruction) of one call (100 million): a
+    /// deterministic bound on a guest's work, whatever the machine's speed or load. CRUSH's
+    /// `place` spends a few tens of thousands; the reference merge of a 64-operation log
+    /// about a million.
+    pub call_fuel: u64,
     /// Deadline of instantiation plus `load` (parsing the map) and of `name` (5 s).
     pub load_timeout: Duration,
+    /// Fuel of instantiation plus `load` and of `name` (5 billion).
+    pub load_fuel: u64,
     /// Most instances alive at once across all policies of the engine (256).
     pub max_instances: u32,
 }
@@ -32,14 +39,16 @@ impl Default for PolicyLimits {
             max_file_bytes: 16 << 20,
             max_memory_bytes: 64 << 20,
             call_timeout: Duration::from_millis(100),
+            call_fuel: 100_000_000,
             load_timeout: Duration::from_secs(5),
+            load_fuel: 5_000_000_000,
             max_instances: 256,
         }
     }
 }
 
-/// A wasmtime engine configured for untrusted policies: epoch interruption driven by a
-/// ticker thread every 10 ms, and a pooling allocator whose memory slots are only as large
+/// A wasmtime engine configured for untrusted policies: fuel metering, epoch interruption
+/// driven by a ticker thread every 10 ms, and a pooling allocator whose memory slots are only as large
 /// as [`PolicyLimits::max_memory_bytes`] (rather than the default 4 GiB reservation each).
 /// Cheap to clone; the ticker stops when the last clone and the last component are gone.
 #[derive(Clone)]
@@ -110,6 +119,10 @@ fn config(limits: &PolicyLimits) -> Config {
     let mut config = Config::new();
     config
         .epoch_interruption(true)
+        // Fuel bounds a guest's work deterministically; the epoch deadline bounds its time
+        // (a guest can be slow without spending fuel, in a host-side wait it cannot make,
+        // or under a machine that is simply slow).
+        .consume_fuel(true)
         // Slots sized to the memory cap: bounded address space, at the price of explicit
         // bounds checks in guest code.
         .memory_reservation(limits.max_memory_bytes as u64)

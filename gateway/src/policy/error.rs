@@ -64,6 +64,9 @@ pub enum PolicyError {
     /// The guest ran past its deadline; its instance is discarded.
     #[error("policy {} did not answer within {timeout:?}", path.display())]
     TimedOut { path: PathBuf, timeout: Duration },
+    /// The guest used up the fuel of one call; its instance is discarded.
+    #[error("policy {} ran out of fuel ({fuel} units) before answering", path.display())]
+    OutOfFuel { path: PathBuf, fuel: u64 },
     /// The guest answered, but the answer is not a valid placement.
     #[error("policy {} returned an invalid placement: {problem}", path.display())]
     InvalidResult {
@@ -100,6 +103,7 @@ impl PolicyError {
         match self {
             Self::Trapped { .. } => "trap",
             Self::TimedOut { .. } => "timeout",
+            Self::OutOfFuel { .. } => "fuel",
             Self::InvalidResult { .. } | Self::InvalidMerge { .. } => "invalid",
             Self::MergeRefused { .. } | Self::Guest { .. } => "refused",
             Self::Poisoned { .. } => "poisoned",

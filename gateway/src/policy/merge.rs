@@ -95,10 +95,10 @@ impl MergePolicy {
             live: Mutex::new(None),
         };
         let mut live = policy.instantiate()?;
-        let name = live
-            .instance
-            .call_name(&mut live.store)
-            .map_err(|e| component::call_error(path, &e, engine.limits().load_timeout))?;
+        let name = live.instance.call_name(&mut live.store).map_err(|e| {
+            let limits = engine.limits();
+            component::call_error(path, &e, limits.load_timeout, limits.load_fuel)
+        })?;
         policy.name = component::truncate_name(name);
         policy.live = Mutex::new(Some(live));
         Ok(policy)
@@ -189,15 +189,17 @@ impl MergePolicy {
             Some(live) => live,
             empty => empty.insert(self.instantiate()?),
         };
-        let timeout = self.engine.limits().call_timeout;
+        let limits = self.engine.limits();
+        let timeout = limits.call_timeout;
         live.store.set_epoch_deadline(PolicyEngine::ticks(timeout));
+        component::set_fuel(&mut live.store, limits.call_fuel);
         let answer = live
             .instance
             .cartdb_policy_merge()
             .call_merge(&mut live.store, states);
         answer.map_err(|e| {
             *slot = None;
-            component::call_error(&self.path, &e, timeout)
+            component::call_error(&self.path, &e, timeout, limits.call_fuel)
         })
     }
 

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
@@ -130,7 +129,7 @@ impl PlacementPolicy {
         let result = instance
             .cartdb_policy_placement()
             .call_load(&mut store, map_json, rule, &guest_reweights)
-            .map_err(|e| loaded.call_error(e, loaded.engine.limits().load_timeout))?;
+            .map_err(|e| loaded.load_error(e))?;
         let resource = result.map_err(|message| PolicyError::Guest {
             path: loaded.path.clone(),
             message,
@@ -164,13 +163,14 @@ impl Loaded {
         let (mut store, instance) = self.instantiate()?;
         let name = instance
             .call_name(&mut store)
-            .map_err(|e| self.call_error(e, self.engine.limits().load_timeout))?;
+            .map_err(|e| self.load_error(e))?;
         Ok(component::truncate_name(name))
     }
 
-    /// A failed guest call: a timeout when the epoch deadline fired, else a trap.
-    fn call_error(&self, error: wasmtime::Error, timeout: Duration) -> PolicyError {
-        component::call_error(&self.path, &error, timeout)
+    /// A failed instantiation, `load` or `name`: under the load limits.
+    fn load_error(&self, error: wasmtime::Error) -> PolicyError {
+        let limits = self.engine.limits();
+        component::call_error(&self.path, &error, limits.load_timeout, limits.load_fuel)
     }
 }
 
@@ -226,8 +226,10 @@ impl Placer {
                 max: MAX_REPLICAS,
             });
         }
-        let timeout = loaded.engine.limits().call_timeout;
+        let limits = loaded.engine.limits();
+        let timeout = limits.call_timeout;
         self.store.set_epoch_deadline(PolicyEngine::ticks(timeout));
+        component::set_fuel(&mut self.store, limits.call_fuel);
         let placed = self
             .instance
             .cartdb_policy_placement()
@@ -235,14 +237,21 @@ impl Placer {
             .call_place(&mut self.store, self.resource, x, replicas)
             .map_err(|e| {
                 self.poisoned = true;
-                loaded.call_error(e, timeout)
+                component::call_error(&loaded.path, &e, timeout, limits.call_fuel)
             })?;
-        validate_placement(&self.view, &placed, replicas).map_err(|problem| {
+        let placed = validate_placement(&self.view, &placed, replicas).map_err(|problem| {
             PolicyError::InvalidResult {
                 path: loaded.path.clone(),
                 problem,
             }
-        })
+        })?;
+        if placed.len() < replicas as usize {
+            // Legitimate (too few devices in, or in distinct failure domains), never silent:
+            // counted here, and the PG shows as undersized.
+            metrics::counter!("cartdb_policy_short_placements_total", "sha256" => loaded.sha256.clone())
+                .increment(1);
+        }
+        Ok(placed)
     }
 
     /// Whether an earlier trap or timeout made this placer unusable.
