@@ -148,6 +148,13 @@ function drawGroups(status) {
     ["compactions (ops folded)", m.compactions + " (" + m.folded_ops + ")"],
     ["merge fallbacks", String(m.merge_fallbacks), m.merge_fallbacks ? "warn" : ""],
   ];
+  for (const p of m.policy_calls) {
+    const failed = p.traps + p.timeouts + p.out_of_fuel + p.invalid + p.other_failures;
+    const mean = p.calls ? Math.round(p.total_micros / p.calls) : 0;
+    rows.push([p.kind + " policy " + p.sha256.slice(0, 12),
+      p.calls + " calls, " + failed + " failed, " + p.fallbacks + " fallbacks, mean " + mean + " µs",
+      failed ? "warn" : ""]);
+  }
   if (sweep) {
     rows.push(
       ["anti-entropy leader", "gateway " + sweep.leader],

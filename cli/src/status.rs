@@ -154,6 +154,22 @@ fn summary(doc: &ClusterDocument) -> String {
         None => "merge policy: built-in reference merge\n".to_owned(),
         Some(p) => format!("merge policy: {} ({})\n", p.name, p.sha256),
     };
+    for p in &m.policy_calls {
+        let mean = p.total_micros.checked_div(p.calls).unwrap_or(0);
+        out += &format!(
+            "{} policy {}: {} calls, {} traps, {} timeouts, {} out of fuel, {} invalid, {} other failures, {} fallbacks; mean {mean} us, max {} us\n",
+            p.kind,
+            p.sha256.get(..12).unwrap_or(&p.sha256),
+            p.calls,
+            p.traps,
+            p.timeouts,
+            p.out_of_fuel,
+            p.invalid,
+            p.other_failures,
+            p.fallbacks,
+            p.max_micros,
+        );
+    }
     out += &format!(
         "gw-{}: {} repairs ({} operations), {} failed; {} merge fallbacks; {} compactions ({} operations folded)\n",
         doc.api.answered_by,
@@ -219,6 +235,10 @@ mod tests {
             "maintenance": {
                 "merge_policy": null, "repairs": 3, "repaired_ops": 5, "repair_failures": 0,
                 "merge_fallbacks": 0, "compactions": 2, "folded_ops": 9,
+                "policy_calls": [{"kind": "placement", "sha256": "623be87f54e75dd52d7a",
+                                  "calls": 256, "ok": 255, "traps": 0, "timeouts": 0,
+                                  "out_of_fuel": 1, "invalid": 0, "other_failures": 0,
+                                  "fallbacks": 0, "total_micros": 5120, "max_micros": 90}],
                 "anti_entropy": {"leader": 0, "pgs_done": 1, "pgs_total": 4,
                                  "sweeps_completed": 2, "repairs": 1, "pgs_cleaned": 3,
                                  "handed_back": 7, "updated_ms": 0}
@@ -252,6 +272,10 @@ mod tests {
         );
         assert!(text.contains("0 without a write quorum"), "{text}");
         assert!(text.contains("built-in reference merge"), "{text}");
+        assert!(
+            text.contains("placement policy 623be87f54e7: 256 calls, 0 traps, 0 timeouts, 1 out of fuel, 0 invalid, 0 other failures, 0 fallbacks; mean 20 us, max 90 us"),
+            "{text}"
+        );
         assert!(text.contains("gw-0: 3 repairs (5 operations)"), "{text}");
         assert!(
             text.contains("pass 1/4 PGs, 2 passes done, 1 repairs, 3 PGs cleaned, 7 items"),

@@ -514,6 +514,29 @@ pub struct MaintenanceStatus {
     /// The anti-entropy sweep; `None` when the answering gateway does not lead it (the API
     /// server asks the leader, the smallest-id gateway, first).
     pub anti_entropy: Option<SweepStatus>,
+    /// This gateway's calls of each policy it has run, by kind and sha256.
+    pub policy_calls: Vec<PolicyCallStats>,
+}
+
+/// One policy's calls on one gateway since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyCallStats {
+    /// `placement` or `merge`.
+    pub kind: String,
+    pub sha256: String,
+    pub calls: u64,
+    pub ok: u64,
+    pub traps: u64,
+    pub timeouts: u64,
+    pub out_of_fuel: u64,
+    /// Answers refused by validation.
+    pub invalid: u64,
+    /// Guest errors, poisoned placers and other failures.
+    pub other_failures: u64,
+    /// Merges that fell back to the built-in merge.
+    pub fallbacks: u64,
+    pub total_micros: u64,
+    pub max_micros: u64,
 }
 
 /// Progress of the anti-entropy sweep, as the gateway that leads it reports it.

@@ -74,6 +74,9 @@ impl Merger {
 
     fn fall_back(&self, error: &PolicyError, group: &[ItemState]) -> ItemState {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        if let Some(policy) = &self.policy {
+            policy.engine().stats().fallback(policy.sha256());
+        }
         metrics::counter!("cartdb_gateway_merge_fallbacks_total").increment(1);
         tracing::warn!(%error, "merge policy failed; using the built-in merge");
         builtin(group)

@@ -347,7 +347,21 @@ impl GatewayService {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            policy_calls: self.policy_calls(),
         }
+    }
+
+    /// The policies' call counts. A gateway runs both policies on one engine; tests may
+    /// give them two.
+    fn policy_calls(&self) -> Vec<cartdb_core::wire::PolicyCallStats> {
+        let placement = self.parts.placement_policy.engine().stats();
+        let mut calls = placement.snapshot();
+        if let Some(merge) = self.merger.policy().map(|p| p.engine().stats())
+            && !std::ptr::eq(merge, placement)
+        {
+            calls.extend(merge.snapshot());
+        }
+        calls
     }
 
     /// Every live device's own, unmerged state of `user`'s items.

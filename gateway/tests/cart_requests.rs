@@ -549,8 +549,8 @@ async fn a_slow_merge_policy_does_not_delay_unrelated_requests() {
     let fast = TestGateway::start_with(Some(load(cartdb_policies::MERGE_POLICY_WASM))).await;
     let users = divergent_users(&fast, "fast").await;
     let (fast_median, _) = products_latency_during_merges(&fast, &users).await;
-    let slow =
-        TestGateway::start_with(Some(load(cartdb_policies::test_guests::MERGE_SPIN_WASM))).await;
+    let spinning = load(cartdb_policies::test_guests::MERGE_SPIN_WASM);
+    let slow = TestGateway::start_with(Some(spinning.clone())).await;
     let users = divergent_users(&slow, "slow").await;
     let (slow_median, slow_max) = products_latency_during_merges(&slow, &users).await;
     assert!(
@@ -560,7 +560,22 @@ async fn a_slow_merge_policy_does_not_delay_unrelated_requests() {
     // The slow merges did happen, and fell back to the built-in merge.
     match slow.service.handle(GatewayRequest::Cluster).await {
         GatewayResponse::Cluster(status) => {
-            assert!(status.maintenance.merge_fallbacks > 0, "{status:?}")
+            assert!(status.maintenance.merge_fallbacks > 0, "{status:?}");
+            let merge = status
+                .maintenance
+                .policy_calls
+                .iter()
+                .find(|p| p.sha256 == spinning.sha256())
+                .expect("the spinning policy's calls are counted");
+            assert!(merge.timeouts > 0 && merge.fallbacks > 0, "{merge:?}");
+            assert!(
+                status
+                    .maintenance
+                    .policy_calls
+                    .iter()
+                    .any(|p| p.kind == "placement"),
+                "{status:?}"
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -55,6 +55,7 @@ impl Default for PolicyLimits {
 pub struct PolicyEngine {
     engine: Engine,
     limits: PolicyLimits,
+    stats: std::sync::Arc<super::PolicyStats>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -84,7 +85,17 @@ impl PolicyEngine {
             detail: format!("{e:#}"),
         })?;
         spawn_ticker(engine.weak())?;
-        Ok(Self { engine, limits })
+        Ok(Self {
+            engine,
+            limits,
+            stats: std::sync::Arc::default(),
+        })
+    }
+
+    /// The call counts of every policy run on this engine.
+    #[must_use]
+    pub fn stats(&self) -> &super::PolicyStats {
+        &self.stats
     }
 
     /// The limits every policy of this engine runs under.

@@ -122,6 +122,12 @@ impl MergePolicy {
         &self.path
     }
 
+    /// The engine it runs on (and counts its calls in).
+    #[must_use]
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+
     /// Merges `states`, all of one product, with the policy and checks the answer.
     ///
     /// The result carries the product of the inputs and the product facts of the input that
@@ -138,7 +144,7 @@ impl MergePolicy {
     pub fn merge(&self, states: &[ItemState]) -> Result<ItemState, PolicyError> {
         let started = std::time::Instant::now();
         let result = self.merge_checked(states);
-        super::record_call("merge", self.sha256(), started, &result);
+        super::record_call(&self.engine, "merge", self.sha256(), started, &result);
         result
     }
 

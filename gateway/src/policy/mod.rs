@@ -28,6 +28,7 @@
 //! - `validate`: pure checks of placement answers ([`InvalidPlacement`], [`MapProblem`]).
 //! - `merge_validate`: pure checks of merge answers ([`InvalidMerge`]).
 //! - `error`: [`PolicyError`].
+//! - `stats`: [`PolicyStats`], per-policy call counts for the cluster status.
 
 mod bindings;
 mod component;
@@ -37,6 +38,7 @@ mod merge;
 pub mod merge_laws;
 mod merge_validate;
 mod placement;
+mod stats;
 mod validate;
 
 pub use engine::{PolicyEngine, PolicyLimits};
@@ -44,18 +46,23 @@ pub use error::PolicyError;
 pub use merge::MergePolicy;
 pub use merge_validate::InvalidMerge;
 pub use placement::{MAX_REPLICAS, PlacementPolicy, Placer};
+pub use stats::PolicyStats;
 pub use validate::{InvalidPlacement, MapProblem};
 
 /// Counts one policy call (`cartdb_policy_calls_total`, by kind, sha256 and outcome) and
 /// times it (`cartdb_policy_call_seconds`). The sha256 names the component, so a swapped
 /// policy starts its own series.
 fn record_call<T>(
+    engine: &PolicyEngine,
     kind: &'static str,
     sha256: &str,
     started: std::time::Instant,
     result: &Result<T, PolicyError>,
 ) {
     let outcome = result.as_ref().map_or_else(PolicyError::outcome, |_| "ok");
+    engine
+        .stats()
+        .record(kind, sha256, outcome, started.elapsed());
     let sha256 = sha256.to_owned();
     metrics::histogram!("cartdb_policy_call_seconds", "kind" => kind, "sha256" => sha256.clone())
         .record(started.elapsed().as_secs_f64());

@@ -91,6 +91,12 @@ impl PlacementPolicy {
         &self.inner.sha256
     }
 
+    /// The engine it runs on (and counts its calls in).
+    #[must_use]
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.inner.engine
+    }
+
     /// The file the policy was loaded from.
     #[must_use]
     pub fn path(&self) -> &Path {
@@ -207,7 +213,14 @@ impl Placer {
     pub fn place(&mut self, x: u32, replicas: u32) -> Result<Vec<u32>, PolicyError> {
         let started = std::time::Instant::now();
         let result = self.place_checked(x, replicas);
-        super::record_call("placement", &self.policy.inner.sha256, started, &result);
+        let loaded = &self.policy.inner;
+        super::record_call(
+            &loaded.engine,
+            "placement",
+            &loaded.sha256,
+            started,
+            &result,
+        );
         result
     }
 
