@@ -84,6 +84,8 @@ enum Command {
 enum MapCommand {
     /// What a change would move: share of PGs and items, PGs per device before and after.
     Preview(map::PreviewArgs),
+    /// Every placement group's up set (primary first) and past set.
+    Pgs(map::PgsArgs),
 }
 
 /// Runs one command; `Ok` carries the exit code of a command that ran to its end.
@@ -101,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Device(command) => device::run(command).map(|()| ExitCode::SUCCESS),
         Command::Flags(command) => device::run_flags(command).map(|()| ExitCode::SUCCESS),
         Command::Map(MapCommand::Preview(args)) => map::preview(args).map(|()| ExitCode::SUCCESS),
+        Command::Map(MapCommand::Pgs(args)) => map::pgs(args).map(|()| ExitCode::SUCCESS),
     }
 }
 

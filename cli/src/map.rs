@@ -1,3 +1,4 @@
+//! `cartdb map pgs` (every PG's up and past sets, `GET /api/admin/pgs`), and
 //! `cartdb map preview` and the map changes behind `cartdb device` and `cartdb flags`: a
 //! change is sent to `POST /api/admin/map/preview` (nothing changes) or
 //! `POST /api/admin/map/change` (one compare-and-set of the map), and the answer, a
@@ -14,7 +15,54 @@ use cartdb_core::wire::MapPreview;
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::api_client::{ApiArgs, post_json};
+use crate::api_client::{ApiArgs, get_json, post_json, print_document};
+
+/// Arguments of `cartdb map pgs`.
+#[derive(Debug, Args)]
+pub struct PgsArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Print the API's JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints every PG's up set (primary first) and past set.
+///
+/// # Errors
+/// The API unreachable or refusing (401 without the admin token).
+pub fn pgs(args: PgsArgs) -> anyhow::Result<()> {
+    let document = get_json(&args.api, "/api/admin/pgs", &[])?;
+    print_document(&document, args.json, pgs_text);
+    Ok(())
+}
+
+fn pgs_text(document: &Value) -> String {
+    let list = |v: &Value| {
+        let ids: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(Value::to_string)
+            .collect();
+        if ids.is_empty() {
+            "-".to_owned()
+        } else {
+            ids.join(" ")
+        }
+    };
+    let mut out = format!("map epoch {}\n", document["epoch"]);
+    for pg in document["pgs"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "pg {:>5}  up {:<12} past {}",
+            pg["pg"].as_u64().unwrap_or(u64::MAX),
+            list(&pg["up"]),
+            list(&pg["past"])
+        );
+    }
+    out
+}
 
 /// Arguments of `cartdb map preview`.
 #[derive(Debug, Args)]
@@ -230,6 +278,17 @@ mod tests {
     use cartdb_core::wire::DevicePreview;
 
     use super::*;
+
+    #[test]
+    fn the_pg_table_prints_up_and_past_sets() {
+        let text = pgs_text(&json!({"epoch": 4, "pgs": [
+            {"pg": 0, "up": [1, 4, 2], "past": []},
+            {"pg": 1, "up": [3, 5, 6], "past": [2]}
+        ]}));
+        assert!(text.starts_with("map epoch 4\n"), "{text}");
+        assert!(text.contains("pg     0  up 1 4 2        past -"), "{text}");
+        assert!(text.contains("pg     1  up 3 5 6        past 2"), "{text}");
+    }
 
     #[test]
     fn weights_and_changes_parse_or_say_why_not() {

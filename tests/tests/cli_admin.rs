@@ -1,5 +1,6 @@
 //! The operator CLI covers the admin API: `cartdb product set|list`, `cartdb category`,
-//! `cartdb replicas`, `cartdb traffic` and `cartdb status`, in text and with `--json`, on a
+//! `cartdb replicas`, `cartdb traffic`, `cartdb status` and `cartdb map pgs|preview` (the
+//! map changes are in `data_movement.rs`), in text and with `--json`, on a
 //! running cluster, with `--api` given and the token taken from `CARTDB_ADMIN_TOKEN`.
 
 use std::time::Duration;
@@ -107,6 +108,20 @@ async fn every_admin_action_has_a_command() -> Result<()> {
     ensure!(
         status["devices"].as_array().map(Vec::len) == Some(6),
         "{status}"
+    );
+
+    // The map: every PG's sets, and a preview that changes nothing.
+    let pgs = cartdb_json(&url, &["map", "pgs"])?;
+    ensure!(pgs["pgs"].as_array().map(Vec::len) == Some(256), "{pgs}");
+    let table = cartdb(&url, &["map", "pgs"])?;
+    ensure!(table.contains("pg   255  up "), "{table}");
+    let epoch = pgs["epoch"].clone();
+    let preview = cartdb(&url, &["map", "preview", "--out", "3"])?;
+    ensure!(preview.contains("PGs change placement"), "{preview}");
+    let after = cartdb_json(&url, &["map", "pgs"])?;
+    ensure!(
+        after["epoch"] == epoch,
+        "a preview changed the map: {after}"
     );
     Ok(())
 }
