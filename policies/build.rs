@@ -44,6 +44,14 @@ const GUESTS: &[Guest] = &[
         doc: "The reference CRUSH (straw2) placement policy component.",
     },
     Guest {
+        package: "cartdb-policy-rendezvous",
+        dir: "rendezvous",
+        core_module: "cartdb_policy_rendezvous",
+        artifact: "rendezvous.wasm",
+        constant: "RENDEZVOUS_POLICY_WASM",
+        doc: "A second placement policy component: weighted rendezvous hashing, one replica per failure domain.",
+    },
+    Guest {
         package: "cartdb-policy-merge",
         dir: "merge",
         core_module: "cartdb_policy_merge",

@@ -346,3 +346,39 @@ fn place_latency() {
         start.elapsed() / calls
     );
 }
+
+/// The second placement policy, rendezvous hashing, through the host like CRUSH: it loads
+/// the same map, places every PG of a 256-PG pool on three distinct devices of distinct
+/// hosts, the same way twice, honours an out device, and moves only what a change needs.
+#[test]
+fn the_rendezvous_policy_places_like_a_policy_should() {
+    let policy = load(cartdb_policies::RENDEZVOUS_POLICY_WASM).unwrap();
+    assert_eq!(policy.name(), "rendezvous-hrw");
+    assert_ne!(policy.sha256(), crush().sha256());
+    let pool = cartdb_core::pg::Pool::new(1, 256).unwrap();
+    let mut placer = policy.placer(SEED_MAP, None, &[]).unwrap();
+    let mut again = policy.placer(SEED_MAP, None, &[]).unwrap();
+    let mut out = policy.placer(SEED_MAP, None, &[(2, 0)]).unwrap();
+    let mut moved = 0;
+    for pg in 0..256 {
+        let pps = pool.pps(pg);
+        let up = placer.place(pps, 3).unwrap();
+        assert_eq!(up.len(), 3, "pg {pg}: {up:?}");
+        let mut distinct = up.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "pg {pg}: {up:?}");
+        assert_eq!(again.place(pps, 3).unwrap(), up);
+        let without = out.place(pps, 3).unwrap();
+        assert!(!without.contains(&2));
+        if without != up {
+            moved += 1;
+            assert!(
+                up.contains(&2),
+                "pg {pg} moved without device 2: {up:?} -> {without:?}"
+            );
+        }
+    }
+    // Device 2 is in about half of the PGs (3 of 6); only those move.
+    assert!((80..=176).contains(&moved), "{moved} PGs moved");
+}
