@@ -181,11 +181,11 @@ pub struct ClusterView {
 impl ClusterView {
     pub fn new(topology: Topology, write_quorum: usize) -> Self {
         let view = Self {
-            current: ArcSwap::from_pointee(Topology::clone_of(&topology)),
+            current: ArcSwap::from_pointee(topology),
             write_quorum,
             backfill: Mutex::default(),
         };
-        view.replace(topology);
+        view.observe(&view.current());
         view
     }
 
@@ -210,7 +210,13 @@ impl ClusterView {
     /// Makes `topology` current, and publishes its gauges: the map epoch, devices up and
     /// down, PGs by state ([`pg_states`]) and the backfill's PGs left.
     pub fn replace(&self, topology: Topology) {
-        let states = pg_states(&topology, self.write_quorum);
+        self.observe(&topology);
+        self.current.store(Arc::new(topology));
+    }
+
+    /// Publishes `topology`'s gauges and feeds the backfill tracker.
+    fn observe(&self, topology: &Topology) {
+        let states = pg_states(topology, self.write_quorum);
         topology.record_gauges(&states);
         let mut tracker = self.tracker();
         tracker.observe(states.remapped, Instant::now(), wall_clock_millis());
@@ -219,21 +225,10 @@ impl ClusterView {
         } else {
             metrics::gauge!("cartdb_backfill_pgs_left").set(0.0);
         }
-        drop(tracker);
-        self.current.store(Arc::new(topology));
     }
 }
 
 impl Topology {
-    /// A second handle on the same snapshot.
-    fn clone_of(topology: &Topology) -> Self {
-        Self::new(
-            topology.map.clone(),
-            topology.members.clone(),
-            topology.placement.clone(),
-        )
-    }
-
     fn record_gauges(&self, states: &PgStatus) {
         #[allow(
             clippy::cast_precision_loss,
