@@ -1,6 +1,6 @@
 //! [`CartStore`]: the data node's fjall database, behind a small synchronous API.
 //!
-//! Four keyspaces, all written only through [`CartStore::commit`] and
+//! Five keyspaces, all written only through [`CartStore::commit`] and
 //! [`CartStore::drop_items`], whose one fjall batch is atomic across them:
 //!
 //! ```text
@@ -9,7 +9,17 @@
 //!             user 0x00 product 0x00 'i' id               -> hlc gateway kind   (by op id)
 //! categories  category 0x00 user 0x00 product             -> (empty)
 //! placement   reverse_bits(x) user 0x00 product           -> (empty)
+//! users       user                                        -> (empty)
 //! ```
+//!
+//! `users` answers "does this replica hold anything of this user?" with a point read, which
+//! the tables' bloom filters settle without reading a block. A cart read is a prefix scan of
+//! `items`, and fjall has no prefix filters: a scan seeks in every level's table for the
+//! prefix, so its cost grows with the number of levels, and most cart reads at a million
+//! shoppers are of users this replica holds nothing for (measured with
+//! `cargo bench -p cartdb-datanode --bench store_growth`). An entry is written with the
+//! user's first item on this replica and removed when [`CartStore::drop_items`] drops the
+//! last one.
 //!
 //! `placement` finds the items of one placement group without a full scan: `x` is the item's
 //! placement key (`cartdb_model::placement_key::placement_key`), and with its bits reversed
@@ -62,15 +72,16 @@ const SEP: u8 = 0;
 
 /// The file in the data directory that names its layout.
 pub const FORMAT_FILE: &str = "CARTDB_FORMAT";
-/// What [`FORMAT_FILE`] holds for this layout: 3 added placement groups (the `placement`
-/// keyspace and cart-index entries); 2 was the per-operation layout without them.
-pub const DATA_FORMAT: &str = "cartdb-data 3";
+/// What [`FORMAT_FILE`] holds for this layout: 4 added the `users` keyspace (a store
+/// without it would answer every cart read as empty); 3 added placement groups (the
+/// `placement` keyspace and cart-index entries); 2 was the per-operation layout without them.
+pub const DATA_FORMAT: &str = "cartdb-data 4";
 
 /// Block cache shared by both keyspaces. Small on purpose: the node must stay under
 /// 200 MiB RSS, and carts are read by user prefix, mostly from recent (memtable) data.
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Memtable size per keyspace before it is flushed to a table (fjall's default is 64 MiB,
-/// which with four keyspaces and a sealed memtable each could reach 512 MiB on its own).
+/// which with five keyspaces and a sealed memtable each could reach 640 MiB on its own).
 /// 1 MiB was chosen when every cart read scanned the memtable (8 MiB then cost ~17 % of a
 /// node's CPU); the head cache now serves hot carts, and with carts spread over a million
 /// shoppers 1 MiB meant a flush (and, in fjall, a journal sync) every few hundred writes per
@@ -182,6 +193,7 @@ pub struct CartStore {
     log: Keyspace,
     categories: Keyspace,
     placement: Keyspace,
+    users: Keyspace,
     heads: HeadCache,
 }
 
@@ -199,7 +211,8 @@ pub struct ItemWrite {
     /// Id entries to drop: folded operations older than the idempotency window.
     pub forgotten: Vec<OpId>,
     pub index: IndexChange,
-    /// The item is new on this replica: its `placement` entry is written with it.
+    /// The item is new on this replica: its `placement` entry (and its user's `users`
+    /// entry) is written with it.
     pub created: bool,
 }
 
@@ -266,12 +279,14 @@ impl CartStore {
         let placement = db
             .keyspace("placement", keyspace_options)
             .map_err(open_error)?;
+        let users = db.keyspace("users", keyspace_options).map_err(open_error)?;
         Ok(Self {
             db,
             items,
             log,
             categories,
             placement,
+            users,
             heads: HeadCache::default(),
         })
     }
@@ -302,7 +317,28 @@ impl CartStore {
     /// As [`CartStore::read_summary`], for the first item that fails.
     pub fn read_user_summaries(&self, user: &str) -> Result<Vec<ItemSummary>, StoreError> {
         let prefix = key_prefix("userid", user)?;
-        self.heads.user(user, || self.scan_heads(&prefix))
+        let mut answer = "cache";
+        let heads = self.heads.user(user, || {
+            if self.holds_user(user)? {
+                answer = "scan";
+                self.scan_heads(&prefix)
+            } else {
+                answer = "none_held";
+                Ok(Vec::new())
+            }
+        })?;
+        metrics::counter!("cartdb_datanode_user_reads_total", "answer" => answer).increment(1);
+        Ok(heads)
+    }
+
+    /// Whether this replica holds an item of `user`, from its `users` entry.
+    fn holds_user(&self, user: &str) -> Result<bool, StoreError> {
+        self.users
+            .contains_key(user.as_bytes())
+            .map_err(|source| StoreError::Read {
+                key: format!("users entry {user:?}"),
+                source,
+            })
     }
 
     /// The heads under `prefix` (`user 0x00`), from fjall.
@@ -543,12 +579,44 @@ impl CartStore {
         if dropped.is_empty() {
             return Ok(0);
         }
+        for user in self.emptied_users(&dropped)? {
+            batch.remove(&self.users, user.as_bytes());
+        }
         batch.commit().map_err(|source| StoreError::Commit {
             writes: dropped.len(),
             source,
         })?;
         self.heads.dropped(dropped.iter().copied());
         Ok(u32::try_from(dropped.len()).unwrap_or(u32::MAX))
+    }
+
+    /// The users of `dropped` who hold no other item on this replica.
+    fn emptied_users<'a>(&self, dropped: &[&'a ItemKey]) -> Result<Vec<&'a str>, StoreError> {
+        let mut users: Vec<&str> = dropped.iter().map(|k| k.user.as_str()).collect();
+        users.dedup(); // `dropped` is sorted by user
+        let mut emptied = Vec::new();
+        for user in users {
+            let prefix = key_prefix("userid", user)?;
+            let mut kept = false;
+            for guard in self.items.prefix(&prefix) {
+                let raw = guard.key().map_err(|source| StoreError::Read {
+                    key: show_key(&prefix),
+                    source,
+                })?;
+                let product = product_of(&raw[prefix.len()..], &raw)?;
+                if !dropped
+                    .iter()
+                    .any(|k| k.user == user && k.product == product)
+                {
+                    kept = true;
+                    break;
+                }
+            }
+            if !kept {
+                emptied.push(user);
+            }
+        }
+        Ok(emptied)
     }
 
     /// Writes every item state and index change in one atomic fjall batch, and returns once
@@ -617,6 +685,7 @@ impl CartStore {
         batch.insert(&self.items, raw, value);
         if write.created {
             batch.insert(&self.placement, placement_entry(&write.key)?, Vec::new());
+            batch.insert(&self.users, write.key.user.as_bytes(), Vec::new());
         }
         Ok(())
     }
