@@ -311,6 +311,10 @@ pub struct ClusterView {
 pub struct ApiView {
     pub gateways: Vec<GatewayInfo>,
     pub answered_by: u32,
+    /// What each live gateway runs (those that answered).
+    pub policies: Vec<cartdb_core::wire::PolicyStatus>,
+    /// Every gateway that answered runs exactly the policies the map names.
+    pub policies_agree: bool,
 }
 
 /// `GET /api/cluster[?gateway=N]`.
@@ -347,11 +351,17 @@ pub async fn cluster(
     };
     match reply.response {
         GatewayResponse::Cluster(status) => {
+            let policies = crate::policy_admin::statuses(&state).await;
+            let policies_agree = policies
+                .iter()
+                .all(|p| crate::policy_admin::runs(p, &status.policies));
             let mut view = ClusterView {
                 status: *status,
                 api: ApiView {
                     gateways: state.pool().gateways(),
                     answered_by: reply.gateway,
+                    policies,
+                    policies_agree,
                 },
             };
             if !admin.0 {
@@ -617,6 +627,9 @@ pub(crate) fn unexpected(request: &'static str, response: GatewayResponse) -> Ap
         GatewayResponse::DeviceItems { .. } => "DeviceItems",
         GatewayResponse::MapPreview(_) => "MapPreview",
         GatewayResponse::Pgs { .. } => "Pgs",
+        GatewayResponse::PolicyStored { .. } => "PolicyStored",
+        GatewayResponse::PolicyVerified(_) => "PolicyVerified",
+        GatewayResponse::Policies(_) => "Policies",
     };
     ApiError::UnexpectedReply { request, reply }
 }

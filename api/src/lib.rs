@@ -33,6 +33,7 @@ pub mod handlers;
 pub mod http;
 pub mod map_admin;
 pub mod openapi;
+pub mod policy_admin;
 pub mod routes;
 pub mod traffic;
 

@@ -16,7 +16,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::error::ErrorBody;
-use crate::{handlers, map_admin};
+use crate::{handlers, map_admin, policy_admin};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,6 +39,9 @@ use crate::{handlers, map_admin};
         map_admin::preview,
         map_admin::change,
         map_admin::pgs,
+        policy_admin::deploy,
+        policy_admin::rollback,
+        policy_admin::policies,
         handlers::healthz,
         handlers::readyz,
         metrics,

@@ -12,7 +12,7 @@ use crate::auth::AdminToken;
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::gateways::GatewayPool;
 use crate::traffic::Traffic;
-use crate::{dashboard, handlers, map_admin};
+use crate::{dashboard, handlers, map_admin, policy_admin};
 
 /// Whether this process's ZooKeeper session is connected (for `/readyz`).
 pub type SessionProbe = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -93,6 +93,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/map/preview", post(map_admin::preview))
         .route("/api/admin/map/change", post(map_admin::change))
         .route("/api/admin/pgs", get(map_admin::pgs))
+        .route(
+            "/api/admin/policies/{kind}",
+            // A component may be up to 16 MiB; every other body stays under 64 KiB.
+            post(policy_admin::deploy).layer(DefaultBodyLimit::max(
+                policy_admin::MAX_POLICY_BYTES,
+            )),
+        )
+        .route(
+            "/api/admin/policies/{kind}/rollback",
+            post(policy_admin::rollback),
+        )
+        .route("/api/admin/policies", get(policy_admin::policies))
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/{file}", get(dashboard::asset))

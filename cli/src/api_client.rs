@@ -7,6 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+/// How long one request may take: a policy deploy verifies on every gateway and waits for
+/// them to switch (the API server gives up on a request after 30 s).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(35);
+
 /// Where the API server is and how to authenticate, shared by every command that asks it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
@@ -44,6 +48,26 @@ pub fn post_json(args: &ApiArgs, path: &str, body: &Value) -> anyhow::Result<Val
     request_json(args, path, |client, url| client.post(url).json(body))
 }
 
+/// `POST {api}{path}` with `query` and the raw `body` (`Content-Type: application/wasm`),
+/// answered with JSON.
+///
+/// # Errors
+/// As [`get_json`].
+pub fn post_bytes(
+    args: &ApiArgs,
+    path: &str,
+    query: &[(&str, String)],
+    body: Vec<u8>,
+) -> anyhow::Result<Value> {
+    request_json(args, path, |client, url| {
+        client
+            .post(url)
+            .query(query)
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(body)
+    })
+}
+
 /// Sends the request `build` makes for `{api}{path}`, with the admin token if given, and
 /// reads a JSON answer.
 fn request_json(
@@ -58,7 +82,7 @@ fn request_json(
     let url = format!("{}{path}", args.api.trim_end_matches('/'));
     runtime.block_on(async {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(REQUEST_TIMEOUT)
             .build()
             .context("cannot build the HTTP client")?;
         let mut request = build(&client, &url);

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `policy`: `cartdb policy place|verify|verify-merge`, running policy components.
+//! - `policy_deploy`: `cartdb policy deploy|rollback|history`, the running cluster's policies.
 //! - `bench`: `cartdb bench`, load and latency measurement of a running API server.
 //! - `footprint`: the RSS of the cluster's processes and ZooKeeper's znode count, after a
 //!   bench run.
@@ -28,6 +29,7 @@ mod directory;
 mod footprint;
 mod map;
 mod policy;
+mod policy_deploy;
 mod product;
 mod replicas;
 mod status;
@@ -43,8 +45,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run policy components: place keys, verify placement against conformance vectors, or
-    /// check a merge policy against the merge laws.
+    /// Run policy components (place keys, verify placement against conformance vectors,
+    /// check a merge policy against the merge laws), and deploy, roll back and list the
+    /// running cluster's policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
     /// Drive a running API server with a cart-like load and report throughput and latency.

@@ -59,6 +59,15 @@ pub enum PolicyCommand {
     /// Prints one line per law, then exactly `N passed, M failed`, then the smallest
     /// counterexample found for each broken law. The same seed gives the same cases.
     VerifyMerge(VerifyMergeArgs),
+    /// Deploy a policy to the running cluster: store it in ZooKeeper by sha256, verify it on
+    /// every gateway, then activate it at one new map epoch (a placement policy's moved PGs
+    /// backfill). If any gateway refuses, nothing changes and each refusal is printed.
+    Deploy(crate::policy_deploy::DeployArgs),
+    /// Return a policy of the running cluster to the version active before the current
+    /// one (verified on every gateway first, like a deploy).
+    Rollback(crate::policy_deploy::RollbackArgs),
+    /// The active policies, what each gateway runs, and the last activations.
+    History(crate::policy_deploy::HistoryArgs),
 }
 
 /// What every policy subcommand loads.
@@ -127,7 +136,30 @@ pub fn run(command: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Place(args) => place(&args),
         PolicyCommand::Verify(args) => verify(&args),
         PolicyCommand::VerifyMerge(args) => verify_merge(&args),
+        PolicyCommand::Deploy(args) => crate::policy_deploy::deploy(&args),
+        PolicyCommand::Rollback(args) => crate::policy_deploy::rollback(&args),
+        PolicyCommand::History(args) => crate::policy_deploy::history(&args),
     }
+}
+
+/// `cartdb policy verify` of `policy` with `map` against `vectors` (for a deploy's
+/// `--vectors`).
+///
+/// # Errors
+/// As `verify`.
+pub fn verify_vectors(
+    policy: &std::path::Path,
+    map: &std::path::Path,
+    vectors: &std::path::Path,
+) -> Result<ExitCode> {
+    verify(&VerifyArgs {
+        policy: PolicyArgs {
+            policy: policy.to_owned(),
+            map: map.to_owned(),
+            rule: None,
+        },
+        vectors: vectors.to_owned(),
+    })
 }
 
 /// The loaded policy plus the map it places with.

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use cartdb_core::coord::FULL_WEIGHT;
-use cartdb_core::wire::{ClusterStatus, SweepStatus};
+use cartdb_core::wire::{ClusterStatus, PolicyStatus, SweepStatus};
 use clap::Args;
 use serde::Deserialize;
 
@@ -38,6 +38,15 @@ struct ClusterDocument {
 #[derive(Debug, Deserialize)]
 struct ApiView {
     answered_by: u32,
+    /// What each live gateway runs.
+    #[serde(default)]
+    policies: Vec<PolicyStatus>,
+    #[serde(default = "agree")]
+    policies_agree: bool,
+}
+
+fn agree() -> bool {
+    true
 }
 
 /// Fetches and prints the status; fails when the API cannot be reached, answers an error,
@@ -154,6 +163,30 @@ fn summary(doc: &ClusterDocument) -> String {
         None => "merge policy: built-in reference merge\n".to_owned(),
         Some(p) => format!("merge policy: {} ({})\n", p.name, p.sha256),
     };
+    let short = |sha: &str| sha.chars().take(12).collect::<String>();
+    for p in &doc.api.policies {
+        out += &format!(
+            "  gw-{:<3} runs placement {} merge {} at epoch {}\n",
+            p.gateway,
+            short(&p.running.placement.sha256),
+            p.running
+                .merge
+                .as_ref()
+                .map_or_else(|| "built-in".to_owned(), |m| short(&m.sha256)),
+            p.epoch
+        );
+    }
+    if !doc.api.policies_agree {
+        out += &format!(
+            "WARNING: the gateways do not all run the policies the map names (placement {}, merge {})\n",
+            short(&status.policies.placement.sha256),
+            status
+                .policies
+                .merge
+                .as_ref()
+                .map_or_else(|| "built-in".to_owned(), |m| short(&m.sha256))
+        );
+    }
     for p in &m.policy_calls {
         let mean = p.total_micros.checked_div(p.calls).unwrap_or(0);
         out += &format!(
@@ -231,6 +264,7 @@ mod tests {
             "flags": ["noout"],
             "gateways": [{"id": 0, "address": ""}],
             "placement_policy": {"name": "crush-straw2", "sha256": "ab"},
+            "policies": {"placement": {"name": "crush-straw2", "sha256": "ab"}, "merge": null},
             "replication": {"replicas": 3, "write_quorum": 2, "read_quorum": 2},
             "maintenance": {
                 "merge_policy": null, "repairs": 3, "repaired_ops": 5, "repair_failures": 0,

@@ -9,6 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::coord::map::{ActivePolicies, PolicyEvent, PolicyRef};
+pub use crate::coord::policy_store::PolicyKind;
+
 use crate::cart::{
     Base, CartLine, DeviceId, ItemKey, ItemMeta, ItemState, ItemSummary, Operation, Product,
     StateDigest,
@@ -19,7 +22,7 @@ use crate::cart::{
 /// 4: the hello carries a nonce and is followed by proofs of the cluster secret; replies
 /// are wrapped in `rpc::ReplyBody` (an answer, or "too large").
 /// 5: PG states and backfill progress in `Cluster` answers, cluster flags, map changes.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Which service a connection expects to reach, checked in the hello exchange so that a client
 /// pointed at the wrong port gets a clear error instead of undecodable frames.
@@ -242,6 +245,24 @@ pub enum GatewayRequest {
     ChangeMap { changes: Vec<MapChange> },
     /// Every PG's up and past sets at the current epoch (admin; Ceph's `pg dump`).
     Pgs,
+    /// Stores a policy component in the policy store, content-addressed (admin; the first
+    /// step of `cartdb policy deploy`). Changes nothing else.
+    StorePolicy {
+        kind: PolicyKind,
+        /// The file it was deployed from, for people.
+        file_name: String,
+        bytes: Vec<u8>,
+        by: String,
+    },
+    /// Fetches the stored policy `sha256` (`None`: the built-in merge), loads it under the
+    /// sandbox's limits and checks it against the current map, changing nothing (admin; a
+    /// deploy asks every gateway before the map changes).
+    VerifyPolicy {
+        kind: PolicyKind,
+        sha256: Option<String>,
+    },
+    /// The policies the map names, their history, and what this gateway runs (admin).
+    Policies,
 }
 
 /// One change of the cluster map an operator asks for.
@@ -263,6 +284,18 @@ pub enum MapChange {
     /// Removes a device from the map. Refused until it is out and no PG's up or past set
     /// holds it (`cartdb device remove` drains it first).
     RemoveDevice { device: DeviceId },
+    /// Makes `policy` the cluster's policy of `kind` (`None`: the built-in merge; a
+    /// placement policy is required) and records it in the policy history as `action`
+    /// (`deploy` or `rollback`) by `by` at `at_ms`. Every gateway must have verified it
+    /// (`GatewayRequest::VerifyPolicy`) first: a new placement policy moves PGs like any
+    /// other map change.
+    Policy {
+        kind: PolicyKind,
+        policy: Option<PolicyRef>,
+        action: String,
+        by: String,
+        at_ms: u64,
+    },
 }
 
 impl GatewayRequest {
@@ -282,6 +315,9 @@ impl GatewayRequest {
             Self::PreviewMap { .. } => "preview_map",
             Self::ChangeMap { .. } => "change_map",
             Self::Pgs => "pgs",
+            Self::StorePolicy { .. } => "store_policy",
+            Self::VerifyPolicy { .. } => "verify_policy",
+            Self::Policies => "policies",
         }
     }
 }
@@ -316,6 +352,51 @@ pub enum GatewayResponse {
     MapPreview(Box<MapPreview>),
     /// The answer to [`GatewayRequest::Pgs`].
     Pgs { epoch: u64, pgs: Vec<PgEntry> },
+    /// The answer to [`GatewayRequest::StorePolicy`].
+    PolicyStored { sha256: String },
+    /// The answer to [`GatewayRequest::VerifyPolicy`], also when the policy is refused.
+    PolicyVerified(Box<PolicyVerdict>),
+    /// The answer to [`GatewayRequest::Policies`].
+    Policies(Box<PolicyStatus>),
+}
+
+/// One gateway's verdict on a policy a deploy or rollback would activate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyVerdict {
+    pub gateway: u32,
+    pub kind: PolicyKind,
+    /// `None`: the built-in merge.
+    pub sha256: Option<String>,
+    /// The name the policy reports (empty when it did not load).
+    pub name: String,
+    /// Why this gateway refuses it; `None` when it accepts it.
+    pub refused: Option<String>,
+    /// What was checked, for people.
+    pub checked: String,
+    /// For a placement policy this gateway accepts: what activating it would move.
+    pub preview: Option<MapPreview>,
+}
+
+/// The policies as one gateway sees them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyStatus {
+    pub gateway: u32,
+    /// The map epoch this gateway places with.
+    pub epoch: u64,
+    /// What the map names.
+    pub named: ActivePolicies,
+    /// What this gateway runs (the same, unless it could not load what the map names).
+    pub running: RunningPolicies,
+    /// The last activations, oldest first.
+    pub history: Vec<PolicyEvent>,
+}
+
+/// The policies one gateway runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunningPolicies {
+    pub placement: PolicyInfo,
+    /// `None`: the built-in merge.
+    pub merge: Option<PolicyInfo>,
 }
 
 /// What a map change does to placement: `crushtool --compare` for cartdb.
@@ -454,6 +535,9 @@ pub struct ClusterStatus {
     pub placement_groups: PgStatus,
     /// The cluster flags that are set (`noout`).
     pub flags: Vec<String>,
+    /// The policies the map names (`placement_policy` and `maintenance.merge_policy` are
+    /// what this gateway runs).
+    pub policies: ActivePolicies,
 }
 
 /// The pool's placement groups as one gateway sees them.

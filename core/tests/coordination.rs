@@ -17,7 +17,8 @@ use std::time::Duration;
 use cartdb_core::cart::Product;
 use cartdb_core::catalog::Catalog;
 use cartdb_core::coord::{
-    CoordConfig, CoordError, Coordinator, FULL_WEIGHT, Placement, PoolSettings,
+    ActivePolicies, CoordConfig, CoordError, Coordinator, FULL_WEIGHT, Placement, PolicyRef,
+    PoolSettings,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -148,10 +149,29 @@ const POOL: PoolSettings = PoolSettings {
     size: 3,
 };
 
+/// The policies the test maps name (nothing is placed with them here).
+fn policies() -> ActivePolicies {
+    ActivePolicies {
+        placement: PolicyRef {
+            sha256: "c".repeat(64),
+            name: "crush".to_owned(),
+        },
+        merge: None,
+    }
+}
+
+/// A placement change with the test maps' policies and nothing else.
+fn base() -> Placement {
+    Placement {
+        policies: policies(),
+        ..Placement::default()
+    }
+}
+
 fn reweights(weights: &[(u32, u32)]) -> Placement {
     Placement {
         reweights: weights.iter().copied().collect(),
-        ..Placement::default()
+        ..base()
     }
 }
 
@@ -162,15 +182,15 @@ async fn map_is_bootstrapped_once_and_changed_by_compare_and_set() {
     let a = node(&config("map")).await;
     let b = node(&config("map")).await;
     assert!(matches!(
-        a.coord.bootstrap_map(r#"{"trees": []}"#, POOL).await,
+        a.coord.bootstrap_map(r#"{"trees": []}"#, POOL, &policies(), "test").await,
         Err(CoordError::InvalidMap(_))
     ));
     let no_pgs = PoolSettings { pg_num: 0, ..POOL };
     assert!(matches!(
-        a.coord.bootstrap_map(SEED_MAP, no_pgs).await,
+        a.coord.bootstrap_map(SEED_MAP, no_pgs, &policies(), "test").await,
         Err(CoordError::InvalidMap(_))
     ));
-    a.coord.bootstrap_map(SEED_MAP, POOL).await.unwrap();
+    a.coord.bootstrap_map(SEED_MAP, POOL, &policies(), "test").await.unwrap();
     let map = until(&mut b.coord.map(), "the map", Option::is_some)
         .await
         .unwrap();
@@ -179,7 +199,7 @@ async fn map_is_bootstrapped_once_and_changed_by_compare_and_set() {
     assert_eq!(map.settings, POOL);
 
     let other = r#"{"trees": [{"id": -1, "name": "r", "children": [{"id": 9, "name": "device_9"}]}], "rules": {}}"#;
-    b.coord.bootstrap_map(other, POOL).await.unwrap();
+    b.coord.bootstrap_map(other, POOL, &policies(), "test").await.unwrap();
     let (_, stat) = raw_client(&config("map"))
         .await
         .get_data("/map")
@@ -193,7 +213,7 @@ async fn map_is_bootstrapped_once_and_changed_by_compare_and_set() {
     let out = Placement {
         reweights: BTreeMap::from([(3, 0)]),
         past: BTreeMap::from([(17, BTreeSet::from([3]))]),
-        ..Placement::default()
+        ..base()
     };
     assert!(a.coord.set_placement(1, out).await.unwrap());
     assert_eq!(a.coord.map().borrow().as_ref().unwrap().epoch, 2);
@@ -215,7 +235,7 @@ async fn map_is_bootstrapped_once_and_changed_by_compare_and_set() {
     let beyond_pg_num = Placement {
         reweights: BTreeMap::new(),
         past: BTreeMap::from([(64, BTreeSet::from([1]))]),
-        ..Placement::default()
+        ..base()
     };
     assert!(matches!(
         a.coord.set_placement(2, beyond_pg_num).await,
@@ -258,7 +278,7 @@ async fn a_map_of_an_older_format_is_refused() {
         "a format-1 map was published"
     );
     // Bootstrapping does not overwrite it either: the operator must start a new cluster.
-    a.coord.bootstrap_map(SEED_MAP, POOL).await.unwrap();
+    a.coord.bootstrap_map(SEED_MAP, POOL, &policies(), "test").await.unwrap();
     assert!(a.coord.map().borrow().is_none());
 }
 
@@ -337,7 +357,7 @@ async fn registrations_and_watches_come_back_after_session_expiry() {
     })
     .await;
     // Written while `a` is cut off: only a re-read after the new session can reveal it.
-    observer.coord.bootstrap_map(SEED_MAP, POOL).await.unwrap();
+    observer.coord.bootstrap_map(SEED_MAP, POOL, &policies(), "test").await.unwrap();
     gate.open();
 
     until(&mut members, "a's registrations to come back", |m| {
@@ -442,14 +462,15 @@ async fn malformed_znode_data_is_refused() {
     let config = config("malformed");
     let a = node(&config).await;
     let raw = raw_client(&config).await;
-    a.coord.bootstrap_map(SEED_MAP, POOL).await.unwrap();
+    a.coord.bootstrap_map(SEED_MAP, POOL, &policies(), "test").await.unwrap();
     let mut map = a.coord.map();
     let first = until(&mut map, "epoch 1", Option::is_some).await.unwrap();
 
     raw.set_data("/map", b"{not json", None).await.unwrap();
     let valid = format!(
-        r#"{{"format": 3, "map": {}, "reweights": {{"1": 0}}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}}}"#,
-        first.map_json
+        r#"{{"format": 4, "map": {}, "reweights": {{"1": 0}}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}, "policies": {{"placement": {{"sha256": "{}", "name": "crush"}}}}}}"#,
+        first.map_json,
+        "c".repeat(64)
     );
     raw.set_data("/map", valid.as_bytes(), None).await.unwrap();
     let third = until(&mut map, "epoch 3", |m| {

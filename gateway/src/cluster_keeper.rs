@@ -2,8 +2,12 @@
 //!
 //! Whenever the membership or the map changes, it
 //! 1. points the data node connections ([`Replicas`]) at the live devices' addresses;
-//! 2. computes every PG's up set when the map epoch changed (off the async workers) and
-//!    publishes the new [`Topology`];
+//! 2. computes every PG's up set when the map epoch changed (off the async workers), with
+//!    the placement policy the map names (fetched from the policy store and compiled
+//!    first if this gateway has not got it: [`PolicyLibrary`]), and publishes the new
+//!    [`Topology`]; and swaps the merge policy when the map names another. A policy that
+//!    cannot be had keeps the previous one in force (a deploy's verification makes that
+//!    rare), and is tried again;
 //! 3. marks devices down past their grace out, and returning ones in (the rules are in
 //!    [`crate::down_out`]): it computes the up sets the new reweights give, the past sets
 //!    that follow (`PgTable::past_after`: a device leaving a PG's up set joins its past
@@ -24,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster_view::{ClusterView, Topology};
 use crate::down_out::{DownClock, DownOutRules, decide};
+use crate::merger::Merger;
 use crate::placement::{EpochPlacement, build_placement};
-use crate::policy::PlacementPolicy;
+use crate::policy::{PolicyLibrary, short};
 use crate::replicas::Replicas;
 
 /// How soon a failed reweight update is tried again when nothing else changes.
@@ -36,7 +41,8 @@ pub struct ClusterKeeper {
     pub coordinator: Coordinator,
     pub view: Arc<ClusterView>,
     pub replicas: Arc<Replicas>,
-    pub policy: PlacementPolicy,
+    pub library: Arc<PolicyLibrary>,
+    pub merger: Arc<Merger>,
     pub rule: Option<String>,
     pub down_out: DownOutRules,
 }
@@ -87,6 +93,8 @@ impl ClusterKeeper {
         } else {
             self.rebuild(&map).await
         };
+        let merge_followed = self.follow_merge(&map).await;
+        let placed = placement.is_some();
         match placement {
             Some(placement) => {
                 self.view
@@ -99,19 +107,66 @@ impl ClusterKeeper {
                 current.placement().clone(),
             )),
         }
-        self.update_reweights(&map, &members, clock).await
+        let wake = self.update_reweights(&map, &members, clock).await;
+        if placed && merge_followed {
+            wake
+        } else {
+            Wake::After(RETRY_AFTER)
+        }
+    }
+
+    /// Swaps the merge policy when the map names another; `false` when it cannot be had.
+    async fn follow_merge(&self, map: &ClusterMap) -> bool {
+        let named = map.policies.merge.as_ref();
+        let running = self.merger.policy();
+        if running.as_ref().map(|p| p.sha256()) == named.map(|p| p.sha256.as_str()) {
+            return true;
+        }
+        match self.library.merge(named).await {
+            Ok(policy) => {
+                tracing::info!(
+                    epoch = map.epoch,
+                    sha256 = named.map_or("built-in", |p| short(&p.sha256)),
+                    "merge policy switched"
+                );
+                metrics::counter!("cartdb_policy_activations_total", "kind" => "merge")
+                    .increment(1);
+                self.merger.set(policy);
+                true
+            }
+            Err(e) => {
+                tracing::error!(epoch = map.epoch, error = %e, "cannot load the merge policy the map names; keeping the previous one");
+                metrics::counter!("cartdb_policy_load_failures_total", "kind" => "merge")
+                    .increment(1);
+                false
+            }
+        }
     }
 
     async fn rebuild(&self, map: &Arc<ClusterMap>) -> Option<Arc<EpochPlacement>> {
-        let built =
-            build_placement(self.policy.clone(), map.clone(), self.rule.clone(), None).await;
+        let policy = match self.library.placement(&map.policies.placement).await {
+            Ok(policy) => policy,
+            Err(e) => {
+                tracing::error!(epoch = map.epoch, error = %e, "cannot load the placement policy the map names; keeping the previous map");
+                metrics::counter!("cartdb_policy_load_failures_total", "kind" => "placement")
+                    .increment(1);
+                return None;
+            }
+        };
+        let switched = self.view.current().placement().policy().sha256() != policy.sha256();
+        let built = build_placement(policy, map.clone(), self.rule.clone(), None).await;
         match built {
             Ok(placement) => {
                 tracing::info!(
                     epoch = map.epoch,
                     pgs_with_past = map.past.len(),
+                    policy = placement.policy().name(),
                     "placing with a new map epoch"
                 );
+                if switched {
+                    metrics::counter!("cartdb_policy_activations_total", "kind" => "placement")
+                        .increment(1);
+                }
                 Some(Arc::new(placement))
             }
             Err(e) => {
@@ -160,7 +215,7 @@ impl ClusterKeeper {
             .map(|&d| (d, reweights.get(&d).copied().unwrap_or(FULL_WEIGHT)))
             .collect();
         let next = build_placement(
-            self.policy.clone(),
+            current.placement().policy().clone(),
             map.clone(),
             self.rule.clone(),
             Some(weights),

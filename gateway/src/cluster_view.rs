@@ -125,6 +125,7 @@ impl Topology {
             gateways,
             map_epoch: self.map.epoch,
             placement_policy: policy,
+            policies: self.map.policies.clone(),
             replication: ReplicationInfo {
                 replicas: replication.replicas,
                 write_quorum: replication.write_quorum,

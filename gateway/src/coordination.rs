@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use cartdb_core::cart::Product;
 use cartdb_core::catalog::Catalog;
+use cartdb_core::coord::policy_store::{PolicyKind, StoredPolicy};
 use cartdb_core::coord::{CoordError, Coordinator, Placement};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -33,6 +34,25 @@ pub trait Coordination: Send + Sync + 'static {
     /// [`CoordError::InvalidCatalog`] when the product does not fit the catalog (its name
     /// belongs to another product), other [`CoordError`]s when the catalog is unreachable.
     fn upsert_product(&self, product: Product) -> BoxFuture<'_, Result<Arc<Catalog>, CoordError>>;
+
+    /// See [`Coordinator::store_policy`] (a deploy's upload).
+    ///
+    /// # Errors
+    /// As [`Coordinator::store_policy`].
+    fn store_policy<'a>(
+        &'a self,
+        kind: PolicyKind,
+        name: &'a str,
+        bytes: &'a [u8],
+        deployed_by: &'a str,
+    ) -> BoxFuture<'a, Result<String, CoordError>>;
+
+    /// See [`Coordinator::fetch_policy`] (a policy the map names, not yet compiled here).
+    ///
+    /// # Errors
+    /// As [`Coordinator::fetch_policy`].
+    fn fetch_policy<'a>(&'a self, sha256: &'a str)
+    -> BoxFuture<'a, Result<StoredPolicy, CoordError>>;
 }
 
 impl Coordination for Coordinator {
@@ -46,5 +66,23 @@ impl Coordination for Coordinator {
 
     fn upsert_product(&self, product: Product) -> BoxFuture<'_, Result<Arc<Catalog>, CoordError>> {
         Coordinator::upsert_product(self, product).boxed()
+    }
+
+    fn store_policy<'a>(
+        &'a self,
+        kind: PolicyKind,
+        name: &'a str,
+        bytes: &'a [u8],
+        deployed_by: &'a str,
+    ) -> BoxFuture<'a, Result<String, CoordError>> {
+        let now = cartdb_core::version::wall_clock_millis();
+        Coordinator::store_policy(self, kind, name, bytes, deployed_by, now).boxed()
+    }
+
+    fn fetch_policy<'a>(
+        &'a self,
+        sha256: &'a str,
+    ) -> BoxFuture<'a, Result<StoredPolicy, CoordError>> {
+        Coordinator::fetch_policy(self, sha256).boxed()
     }
 }

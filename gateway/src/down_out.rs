@@ -196,6 +196,8 @@ mod tests {
             past: BTreeMap::default(),
             auto_out: auto_out.iter().copied().collect(),
             flags: ClusterFlags::default(),
+            policies: cartdb_core::coord::ActivePolicies::default(),
+            policy_history: Vec::new(),
         }
     }
 

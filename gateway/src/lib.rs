@@ -22,7 +22,8 @@
 //! - [`cluster_view`]: the current map, membership and up sets; reweight decisions.
 //! - [`cluster_keeper`]: the background task that keeps the cluster view current.
 //! - [`coordination`]: the narrow trait the request path uses to reach ZooKeeper.
-//! - `policy`: the WebAssembly placement policy host.
+//! - `policy`: the WebAssembly policy host and [`policy::PolicyLibrary`].
+//! - [`policy_admin`]: storing, verifying and reporting policies (the lifecycle).
 
 pub mod anti_entropy;
 pub mod backfill;
@@ -38,6 +39,7 @@ pub mod merger;
 pub mod op_id;
 pub mod placement;
 pub mod policy;
+pub mod policy_admin;
 pub mod read;
 pub mod read_repair;
 pub mod read_resolution;
@@ -52,10 +54,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cartdb_core::catalog::Catalog;
-use cartdb_core::coord::{ClusterMap, Coordinator, ZkCredentials};
+use cartdb_core::coord::policy_store::PolicyKind;
+use cartdb_core::coord::{ActivePolicies, ClusterMap, Coordinator, PolicyRef, ZkCredentials};
 use cartdb_core::rpc::{self, ClusterKey};
 use cartdb_core::telemetry::Metrics;
-use cartdb_core::wire::PolicyInfo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +69,8 @@ use crate::cluster_keeper::ClusterKeeper;
 use crate::cluster_view::{ClusterView, Topology};
 use crate::coordination::Coordination;
 use crate::placement::build_placement;
-use crate::policy::{MergePolicy, PlacementPolicy, PolicyEngine};
+use crate::merger::Merger;
+use crate::policy::{MergePolicy, PlacementPolicy, PolicyEngine, PolicyLibrary};
 use crate::replicas::Replicas;
 
 /// Longest wait for a TCP connection to a data node. Connections are made on loopback or a
@@ -98,18 +101,33 @@ pub async fn run(
     // it) reaches the recorder.
     let address = advertised_address(&settings, &listener)?;
     let metrics = Metrics::bind(config.metrics.metrics_listen, &address).await?;
-    let (policy, merge_policy) =
+    let (engine, policy, merge_policy) =
         load_policies(&settings.placement_policy, settings.merge_policy.as_deref()).await?;
     let merge_policy = merge_policy.map(Arc::new);
     // The session outlives `shutdown` on purpose: it is closed only after the drain.
     let session = CancellationToken::new();
-    let Some(coordinator) = connect(&settings, &session, &shutdown).await? else {
+    let bootstrap_policies = (&policy, merge_policy.as_deref());
+    let Some(coordinator) = connect(&settings, bootstrap_policies, &session, &shutdown).await?
+    else {
         return Ok(());
     };
     let Some(map) = wait_until_ready(&coordinator, &shutdown).await? else {
         return Ok(());
     };
-    let (view, replicas) = initial_view(&coordinator, &policy, map, &settings, &key).await?;
+    let coordination: Arc<dyn Coordination> = Arc::new(coordinator.clone());
+    let library = Arc::new(PolicyLibrary::new(
+        engine,
+        coordination.clone(),
+        policy,
+        merge_policy,
+    ));
+    let merger = Arc::new(Merger::new(
+        library
+            .merge(map.policies.merge.as_ref())
+            .await
+            .context("cannot load the merge policy the map names")?,
+    ));
+    let (view, replicas) = initial_view(&coordinator, &library, map, &settings, &key).await?;
     coordinator
         .set_metrics_address(&metrics.address)
         .await
@@ -123,12 +141,12 @@ pub async fn run(
         coordinator: coordinator.clone(),
         view: view.clone(),
         replicas: replicas.clone(),
-        policy: policy.clone(),
+        library: library.clone(),
+        merger: merger.clone(),
         rule: settings.rule.clone(),
         down_out: settings.down_out,
     };
     let keeper = tokio::spawn(keeper.run(shutdown.clone()));
-    let coordination: Arc<dyn Coordination> = Arc::new(coordinator.clone());
     let service = GatewayService::new(ServiceParts {
         view: view.clone(),
         replicas: replicas.clone(),
@@ -137,13 +155,9 @@ pub async fn run(
         gateway_id,
         replication: settings.replication,
         request_timeout: settings.request_timeout,
-        policy: PolicyInfo {
-            name: policy.name().to_owned(),
-            sha256: policy.sha256().to_owned(),
-        },
-        placement_policy: policy.clone(),
+        library,
+        merger,
         rule: settings.rule.clone(),
-        merge_policy,
         compaction: settings.compaction,
     });
     let sweep = settings.anti_entropy_users_per_sec.map(|rate| {
@@ -180,9 +194,10 @@ pub async fn run(
 }
 
 /// Connects to ZooKeeper (the session ends when `session` is cancelled) and bootstraps the
-/// map and catalog; `None` when `shutdown` came first.
+/// map (with `policies`) and catalog; `None` when `shutdown` came first.
 async fn connect(
     settings: &GatewaySettings,
+    policies: (&PlacementPolicy, Option<&MergePolicy>),
     session: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Coordinator>> {
@@ -191,7 +206,7 @@ async fn connect(
         () = shutdown.cancelled() => return Ok(None),
         connected = connect => connected.context("cannot connect to ZooKeeper")?,
     };
-    bootstrap(&coordinator, settings).await?;
+    bootstrap(&coordinator, settings, policies).await?;
     Ok(Some(coordinator))
 }
 
@@ -199,7 +214,7 @@ async fn connect(
 /// connections.
 async fn initial_view(
     coordinator: &Coordinator,
-    policy: &PlacementPolicy,
+    library: &PolicyLibrary,
     map: Arc<ClusterMap>,
     settings: &GatewaySettings,
     key: &ClusterKey,
@@ -213,7 +228,18 @@ async fn initial_view(
             map.settings.size
         );
     }
-    let placement = build_placement(policy.clone(), map.clone(), settings.rule.clone(), None)
+    let policy = library
+        .placement(&map.policies.placement)
+        .await
+        .context("cannot load the placement policy the map names")?;
+    if policy.path() != settings.placement_policy {
+        tracing::info!(
+            policy = policy.name(),
+            sha256 = policy.sha256(),
+            "placing with the policy the map names, not --placement-policy (the bootstrap only)"
+        );
+    }
+    let placement = build_placement(policy, map.clone(), settings.rule.clone(), None)
         .await
         .with_context(|| format!("cannot place with the map at epoch {}", map.epoch))?;
     let members = coordinator.members().borrow().clone();
@@ -226,13 +252,14 @@ async fn initial_view(
 }
 
 /// Compiles both policy components off the async workers, with one engine (each engine has
-/// its own instance pool and epoch ticker thread).
+/// its own instance pool and epoch ticker thread), which every policy of this gateway then
+/// runs on.
 async fn load_policies(
     placement: &Path,
     merge: Option<&Path>,
-) -> anyhow::Result<(PlacementPolicy, Option<MergePolicy>)> {
+) -> anyhow::Result<(PolicyEngine, PlacementPolicy, Option<MergePolicy>)> {
     let (placement, merge) = (placement.to_owned(), merge.map(Path::to_owned));
-    let (placement, merge) = tokio::task::spawn_blocking(move || {
+    let (engine, placement, merge) = tokio::task::spawn_blocking(move || {
         let engine = PolicyEngine::new().context("cannot start the policy engine")?;
         let placement = PlacementPolicy::load(&engine, &placement)
             .context("cannot load the placement policy")?;
@@ -240,7 +267,7 @@ async fn load_policies(
             .map(|path| MergePolicy::load(&engine, &path))
             .transpose()
             .context("cannot load the merge policy")?;
-        anyhow::Ok((placement, merge))
+        anyhow::Ok((engine, placement, merge))
     })
     .await
     .context("loading the policies failed")??;
@@ -256,19 +283,39 @@ async fn load_policies(
             "merge policy loaded"
         );
     }
-    Ok((placement, merge))
+    Ok((engine, placement, merge))
 }
 
-/// Writes the map and catalog files to ZooKeeper when it has none yet.
-async fn bootstrap(coordinator: &Coordinator, settings: &GatewaySettings) -> anyhow::Result<()> {
-    if let Some(path) = &settings.map_file {
+/// Writes the map (naming `policies`, stored first) and catalog files to ZooKeeper when it
+/// has none yet.
+async fn bootstrap(
+    coordinator: &Coordinator,
+    settings: &GatewaySettings,
+    (placement, merge): (&PlacementPolicy, Option<&MergePolicy>),
+) -> anyhow::Result<()> {
+    if let Some(path) = &settings.map_file
+        && coordinator.map().borrow().is_none()
+    {
         let bytes = read_file(path)
             .await
             .with_context(|| format!("cannot read the map file {}", path.display()))?;
         let json = String::from_utf8(bytes)
             .with_context(|| format!("the map file {} is not UTF-8", path.display()))?;
+        let by = "gateway bootstrap";
+        let placement = PolicyRef {
+            sha256: store_file(coordinator, PolicyKind::Placement, placement.path(), by).await?,
+            name: placement.name().to_owned(),
+        };
+        let merge = match merge {
+            Some(merge) => Some(PolicyRef {
+                sha256: store_file(coordinator, PolicyKind::Merge, merge.path(), by).await?,
+                name: merge.name().to_owned(),
+            }),
+            None => None,
+        };
+        let policies = ActivePolicies { placement, merge };
         coordinator
-            .bootstrap_map(&json, settings.pool)
+            .bootstrap_map(&json, settings.pool, &policies, by)
             .await
             .with_context(|| format!("cannot bootstrap the map from {}", path.display()))?;
     }
@@ -284,6 +331,26 @@ async fn bootstrap(coordinator: &Coordinator, settings: &GatewaySettings) -> any
             .with_context(|| format!("cannot bootstrap the catalog from {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Stores the policy component at `path` in the policy store; its sha256.
+async fn store_file(
+    coordinator: &Coordinator,
+    kind: PolicyKind,
+    path: &Path,
+    by: &str,
+) -> anyhow::Result<String> {
+    let bytes = read_file(path)
+        .await
+        .with_context(|| format!("cannot read the policy {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let now = cartdb_core::version::wall_clock_millis();
+    coordinator
+        .store_policy(kind, &name, &bytes, by, now)
+        .await
+        .with_context(|| format!("cannot store the policy {} in ZooKeeper", path.display()))
 }
 
 /// Reads a whole file off the async workers.

@@ -19,14 +19,16 @@ use std::sync::Arc;
 
 use cartdb_core::cart::DeviceId;
 use cartdb_core::coord::map_edit::{self, MapEditError, NewDevice};
-use cartdb_core::coord::{ClusterMap, FULL_WEIGHT, Placement};
+use cartdb_core::coord::map::record_policy_event;
+use cartdb_core::coord::policy_store::PolicyKind;
+use cartdb_core::coord::{ClusterMap, FULL_WEIGHT, Placement, PolicyEvent};
 use cartdb_core::pg_table::PgTable;
 use cartdb_core::wire::{DevicePreview, GatewayFailure, MapChange, MapPreview, PgEntry};
 
 use crate::cluster_view::{ClusterView, Topology};
 use crate::coordination::Coordination;
 use crate::placement::{BuildError, build_placement};
-use crate::policy::PlacementPolicy;
+use crate::policy::{PlacementPolicy, PolicyLibrary};
 
 /// How many times a change is recomputed when the map moves under it (another gateway
 /// marking a device out, the sweep clearing past sets) before the caller is told to retry.
@@ -35,7 +37,9 @@ const ATTEMPTS: usize = 5;
 /// What a map change needs from its gateway.
 pub struct MapChanger {
     pub view: Arc<ClusterView>,
-    pub policy: PlacementPolicy,
+    /// Where the placement policy of the changed map comes from: the current one, or the
+    /// one a policy change names.
+    pub library: Arc<PolicyLibrary>,
     pub rule: Option<String>,
     pub coordination: Arc<dyn Coordination>,
 }
@@ -59,7 +63,8 @@ impl MapChanger {
             let (next, mut placement) =
                 apply(&topology.map, topology.placement().table(), changes)?;
             let next = Arc::new(next);
-            let table = build_placement(self.policy.clone(), next.clone(), self.rule.clone(), None)
+            let policy = self.policy_of(&topology, &next).await?;
+            let table = build_placement(policy, next.clone(), self.rule.clone(), None)
                 .await
                 .map_err(|e| match e {
                     // The policy refusing the changed map is the change's fault.
@@ -101,6 +106,27 @@ impl MapChanger {
                 "the map changed {ATTEMPTS} times while this change was computed; try again"
             ),
         })
+    }
+}
+
+impl MapChanger {
+    /// The placement policy `next` names: the current topology's, or the one a policy
+    /// change names (verified by every gateway before, so compiled here already).
+    async fn policy_of(
+        &self,
+        topology: &Topology,
+        next: &ClusterMap,
+    ) -> Result<PlacementPolicy, GatewayFailure> {
+        let current = topology.placement().policy();
+        if current.sha256() == next.policies.placement.sha256 {
+            return Ok(current.clone());
+        }
+        self.library
+            .placement(&next.policies.placement)
+            .await
+            .map_err(|e| GatewayFailure::MapChangeRefused {
+                problem: format!("the placement policy cannot be loaded here: {e}"),
+            })
     }
 }
 
@@ -194,6 +220,34 @@ pub fn apply(
                 placement.reweights.remove(device);
                 placement.auto_out.remove(device);
                 devices.remove(device);
+            }
+            MapChange::Policy {
+                kind,
+                policy,
+                action,
+                by,
+                at_ms,
+            } => {
+                match (kind, policy) {
+                    (PolicyKind::Placement, Some(policy)) => {
+                        placement.policies.placement = policy.clone();
+                    }
+                    (PolicyKind::Placement, None) => {
+                        return Err(invalid("policy", "a placement policy is required"));
+                    }
+                    (PolicyKind::Merge, policy) => placement.policies.merge.clone_from(policy),
+                }
+                record_policy_event(
+                    &mut placement.policy_history,
+                    PolicyEvent {
+                        kind: *kind,
+                        policy: policy.clone(),
+                        action: action.clone(),
+                        epoch: map.epoch + 1,
+                        at_ms: *at_ms,
+                        by: by.clone(),
+                    },
+                );
             }
         }
     }
@@ -323,10 +377,12 @@ mod tests {
     use super::*;
 
     const SEED_MAP: &str = include_str!("../../config/crush-map.json");
+    /// The placement policy the test maps name (nothing is placed with it here).
+    const SHA: &str = "5555555555555555555555555555555555555555555555555555555555555555";
 
     fn seed() -> ClusterMap {
         let doc = format!(
-            r#"{{"format": 3, "map": {SEED_MAP}, "pool": {{"id": 1, "pg_num": 4, "size": 3}}, "past": {{"2": [6]}}}}"#
+            r#"{{"format": 4, "map": {SEED_MAP}, "pool": {{"id": 1, "pg_num": 4, "size": 3}}, "policies": {{"placement": {{"sha256": "{SHA}", "name": "crush"}}}}, "past": {{"2": [6]}}}}"#
         );
         ClusterMap::parse(doc.as_bytes(), 7).unwrap()
     }
@@ -398,7 +454,7 @@ mod tests {
     #[test]
     fn an_operator_reweight_replaces_the_clusters_own_out() {
         let doc = format!(
-            r#"{{"format": 3, "map": {SEED_MAP}, "pool": {{"id": 1, "pg_num": 4, "size": 3}}, "reweights": {{"2": 0}}, "auto_out": [2]}}"#
+            r#"{{"format": 4, "map": {SEED_MAP}, "pool": {{"id": 1, "pg_num": 4, "size": 3}}, "policies": {{"placement": {{"sha256": "{SHA}", "name": "crush"}}}}, "reweights": {{"2": 0}}, "auto_out": [2]}}"#
         );
         let map = ClusterMap::parse(doc.as_bytes(), 3).unwrap();
         let t = table(&[&[1, 3, 4], &[1, 3, 4], &[1, 3, 4], &[1, 3, 4]]);

@@ -5,9 +5,15 @@
 //! call may take up to its deadline (`PolicyLimits::call_timeout`), and the gateway serves
 //! every request, and keeps its ZooKeeper session alive, from one runtime thread. A read that
 //! needs no merge never waits for one. The built-in merge is pure and fast, and runs inline.
+//!
+//! The policy is swapped whole when the map names another ([`Merger::set`], from the
+//! cluster keeper): a merge that started with the old one finishes with it, the next one
+//! uses the new one, and no request fails for it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwapOption;
 
 use cartdb_core::cart::ItemState;
 use cartdb_core::merge::merge_states;
@@ -17,7 +23,7 @@ use crate::policy::{MergePolicy, PolicyError};
 /// Merges divergent items.
 #[derive(Debug, Default)]
 pub struct Merger {
-    policy: Option<Arc<MergePolicy>>,
+    policy: ArcSwapOption<MergePolicy>,
     fallbacks: AtomicU64,
 }
 
@@ -25,14 +31,19 @@ impl Merger {
     /// A merger with `policy`, or the built-in merge alone.
     pub fn new(policy: Option<Arc<MergePolicy>>) -> Self {
         Self {
-            policy,
+            policy: ArcSwapOption::new(policy),
             fallbacks: AtomicU64::new(0),
         }
     }
 
     /// The merge policy, if any.
-    pub fn policy(&self) -> Option<&Arc<MergePolicy>> {
-        self.policy.as_ref()
+    pub fn policy(&self) -> Option<Arc<MergePolicy>> {
+        self.policy.load_full()
+    }
+
+    /// Merges with `policy` from the next merge on (`None`: the built-in merge).
+    pub fn set(&self, policy: Option<Arc<MergePolicy>>) {
+        self.policy.store(policy);
     }
 
     /// Merges that fell back to the built-in merge since start.
@@ -42,14 +53,15 @@ impl Merger {
 
     /// Merges each group (the states of one item, from its replicas), in order.
     pub async fn merge_all(&self, groups: Vec<Vec<ItemState>>) -> Vec<ItemState> {
-        let Some(policy) = self.policy.clone() else {
+        let Some(policy) = self.policy.load_full() else {
             return groups.iter().map(|group| builtin(group)).collect();
         };
         let inputs = groups.clone();
+        let worker = policy.clone();
         let answers = tokio::task::spawn_blocking(move || {
             groups
                 .iter()
-                .map(|group| policy.merge(group))
+                .map(|group| worker.merge(group))
                 .collect::<Vec<_>>()
         })
         .await;
@@ -57,7 +69,9 @@ impl Merger {
             Ok(answers) => answers
                 .into_iter()
                 .zip(&inputs)
-                .map(|(answer, group)| answer.unwrap_or_else(|error| self.fall_back(&error, group)))
+                .map(|(answer, group)| {
+                    answer.unwrap_or_else(|error| self.fall_back(&policy, &error, group))
+                })
                 .collect(),
             // Only a panic inside wasmtime gets here: every group falls back.
             Err(joined) => inputs
@@ -66,17 +80,20 @@ impl Merger {
                     let error = PolicyError::Engine {
                         detail: format!("the merge task failed: {joined}"),
                     };
-                    self.fall_back(&error, group)
+                    self.fall_back(&policy, &error, group)
                 })
                 .collect(),
         }
     }
 
-    fn fall_back(&self, error: &PolicyError, group: &[ItemState]) -> ItemState {
+    fn fall_back(
+        &self,
+        policy: &MergePolicy,
+        error: &PolicyError,
+        group: &[ItemState],
+    ) -> ItemState {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
-        if let Some(policy) = &self.policy {
-            policy.engine().stats().fallback(policy.sha256());
-        }
+        policy.engine().stats().fallback(policy.sha256());
         metrics::counter!("cartdb_gateway_merge_fallbacks_total").increment(1);
         tracing::warn!(%error, "merge policy failed; using the built-in merge");
         builtin(group)

@@ -26,6 +26,8 @@ use crate::policy::{PlacementPolicy, PolicyError};
 pub struct EpochPlacement {
     epoch: u64,
     table: PgTable,
+    /// The policy that placed it: the one the map names at this epoch.
+    policy: PlacementPolicy,
 }
 
 impl EpochPlacement {
@@ -51,7 +53,13 @@ impl EpochPlacement {
         Ok(Self {
             epoch: map.epoch,
             table: PgTable::new(up),
+            policy: policy.clone(),
         })
+    }
+
+    /// The placement policy that computed the table.
+    pub fn policy(&self) -> &PlacementPolicy {
+        &self.policy
     }
 
     /// The map epoch the table was computed for.

@@ -40,7 +40,8 @@ use crate::coordination::Coordination;
 use crate::map_change::MapChanger;
 use crate::merger::Merger;
 use crate::op_id::{keyed_op_id, op_id, validate_idempotency_key};
-use crate::policy::{MergePolicy, PlacementPolicy};
+use crate::policy::PolicyLibrary;
+use crate::policy_admin::PolicyAdmin;
 use crate::read::{CartQuery, CartRead, ReadError, ReadMode, read_cart, read_category};
 use crate::read_repair::ReadRepair;
 use crate::read_resolution::ReadShortfall;
@@ -58,12 +59,13 @@ pub struct ServiceParts {
     pub gateway_id: u32,
     pub replication: Replication,
     pub request_timeout: Duration,
-    pub policy: PolicyInfo,
-    /// The placement policy itself and the map's rule, to place a changed map.
-    pub placement_policy: PlacementPolicy,
+    /// The compiled policies, and the way to those the map names that are not compiled yet.
+    pub library: Arc<PolicyLibrary>,
+    /// Merges divergent replicas with the merge policy the map names (swapped by the
+    /// cluster keeper).
+    pub merger: Arc<Merger>,
+    /// The map's rule, to place a changed map.
     pub rule: Option<String>,
-    /// The merge policy; `None`: the built-in reference merge.
-    pub merge_policy: Option<Arc<MergePolicy>>,
     pub compaction: CompactionSettings,
 }
 
@@ -73,7 +75,6 @@ pub struct GatewayService {
     clock: HybridClock,
     read_repair: Arc<ReadRepair>,
     compactor: Arc<Compactor>,
-    merger: Merger,
     /// The anti-entropy sweep's progress while this gateway leads it.
     sweep: Mutex<Option<SweepStatus>>,
     /// This service, for background follow-up reads that outlive a request.
@@ -94,7 +95,6 @@ pub struct SweepOutcome {
 impl GatewayService {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
         let clock = HybridClock::new(parts.gateway_id);
-        let merger = Merger::new(parts.merge_policy.clone());
         let read_repair = ReadRepair::new(parts.replicas.clone(), parts.request_timeout);
         let compactor = Compactor::new(
             parts.replicas.clone(),
@@ -106,7 +106,6 @@ impl GatewayService {
             clock,
             read_repair,
             compactor,
-            merger,
             sweep: Mutex::new(None),
             me: me.clone(),
         })
@@ -156,6 +155,23 @@ impl GatewayService {
                     pgs: crate::map_change::pg_dump(&topology),
                 })
             }
+            GatewayRequest::StorePolicy {
+                kind,
+                file_name,
+                bytes,
+                by,
+            } => {
+                let admin = self.policy_admin();
+                let stored = admin.store(kind, &file_name, &bytes, &by).await;
+                stored.map(|sha256| GatewayResponse::PolicyStored { sha256 })
+            }
+            GatewayRequest::VerifyPolicy { kind, sha256 } => {
+                let verdict = self.policy_admin().verify(kind, sha256).await;
+                Ok(GatewayResponse::PolicyVerified(Box::new(verdict)))
+            }
+            GatewayRequest::Policies => Ok(GatewayResponse::Policies(Box::new(
+                self.policy_admin().status(),
+            ))),
         };
         answer.unwrap_or_else(|failure| {
             log_failure(&failure);
@@ -262,7 +278,7 @@ impl GatewayService {
                 mode,
                 only,
             },
-            &self.merger,
+            &self.parts.merger,
         )
         .await
         .map_err(|e| match e {
@@ -332,14 +348,14 @@ impl GatewayService {
         let repairs = self.read_repair.counters();
         let (compactions, folded_ops) = self.compactor.counters();
         MaintenanceStatus {
-            merge_policy: self.merger.policy().map(|p| PolicyInfo {
+            merge_policy: self.parts.merger.policy().map(|p| PolicyInfo {
                 name: p.name().to_owned(),
                 sha256: p.sha256().to_owned(),
             }),
             repairs: repairs.repaired,
             repaired_ops: repairs.ops_added,
             repair_failures: repairs.failed,
-            merge_fallbacks: self.merger.fallbacks(),
+            merge_fallbacks: self.parts.merger.fallbacks(),
             compactions,
             folded_ops,
             anti_entropy: self
@@ -354,12 +370,12 @@ impl GatewayService {
     /// The policies' call counts. A gateway runs both policies on one engine; tests may
     /// give them two.
     fn policy_calls(&self) -> Vec<cartdb_core::wire::PolicyCallStats> {
-        let placement = self.parts.placement_policy.engine().stats();
+        let placement = self.parts.library.engine().stats();
         let mut calls = placement.snapshot();
-        if let Some(merge) = self.merger.policy().map(|p| p.engine().stats())
-            && !std::ptr::eq(merge, placement)
+        if let Some(merge) = self.parts.merger.policy()
+            && !std::ptr::eq(merge.engine().stats(), placement)
         {
-            calls.extend(merge.snapshot());
+            calls.extend(merge.engine().stats().snapshot());
         }
         calls
     }
@@ -583,7 +599,7 @@ impl GatewayService {
     fn cluster(&self) -> GatewayResponse {
         let view = &self.parts.view;
         let mut status = view.current().status(
-            self.parts.policy.clone(),
+            crate::policy_admin::running_placement(view),
             self.parts.replication,
             view.backfill(),
         );
@@ -594,12 +610,24 @@ impl GatewayService {
     async fn map_change(&self, changes: &[MapChange], commit: bool) -> Answer {
         let changer = MapChanger {
             view: self.parts.view.clone(),
-            policy: self.parts.placement_policy.clone(),
+            library: self.parts.library.clone(),
             rule: self.parts.rule.clone(),
             coordination: self.parts.coordination.clone(),
         };
         let preview = changer.run(changes, commit).await?;
         Ok(GatewayResponse::MapPreview(Box::new(preview)))
+    }
+
+    fn policy_admin(&self) -> PolicyAdmin<'_> {
+        PolicyAdmin {
+            gateway: self.parts.gateway_id,
+            view: &self.parts.view,
+            library: &self.parts.library,
+            merger: &self.parts.merger,
+            coordination: self.parts.coordination.as_ref(),
+            rule: self.parts.rule.clone(),
+            replication: self.parts.replication,
+        }
     }
 
     fn catalog(&self) -> Arc<Catalog> {

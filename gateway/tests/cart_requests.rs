@@ -14,13 +14,17 @@ use std::time::Duration;
 use cartdb_core::cart::{DeviceId, ItemKey, Product};
 use cartdb_core::catalog::Catalog;
 use cartdb_core::config::Replication;
+use cartdb_core::coord::policy_store::{PolicyKind, StoredPolicy};
 use cartdb_core::coord::{ClusterMap, CoordError, Membership, Placement};
 use cartdb_core::placement_key::index_entry;
-use cartdb_core::wire::{GatewayFailure, GatewayRequest, GatewayResponse, PolicyInfo};
+use cartdb_core::wire::{GatewayFailure, GatewayRequest, GatewayResponse};
 use cartdb_gateway::cluster_view::{ClusterView, Topology};
 use cartdb_gateway::coordination::Coordination;
 use cartdb_gateway::placement::EpochPlacement;
-use cartdb_gateway::policy::{MergePolicy, PlacementPolicy, PolicyEngine, PolicyLimits};
+use cartdb_gateway::merger::Merger;
+use cartdb_gateway::policy::{
+    MergePolicy, PlacementPolicy, PolicyEngine, PolicyLibrary, PolicyLimits,
+};
 use cartdb_gateway::replicas::Replicas;
 use cartdb_gateway::{GatewayService, ServiceParts};
 use futures::FutureExt;
@@ -57,6 +61,23 @@ impl Coordination for FakeCoordination {
             .map_err(CoordError::InvalidCatalog);
         async move { result }.boxed()
     }
+
+    fn store_policy<'a>(
+        &'a self,
+        _kind: PolicyKind,
+        _name: &'a str,
+        _bytes: &'a [u8],
+        _deployed_by: &'a str,
+    ) -> BoxFuture<'a, Result<String, CoordError>> {
+        async { Err(CoordError::ShuttingDown) }.boxed()
+    }
+
+    fn fetch_policy<'a>(
+        &'a self,
+        _sha256: &'a str,
+    ) -> BoxFuture<'a, Result<StoredPolicy, CoordError>> {
+        async { Err(CoordError::ShuttingDown) }.boxed()
+    }
 }
 
 /// The reference CRUSH policy, compiled once for all tests of this file.
@@ -92,7 +113,8 @@ impl TestGateway {
         let policy = POLICY.clone();
         let map_json = String::from_utf8(config_file("crush-map.json")).unwrap();
         let doc = format!(
-            r#"{{"format": 3, "map": {map_json}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}}}"#
+            r#"{{"format": 4, "map": {map_json}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}, "policies": {{"placement": {{"sha256": "{}", "name": "crush"}}}}}}"#,
+            policy.sha256()
         );
         let map = ClusterMap::parse(doc.as_bytes(), 1).unwrap();
         let placement = EpochPlacement::build(&policy, &map, Some("data"), None).unwrap();
@@ -121,13 +143,14 @@ impl TestGateway {
             gateway_id: 1,
             replication: Replication::new(3, 2, 2).unwrap(),
             request_timeout: Duration::from_secs(2),
-            placement_policy: POLICY.clone(),
+            library: Arc::new(PolicyLibrary::new(
+                POLICY.engine().clone(),
+                coordination.clone(),
+                POLICY.clone(),
+                merge_policy.clone(),
+            )),
+            merger: Arc::new(Merger::new(merge_policy)),
             rule: Some("data".to_owned()),
-            policy: PolicyInfo {
-                name: policy.name().to_owned(),
-                sha256: policy.sha256().to_owned(),
-            },
-            merge_policy,
             compaction: cartdb_gateway::compaction::CompactionSettings {
                 grace: Duration::from_secs(60),
                 min_ops: 32,

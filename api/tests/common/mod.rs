@@ -151,6 +151,7 @@ pub fn success(gateway: u32, request: &GatewayRequest) -> GatewayResponse {
             maintenance: cartdb_core::wire::MaintenanceStatus::default(),
             placement_groups: cartdb_core::wire::PgStatus::default(),
             flags: vec![],
+            policies: cartdb_core::wire::ActivePolicies::default(),
         })),
         GatewayRequest::Replicas { .. } => GatewayResponse::Replicas { replicas: vec![] },
         GatewayRequest::Locate { .. } => GatewayResponse::Located { items: vec![] },
@@ -165,6 +166,35 @@ pub fn success(gateway: u32, request: &GatewayRequest) -> GatewayResponse {
             epoch: 7,
             pgs: vec![],
         },
+        GatewayRequest::StorePolicy { .. } => GatewayResponse::PolicyStored {
+            sha256: "0".repeat(64),
+        },
+        GatewayRequest::VerifyPolicy { kind, sha256 } => {
+            GatewayResponse::PolicyVerified(Box::new(cartdb_core::wire::PolicyVerdict {
+                gateway,
+                kind: *kind,
+                sha256: sha256.clone(),
+                name: "fake".into(),
+                refused: None,
+                checked: "nothing".into(),
+                preview: None,
+            }))
+        }
+        GatewayRequest::Policies => {
+            GatewayResponse::Policies(Box::new(cartdb_core::wire::PolicyStatus {
+                gateway,
+                epoch: 7,
+                named: cartdb_core::wire::ActivePolicies::default(),
+                running: cartdb_core::wire::RunningPolicies {
+                    placement: PolicyInfo {
+                        name: "crush".into(),
+                        sha256: String::new(),
+                    },
+                    merge: None,
+                },
+                history: vec![],
+            }))
+        }
     }
 }
 

@@ -1,12 +1,15 @@
 //! The cluster map as every gateway must see it: the CRUSH map JSON, its epoch, the
 //! reweights, the pool's placement-group settings and every PG's past set.
 //!
-//! The `/map` znode holds one document (format 3):
+//! The `/map` znode holds one document (format 4):
 //!
 //! ```json
-//! {"format": 3, "map": {...}, "reweights": {"3": 0},
+//! {"format": 4, "map": {...}, "reweights": {"3": 0},
 //!  "pool": {"id": 1, "pg_num": 256, "size": 3}, "past": {"17": [3]},
-//!  "auto_out": [3], "flags": ["noout"]}
+//!  "auto_out": [3], "flags": ["noout"],
+//!  "policies": {"placement": {"sha256": "5f0c...", "name": "crush"}, "merge": null},
+//!  "policy_history": [{"kind": "placement", "policy": {...}, "action": "bootstrap",
+//!                      "epoch": 1, "at_ms": 1764662400000, "by": "gateway 1"}, ...]}
 //! ```
 //!
 //! the map in python-crush JSON (the seed's format, `config/crush-map.json`), Ceph-style
@@ -14,10 +17,14 @@
 //! the past sets of the PGs that have one (see `cartdb_model::pg_table`), the devices the
 //! cluster marked out by itself after their down grace (they are marked in again when they
 //! return; a device an operator marked out is not listed and stays out), and the cluster
-//! flags ([`ClusterFlags`]). `auto_out` and `flags` may be absent (none). Keeping them in
-//! one znode makes a change atomic and gives it one epoch, the znode's version + 1: a new
-//! up set and the past set that goes with it are never seen apart. Its size depends on the
-//! number of devices and `pg_num`, never on the number of carts.
+//! flags ([`ClusterFlags`]). `auto_out` and `flags` may be absent (none). `policies` names
+//! the placement and merge policy components every gateway must run, by sha256 (their
+//! bytes are in the policy store, `super::policy_store`; `merge: null` is the built-in
+//! merge), and `policy_history` the last [`MAX_POLICY_HISTORY`] activations. Keeping all of
+//! it in one znode makes a change atomic and gives it one epoch, the znode's version + 1: a
+//! new up set and the past set that goes with it are never seen apart, and a new placement
+//! policy takes effect on every gateway at the same epoch. Its size depends on the number of
+//! devices and `pg_num`, never on the number of carts.
 //!
 //! Everything here is pure; [`ClusterMap::parse`] treats its input as untrusted.
 
@@ -28,6 +35,7 @@ use cartdb_model::pg_table::PastSets;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::policy_store::{PolicyKind, is_sha256};
 use crate::cart::DeviceId;
 
 /// Reweight of a device that is fully in (1.0 in 16.16 fixed point).
@@ -38,9 +46,72 @@ pub const MAX_MAP_BYTES: usize = 1 << 20;
 
 /// The `/map` document format this build reads and writes. Format 1 (no `format` field) was
 /// the map of the per-item directory era; format 2 had no `auto_out`, so a device marked out
-/// by the cluster could not be told from one an operator marked out. Both are refused, not
+/// by the cluster could not be told from one an operator marked out; format 3 did not name
+/// the policies, so each gateway ran the files of its own flags. All are refused, not
 /// migrated.
-pub const MAP_FORMAT: u32 = 3;
+pub const MAP_FORMAT: u32 = 4;
+
+/// Policy activations kept in the map's `policy_history` (older ones are dropped).
+pub const MAX_POLICY_HISTORY: usize = 32;
+
+/// Longest policy name, `by` or action text kept in the map (longer ones are refused).
+const MAX_POLICY_TEXT: usize = 128;
+
+/// A policy component, by content: the sha256 of its bytes and the name it reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyRef {
+    pub sha256: String,
+    pub name: String,
+}
+
+/// The policies the cluster runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActivePolicies {
+    pub placement: PolicyRef,
+    /// `None`: the built-in merge.
+    pub merge: Option<PolicyRef>,
+}
+
+impl ActivePolicies {
+    /// The policy of `kind` (`None` for the built-in merge).
+    pub fn of(&self, kind: PolicyKind) -> Option<&PolicyRef> {
+        match kind {
+            PolicyKind::Placement => Some(&self.placement),
+            PolicyKind::Merge => self.merge.as_ref(),
+        }
+    }
+}
+
+/// One activation of a policy, as kept in the map's `policy_history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyEvent {
+    pub kind: PolicyKind,
+    /// What became active (`None`: the built-in merge).
+    pub policy: Option<PolicyRef>,
+    /// `bootstrap`, `deploy` or `rollback`.
+    pub action: String,
+    /// The map epoch it took effect at.
+    pub epoch: u64,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Who asked (the CLI's `--by`, the user name by default).
+    pub by: String,
+}
+
+/// Appends `event` to `history`, dropping the oldest beyond [`MAX_POLICY_HISTORY`].
+pub fn record_policy_event(history: &mut Vec<PolicyEvent>, event: PolicyEvent) {
+    history.push(event);
+    let excess = history.len().saturating_sub(MAX_POLICY_HISTORY);
+    history.drain(..excess);
+}
+
+/// The policy of `kind` that was active before the current one: what a rollback returns to.
+/// `None` when the history holds no earlier activation of that kind.
+pub fn previous_policy(history: &[PolicyEvent], kind: PolicyKind) -> Option<Option<PolicyRef>> {
+    let mut of_kind = history.iter().rev().filter(|e| e.kind == kind);
+    of_kind.next()?;
+    of_kind.next().map(|e| e.policy.clone())
+}
 
 /// Most replicas a pool may keep per PG.
 pub const MAX_POOL_SIZE: u32 = 16;
@@ -91,6 +162,10 @@ pub struct ClusterMap {
     pub auto_out: BTreeSet<DeviceId>,
     /// The cluster flags.
     pub flags: ClusterFlags,
+    /// The policies every gateway runs at this epoch.
+    pub policies: ActivePolicies,
+    /// The last policy activations, oldest first.
+    pub policy_history: Vec<PolicyEvent>,
 }
 
 /// Cluster-wide switches an operator sets, Ceph's `ceph osd set <flag>`.
@@ -145,6 +220,9 @@ struct MapDoc {
     auto_out: BTreeSet<DeviceId>,
     #[serde(default)]
     flags: Vec<String>,
+    policies: Option<ActivePolicies>,
+    #[serde(default)]
+    policy_history: Vec<PolicyEvent>,
 }
 
 impl ClusterMap {
@@ -179,6 +257,23 @@ impl ClusterMap {
         for name in &doc.flags {
             flags.set(name, true)?;
         }
+        let policies = doc.policies.ok_or(MapError::Missing {
+            path: "policies".to_owned(),
+        })?;
+        check_policy(Some(&policies.placement), "policies.placement")?;
+        check_policy(policies.merge.as_ref(), "policies.merge")?;
+        if doc.policy_history.len() > MAX_POLICY_HISTORY {
+            return Err(MapError::PolicyHistory {
+                len: doc.policy_history.len(),
+            });
+        }
+        for (i, event) in doc.policy_history.iter().enumerate() {
+            let path = format!("policy_history[{i}]");
+            check_policy(event.policy.as_ref(), &path)?;
+            if event.action.len() > MAX_POLICY_TEXT || event.by.len() > MAX_POLICY_TEXT {
+                return Err(wrong_type(&path, "an event with texts of at most 128 bytes"));
+            }
+        }
         Ok(ClusterMap {
             epoch,
             map_json: doc.map.to_string(),
@@ -189,6 +284,8 @@ impl ClusterMap {
             past,
             auto_out: doc.auto_out,
             flags,
+            policies,
+            policy_history: doc.policy_history,
         })
     }
 
@@ -239,6 +336,8 @@ pub struct Placement {
     pub flags: ClusterFlags,
     /// A new CRUSH map JSON; `None` keeps the map's.
     pub crush: Option<String>,
+    pub policies: ActivePolicies,
+    pub policy_history: Vec<PolicyEvent>,
 }
 
 impl Placement {
@@ -250,6 +349,8 @@ impl Placement {
             auto_out: map.auto_out.clone(),
             flags: map.flags,
             crush: None,
+            policies: map.policies.clone(),
+            policy_history: map.policy_history.clone(),
         }
     }
 
@@ -296,25 +397,69 @@ pub(crate) fn document(map_json: &str, settings: PoolSettings, placement: &Place
     );
     let auto_out = Value::from(placement.auto_out.iter().copied().collect::<Vec<_>>());
     let flags = Value::from(placement.flags.names());
+    // Plain structs of strings and integers: serialising them cannot fail.
+    let policies = serde_json::to_string(&placement.policies).unwrap_or_default();
+    let history = serde_json::to_string(&placement.policy_history).unwrap_or_default();
     format!(
-        r#"{{"format":{MAP_FORMAT},"map":{map_json},"reweights":{},"pool":{settings},"past":{},"auto_out":{auto_out},"flags":{flags}}}"#,
+        r#"{{"format":{MAP_FORMAT},"map":{map_json},"reweights":{},"pool":{settings},"past":{},"auto_out":{auto_out},"flags":{flags},"policies":{policies},"policy_history":{history}}}"#,
         Value::Object(reweights),
         Value::Object(past)
     )
     .into_bytes()
 }
 
-/// The initial `/map` document for a CRUSH map given as JSON text and a pool (no reweights:
-/// all in; no past sets), checked by [`ClusterMap::parse`].
+/// Checks a policy named in the map: a sha256 and a short name.
+fn check_policy(policy: Option<&PolicyRef>, path: &str) -> Result<(), MapError> {
+    let Some(policy) = policy else {
+        return Ok(());
+    };
+    if !is_sha256(&policy.sha256) {
+        return Err(wrong_type(
+            &format!("{path}.sha256"),
+            "64 lowercase hex digits",
+        ));
+    }
+    if policy.name.len() > MAX_POLICY_TEXT {
+        return Err(wrong_type(
+            &format!("{path}.name"),
+            "a name of at most 128 bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// The initial `/map` document for a CRUSH map given as JSON text, a pool and the policies
+/// (no reweights: all in; no past sets; the policies' bootstrap in the history), checked by
+/// [`ClusterMap::parse`].
 ///
 /// # Errors
-/// [`MapError`] when `map_json` is not a valid map or the pool settings are invalid.
+/// [`MapError`] when `map_json` is not a valid map, or the pool settings or policies are
+/// invalid.
 pub(crate) fn bootstrap_document(
     map_json: &str,
     settings: PoolSettings,
+    policies: &ActivePolicies,
+    at_ms: u64,
+    by: &str,
 ) -> Result<(Vec<u8>, ClusterMap), MapError> {
     let map: Value = serde_json::from_str(map_json).map_err(MapError::Json)?;
-    let doc = document(&map.to_string(), settings, &Placement::default());
+    let event = |kind, policy: Option<&PolicyRef>| PolicyEvent {
+        kind,
+        policy: policy.cloned(),
+        action: "bootstrap".to_owned(),
+        epoch: 1,
+        at_ms,
+        by: by.to_owned(),
+    };
+    let placement = Placement {
+        policies: policies.clone(),
+        policy_history: vec![
+            event(PolicyKind::Placement, Some(&policies.placement)),
+            event(PolicyKind::Merge, policies.merge.as_ref()),
+        ],
+        ..Placement::default()
+    };
+    let doc = document(&map.to_string(), settings, &placement);
     let parsed = ClusterMap::parse(&doc, 1)?;
     Ok((doc, parsed))
 }
@@ -448,11 +593,11 @@ pub enum MapError {
     #[error("map document is {len} bytes, more than the limit of {max}")]
     TooLarge { len: usize, max: usize },
     #[error(
-        "not JSON of the form {{\"format\": 3, \"map\": {{...}}, \"reweights\": {{...}}, \"pool\": {{...}}, \"past\": {{...}}, \"auto_out\": [...], \"flags\": [...]}}: {0}"
+        "not JSON of the form {{\"format\": 4, \"map\": {{...}}, \"reweights\": {{...}}, \"pool\": {{...}}, \"past\": {{...}}, \"auto_out\": [...], \"flags\": [...], \"policies\": {{...}}, \"policy_history\": [...]}}: {0}"
     )]
     Json(#[source] serde_json::Error),
     #[error(
-        "the map document has format {}, this build reads format {MAP_FORMAT} (placement groups, automatic out); it is not migrated: bootstrap a new cluster (a new ZooKeeper chroot and empty data directories)",
+        "the map document has format {}, this build reads format {MAP_FORMAT} (placement groups, automatic out, policies named by sha256); it is not migrated: bootstrap a new cluster (a new ZooKeeper chroot and empty data directories)",
         found.map_or_else(|| "1 (no \"format\" field)".to_owned(), |f| f.to_string())
     )]
     Format { found: Option<u64> },
@@ -487,6 +632,8 @@ pub enum MapError {
     UnknownAutoOutDevice { device: DeviceId },
     #[error("flags: {name:?} is not a cluster flag (known: noout)")]
     UnknownFlag { name: String },
+    #[error("policy_history has {len} entries, more than {MAX_POLICY_HISTORY}")]
+    PolicyHistory { len: usize },
 }
 
 #[cfg(test)]
@@ -501,13 +648,28 @@ mod tests {
         size: 3,
     };
 
+    /// The `policies` of a test document.
+    const POLICIES: &str = r#""policies": {"placement": {"sha256": "0000000000000000000000000000000000000000000000000000000000000001", "name": "crush"}, "merge": null}"#;
+
+    fn policies() -> ActivePolicies {
+        ActivePolicies {
+            placement: PolicyRef {
+                sha256: format!("{:064}", 1),
+                name: "crush".to_owned(),
+            },
+            merge: None,
+        }
+    }
+
     fn seed_doc() -> Vec<u8> {
-        bootstrap_document(SEED_MAP, POOL).unwrap().0
+        bootstrap_document(SEED_MAP, POOL, &policies(), 7, "test")
+            .unwrap()
+            .0
     }
 
     fn parse_map(map: &str) -> Result<ClusterMap, MapError> {
         let doc = format!(
-            r#"{{"format": 3, "map": {map}, "pool": {{"id": 1, "pg_num": 8, "size": 3}}}}"#
+            r#"{{"format": 4, "map": {map}, "pool": {{"id": 1, "pg_num": 8, "size": 3}}, {POLICIES}}}"#
         );
         ClusterMap::parse(doc.as_bytes(), 1)
     }
@@ -519,8 +681,71 @@ mod tests {
                 .iter()
                 .map(|(pg, devices)| (*pg, devices.iter().copied().collect()))
                 .collect(),
-            ..Placement::default()
+            ..Placement::of(&ClusterMap::parse(&seed_doc(), 1).unwrap())
         }
+    }
+
+    #[test]
+    fn policies_and_their_history_survive_the_document() {
+        let map = ClusterMap::parse(&seed_doc(), 1).unwrap();
+        assert_eq!(map.policies, policies());
+        assert_eq!(map.policy_history.len(), 2, "both kinds bootstrapped");
+        assert_eq!(previous_policy(&map.policy_history, PolicyKind::Placement), None);
+        let mut change = Placement::of(&map);
+        let rendezvous = PolicyRef {
+            sha256: format!("{:064}", 2),
+            name: "rendezvous-hrw".to_owned(),
+        };
+        change.policies.placement = rendezvous.clone();
+        for n in 0..40 {
+            record_policy_event(
+                &mut change.policy_history,
+                PolicyEvent {
+                    kind: PolicyKind::Placement,
+                    policy: Some(if n % 2 == 0 {
+                        policies().placement
+                    } else {
+                        rendezvous.clone()
+                    }),
+                    action: "deploy".to_owned(),
+                    epoch: n + 2,
+                    at_ms: n,
+                    by: "test".to_owned(),
+                },
+            );
+        }
+        assert_eq!(change.policy_history.len(), MAX_POLICY_HISTORY);
+        let map = ClusterMap::parse(&document(&map.map_json, POOL, &change), 2).unwrap();
+        assert_eq!(map.policies.placement, rendezvous);
+        assert_eq!(Placement::of(&map), change);
+        assert_eq!(
+            previous_policy(&map.policy_history, PolicyKind::Placement),
+            Some(Some(policies().placement))
+        );
+        assert_eq!(previous_policy(&map.policy_history, PolicyKind::Merge), None);
+    }
+
+    #[test]
+    fn bad_policies_are_refused_by_path() {
+        let map = ClusterMap::parse(&seed_doc(), 1).unwrap();
+        let doc = |policies: &str| {
+            let doc = format!(
+                r#"{{"format": 4, "map": {}, "pool": {{"id": 1, "pg_num": 8, "size": 3}}{policies}}}"#,
+                map.map_json
+            );
+            ClusterMap::parse(doc.as_bytes(), 1).map(|_| ()).unwrap_err().to_string()
+        };
+        assert!(doc("").contains("policies is missing"));
+        assert!(
+            doc(r#", "policies": {"placement": {"sha256": "../x", "name": "a"}}"#)
+                .contains("policies.placement.sha256 must be 64 lowercase hex digits")
+        );
+        let long = "n".repeat(200);
+        let named = format!(
+            r#", "policies": {{"placement": {{"sha256": "{:064}", "name": "{long}"}}}}"#,
+            1
+        );
+        assert!(doc(&named).contains("policies.placement.name"));
     }
 
     #[test]
@@ -536,7 +761,7 @@ mod tests {
         );
         assert!(map.past.is_empty());
         // The map JSON alone is handed on, and still parses as the same map.
-        let again = ClusterMap::parse(&document(&map.map_json, POOL, &Placement::default()), 4);
+        let again = ClusterMap::parse(&document(&map.map_json, POOL, &Placement::of(&map)), 4);
         assert_eq!(again.unwrap(), map);
     }
 
@@ -626,8 +851,8 @@ mod tests {
             err.to_string().contains("format 1 (no \"format\" field)"),
             "{err}"
         );
-        assert!(err.to_string().contains("reads format 3"), "{err}");
-        for other in [2, 4] {
+        assert!(err.to_string().contains("reads format 4"), "{err}");
+        for other in [2, 3, 5] {
             let doc = format!(r#"{{"format": {other}, "map": {SEED_MAP}}}"#);
             let err = ClusterMap::parse(doc.as_bytes(), 1).unwrap_err();
             assert!(
@@ -651,7 +876,7 @@ mod tests {
         let map = ClusterMap::parse(&seed_doc(), 1).unwrap();
         let with = |extra: &str| {
             let doc = format!(
-                r#"{{"format": 3, "map": {}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}{extra}}}"#,
+                r#"{{"format": 4, "map": {}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}, {POLICIES}{extra}}}"#,
                 map.map_json
             );
             ClusterMap::parse(doc.as_bytes(), 1)
@@ -675,7 +900,7 @@ mod tests {
         assert!(err(r#", "flags": "noout""#).contains("not JSON of the form"));
         let pool = |pool: &str| {
             let doc = format!(
-                r#"{{"format": 3, "map": {}, "pool": {pool}}}"#,
+                r#"{{"format": 4, "map": {}, "pool": {pool}, {POLICIES}}}"#,
                 map.map_json
             );
             ClusterMap::parse(doc.as_bytes(), 1)
@@ -684,7 +909,7 @@ mod tests {
         };
         assert!(pool(r#"{"id": 1, "pg_num": 0, "size": 3}"#).contains("pg_num 0 is not in"));
         assert!(pool(r#"{"id": 1, "pg_num": 8, "size": 0}"#).contains("size 0 is not in"));
-        let no_pool = format!(r#"{{"format": 3, "map": {}}}"#, map.map_json);
+        let no_pool = format!(r#"{{"format": 4, "map": {}, {POLICIES}}}"#, map.map_json);
         assert!(
             ClusterMap::parse(no_pool.as_bytes(), 1)
                 .unwrap_err()

@@ -256,7 +256,14 @@ mod tests {
             pg_num: 8,
             size: 3,
         };
-        let (_, map) = bootstrap_document(map_json, pool).unwrap();
+        let policies = crate::coord::map::ActivePolicies {
+            placement: crate::coord::map::PolicyRef {
+                sha256: "a".repeat(64),
+                name: "crush".to_owned(),
+            },
+            merge: None,
+        };
+        let (_, map) = bootstrap_document(map_json, pool, &policies, 0, "test").unwrap();
         map.devices.into_iter().collect()
     }
 

@@ -46,7 +46,8 @@ mod zk;
 
 pub use error::CoordError;
 pub use map::{
-    ClusterFlags, ClusterMap, FULL_WEIGHT, MAP_FORMAT, MapError, Placement, PoolSettings,
+    ActivePolicies, ClusterFlags, ClusterMap, FULL_WEIGHT, MAP_FORMAT, MapError, Placement,
+    PolicyEvent, PolicyRef, PoolSettings,
 };
 pub use membership::Membership;
 
@@ -293,20 +294,26 @@ impl Coordinator {
         self.inner.members.subscribe()
     }
 
-    /// Creates `/map` from a CRUSH map (python-crush JSON, as in `config/crush-map.json`) and
-    /// the pool's settings, with no reweights and no past sets, at epoch 1. Does nothing when
-    /// `/map` already exists: the map in ZooKeeper (pool included) is the one every gateway
-    /// places with, whatever the local file and flags say.
+    /// Creates `/map` from a CRUSH map (python-crush JSON, as in `config/crush-map.json`),
+    /// the pool's settings and the policies (stored before, with
+    /// [`Coordinator::store_policy`]), with no reweights and no past sets, at epoch 1; `by`
+    /// is recorded in the policy history. Does nothing when `/map` already exists: the map in
+    /// ZooKeeper (pool and policies included) is the one every gateway places with, whatever
+    /// the local files and flags say.
     ///
     /// # Errors
-    /// [`CoordError::InvalidMap`] when `map_json` is not a valid map or `pool` is invalid
-    /// (checked before anything is written), or the failed ZooKeeper call.
+    /// [`CoordError::InvalidMap`] when `map_json` is not a valid map or `pool` or `policies`
+    /// are invalid (checked before anything is written), or the failed ZooKeeper call.
     pub async fn bootstrap_map(
         &self,
         map_json: &str,
         pool: PoolSettings,
+        policies: &ActivePolicies,
+        by: &str,
     ) -> Result<(), CoordError> {
-        let (doc, map) = map::bootstrap_document(map_json, pool).map_err(CoordError::InvalidMap)?;
+        let now = crate::version::wall_clock_millis();
+        let (doc, map) = map::bootstrap_document(map_json, pool, policies, now, by)
+            .map_err(CoordError::InvalidMap)?;
         let doc = &doc;
         let created = self
             .run("bootstrap map", |zk| async move {
@@ -593,6 +600,8 @@ mod tests {
                 pg_num: 1,
                 size: 1,
             },
+            &ActivePolicies::default(),
+            "test",
         ));
         send(c.set_placement(1, Placement::default()));
         send(c.bootstrap_catalog(catalog));

@@ -32,7 +32,7 @@ pub const CHUNK_BYTES: usize = 512 * 1024;
 pub const MAX_POLICY_BYTES: usize = 16 << 20;
 
 /// What a stored component is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyKind {
     Placement,

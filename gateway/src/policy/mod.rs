@@ -28,12 +28,15 @@
 //! - `validate`: pure checks of placement answers ([`InvalidPlacement`], [`MapProblem`]).
 //! - `merge_validate`: pure checks of merge answers ([`InvalidMerge`]).
 //! - `error`: [`PolicyError`].
+//! - `library`: [`PolicyLibrary`], the compiled policies by sha256, fetched from the policy
+//!   store in ZooKeeper when the map names one not compiled yet.
 //! - `stats`: [`PolicyStats`], per-policy call counts for the cluster status.
 
 mod bindings;
 mod component;
 mod engine;
 mod error;
+mod library;
 mod merge;
 pub mod merge_laws;
 mod merge_validate;
@@ -43,6 +46,7 @@ mod validate;
 
 pub use engine::{PolicyEngine, PolicyLimits};
 pub use error::PolicyError;
+pub use library::{LibraryError, PolicyLibrary, short};
 pub use merge::MergePolicy;
 pub use merge_validate::InvalidMerge;
 pub use placement::{MAX_REPLICAS, PlacementPolicy, Placer};

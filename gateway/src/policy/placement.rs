@@ -53,11 +53,25 @@ impl PlacementPolicy {
     /// call ([`PolicyError::Trapped`], [`PolicyError::TimedOut`], [`PolicyError::Instantiate`]).
     pub fn load(engine: &PolicyEngine, path: &Path) -> Result<Self, PolicyError> {
         let bytes = component::read_capped(path, engine.limits().max_file_bytes)?;
+        Self::from_bytes(engine, path, &bytes)
+    }
+
+    /// Like [`PlacementPolicy::load`], for a component already in memory (from the policy
+    /// store); `name` stands for the file in errors (a path, or any label).
+    ///
+    /// # Errors
+    /// As [`PlacementPolicy::load`], except [`PolicyError::Read`].
+    pub fn from_bytes(
+        engine: &PolicyEngine,
+        name: impl AsRef<Path>,
+        bytes: &[u8],
+    ) -> Result<Self, PolicyError> {
+        let path = name.as_ref();
         let component::Compiled {
             sha256,
             component,
             linker,
-        } = component::compile(engine, path, &bytes)?;
+        } = component::compile(engine, path, bytes)?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(PlacementPolicyPre::new)
