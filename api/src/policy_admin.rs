@@ -195,9 +195,11 @@ async fn activate(
                 .map(|why| format!("gateway {} refuses it: {why}", v.gateway))
         })
         .collect();
-    let label = sha256.as_deref().map_or("the built-in merge".to_owned(), |s| {
-        format!("{} policy {}", kind.name(), s.get(..12).unwrap_or(s))
-    });
+    let label = sha256
+        .as_deref()
+        .map_or("the built-in merge".to_owned(), |s| {
+            format!("{} policy {}", kind.name(), s.get(..12).unwrap_or(s))
+        });
     if !refusals.is_empty() {
         return Err(refused(format!(
             "{label} is not activated, the previous policy stays in force: {}",

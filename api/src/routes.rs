@@ -96,9 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/admin/policies/{kind}",
             // A component may be up to 16 MiB; every other body stays under 64 KiB.
-            post(policy_admin::deploy).layer(DefaultBodyLimit::max(
-                policy_admin::MAX_POLICY_BYTES,
-            )),
+            post(policy_admin::deploy).layer(DefaultBodyLimit::max(policy_admin::MAX_POLICY_BYTES)),
         )
         .route(
             "/api/admin/policies/{kind}/rollback",

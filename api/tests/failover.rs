@@ -139,7 +139,11 @@ async fn the_cluster_status_asks_the_smallest_gateway_first() {
             .count()
     };
     assert_eq!((asked(&first), asked(&second)), (10, 0));
-    assert_eq!(second.seen().len(), 10, "second asked only for its policies");
+    assert_eq!(
+        second.seen().len(),
+        10,
+        "second asked only for its policies"
+    );
 
     let dead = dead_address().await;
     let (status, body) = send(&both, common::get("/api/cluster?gateway=2")).await;

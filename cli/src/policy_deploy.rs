@@ -111,10 +111,10 @@ pub fn deploy(args: &DeployArgs) -> Result<ExitCode> {
             );
         }
     }
-    let name = args
-        .file
-        .file_name()
-        .map_or_else(|| "upload.wasm".to_owned(), |n| n.to_string_lossy().into_owned());
+    let name = args.file.file_name().map_or_else(
+        || "upload.wasm".to_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let mut query = vec![("name", name), ("by", who(args.by.as_deref()))];
     if args.dry_run {
         query.push(("dry_run", "true".to_owned()));

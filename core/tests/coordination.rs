@@ -182,15 +182,22 @@ async fn map_is_bootstrapped_once_and_changed_by_compare_and_set() {
     let a = node(&config("map")).await;
     let b = node(&config("map")).await;
     assert!(matches!(
-        a.coord.bootstrap_map(r#"{"trees": []}"#, POOL, &policies(), "test").await,
+        a.coord
+            .bootstrap_map(r#"{"trees": []}"#, POOL, &policies(), "test")
+            .await,
         Err(CoordError::InvalidMap(_))
     ));
     let no_pgs = PoolSettings { pg_num: 0, ..POOL };
     assert!(matches!(
-        a.coord.bootstrap_map(SEED_MAP, no_pgs, &policies(), "test").await,
+        a.coord
+            .bootstrap_map(SEED_MAP, no_pgs, &policies(), "test")
+            .await,
         Err(CoordError::InvalidMap(_))
     ));
-    a.coord.bootstrap_map(SEED_MAP, POOL, &policies(), "test").await.unwrap();
+    a.coord
+        .bootstrap_map(SEED_MAP, POOL, &policies(), "test")
+        .await
+        .unwrap();
     let map = until(&mut b.coord.map(), "the map", Option::is_some)
         .await
         .unwrap();
@@ -199,7 +206,10 @@ async fn map_is_bootstrapped_once_and_changed_by_compare_and_set() {
     assert_eq!(map.settings, POOL);
 
     let other = r#"{"trees": [{"id": -1, "name": "r", "children": [{"id": 9, "name": "device_9"}]}], "rules": {}}"#;
-    b.coord.bootstrap_map(other, POOL, &policies(), "test").await.unwrap();
+    b.coord
+        .bootstrap_map(other, POOL, &policies(), "test")
+        .await
+        .unwrap();
     let (_, stat) = raw_client(&config("map"))
         .await
         .get_data("/map")
@@ -278,7 +288,10 @@ async fn a_map_of_an_older_format_is_refused() {
         "a format-1 map was published"
     );
     // Bootstrapping does not overwrite it either: the operator must start a new cluster.
-    a.coord.bootstrap_map(SEED_MAP, POOL, &policies(), "test").await.unwrap();
+    a.coord
+        .bootstrap_map(SEED_MAP, POOL, &policies(), "test")
+        .await
+        .unwrap();
     assert!(a.coord.map().borrow().is_none());
 }
 
@@ -357,7 +370,11 @@ async fn registrations_and_watches_come_back_after_session_expiry() {
     })
     .await;
     // Written while `a` is cut off: only a re-read after the new session can reveal it.
-    observer.coord.bootstrap_map(SEED_MAP, POOL, &policies(), "test").await.unwrap();
+    observer
+        .coord
+        .bootstrap_map(SEED_MAP, POOL, &policies(), "test")
+        .await
+        .unwrap();
     gate.open();
 
     until(&mut members, "a's registrations to come back", |m| {
@@ -462,7 +479,10 @@ async fn malformed_znode_data_is_refused() {
     let config = config("malformed");
     let a = node(&config).await;
     let raw = raw_client(&config).await;
-    a.coord.bootstrap_map(SEED_MAP, POOL, &policies(), "test").await.unwrap();
+    a.coord
+        .bootstrap_map(SEED_MAP, POOL, &policies(), "test")
+        .await
+        .unwrap();
     let mut map = a.coord.map();
     let first = until(&mut map, "epoch 1", Option::is_some).await.unwrap();
 

@@ -47,12 +47,21 @@ pub trait Coordination: Send + Sync + 'static {
         deployed_by: &'a str,
     ) -> BoxFuture<'a, Result<String, CoordError>>;
 
+    /// See [`Coordinator::prune_policies`] (the uploads no map names, before a new one).
+    ///
+    /// # Errors
+    /// As [`Coordinator::prune_policies`].
+    fn prune_policies<'a>(&'a self, keep: &'a [String])
+    -> BoxFuture<'a, Result<usize, CoordError>>;
+
     /// See [`Coordinator::fetch_policy`] (a policy the map names, not yet compiled here).
     ///
     /// # Errors
     /// As [`Coordinator::fetch_policy`].
-    fn fetch_policy<'a>(&'a self, sha256: &'a str)
-    -> BoxFuture<'a, Result<StoredPolicy, CoordError>>;
+    fn fetch_policy<'a>(
+        &'a self,
+        sha256: &'a str,
+    ) -> BoxFuture<'a, Result<StoredPolicy, CoordError>>;
 }
 
 impl Coordination for Coordinator {
@@ -84,5 +93,12 @@ impl Coordination for Coordinator {
         sha256: &'a str,
     ) -> BoxFuture<'a, Result<StoredPolicy, CoordError>> {
         Coordinator::fetch_policy(self, sha256).boxed()
+    }
+
+    fn prune_policies<'a>(
+        &'a self,
+        keep: &'a [String],
+    ) -> BoxFuture<'a, Result<usize, CoordError>> {
+        Coordinator::prune_policies(self, keep).boxed()
     }
 }

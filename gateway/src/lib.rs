@@ -68,8 +68,8 @@ use crate::anti_entropy::AntiEntropy;
 use crate::cluster_keeper::ClusterKeeper;
 use crate::cluster_view::{ClusterView, Topology};
 use crate::coordination::Coordination;
-use crate::placement::build_placement;
 use crate::merger::Merger;
+use crate::placement::build_placement;
 use crate::policy::{MergePolicy, PlacementPolicy, PolicyEngine, PolicyLibrary};
 use crate::replicas::Replicas;
 

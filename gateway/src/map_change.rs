@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cartdb_core::cart::DeviceId;
-use cartdb_core::coord::map_edit::{self, MapEditError, NewDevice};
 use cartdb_core::coord::map::record_policy_event;
+use cartdb_core::coord::map_edit::{self, MapEditError, NewDevice};
 use cartdb_core::coord::policy_store::PolicyKind;
 use cartdb_core::coord::{ClusterMap, FULL_WEIGHT, Placement, PolicyEvent};
 use cartdb_core::pg_table::PgTable;

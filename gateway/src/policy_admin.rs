@@ -19,12 +19,12 @@
 
 use std::collections::BTreeSet;
 
+use cartdb_core::cart::{ItemMeta, ItemState, OpId, OpKind, Operation};
 use cartdb_core::config::Replication;
 use cartdb_core::coord::PolicyRef;
 use cartdb_core::coord::policy_store::PolicyKind;
-use cartdb_core::wire::{
-    GatewayFailure, PolicyInfo, PolicyStatus, PolicyVerdict, RunningPolicies,
-};
+use cartdb_core::version::Version;
+use cartdb_core::wire::{GatewayFailure, PolicyInfo, PolicyStatus, PolicyVerdict, RunningPolicies};
 
 use crate::cluster_view::ClusterView;
 use crate::coordination::Coordination;
@@ -51,7 +51,10 @@ pub struct PolicyAdmin<'a> {
 }
 
 impl PolicyAdmin<'_> {
-    /// Stores `bytes` in the policy store; the component's sha256.
+    /// Stores `bytes` in the policy store; the component's sha256. First removes every
+    /// stored component the map neither names nor keeps in its history (an earlier upload
+    /// that was refused, say), so the store holds at most one unnamed component and its size
+    /// is bounded by the history's.
     ///
     /// # Errors
     /// [`GatewayFailure::InvalidInput`] for an empty or oversized component,
@@ -63,6 +66,17 @@ impl PolicyAdmin<'_> {
         bytes: &[u8],
         by: &str,
     ) -> Result<String, GatewayFailure> {
+        let map = self.view.current().map.clone();
+        let keep: Vec<String> = std::iter::once(&map.policies.placement)
+            .chain(map.policies.merge.as_ref())
+            .chain(map.policy_history.iter().filter_map(|e| e.policy.as_ref()))
+            .map(|p| p.sha256.clone())
+            .collect();
+        match self.coordination.prune_policies(&keep).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "policy components no map names removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the policy store"),
+        }
         self.coordination
             .store_policy(kind, file_name, bytes, by)
             .await
@@ -99,7 +113,8 @@ impl PolicyAdmin<'_> {
             (PolicyKind::Merge, Some(sha256)) => self.verify_merge(sha256, &mut verdict).await,
             (PolicyKind::Merge, None) => {
                 "built-in".clone_into(&mut verdict.name);
-                "the built-in merge keeps the laws by construction".clone_into(&mut verdict.checked);
+                "the built-in merge keeps the laws by construction"
+                    .clone_into(&mut verdict.checked);
                 Ok(())
             }
         };
@@ -185,14 +200,17 @@ impl PolicyAdmin<'_> {
             .ok_or_else(|| "no merge policy".to_owned())?;
         policy.name().clone_into(&mut verdict.name);
         let report = tokio::task::spawn_blocking(move || {
-            merge_laws::check_laws(
+            // One merge first: a guest that traps or spins fails here at once, rather than
+            // on every case of every law (each waiting out the call's deadline).
+            policy.merge(&probe()).map_err(|e| e.to_string())?;
+            Ok::<_, String>(merge_laws::check_laws(
                 &|states| policy.merge(states),
                 MERGE_LAW_CASES,
                 MERGE_LAW_SEED,
-            )
+            ))
         })
         .await
-        .map_err(|e| format!("the merge-law check failed: {e}"))?;
+        .map_err(|e| format!("the merge-law check failed: {e}"))??;
         if !report.all_passed() {
             let broken: Vec<String> = report
                 .results
@@ -229,6 +247,25 @@ impl PolicyAdmin<'_> {
             history: topology.map.policy_history.clone(),
         }
     }
+}
+
+/// Two replicas of one item, each with an operation the other lacks.
+fn probe() -> [ItemState; 2] {
+    let state = |id: u128, hlc: u64| ItemState {
+        ops: vec![Operation {
+            id: OpId(id),
+            kind: OpKind::Add,
+            version: Version { hlc, gateway: 1 },
+        }],
+        ..ItemState::new(
+            "probe",
+            ItemMeta {
+                price: 1,
+                category: "probe".to_owned(),
+            },
+        )
+    };
+    [state(1, 10), state(2, 20)]
 }
 
 fn info(name: &str, sha256: &str) -> PolicyInfo {

@@ -207,7 +207,14 @@ impl GatewayService {
                 (item, _) => item,
             }
         } else {
-            item.await
+            match item.await {
+                WriteOutcome::NotInCart
+                    if topology.map.past_of(topology.pg_of(&write.key)).is_some() =>
+                {
+                    self.backfill_then_retry(&write, &devices, deadline).await
+                }
+                outcome => outcome,
+            }
         };
         match outcome {
             WriteOutcome::Acknowledged { qty, .. } => Ok(GatewayResponse::Updated { qty }),
@@ -216,6 +223,33 @@ impl GatewayService {
                 Err(quorum_not_reached(operation_name(kind), &failure))
             }
         }
+    }
+
+    /// A delete the up set refused as not in cart, on a PG with a past set: the up set may
+    /// not hold the item yet (its PG moved and backfill has not reached it; Ceph keeps such
+    /// a PG's old devices acting until backfill ends, with `pg_temp`). Copies this one item
+    /// from every replica it may be on (up and past sets) to the up set, as the sweep's
+    /// repair does, then sends the delete once more.
+    async fn backfill_then_retry(
+        &self,
+        write: &Arc<ItemWrite>,
+        devices: &[DeviceId],
+        deadline: Instant,
+    ) -> WriteOutcome {
+        metrics::counter!("cartdb_gateway_backfilled_on_demand_total").increment(1);
+        let only = std::slice::from_ref(&write.key.product);
+        if let Err(e) = self.sweep(&write.key.user, Some(only)).await {
+            tracing::debug!(error = %e, "backfill of one item before a delete failed; the delete is tried anyway");
+        }
+        let replication = self.parts.replication;
+        replicate(
+            &self.parts.replicas,
+            devices,
+            write.clone(),
+            replication,
+            deadline,
+        )
+        .await
     }
 
     /// Checks a cart change and makes its operation: the catalog's product, an operation id

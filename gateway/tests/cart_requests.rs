@@ -20,8 +20,8 @@ use cartdb_core::placement_key::index_entry;
 use cartdb_core::wire::{GatewayFailure, GatewayRequest, GatewayResponse};
 use cartdb_gateway::cluster_view::{ClusterView, Topology};
 use cartdb_gateway::coordination::Coordination;
-use cartdb_gateway::placement::EpochPlacement;
 use cartdb_gateway::merger::Merger;
+use cartdb_gateway::placement::EpochPlacement;
 use cartdb_gateway::policy::{
     MergePolicy, PlacementPolicy, PolicyEngine, PolicyLibrary, PolicyLimits,
 };
@@ -77,6 +77,13 @@ impl Coordination for FakeCoordination {
         _sha256: &'a str,
     ) -> BoxFuture<'a, Result<StoredPolicy, CoordError>> {
         async { Err(CoordError::ShuttingDown) }.boxed()
+    }
+
+    fn prune_policies<'a>(
+        &'a self,
+        _keep: &'a [String],
+    ) -> BoxFuture<'a, Result<usize, CoordError>> {
+        async { Ok(0) }.boxed()
     }
 }
 

@@ -271,7 +271,10 @@ impl ClusterMap {
             let path = format!("policy_history[{i}]");
             check_policy(event.policy.as_ref(), &path)?;
             if event.action.len() > MAX_POLICY_TEXT || event.by.len() > MAX_POLICY_TEXT {
-                return Err(wrong_type(&path, "an event with texts of at most 128 bytes"));
+                return Err(wrong_type(
+                    &path,
+                    "an event with texts of at most 128 bytes",
+                ));
             }
         }
         Ok(ClusterMap {
@@ -690,7 +693,10 @@ mod tests {
         let map = ClusterMap::parse(&seed_doc(), 1).unwrap();
         assert_eq!(map.policies, policies());
         assert_eq!(map.policy_history.len(), 2, "both kinds bootstrapped");
-        assert_eq!(previous_policy(&map.policy_history, PolicyKind::Placement), None);
+        assert_eq!(
+            previous_policy(&map.policy_history, PolicyKind::Placement),
+            None
+        );
         let mut change = Placement::of(&map);
         let rendezvous = PolicyRef {
             sha256: format!("{:064}", 2),
@@ -722,7 +728,10 @@ mod tests {
             previous_policy(&map.policy_history, PolicyKind::Placement),
             Some(Some(policies().placement))
         );
-        assert_eq!(previous_policy(&map.policy_history, PolicyKind::Merge), None);
+        assert_eq!(
+            previous_policy(&map.policy_history, PolicyKind::Merge),
+            None
+        );
     }
 
     #[test]
@@ -733,7 +742,10 @@ mod tests {
                 r#"{{"format": 4, "map": {}, "pool": {{"id": 1, "pg_num": 8, "size": 3}}{policies}}}"#,
                 map.map_json
             );
-            ClusterMap::parse(doc.as_bytes(), 1).map(|_| ()).unwrap_err().to_string()
+            ClusterMap::parse(doc.as_bytes(), 1)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
         };
         assert!(doc("").contains("policies is missing"));
         assert!(
