@@ -61,6 +61,10 @@ async fn the_api_keeps_its_openapi_contract() -> Result<()> {
             // answer 503; tests/tests/data_movement.rs covers them. Their preview, which
             // changes nothing, is fuzzed.
             .args(["--exclude-path", "/api/admin/map/change"])
+            // Policy deploys and rollbacks take a WebAssembly body and swap the cluster's
+            // policies; tests/tests/policy_lifecycle.rs covers them, hostile bodies included.
+            .args(["--exclude-path", "/api/admin/policies/{kind}"])
+            .args(["--exclude-path", "/api/admin/policies/{kind}/rollback"])
             .args(["--seed", SEED, "--max-examples", EXAMPLES])
             .args(["--phases", "examples,coverage,fuzzing"])
             .args(["--workers", "2", "--request-timeout", "30"])
