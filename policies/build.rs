@@ -163,6 +163,17 @@ const TEST_GUESTS: &[TestGuest] = &[
         },
     },
     TestGuest {
+        artifact: "test-wasi.wasm",
+        constant: "WASI_WASM",
+        doc: "Imports WASI's `wasi:random/random@0.2.0` (policies must import nothing).",
+        world: "evil-wasi",
+        imports: r#"(import "wasi:random/random@0.2.0" "get-random-u64" (func (result i64)))"#,
+        exports: Exports::Placement {
+            load: LOAD_OK,
+            place: PLACE_99,
+        },
+    },
+    TestGuest {
         artifact: "test-dup-device.wasm",
         constant: "DUP_DEVICE_WASM",
         doc: "`place` returns `[1, 1]`: the same device twice.",
@@ -288,6 +299,17 @@ const TEST_WIT: &str = "package cartdb:test-guests;
 world evil-imports {
     import host-log: func(msg: string);
     include cartdb:policy/placement-policy@0.1.0;
+}
+
+world evil-wasi {
+    import wasi:random/random@0.2.0;
+    include cartdb:policy/placement-policy@0.1.0;
+}
+
+package wasi:random@0.2.0 {
+    interface random {
+        get-random-u64: func() -> u64;
+    }
 }
 ";
 

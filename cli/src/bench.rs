@@ -45,6 +45,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub clients: u32,
     /// How long to measure, after the warm-up: `500ms`, `30s`, `2m` (a bare number is seconds).
+    /// SIGINT (Ctrl-C) or SIGTERM ends the run early, with the summary of what was measured.
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     pub duration: Duration,
     /// Distinct shoppers whose carts the clients fill.
@@ -392,6 +393,9 @@ struct Progress {
     warmup_ops: AtomicU64,
     ops: AtomicU64,
     failed: AtomicU64,
+    /// Set on SIGINT or SIGTERM: the workers finish their request in flight and the run
+    /// ends early, with its summary over the time actually measured.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// The phases of a run, as instants.
@@ -412,6 +416,7 @@ async fn drive(args: &BenchArgs, client: Client, plan: Plan) -> anyhow::Result<S
     let plan = Arc::new(plan);
     let progress = Arc::new(Progress::default());
     let reporter = tokio::spawn(report_progress(progress.clone(), schedule));
+    let stopper = tokio::spawn(stop_on_signal(progress.clone()));
     let mut workers = tokio::task::JoinSet::new();
     for &seed in &plan.worker_seeds {
         let worker = Worker::new(client.clone(), plan.clone(), progress.clone(), seed)?;
@@ -422,8 +427,31 @@ async fn drive(args: &BenchArgs, client: Client, plan: Plan) -> anyhow::Result<S
         total.merge(&joined.context("a benchmark worker died")??)?;
     }
     reporter.abort();
+    stopper.abort();
     total.elapsed = schedule.measure_from.elapsed();
     Ok(total)
+}
+
+/// Ends the run early on SIGINT or SIGTERM (the summary then covers what was measured).
+async fn stop_on_signal(progress: Arc<Progress>) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        () = terminate => {}
+    }
+    eprintln!("stopping: finishing the requests in flight, then the summary");
+    progress.stopped.store(true, Ordering::Relaxed);
 }
 
 /// Prints one line per second on stderr: the rate of the last second, the average so far,
@@ -494,7 +522,7 @@ impl Worker {
     async fn run(mut self, schedule: Schedule) -> anyhow::Result<Stats> {
         loop {
             let started = Instant::now();
-            if started >= schedule.end {
+            if started >= schedule.end || self.progress.stopped.load(Ordering::Relaxed) {
                 return Ok(self.stats);
             }
             let op = self.next_op();

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use cartdb_core::cart::{ItemKey, ItemMeta, OpId, OpKind, Operation};
 use cartdb_core::version::Version;
 use cartdb_core::wire::DataResponse;
-use cartdb_datanode::group_commit::{ApplyRequest, GroupCommit, GroupCommitSettings, Timing};
+use cartdb_datanode::group_commit::{ApplyRequest, GroupCommit};
 use cartdb_datanode::store::CartStore;
 use hdrhistogram::Histogram;
+
+mod setup;
 
 /// Writer counts to run, unless `BENCH_WRITERS` lists others (comma-separated).
 const WRITER_COUNTS: [u64; 3] = [1, 16, 64];
@@ -42,16 +44,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(writers: u64, length: Duration, then_read: bool) -> anyhow::Result<()> {
-    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tmp");
-    std::fs::create_dir_all(&base)?;
-    let dir = tempfile::tempdir_in(base)?;
-    let store = Arc::new(CartStore::open(dir.path())?);
-    let settings = GroupCommitSettings {
-        device: 1,
-        max_batch: 512,
-        timing: Timing::ANY_AGE,
-    };
-    let writer = Arc::new(GroupCommit::start(store.clone(), settings)?);
+    let setup::BenchStore {
+        dir: _dir,
+        store,
+        writer,
+    } = setup::open()?;
     let started = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|w| tokio::spawn(write_for(writer.clone(), w, started + length)))

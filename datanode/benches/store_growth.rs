@@ -20,8 +20,10 @@ use std::time::Instant;
 use cartdb_core::cart::{ItemKey, ItemMeta, OpId, OpKind, Operation};
 use cartdb_core::version::Version;
 use cartdb_core::wire::DataResponse;
-use cartdb_datanode::group_commit::{ApplyRequest, GroupCommit, GroupCommitSettings, Timing};
+use cartdb_datanode::group_commit::{ApplyRequest, GroupCommit};
 use cartdb_datanode::store::CartStore;
+
+mod setup;
 
 const WRITERS: u64 = 64;
 /// The catalog's size in the cluster benchmark.
@@ -36,16 +38,7 @@ fn main() -> anyhow::Result<()> {
     };
     let total = setting("BENCH_OPS", 1_500_000)?;
     let report = setting("BENCH_REPORT", 100_000)?.max(1);
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-tmp");
-    std::fs::create_dir_all(&base)?;
-    let dir = tempfile::tempdir_in(base)?;
-    let store = Arc::new(CartStore::open(dir.path())?);
-    let settings = GroupCommitSettings {
-        device: 1,
-        max_batch: 512,
-        timing: Timing::ANY_AGE,
-    };
-    let writer = Arc::new(GroupCommit::start(store.clone(), settings)?);
+    let setup::BenchStore { dir, store, writer } = setup::open()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -122,7 +122,7 @@ impl ClusterKeeper {
         if running.as_ref().map(|p| p.sha256()) == named.map(|p| p.sha256.as_str()) {
             return true;
         }
-        match self.library.merge(named).await {
+        match self.library.merge(named.map(|p| p.sha256.as_str())).await {
             Ok(policy) => {
                 tracing::info!(
                     epoch = map.epoch,
@@ -144,7 +144,7 @@ impl ClusterKeeper {
     }
 
     async fn rebuild(&self, map: &Arc<ClusterMap>) -> Option<Arc<EpochPlacement>> {
-        let policy = match self.library.placement(&map.policies.placement).await {
+        let policy = match self.library.placement(&map.policies.placement.sha256).await {
             Ok(policy) => policy,
             Err(e) => {
                 tracing::error!(epoch = map.epoch, error = %e, "cannot load the placement policy the map names; keeping the previous map");

@@ -123,7 +123,7 @@ pub async fn run(
     ));
     let merger = Arc::new(Merger::new(
         library
-            .merge(map.policies.merge.as_ref())
+            .merge(map.policies.merge.as_ref().map(|p| p.sha256.as_str()))
             .await
             .context("cannot load the merge policy the map names")?,
     ));
@@ -229,7 +229,7 @@ async fn initial_view(
         );
     }
     let policy = library
-        .placement(&map.policies.placement)
+        .placement(&map.policies.placement.sha256)
         .await
         .context("cannot load the placement policy the map names")?;
     if policy.path() != settings.placement_policy {

@@ -122,7 +122,7 @@ impl MapChanger {
             return Ok(current.clone());
         }
         self.library
-            .placement(&next.policies.placement)
+            .placement(&next.policies.placement.sha256)
             .await
             .map_err(|e| GatewayFailure::MapChangeRefused {
                 problem: format!("the placement policy cannot be loaded here: {e}"),

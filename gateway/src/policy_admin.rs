@@ -21,7 +21,6 @@ use std::collections::BTreeSet;
 
 use cartdb_core::cart::{ItemMeta, ItemState, OpId, OpKind, Operation};
 use cartdb_core::config::Replication;
-use cartdb_core::coord::PolicyRef;
 use cartdb_core::coord::policy_store::PolicyKind;
 use cartdb_core::version::Version;
 use cartdb_core::wire::{GatewayFailure, PolicyInfo, PolicyStatus, PolicyVerdict, RunningPolicies};
@@ -131,13 +130,9 @@ impl PolicyAdmin<'_> {
         sha256: String,
         verdict: &mut PolicyVerdict,
     ) -> Result<(), String> {
-        let wanted = PolicyRef {
-            sha256,
-            name: String::new(),
-        };
         let policy = self
             .library
-            .placement(&wanted)
+            .placement(&sha256)
             .await
             .map_err(|e| e.to_string())?;
         policy.name().clone_into(&mut verdict.name);
@@ -188,13 +183,9 @@ impl PolicyAdmin<'_> {
         sha256: String,
         verdict: &mut PolicyVerdict,
     ) -> Result<(), String> {
-        let wanted = PolicyRef {
-            sha256,
-            name: String::new(),
-        };
         let policy = self
             .library
-            .merge(Some(&wanted))
+            .merge(Some(&sha256))
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "no merge policy".to_owned())?;

@@ -15,8 +15,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cartdb_core::coord::CoordError;
 use cartdb_core::coord::policy_store::PolicyKind;
-use cartdb_core::coord::{CoordError, PolicyRef};
 
 use super::{MergePolicy, PlacementPolicy, PolicyEngine, PolicyError};
 use crate::coordination::Coordination;
@@ -83,17 +83,17 @@ impl PolicyLibrary {
         &self.engine
     }
 
-    /// The placement policy `policy` names, compiled.
+    /// The placement policy stored as `sha256`, compiled.
     ///
     /// # Errors
     /// [`LibraryError`] when it is not stored, stored as a merge policy, or does not load.
-    pub async fn placement(&self, policy: &PolicyRef) -> Result<PlacementPolicy, LibraryError> {
-        if let Some(found) = find(&self.placement, |p| p.sha256() == policy.sha256) {
+    pub async fn placement(&self, sha256: &str) -> Result<PlacementPolicy, LibraryError> {
+        if let Some(found) = find(&self.placement, |p| p.sha256() == sha256) {
             return Ok(found);
         }
-        let (label, bytes) = self.fetch(policy, PolicyKind::Placement).await?;
+        let (label, bytes) = self.fetch(sha256, PolicyKind::Placement).await?;
         let engine = self.engine.clone();
-        let loaded = compile(&policy.sha256, move || {
+        let loaded = compile(sha256, move || {
             PlacementPolicy::from_bytes(&engine, label, &bytes)
         })
         .await?;
@@ -101,23 +101,24 @@ impl PolicyLibrary {
         Ok(loaded)
     }
 
-    /// The merge policy `policy` names, compiled; `None` (the built-in merge) for `None`.
+    /// The merge policy stored as `sha256`, compiled; `None` (the built-in merge) for
+    /// `None`.
     ///
     /// # Errors
     /// As [`PolicyLibrary::placement`].
     pub async fn merge(
         &self,
-        policy: Option<&PolicyRef>,
+        sha256: Option<&str>,
     ) -> Result<Option<Arc<MergePolicy>>, LibraryError> {
-        let Some(policy) = policy else {
+        let Some(sha256) = sha256 else {
             return Ok(None);
         };
-        if let Some(found) = find(&self.merge, |p| p.sha256() == policy.sha256) {
+        if let Some(found) = find(&self.merge, |p| p.sha256() == sha256) {
             return Ok(Some(found));
         }
-        let (label, bytes) = self.fetch(policy, PolicyKind::Merge).await?;
+        let (label, bytes) = self.fetch(sha256, PolicyKind::Merge).await?;
         let engine = self.engine.clone();
-        let loaded = compile(&policy.sha256, move || {
+        let loaded = compile(sha256, move || {
             MergePolicy::from_bytes(&engine, label, &bytes).map(Arc::new)
         })
         .await?;
@@ -125,25 +126,21 @@ impl PolicyLibrary {
         Ok(Some(loaded))
     }
 
-    /// The stored bytes of `policy`, checked to be of `kind`, and a label for errors.
+    /// The stored bytes of `sha256`, checked to be of `kind`, and a label for errors.
     async fn fetch(
         &self,
-        policy: &PolicyRef,
+        sha256: &str,
         kind: PolicyKind,
     ) -> Result<(PathBuf, Vec<u8>), LibraryError> {
-        let stored = self.store.fetch_policy(&policy.sha256).await?;
+        let stored = self.store.fetch_policy(sha256).await?;
         if stored.header.kind != kind {
             return Err(LibraryError::WrongKind {
-                sha256: policy.sha256.clone(),
+                sha256: sha256.to_owned(),
                 stored: stored.header.kind.name(),
                 wanted: kind.name(),
             });
         }
-        let label = PathBuf::from(format!(
-            "{} (sha256 {})",
-            stored.header.name,
-            short(&policy.sha256)
-        ));
+        let label = PathBuf::from(format!("{} (sha256 {})", stored.header.name, short(sha256)));
         Ok((label, stored.bytes))
     }
 }
