@@ -10,6 +10,9 @@
 //! durable copies, so a `list_all` through any gateway right after it finds the item. A
 //! delete writes the item only: an index entry only means "look here", and the item's
 //! quantity decides whether it is in the cart.
+//!
+//! This file holds the cart paths (writes, reads, the sweep's step); the operator's requests
+//! (status, replicas, locate, device items, map changes, policies) are in `service/admin.rs`.
 
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -48,6 +51,8 @@ use crate::read_resolution::ReadShortfall;
 use crate::replicas::Replicas;
 use crate::write::{ItemWrite, replicate};
 use crate::write_quorum::WriteOutcome;
+
+mod admin;
 
 /// Everything a [`GatewayService`] is made of.
 pub struct ServiceParts {
@@ -373,75 +378,6 @@ impl GatewayService {
         });
     }
 
-    /// Records the sweep's progress (this gateway's own, while it leads) for `Cluster` answers.
-    pub fn set_sweep_status(&self, status: Option<SweepStatus>) {
-        *self.sweep.lock().unwrap_or_else(PoisonError::into_inner) = status;
-    }
-
-    fn maintenance(&self) -> MaintenanceStatus {
-        let repairs = self.read_repair.counters();
-        let (compactions, folded_ops) = self.compactor.counters();
-        MaintenanceStatus {
-            merge_policy: self.parts.merger.policy().map(|p| PolicyInfo {
-                name: p.name().to_owned(),
-                sha256: p.sha256().to_owned(),
-            }),
-            repairs: repairs.repaired,
-            repaired_ops: repairs.ops_added,
-            repair_failures: repairs.failed,
-            merge_fallbacks: self.parts.merger.fallbacks(),
-            compactions,
-            folded_ops,
-            anti_entropy: self
-                .sweep
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-            policy_calls: self.policy_calls(),
-        }
-    }
-
-    /// The policies' call counts. A gateway runs both policies on one engine; tests may
-    /// give them two.
-    fn policy_calls(&self) -> Vec<cartdb_core::wire::PolicyCallStats> {
-        let placement = self.parts.library.engine().stats();
-        let mut calls = placement.snapshot();
-        if let Some(merge) = self.parts.merger.policy()
-            && !std::ptr::eq(merge.engine().stats(), placement)
-        {
-            calls.extend(merge.engine().stats().snapshot());
-        }
-        calls
-    }
-
-    /// Every live device's own, unmerged state of `user`'s items.
-    async fn replica_dump(&self, user: &str, deadline: Instant) -> Answer {
-        validate_id("userid", user).map_err(invalid)?;
-        let topology = self.parts.view.current();
-        let request = DataRequest::ReadUser {
-            user: user.to_owned(),
-        };
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let calls = topology.members.devices.keys().map(|&device| {
-            let request = &request;
-            async move {
-                let answer = self.parts.replicas.call(device, request, timeout).await;
-                let (items, error) = match answer {
-                    Ok(DataResponse::UserItems { items }) => (Some(items), None),
-                    Ok(other) => (None, Some(format!("unexpected answer {other:?}"))),
-                    Err(e) => (None, Some(e.to_string())),
-                };
-                ReplicaDump {
-                    device,
-                    items,
-                    error,
-                }
-            }
-        });
-        let replicas = futures::future::join_all(calls).await;
-        Ok(GatewayResponse::Replicas { replicas })
-    }
-
     async fn list_all(&self, user: &str, deadline: Instant) -> Answer {
         validate_id("userid", user).map_err(invalid)?;
         let resolution = self.read(user, ReadMode::Quorum, deadline).await?;
@@ -458,144 +394,6 @@ impl GatewayService {
             catalog.by_id(id).map(|p| p.name.as_str())
         });
         Ok(GatewayResponse::Cart { items })
-    }
-
-    /// Where `user`'s items (or the one named `item`) live, and their cart-index entries:
-    /// each one's PG, its up and past sets, and what each of those devices holds.
-    async fn locate(&self, user: &str, item: Option<String>, deadline: Instant) -> Answer {
-        validate_id("userid", user).map_err(invalid)?;
-        let wanted = match &item {
-            Some(name) => {
-                validate_id("item", name).map_err(invalid)?;
-                Some(self.product_named(name)?.productid)
-            }
-            None => None,
-        };
-        let read = self.read(user, ReadMode::Quorum, deadline).await?;
-        // Items and the cart-index entries that record them (`@<productid>`).
-        let products: BTreeSet<String> = read
-            .items
-            .iter()
-            .filter(|s| {
-                let product = indexed_product(&s.product).unwrap_or(&s.product);
-                wanted.as_ref().is_none_or(|w| w == product)
-            })
-            .map(|s| s.product.clone())
-            .collect();
-        let topology = self.parts.view.current();
-        let keys: Vec<ItemKey> = products
-            .into_iter()
-            .map(|product| ItemKey {
-                user: user.to_owned(),
-                product,
-            })
-            .collect();
-        let devices: BTreeSet<DeviceId> = keys.iter().flat_map(|k| topology.read_set(k)).collect();
-        let held = self.summaries_on(user, devices, deadline).await;
-        let catalog = self.catalog();
-        let items = keys
-            .into_iter()
-            .map(|key| {
-                let pg = topology.pg_of(&key);
-                let up = topology.up_of_pg(pg);
-                let replicas = topology
-                    .read_set(&key)
-                    .into_iter()
-                    .map(|device| ReplicaLocation {
-                        device,
-                        current: up.contains(&device),
-                        answered: held.contains_key(&device),
-                        qty: held.get(&device).and_then(|items| {
-                            items
-                                .iter()
-                                .find(|s| s.product == key.product)
-                                .map(|s| s.qty)
-                        }),
-                    })
-                    .collect();
-                ItemLocation {
-                    name: catalog.by_id(&key.product).map(|p| p.name.clone()),
-                    x: placement_key(&key.user, &key.product),
-                    pg,
-                    replicas,
-                    product: key.product,
-                }
-            })
-            .collect();
-        Ok(GatewayResponse::Located { items })
-    }
-
-    /// Each answering device's summaries of `user`'s items (devices that fail are left out).
-    async fn summaries_on(
-        &self,
-        user: &str,
-        devices: BTreeSet<DeviceId>,
-        deadline: Instant,
-    ) -> BTreeMap<DeviceId, Vec<ItemSummary>> {
-        let request = DataRequest::ReadSummaries {
-            user: user.to_owned(),
-        };
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let calls = devices.into_iter().map(|device| {
-            let request = &request;
-            async move {
-                let answer = self.parts.replicas.call(device, request, timeout).await;
-                match answer {
-                    Ok(DataResponse::Summaries { items }) => Some((device, items)),
-                    _ => None,
-                }
-            }
-        });
-        futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-
-    /// One page of what `device` holds, from its own store.
-    async fn device_items(
-        &self,
-        device: DeviceId,
-        after: Option<ItemKey>,
-        limit: u32,
-        deadline: Instant,
-    ) -> Answer {
-        let topology = self.parts.view.current();
-        if !topology.map.devices.contains_key(&device) {
-            return Err(GatewayFailure::InvalidInput {
-                field: "device".to_owned(),
-                problem: format!("{device} is not a device of the map"),
-            });
-        }
-        if let Some(after) = &after {
-            validate_id("after.userid", &after.user).map_err(invalid)?;
-            validate_id("after.productid", &after.product).map_err(invalid)?;
-        }
-        let request = DataRequest::ListItems {
-            after,
-            limit: limit.clamp(1, MAX_DEVICE_ITEMS_PAGE),
-        };
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        match self.parts.replicas.call(device, &request, timeout).await {
-            Ok(DataResponse::Held { items, more }) => {
-                let next = more.then(|| items.last().map(held_key)).flatten();
-                Ok(GatewayResponse::DeviceItems { items, next })
-            }
-            Ok(DataResponse::Failed(failure)) => Err(GatewayFailure::QuorumNotReached {
-                operation: "device-items".to_owned(),
-                required: 1,
-                acked: 0,
-                errors: failure.to_string(),
-            }),
-            Ok(other) => Err(internal(format!("device {device} answered {other:?}"))),
-            Err(e) => Err(GatewayFailure::QuorumNotReached {
-                operation: "device-items".to_owned(),
-                required: 1,
-                acked: 0,
-                errors: e.to_string(),
-            }),
-        }
     }
 
     async fn list_category(&self, category: &str, deadline: Instant) -> Answer {
@@ -627,40 +425,6 @@ impl GatewayService {
                 detail: "the catalog update did not finish within the request time limit"
                     .to_owned(),
             }),
-        }
-    }
-
-    fn cluster(&self) -> GatewayResponse {
-        let view = &self.parts.view;
-        let mut status = view.current().status(
-            crate::policy_admin::running_placement(view),
-            self.parts.replication,
-            view.backfill(),
-        );
-        status.maintenance = self.maintenance();
-        GatewayResponse::Cluster(Box::new(status))
-    }
-
-    async fn map_change(&self, changes: &[MapChange], commit: bool) -> Answer {
-        let changer = MapChanger {
-            view: self.parts.view.clone(),
-            library: self.parts.library.clone(),
-            rule: self.parts.rule.clone(),
-            coordination: self.parts.coordination.clone(),
-        };
-        let preview = changer.run(changes, commit).await?;
-        Ok(GatewayResponse::MapPreview(Box::new(preview)))
-    }
-
-    fn policy_admin(&self) -> PolicyAdmin<'_> {
-        PolicyAdmin {
-            gateway: self.parts.gateway_id,
-            view: &self.parts.view,
-            library: &self.parts.library,
-            merger: &self.parts.merger,
-            coordination: self.parts.coordination.as_ref(),
-            rule: self.parts.rule.clone(),
-            replication: self.parts.replication,
         }
     }
 
