@@ -263,7 +263,12 @@ async fn verify_everywhere(
             let answer = state.pool().call_on(g.id, request).await;
             match answer.map(|reply| reply.response) {
                 Ok(GatewayResponse::PolicyVerified(verdict)) => *verdict,
-                Ok(other) => silent(g.id, kind, sha256, &format!("answered {other:?}")),
+                Ok(other) => silent(
+                    g.id,
+                    kind,
+                    sha256,
+                    &unexpected("VerifyPolicy", other).to_string(),
+                ),
                 Err(e) => silent(g.id, kind, sha256, &e.to_string()),
             }
         }

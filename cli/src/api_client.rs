@@ -48,6 +48,14 @@ pub fn post_json(args: &ApiArgs, path: &str, body: &Value) -> anyhow::Result<Val
     request_json(args, path, |client, url| client.post(url).json(body))
 }
 
+/// `POST {api}{path}` with `query` and no body, answered with JSON.
+///
+/// # Errors
+/// As [`get_json`].
+pub fn post_query(args: &ApiArgs, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    request_json(args, path, |client, url| client.post(url).query(query))
+}
+
 /// `POST {api}{path}` with `query` and the raw `body` (`Content-Type: application/wasm`),
 /// answered with JSON.
 ///

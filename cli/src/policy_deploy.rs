@@ -16,7 +16,7 @@ use cartdb_core::wire::MapPreview;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
-use crate::api_client::{ApiArgs, get_json, post_bytes, post_json, print_document};
+use crate::api_client::{ApiArgs, get_json, post_bytes, post_query, print_document};
 use crate::map::preview_text;
 
 /// Which policy a lifecycle command is about.
@@ -136,13 +136,12 @@ pub fn deploy(args: &DeployArgs) -> Result<ExitCode> {
 /// # Errors
 /// The API unreachable, or a refusal (409: nothing to roll back to, or a gateway refuses).
 pub fn rollback(args: &RollbackArgs) -> Result<ExitCode> {
-    let path = format!(
-        "/api/admin/policies/{}/rollback?by={}{}",
-        args.kind.name(),
-        urlencoding(&who(args.by.as_deref())),
-        if args.dry_run { "&dry_run=true" } else { "" }
-    );
-    let report = post_json(&args.api, &path, &Value::Null)?;
+    let path = format!("/api/admin/policies/{}/rollback", args.kind.name());
+    let mut query = vec![("by", who(args.by.as_deref()))];
+    if args.dry_run {
+        query.push(("dry_run", "true".to_owned()));
+    }
+    let report = post_query(&args.api, &path, &query)?;
     print_document(&report, args.json, report_text);
     Ok(ExitCode::SUCCESS)
 }
@@ -163,19 +162,6 @@ fn who(by: Option<&str>) -> String {
         .or_else(|| std::env::var("USER").ok())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "operator".to_owned())
-}
-
-/// Percent-encodes a query value (letters, digits and `-._~` stay).
-fn urlencoding(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn short(sha256: &Value) -> String {

@@ -28,7 +28,9 @@ pub struct GatewayConfig {
     pub advertise: Option<String>,
 
     /// Path to the placement policy, a WebAssembly component of the
-    /// `cartdb:policy/placement-policy` world. Required.
+    /// `cartdb:policy/placement-policy` world. Required. It only bootstraps a new cluster
+    /// (stored in ZooKeeper and named in the first map); once the map names a policy, the
+    /// gateway runs that one (`cartdb policy deploy` changes it).
     #[arg(long, env = "CARTDB_PLACEMENT_POLICY")]
     pub placement_policy: PathBuf,
 
@@ -80,7 +82,8 @@ pub struct GatewayConfig {
 
     /// Path to a merge policy, a WebAssembly component of the `cartdb:policy/merge-policy`
     /// world, used to merge replicas that disagree. Default: none (the built-in reference
-    /// merge, which the gateway also falls back to whenever the policy fails).
+    /// merge, which the gateway also falls back to whenever the policy fails). Like
+    /// `--placement-policy`, it only bootstraps a new cluster; the map decides afterwards.
     #[arg(long, env = "CARTDB_MERGE_POLICY")]
     pub merge_policy: Option<PathBuf>,
 
