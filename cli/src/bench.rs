@@ -531,7 +531,9 @@ impl Worker {
                 self.in_carts.push((op.user, op.product));
             }
             if started >= schedule.measure_from {
+                let minute = started.duration_since(schedule.measure_from).as_secs() / 60;
                 self.stats.record(op.kind, outcome, started.elapsed());
+                self.stats.count_in_minute(minute);
                 self.count(outcome);
             } else {
                 self.progress.warmup_ops.fetch_add(1, Ordering::Relaxed);
@@ -633,6 +635,9 @@ struct Stats {
     latency: BTreeMap<OpKind, Histogram<u64>>,
     /// Non-OK outcomes by label ("503", "transport", "not in cart", ...).
     outcomes: BTreeMap<String, u64>,
+    /// Requests by the minute of the measured time in which they were sent: whether the
+    /// rate holds as the store fills is the question a long run answers.
+    per_minute: Vec<u64>,
     elapsed: Duration,
 }
 
@@ -646,8 +651,30 @@ impl Stats {
             all: latency_histogram()?,
             latency,
             outcomes: BTreeMap::new(),
+            per_minute: Vec::new(),
             elapsed: Duration::ZERO,
         })
+    }
+
+    fn count_in_minute(&mut self, minute: u64) {
+        let minute = usize::try_from(minute).unwrap_or(usize::MAX);
+        if self.per_minute.len() <= minute {
+            self.per_minute.resize(minute.saturating_add(1), 0);
+        }
+        if let Some(count) = self.per_minute.get_mut(minute) {
+            *count += 1;
+        }
+    }
+
+    /// The rate of each whole minute of the measured time (a trailing part minute is left
+    /// out: it would read low or high by its length alone).
+    fn minute_rates(&self) -> Vec<f64> {
+        let whole = usize::try_from(self.elapsed.as_secs() / 60).unwrap_or(usize::MAX);
+        self.per_minute
+            .iter()
+            .take(whole)
+            .map(|&ops| ops as f64 / 60.0)
+            .collect()
     }
 
     fn record(&mut self, kind: OpKind, outcome: Outcome, took: Duration) {
@@ -678,6 +705,12 @@ impl Stats {
         for (label, n) in &other.outcomes {
             *self.outcomes.entry(label.clone()).or_default() += n;
         }
+        if self.per_minute.len() < other.per_minute.len() {
+            self.per_minute.resize(other.per_minute.len(), 0);
+        }
+        for (mine, theirs) in self.per_minute.iter_mut().zip(&other.per_minute) {
+            *mine += theirs;
+        }
         Ok(())
     }
 }
@@ -704,6 +737,24 @@ impl Latency {
             max: ms(histogram.max()),
         }
     }
+}
+
+/// "by minute" with each whole minute's rate, the last minute's share of the first and the
+/// slowest minute's share of the fastest; `None` under two whole minutes.
+fn minute_line(rates: &[f64]) -> Option<String> {
+    let (first, last) = (rates.first()?, rates.last()?);
+    if rates.len() < 2 {
+        return None;
+    }
+    let fastest = rates.iter().copied().fold(f64::MIN, f64::max);
+    let slowest = rates.iter().copied().fold(f64::MAX, f64::min);
+    let each: Vec<String> = rates.iter().map(|rate| format!("{rate:.0}")).collect();
+    Some(format!(
+        "ops/s by minute: {}; last minute {:.0}% of the first, slowest {:.0}% of the fastest\n",
+        each.join(" "),
+        last / first.max(f64::EPSILON) * 100.0,
+        slowest / fastest.max(f64::EPSILON) * 100.0
+    ))
 }
 
 /// Results of one operation kind.
@@ -734,6 +785,8 @@ pub struct Summary {
     /// Requests that count as failed: 5xx and transport.
     pub failed: u64,
     pub failure_rate: f64,
+    /// Ops/s of each whole minute measured (empty for runs under a minute).
+    pub per_minute: Vec<f64>,
 }
 
 impl Summary {
@@ -775,6 +828,7 @@ impl Summary {
             errors,
             failed,
             failure_rate: failed as f64 / total_ops.max(1) as f64,
+            per_minute: stats.minute_rates(),
         }
     }
 
@@ -833,6 +887,9 @@ impl Summary {
             self.total_ops,
             self.failure_rate * 100.0
         );
+        if let Some(line) = minute_line(&self.per_minute) {
+            out.push_str(&line);
+        }
         out
     }
 
@@ -873,6 +930,25 @@ mod tests {
         assert_eq!(m.weight(OpKind::Products), 0);
         assert_eq!(m.total(), 100);
         assert_eq!(mix("products=1").total(), 1);
+    }
+
+    #[test]
+    fn minutes_merge_across_workers_and_a_part_minute_is_left_out() {
+        let (mut one, mut two) = (Stats::new().unwrap(), Stats::new().unwrap());
+        for _ in 0..120 {
+            one.count_in_minute(0);
+        }
+        for _ in 0..60 {
+            two.count_in_minute(1);
+            two.count_in_minute(2);
+        }
+        one.merge(&two).unwrap();
+        one.elapsed = Duration::from_secs(150);
+        assert_eq!(one.minute_rates(), [2.0, 1.0]);
+        let line = minute_line(&one.minute_rates()).unwrap();
+        assert!(line.contains("by minute: 2 1; last minute 50% of the first, slowest 50%"));
+        assert_eq!(minute_line(&[3.0]), None);
+        assert_eq!(minute_line(&[]), None);
     }
 
     #[test]
