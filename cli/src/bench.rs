@@ -55,6 +55,12 @@ pub struct BenchArgs {
     /// list_all, list_category, products. Unlisted kinds get 0.
     #[arg(long, default_value = "insert=50,delete=25,list_all=25")]
     pub mix: Mix,
+    /// Before the warm-up, put one item in every shopper's cart (a load phase, as YCSB's):
+    /// the run then starts on a store holding `--users` carts instead of an empty one, and
+    /// its deletes may take out the loaded items. Progress is printed every second; the
+    /// summary gives the load's count and rate.
+    #[arg(long)]
+    pub fill: bool,
     /// Load before measuring starts, not counted in the results (lets connections and caches
     /// warm up). `0s` for none.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -390,6 +396,8 @@ impl Outcome {
 /// Counters the progress line reads while workers run.
 #[derive(Default)]
 struct Progress {
+    filled: AtomicU64,
+    fill_failed: AtomicU64,
     warmup_ops: AtomicU64,
     ops: AtomicU64,
     failed: AtomicU64,
@@ -407,29 +415,109 @@ struct Schedule {
 }
 
 async fn drive(args: &BenchArgs, client: Client, plan: Plan) -> anyhow::Result<Stats> {
+    let plan = Arc::new(plan);
+    let progress = Arc::new(Progress::default());
+    let stopper = tokio::spawn(stop_on_signal(progress.clone()));
+    let mut workers = Vec::with_capacity(plan.worker_seeds.len());
+    for &seed in &plan.worker_seeds {
+        workers.push(Worker::new(
+            client.clone(),
+            plan.clone(),
+            progress.clone(),
+            seed,
+        )?);
+    }
+    let (workers, fill_report) = if args.fill {
+        let (report, filled) = fill(workers, &plan, &progress).await?;
+        (filled, Some(report))
+    } else {
+        (workers, None)
+    };
     let start = Instant::now();
     let schedule = Schedule {
         start,
         measure_from: start + args.warmup,
         end: start + args.warmup + args.duration,
     };
-    let plan = Arc::new(plan);
-    let progress = Arc::new(Progress::default());
     let reporter = tokio::spawn(report_progress(progress.clone(), schedule));
-    let stopper = tokio::spawn(stop_on_signal(progress.clone()));
-    let mut workers = tokio::task::JoinSet::new();
-    for &seed in &plan.worker_seeds {
-        let worker = Worker::new(client.clone(), plan.clone(), progress.clone(), seed)?;
-        workers.spawn(worker.run(schedule));
+    let mut running = tokio::task::JoinSet::new();
+    for worker in workers {
+        running.spawn(worker.run(schedule));
     }
     let mut total = Stats::new()?;
-    while let Some(joined) = workers.join_next().await {
+    while let Some(joined) = running.join_next().await {
         total.merge(&joined.context("a benchmark worker died")??)?;
     }
     reporter.abort();
     stopper.abort();
     total.elapsed = schedule.measure_from.elapsed();
+    total.fill = fill_report;
     Ok(total)
+}
+
+/// The load phase of `--fill`: worker `w` of `n` inserts one item for shoppers `w`, `w + n`,
+/// ..., so every shopper is loaded once; each worker keeps what it loaded for later deletes.
+///
+/// # Errors
+/// When a worker dies, or when more than 1% of the loading inserts failed (the run would
+/// not start on the store it claims).
+async fn fill(
+    workers: Vec<Worker>,
+    plan: &Plan,
+    progress: &Arc<Progress>,
+) -> anyhow::Result<(FillReport, Vec<Worker>)> {
+    let started = Instant::now();
+    let reporter = tokio::spawn(report_fill(progress.clone(), plan.users.len() as u64));
+    let mut loading = tokio::task::JoinSet::new();
+    let stride = workers.len();
+    for (first, worker) in workers.into_iter().enumerate() {
+        loading.spawn(worker.fill(first, stride));
+    }
+    let mut filled = Vec::with_capacity(stride);
+    while let Some(joined) = loading.join_next().await {
+        filled.push(joined.context("a benchmark worker died while loading")?);
+    }
+    reporter.abort();
+    let report = FillReport {
+        items: progress.filled.load(Ordering::Relaxed),
+        failed: progress.fill_failed.load(Ordering::Relaxed),
+        secs: started.elapsed().as_secs_f64(),
+    };
+    eprintln!(
+        "fill: {} items in {:.0}s ({:.0} inserts/s), {} failed",
+        report.items,
+        report.secs,
+        report.items as f64 / report.secs.max(f64::EPSILON),
+        report.failed
+    );
+    if report.failed as f64 > plan.users.len() as f64 * MAX_FAILURE_RATE {
+        bail!(
+            "{} of {} loading inserts failed, more than the {:.0}% allowed",
+            report.failed,
+            plan.users.len(),
+            MAX_FAILURE_RATE * 100.0
+        );
+    }
+    Ok((report, filled))
+}
+
+/// Prints the load phase's progress once a second on stderr.
+async fn report_fill(progress: Arc<Progress>, users: u64) {
+    let start = Instant::now();
+    let mut ticks =
+        tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let mut last = 0;
+    loop {
+        let now = ticks.tick().await;
+        let done = progress.filled.load(Ordering::Relaxed);
+        let failed = progress.fill_failed.load(Ordering::Relaxed);
+        let t = now.duration_since(start).as_secs();
+        eprintln!(
+            "[{t:>4}s] fill {:>8} inserts/s, {done} of {users} carts, {failed} failed",
+            done - last
+        );
+        last = done;
+    }
 }
 
 /// Ends the run early on SIGINT or SIGTERM (the summary then covers what was measured).
@@ -517,6 +605,28 @@ impl Worker {
             in_carts: Vec::new(),
             stats: Stats::new()?,
         })
+    }
+
+    /// Inserts one item (a random product) for shoppers `first`, `first + stride`, ...
+    async fn fill(mut self, first: usize, stride: usize) -> Self {
+        for user in (first..self.plan.users.len()).step_by(stride.max(1)) {
+            if self.progress.stopped.load(Ordering::Relaxed) {
+                break;
+            }
+            let product = self.rng.random_range(0..self.plan.catalog.len());
+            let op = Op {
+                kind: OpKind::Insert,
+                user,
+                product,
+            };
+            if self.send(op).await == Outcome::Ok {
+                self.in_carts.push((user, product));
+                self.progress.filled.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.progress.fill_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self
     }
 
     async fn run(mut self, schedule: Schedule) -> anyhow::Result<Stats> {
@@ -638,7 +748,19 @@ struct Stats {
     /// Requests by the minute of the measured time in which they were sent: whether the
     /// rate holds as the store fills is the question a long run answers.
     per_minute: Vec<u64>,
+    /// The load phase, when `--fill` ran one.
+    fill: Option<FillReport>,
     elapsed: Duration,
+}
+
+/// What the load phase of `--fill` did.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FillReport {
+    /// Carts that got their item (inserts acknowledged).
+    pub items: u64,
+    /// Loading inserts that failed (5xx, transport or refused).
+    pub failed: u64,
+    pub secs: f64,
 }
 
 impl Stats {
@@ -652,6 +774,7 @@ impl Stats {
             latency,
             outcomes: BTreeMap::new(),
             per_minute: Vec::new(),
+            fill: None,
             elapsed: Duration::ZERO,
         })
     }
@@ -787,6 +910,8 @@ pub struct Summary {
     pub failure_rate: f64,
     /// Ops/s of each whole minute measured (empty for runs under a minute).
     pub per_minute: Vec<f64>,
+    /// The load phase before the run (`--fill`).
+    pub fill: Option<FillReport>,
 }
 
 impl Summary {
@@ -829,6 +954,7 @@ impl Summary {
             failed,
             failure_rate: failed as f64 / total_ops.max(1) as f64,
             per_minute: stats.minute_rates(),
+            fill: stats.fill,
         }
     }
 
@@ -841,6 +967,16 @@ impl Summary {
             "\ncartdb bench: {} clients, {} users, {:.1}s measured after {:.1}s warm-up, seed {}, {}",
             self.clients, self.users, self.measured_secs, self.warmup_secs, self.seed, self.api
         );
+        if let Some(fill) = &self.fill {
+            let _ = writeln!(
+                out,
+                "fill       {:>10} carts loaded first in {:.0}s ({:.0} inserts/s), {} failed",
+                fill.items,
+                fill.secs,
+                fill.items as f64 / fill.secs.max(f64::EPSILON),
+                fill.failed
+            );
+        }
         let _ = writeln!(
             out,
             "total      {:>10} ops  {:>10.1} ops/s",
@@ -1043,6 +1179,7 @@ mod tests {
             duration: Duration::from_secs(1),
             users: 1,
             mix: mix("insert=1"),
+            fill: false,
             warmup: Duration::ZERO,
             seed: Some(1),
             admin_token: None,

@@ -1,8 +1,10 @@
 //! The operator CLI covers the admin API: `cartdb product set|list`, `cartdb category`,
-//! `cartdb replicas`, `cartdb traffic`, `cartdb status` and `cartdb map pgs|preview` (the
-//! map changes are in `data_movement.rs`), in text and with `--json`, on a
+//! `cartdb replicas`, `cartdb traffic`, `cartdb status`, `cartdb map pgs|preview` (the
+//! map changes are in `data_movement.rs`) and `cartdb bench --fill`, in text and with
+//! `--json`, on a
 //! running cluster, with `--api` given and the token taken from `CARTDB_ADMIN_TOKEN`.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -122,6 +124,55 @@ async fn every_admin_action_has_a_command() -> Result<()> {
     ensure!(
         after["epoch"] == epoch,
         "a preview changed the map: {after}"
+    );
+
+    // `cartdb bench --fill` gives every shopper one item before the run; a run that only
+    // reads the catalog leaves exactly those carts, which the category index then lists.
+    let bench = cartdb_json(
+        &url,
+        &[
+            "bench",
+            "--users",
+            "40",
+            "--clients",
+            "4",
+            "--fill",
+            "--mix",
+            "products=1",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+        ],
+    )?;
+    ensure!(
+        bench["fill"]["items"] == 40 && bench["fill"]["failed"] == 0,
+        "{bench}"
+    );
+    let catalog = cartdb_json(&url, &["product", "list"])?;
+    let categories: BTreeSet<&str> = catalog["products"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|product| product["category"].as_str())
+        .collect();
+    let mut shoppers = BTreeSet::new();
+    for category in categories {
+        let listed = cartdb_json(&url, &["category", category])?;
+        shoppers.extend(
+            listed["users"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|user| user.as_str())
+                .filter(|user| user.starts_with("bench-"))
+                .map(str::to_owned),
+        );
+    }
+    ensure!(
+        shoppers.len() == 40,
+        "the category index lists {} loaded shoppers, not 40: {shoppers:?}",
+        shoppers.len()
     );
     Ok(())
 }
