@@ -53,6 +53,8 @@ pub struct BenchArgs {
     pub clients: u32,
     /// How long to measure, after the warm-up: `500ms`, `30s`, `2m` (a bare number is seconds).
     /// SIGINT (Ctrl-C) or SIGTERM ends the run early, with the summary of what was measured.
+    /// From two minutes on, the summary gives each minute's rate and the trend of the
+    /// per-second rates.
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     pub duration: Duration,
     /// Distinct shoppers whose carts the clients fill.
