@@ -289,12 +289,7 @@ impl Summary {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::bench::mix::Mix;
     use crate::bench::parse_api_url;
-
-    fn mix(text: &str) -> Mix {
-        text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
-    }
 
     #[test]
     fn the_failure_rate_decides_the_exit() {
@@ -314,7 +309,7 @@ mod tests {
             clients: 1,
             duration: Duration::from_secs(1),
             users: 1,
-            mix: mix("insert=1"),
+            mix: "insert=1".parse().unwrap(),
             fill: false,
             warmup: Duration::ZERO,
             seed: Some(1),
