@@ -44,31 +44,31 @@
 //! Identifiers never contain 0x00 (`validate_id` refuses control characters), which makes
 //! 0x00 a separator that also keeps keys sorted by user, then product: `"a\0"` sorts before
 //! `"a b\0"`. Every method is blocking: call it from `spawn_blocking` or a dedicated thread.
+//!
+//! Split along those lines: this file opens the store and reads it; `codec.rs` builds and
+//! parses the keys and values above; the two writers are in `write.rs`; the format marker
+//! is checked in `format.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cartdb_core::cart::{
-    InputError, ItemKey, ItemState, ItemSummary, OpId, OpKind, Operation, validate_id,
-};
-use cartdb_core::placement_key::{is_index_entry, placement_key};
-use cartdb_core::version::Version;
+use cartdb_core::cart::{InputError, ItemKey, ItemState, ItemSummary, OpId, Operation};
+use cartdb_core::placement_key::is_index_entry;
 use cartdb_core::wire::HeldItem;
 use fjall::compaction::Leveled;
 use fjall::config::PinningPolicy;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 use crate::head_cache::HeadCache;
 
-/// Leading byte of every `items` value; a new encoding gets a new byte, never a reuse.
-/// (1 was the whole-log layout described in the module docs.)
-const FORMAT_V2: u8 = 2;
-/// Tag of a log entry key, after `user 0x00 product 0x00`.
-const LOG_TAG: u8 = b'l';
-/// Tag of an id entry key.
-const ID_TAG: u8 = b'i';
-/// Separator between the parts of a key.
-const SEP: u8 = 0;
+mod codec;
+mod format;
+mod write;
+
+use codec::{
+    ID_TAG, LOG_TAG, decode_head, decode_id_entry, decode_log_entry, item_key, item_key_of,
+    key_prefix, log_prefix, product_of, show_key,
+};
 
 /// The file in the data directory that names its layout.
 pub const FORMAT_FILE: &str = "CARTDB_FORMAT";
@@ -259,7 +259,7 @@ impl CartStore {
     /// [`StoreError::Open`] when fjall cannot open the directory (missing permissions, another
     /// process holds it, unrecoverable data).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        check_format(path)?;
+        format::check_format(path)?;
         let open_error = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -544,161 +544,6 @@ impl CartStore {
         }
         Ok((held, false))
     }
-
-    /// Deletes every trace of `keys` (head, log and id entries, category and placement
-    /// entries) in one batch, fsync'd before it returns; items not held are skipped. Returns
-    /// how many items were deleted. Called by the group commit writer only, so it never
-    /// races a write.
-    ///
-    /// # Errors
-    /// As [`CartStore::read_summary`] for a read; [`StoreError::Commit`] when fjall fails,
-    /// after which fjall refuses every write.
-    pub fn drop_items(&self, keys: &[ItemKey]) -> Result<u32, StoreError> {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        let mut dropped = Vec::new();
-        let keys: std::collections::BTreeSet<&ItemKey> = keys.iter().collect();
-        for key in keys {
-            let Some(head) = self.read_summary(key)? else {
-                continue;
-            };
-            let prefix = log_prefix(key)?;
-            for guard in self.log.prefix(&prefix) {
-                let raw = guard.key().map_err(|source| StoreError::Read {
-                    key: show_key(&prefix),
-                    source,
-                })?;
-                batch.remove(&self.log, raw.to_vec());
-            }
-            if let Some(category) = listed_category(&head) {
-                batch.remove(&self.categories, index_key(category, key)?);
-            }
-            batch.remove(&self.placement, placement_entry(key)?);
-            batch.remove(&self.items, item_key(key)?);
-            dropped.push(key);
-        }
-        if dropped.is_empty() {
-            return Ok(0);
-        }
-        for user in self.emptied_users(&dropped)? {
-            batch.remove(&self.users, user.as_bytes());
-        }
-        batch.commit().map_err(|source| StoreError::Commit {
-            writes: dropped.len(),
-            source,
-        })?;
-        self.heads.dropped(dropped.iter().copied());
-        Ok(u32::try_from(dropped.len()).unwrap_or(u32::MAX))
-    }
-
-    /// The users of `dropped` who hold no other item on this replica.
-    fn emptied_users<'a>(&self, dropped: &[&'a ItemKey]) -> Result<Vec<&'a str>, StoreError> {
-        let mut users: Vec<&str> = dropped.iter().map(|k| k.user.as_str()).collect();
-        users.dedup(); // `dropped` is sorted by user
-        let mut emptied = Vec::new();
-        for user in users {
-            let prefix = key_prefix("userid", user)?;
-            let mut kept = false;
-            for guard in self.items.prefix(&prefix) {
-                let raw = guard.key().map_err(|source| StoreError::Read {
-                    key: show_key(&prefix),
-                    source,
-                })?;
-                let product = product_of(&raw[prefix.len()..], &raw)?;
-                if !dropped
-                    .iter()
-                    .any(|k| k.user == user && k.product == product)
-                {
-                    kept = true;
-                    break;
-                }
-            }
-            if !kept {
-                emptied.push(user);
-            }
-        }
-        Ok(emptied)
-    }
-
-    /// Writes every item state and index change in one atomic fjall batch, and returns once
-    /// the journal is fsync'd (`PersistMode::SyncData`).
-    ///
-    /// The durability is set on the batch rather than by a `persist` after `commit`, because
-    /// fjall publishes a batch to readers right after writing it to the journal: with a
-    /// separate persist a reader could see a write that a crash then loses.
-    ///
-    /// # Errors
-    /// [`StoreError::InvalidId`] or [`StoreError::Encode`] before anything is written;
-    /// [`StoreError::Commit`] when fjall fails, after which fjall refuses every write.
-    pub fn commit(&self, writes: &[ItemWrite]) -> Result<(), StoreError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        for write in writes {
-            self.stage(&mut batch, write)?;
-        }
-        batch.commit().map_err(|source| StoreError::Commit {
-            writes: writes.len(),
-            source,
-        })?;
-        // Durable now; readers must see it before the writer acknowledges anything.
-        self.heads.written(writes.iter().map(|w| (&w.key, &w.head)));
-        Ok(())
-    }
-
-    /// Adds one item write and its index change to `batch`.
-    fn stage(
-        &self,
-        batch: &mut fjall::OwnedWriteBatch,
-        write: &ItemWrite,
-    ) -> Result<(), StoreError> {
-        let raw = item_key(&write.key)?;
-        let value = encode_head(&raw, &write.head)?;
-        let prefix = log_prefix(&write.key)?;
-        for op in &write.added {
-            batch.insert(&self.log, id_entry_key(&prefix, op.id), id_entry_value(op));
-            // An operation added and folded by the same batch needs no log entry at all.
-            if !write.folded.contains(op) {
-                batch.insert(
-                    &self.log,
-                    log_entry_key(&prefix, op),
-                    vec![kind_byte(op.kind)],
-                );
-            }
-        }
-        for op in write.folded.iter().filter(|op| !write.added.contains(op)) {
-            batch.remove(&self.log, log_entry_key(&prefix, op));
-        }
-        for id in &write.forgotten {
-            batch.remove(&self.log, id_entry_key(&prefix, *id));
-        }
-        if let Some(category) = &write.index.remove {
-            batch.remove(&self.categories, index_key(category, &write.key)?);
-        }
-        if let Some(category) = &write.index.insert {
-            batch.insert(
-                &self.categories,
-                index_key(category, &write.key)?,
-                Vec::new(),
-            );
-        }
-        batch.insert(&self.items, raw, value);
-        if write.created {
-            batch.insert(&self.placement, placement_entry(&write.key)?, Vec::new());
-            batch.insert(&self.users, write.key.user.as_bytes(), Vec::new());
-        }
-        Ok(())
-    }
-
-    /// fsyncs the journal and everything before it (`SyncAll`), for an orderly shutdown.
-    ///
-    /// # Errors
-    /// [`StoreError::Persist`] when the fsync fails.
-    pub fn persist(&self) -> Result<(), StoreError> {
-        self.db
-            .persist(PersistMode::SyncAll)
-            .map_err(|source| StoreError::Persist { source })
-    }
 }
 
 /// Decodes every entry under `prefix` with `decode(key, key after the prefix, value)`.
@@ -738,239 +583,13 @@ fn keyspace_options() -> KeyspaceCreateOptions {
         .index_block_pinning_policy(PinningPolicy::all(true))
 }
 
-/// `user 0x00 product`.
-fn item_key(key: &ItemKey) -> Result<Vec<u8>, StoreError> {
-    let mut raw = key_prefix("userid", &key.user)?;
-    validate_id("productid", &key.product)?;
-    raw.extend_from_slice(key.product.as_bytes());
-    Ok(raw)
-}
-
-/// `category 0x00 user 0x00 product`.
-fn index_key(category: &str, key: &ItemKey) -> Result<Vec<u8>, StoreError> {
-    let mut raw = key_prefix("category", category)?;
-    raw.extend_from_slice(&item_key(key)?);
-    Ok(raw)
-}
-
-/// `id 0x00`, after checking that `id` cannot break the key layout.
-fn key_prefix(field: &str, id: &str) -> Result<Vec<u8>, StoreError> {
-    validate_id(field, id)?;
-    let mut raw = Vec::with_capacity(id.len() + 1 + 64);
-    raw.extend_from_slice(id.as_bytes());
-    raw.push(SEP);
-    Ok(raw)
-}
-
-/// The product part of an item key (what follows `user 0x00`).
-fn product_of<'a>(rest: &'a [u8], raw: &[u8]) -> Result<&'a str, StoreError> {
-    std::str::from_utf8(rest).map_err(|_| StoreError::MalformedKey { key: show_key(raw) })
-}
-
-/// The item of a `user 0x00 product` key part (`raw` is the whole key, for errors).
-fn item_key_of(rest: &[u8], raw: &[u8]) -> Result<ItemKey, StoreError> {
-    let malformed = || StoreError::MalformedKey { key: show_key(raw) };
-    let end = rest.iter().position(|&b| b == SEP).ok_or_else(malformed)?;
-    let user = std::str::from_utf8(&rest[..end]).map_err(|_| malformed())?;
-    let product = std::str::from_utf8(&rest[end + 1..]).map_err(|_| malformed())?;
-    if user.is_empty() || product.is_empty() {
-        return Err(malformed());
-    }
-    Ok(ItemKey {
-        user: user.to_owned(),
-        product: product.to_owned(),
-    })
-}
-
-/// `reverse_bits(x) user 0x00 product`: the item's `placement` entry.
-fn placement_entry(key: &ItemKey) -> Result<Vec<u8>, StoreError> {
-    let x = placement_key(&key.user, &key.product);
-    let mut raw = x.reverse_bits().to_be_bytes().to_vec();
-    raw.extend_from_slice(&item_key(key)?);
-    Ok(raw)
-}
-
-/// Refuses a data directory of another layout, and marks a new (empty) one with this one.
-fn check_format(path: &Path) -> Result<(), StoreError> {
-    let marker = path.join(FORMAT_FILE);
-    let marker_error = |source| StoreError::Marker {
-        path: marker.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&marker) {
-        Ok(found) if found.trim() == DATA_FORMAT => Ok(()),
-        Ok(found) => Err(StoreError::Format {
-            path: path.to_owned(),
-            found: found.trim().to_owned(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let empty = match std::fs::read_dir(path) {
-                Ok(mut entries) => entries.next().is_none(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                Err(e) => return Err(marker_error(e)),
-            };
-            if !empty {
-                return Err(StoreError::Format {
-                    path: path.to_owned(),
-                    found: "cartdb-data 2 or older (no format marker)".to_owned(),
-                });
-            }
-            std::fs::create_dir_all(path).map_err(marker_error)?;
-            write_marker(&marker).map_err(marker_error)
-        }
-        Err(e) => Err(marker_error(e)),
-    }
-}
-
-/// Writes the format marker durably (file and directory entry).
-fn write_marker(marker: &Path) -> std::io::Result<()> {
-    let file = std::fs::File::create(marker)?;
-    std::io::Write::write_all(&mut &file, format!("{DATA_FORMAT}\n").as_bytes())?;
-    file.sync_all()?;
-    if let Some(dir) = marker.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// `user 0x00 product 0x00`: the prefix of every log and id entry of the item.
-fn log_prefix(key: &ItemKey) -> Result<Vec<u8>, StoreError> {
-    let mut raw = item_key(key)?;
-    raw.push(SEP);
-    Ok(raw)
-}
-
-/// Log entry key: the prefix, `'l'`, then the version and id, so entries sort by
-/// [`Operation::log_order`].
-fn log_entry_key(prefix: &[u8], op: &Operation) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(prefix.len() + 29);
-    raw.extend_from_slice(prefix);
-    raw.push(LOG_TAG);
-    raw.extend_from_slice(&op.version.hlc.to_be_bytes());
-    raw.extend_from_slice(&op.version.gateway.to_be_bytes());
-    raw.extend_from_slice(&op.id.0.to_be_bytes());
-    raw
-}
-
-fn id_entry_key(prefix: &[u8], id: OpId) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(prefix.len() + 17);
-    raw.extend_from_slice(prefix);
-    raw.push(ID_TAG);
-    raw.extend_from_slice(&id.0.to_be_bytes());
-    raw
-}
-
-fn id_entry_value(op: &Operation) -> Vec<u8> {
-    let mut value = Vec::with_capacity(13);
-    value.extend_from_slice(&op.version.hlc.to_be_bytes());
-    value.extend_from_slice(&op.version.gateway.to_be_bytes());
-    value.push(kind_byte(op.kind));
-    value
-}
-
-fn kind_byte(kind: OpKind) -> u8 {
-    match kind {
-        OpKind::Add => 0,
-        OpKind::Delete => 1,
-    }
-}
-
-fn kind_of(byte: u8) -> Option<OpKind> {
-    match byte {
-        0 => Some(OpKind::Add),
-        1 => Some(OpKind::Delete),
-        _ => None,
-    }
-}
-
-/// Decodes a log entry from its key's tail after the tag (`hlc gateway id`) and its value.
-fn decode_log_entry(raw: &[u8], tail: &[u8], value: &[u8]) -> Result<Operation, StoreError> {
-    let malformed = || StoreError::MalformedEntry {
-        key: show_key(raw),
-        len: value.len(),
-    };
-    let (hlc, rest) = tail.split_first_chunk::<8>().ok_or_else(malformed)?;
-    let (gateway, rest) = rest.split_first_chunk::<4>().ok_or_else(malformed)?;
-    let id: &[u8; 16] = rest.try_into().map_err(|_| malformed())?;
-    let kind = match value {
-        [byte] => kind_of(*byte).ok_or_else(malformed)?,
-        _ => return Err(malformed()),
-    };
-    Ok(Operation {
-        id: OpId(u128::from_be_bytes(*id)),
-        kind,
-        version: Version {
-            hlc: u64::from_be_bytes(*hlc),
-            gateway: u32::from_be_bytes(*gateway),
-        },
-    })
-}
-
-fn decode_id_entry(raw: &[u8], id: OpId, value: &[u8]) -> Result<Operation, StoreError> {
-    let malformed = || StoreError::MalformedEntry {
-        key: show_key(raw),
-        len: value.len(),
-    };
-    let (hlc, rest) = value.split_first_chunk::<8>().ok_or_else(malformed)?;
-    let (gateway, rest) = rest.split_first_chunk::<4>().ok_or_else(malformed)?;
-    let kind = match rest {
-        [byte] => kind_of(*byte).ok_or_else(malformed)?,
-        _ => return Err(malformed()),
-    };
-    Ok(Operation {
-        id,
-        kind,
-        version: Version {
-            hlc: u64::from_be_bytes(*hlc),
-            gateway: u32::from_be_bytes(*gateway),
-        },
-    })
-}
-
-fn encode_head(raw: &[u8], head: &ItemSummary) -> Result<Vec<u8>, StoreError> {
-    let mut value = vec![FORMAT_V2];
-    postcard::to_io(head, &mut value).map_err(|source| StoreError::Encode {
-        key: show_key(raw),
-        source,
-    })?;
-    Ok(value)
-}
-
-/// Decodes an `items` value stored under `raw`, which names `product`.
-fn decode_head(raw: &[u8], product: &str, value: &[u8]) -> Result<ItemSummary, StoreError> {
-    let (&format, body) = value
-        .split_first()
-        .ok_or_else(|| StoreError::EmptyValue { key: show_key(raw) })?;
-    if format != FORMAT_V2 {
-        return Err(StoreError::UnknownFormat {
-            key: show_key(raw),
-            format,
-        });
-    }
-    let head: ItemSummary = postcard::from_bytes(body).map_err(|source| StoreError::Corrupt {
-        key: show_key(raw),
-        source,
-    })?;
-    if head.product != product {
-        return Err(StoreError::ProductMismatch {
-            key: show_key(raw),
-            stored: head.product,
-        });
-    }
-    Ok(head)
-}
-
-/// A key for error messages: separators shown as `/` (which identifiers never contain).
-fn show_key(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw).replace('\0', "/")
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 mod tests {
     use cartdb_core::cart::{ItemMeta, OpId, OpKind, Operation};
     use cartdb_core::version::Version;
 
+    use super::codec::{FORMAT_V2, encode_head};
     use super::*;
 
     fn state(qty_ops: &[OpKind], category: &str) -> ItemState {
@@ -1032,48 +651,5 @@ mod tests {
             decode_head(raw, "other", &value),
             Err(StoreError::ProductMismatch { .. })
         ));
-    }
-
-    #[test]
-    fn log_and_id_entries_round_trip_and_sort_by_version() {
-        let prefix = b"u1\0p1\0".to_vec();
-        let op = |id: u128, hlc| Operation {
-            id: OpId(id),
-            kind: OpKind::Delete,
-            version: Version { hlc, gateway: 3 },
-        };
-        let (early, late) = (op(u128::MAX, 5), op(1, 300));
-        let (k1, k2) = (
-            log_entry_key(&prefix, &early),
-            log_entry_key(&prefix, &late),
-        );
-        assert!(k1 < k2, "byte order is version order");
-        let tail = &k1[prefix.len() + 1..];
-        assert_eq!(decode_log_entry(&k1, tail, &[1]).unwrap(), early);
-        assert!(decode_log_entry(&k1, tail, &[7]).is_err());
-        assert!(decode_log_entry(&k1, &tail[1..], &[1]).is_err());
-        let id_key = id_entry_key(&prefix, late.id);
-        let value = id_entry_value(&late);
-        assert_eq!(decode_id_entry(&id_key, late.id, &value).unwrap(), late);
-        let err = decode_id_entry(&id_key, late.id, &value[1..]).unwrap_err();
-        assert!(err.to_string().contains("u1/p1/i"), "{err}");
-    }
-
-    #[test]
-    fn index_keys_parse_back_to_their_user() {
-        let key = item_key_of(b"u1\0p1", b"").unwrap();
-        assert_eq!((key.user.as_str(), key.product.as_str()), ("u1", "p1"));
-        assert!(item_key_of(b"u1p1", b"").is_err());
-        assert!(item_key_of(b"\0p1", b"").is_err());
-        assert!(item_key_of(b"u1\0", b"").is_err());
-    }
-
-    #[test]
-    fn identifiers_with_separators_are_refused() {
-        let key = ItemKey {
-            user: "a\0b".into(),
-            product: "p".into(),
-        };
-        assert!(matches!(item_key(&key), Err(StoreError::InvalidId(_))));
     }
 }
