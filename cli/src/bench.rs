@@ -544,8 +544,8 @@ impl Worker {
             }
             if started >= schedule.measure_from {
                 let second = started.duration_since(schedule.measure_from).as_secs();
-                self.stats.record(op.kind, outcome, started.elapsed());
-                self.stats.timeline.count(second);
+                self.stats
+                    .record(op.kind, outcome, second, started.elapsed());
                 self.count(outcome);
             } else {
                 self.progress.warmup_ops.fetch_add(1, Ordering::Relaxed);

@@ -25,7 +25,7 @@ pub struct Stats {
     /// Non-OK outcomes by label ("503", "transport", "not in cart", ...).
     outcomes: BTreeMap<String, u64>,
     /// Requests by the second of the measured time in which they were sent.
-    pub timeline: Timeline,
+    timeline: Timeline,
     /// The load phase, when `--fill` ran one.
     pub fill: Option<FillReport>,
     pub elapsed: Duration,
@@ -57,7 +57,9 @@ impl Stats {
         })
     }
 
-    pub fn record(&mut self, kind: OpKind, outcome: Outcome, took: Duration) {
+    /// Records a request sent in `second` of the measured time that took `took`.
+    pub fn record(&mut self, kind: OpKind, outcome: Outcome, second: u64, took: Duration) {
+        self.timeline.count(second);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
         self.all.saturating_record(micros);
         if let Some(histogram) = self.latency.get_mut(&kind) {
@@ -295,12 +297,18 @@ mod tests {
     fn the_failure_rate_decides_the_exit() {
         let mut stats = Stats::new().unwrap();
         for _ in 0..99 {
-            stats.record(OpKind::Insert, Outcome::Ok, Duration::from_millis(1));
+            stats.record(OpKind::Insert, Outcome::Ok, 0, Duration::from_millis(1));
         }
-        stats.record(OpKind::Delete, Outcome::NotInCart, Duration::from_millis(1));
+        stats.record(
+            OpKind::Delete,
+            Outcome::NotInCart,
+            0,
+            Duration::from_millis(1),
+        );
         stats.record(
             OpKind::Insert,
             Outcome::Status(503),
+            0,
             Duration::from_millis(2),
         );
         stats.elapsed = Duration::from_secs(1);
@@ -322,7 +330,12 @@ mod tests {
         assert_eq!(summary.not_in_cart, 1);
         assert_eq!(summary.failed, 1);
         assert!(summary.check_failure_rate().is_ok(), "1 of 101 is under 1%");
-        stats.record(OpKind::Insert, Outcome::Transport, Duration::from_millis(2));
+        stats.record(
+            OpKind::Insert,
+            Outcome::Transport,
+            0,
+            Duration::from_millis(2),
+        );
         let summary = Summary::new(&args, 1, &stats);
         assert!(summary.check_failure_rate().is_err(), "2 of 102 is over 1%");
         assert!(summary.to_text().contains("transport: 1"));
