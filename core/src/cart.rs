@@ -15,8 +15,14 @@ use crate::version::Version;
 /// A CRUSH device id (`device_<id>` in the map). Data node `device_3` has id 3.
 pub type DeviceId = u32;
 
-/// Longest user id, product id, product name or category accepted anywhere, in bytes.
+/// Longest user id, product name or category accepted anywhere, in bytes: the longest key
+/// part a store accepts.
 pub const MAX_ID_BYTES: usize = 256;
+
+/// Longest product id accepted, in bytes: one less than [`MAX_ID_BYTES`], because every
+/// insert also writes the user's cart-index entry under the product id [`INDEX_PREFIX`] +
+/// product id, and that key part must fit the store's limit too.
+pub const MAX_PRODUCT_ID_BYTES: usize = MAX_ID_BYTES - INDEX_PREFIX.len_utf8();
 
 /// A globally unique operation id. Retries of one client request carry the same id, so a
 /// replica that already holds it does not apply it twice.
@@ -286,10 +292,11 @@ pub fn fold_qty(start: u64, kinds: impl IntoIterator<Item = OpKind>) -> u64 {
 /// A product of the catalog (the seed's inventory).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
-    /// 1-256 bytes, no `/`, no control characters, not starting with `@`.
+    /// 1-255 bytes, no `/`, no control characters, not starting with `@` (the cart-index
+    /// entry `@<productid>` must fit the 256-byte key-part limit).
     #[schema(
         min_length = 1,
-        max_length = 256,
+        max_length = 255,
         pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
     )]
     pub productid: String,
@@ -318,18 +325,13 @@ impl Product {
         }
     }
 
-    /// Checks every field against the identifier rules.
+    /// Checks every field against the identifier rules, and the product id against every
+    /// key an insert of it creates (see [`validate_product_id`]).
     ///
     /// # Errors
     /// [`InputError`] naming the first field that is empty or too long.
     pub fn validate(&self) -> Result<(), InputError> {
-        validate_id("productid", &self.productid)?;
-        if is_index_entry(&self.productid) {
-            return Err(InputError {
-                field: "productid".to_owned(),
-                problem: InputProblem::ReservedPrefix,
-            });
-        }
+        validate_product_id("productid", &self.productid)?;
         validate_id("name", &self.name)?;
         validate_id("category", &self.category)
     }
@@ -399,9 +401,52 @@ pub fn validate_id(field: &str, value: &str) -> Result<(), InputError> {
     }
 }
 
+/// Checks a catalog product id: an identifier of at most [`MAX_PRODUCT_ID_BYTES`] that does
+/// not start with [`INDEX_PREFIX`]. Every key an insert creates is then within the limits
+/// the stores check: the item `(user, productid)`, its category entry, and the user's
+/// cart-index entry `(user, @productid)`. Checked once, before anything is written.
+///
+/// # Errors
+/// [`InputError`] naming `field` and the problem.
+pub fn validate_product_id(field: &str, value: &str) -> Result<(), InputError> {
+    validate_id(field, value)?;
+    let problem = if value.len() > MAX_PRODUCT_ID_BYTES {
+        InputProblem::TooLong {
+            len: value.len(),
+            max: MAX_PRODUCT_ID_BYTES,
+        }
+    } else if is_index_entry(value) {
+        InputProblem::ReservedPrefix
+    } else {
+        return Ok(());
+    };
+    Err(InputError {
+        field: field.to_owned(),
+        problem,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_product_id_leaves_room_for_its_cart_index_key() {
+        let longest = "p".repeat(MAX_PRODUCT_ID_BYTES);
+        assert!(validate_product_id("productid", &longest).is_ok());
+        let index_key = crate::placement_key::index_entry(&longest);
+        assert!(validate_id("productid", &index_key).is_ok());
+        let refused = validate_product_id("productid", &format!("{longest}p")).unwrap_err();
+        assert_eq!(refused.field, "productid");
+        assert_eq!(
+            refused.problem,
+            InputProblem::TooLong {
+                len: MAX_PRODUCT_ID_BYTES + 1,
+                max: MAX_PRODUCT_ID_BYTES
+            }
+        );
+        assert!(validate_product_id("productid", "@1").is_err());
+    }
 
     #[test]
     fn op_ids_are_hex_in_json_and_integers_in_postcard() {
