@@ -130,6 +130,7 @@ fn gateway_failure_status(failure: &GatewayFailure) -> StatusCode {
         | GatewayFailure::UnknownDevice { .. } => StatusCode::NOT_FOUND,
         GatewayFailure::InvalidInput { .. } => StatusCode::BAD_REQUEST,
         GatewayFailure::MapChangeRefused { .. } => StatusCode::CONFLICT,
+        GatewayFailure::ItemBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
         GatewayFailure::QuorumNotReached { .. }
         | GatewayFailure::CoordinationUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         // `Internal`, and any failure a newer gateway adds that this build does not know.

@@ -59,7 +59,7 @@ pub struct Changed {
 #[utoipa::path(post, path = "/api/insert", tag = "cart", request_body = CartChange,
     params(("Idempotency-Key" = Option<String>, Header, description = "any string of at most 256 bytes; retries with the same key are applied once (within the idempotency window)")),
     responses((status = 200, description = "inserted into cart: the quantity now", body = Changed),
-        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 404, description = "`product not available in inventory`, or (delete) `product is not available in cart`", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
+        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 404, description = "`product not available in inventory`, or (delete) `product is not available in cart`", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 429, description = "the item has had too many operations within the compaction grace (its replicas' cap of unfolded operations): retry later", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn insert(
     State(state): State<AppState>,
     key: IdempotencyKey,
@@ -82,7 +82,7 @@ pub async fn insert(
 #[utoipa::path(post, path = "/api/delete", tag = "cart", request_body = CartChange,
     params(("Idempotency-Key" = Option<String>, Header, description = "any string of at most 256 bytes; retries with the same key are applied once (within the idempotency window)")),
     responses((status = 200, description = "deleted from cart: the quantity now", body = Changed),
-        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 404, description = "`product not available in inventory`, or (delete) `product is not available in cart`", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
+        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 404, description = "`product not available in inventory`, or (delete) `product is not available in cart`", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 429, description = "the item has had too many operations within the compaction grace (its replicas' cap of unfolded operations): retry later", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     key: IdempotencyKey,

@@ -15,8 +15,12 @@
 //! after read repair changes nothing.
 //!
 //! How: operations are unioned by [`OpId`]; when two replicas hold the same operation under
-//! different versions (a retry that reached them through different gateways), the smaller
-//! version wins (and, for inputs no gateway would produce, the smaller kind). The base with the newest version wins, because a base only ever folds
+//! different versions (a retry that reached them through different gateways, or an
+//! operation its gateway stamped again above a newer one it had been refused behind), the
+//! larger version wins (and, for inputs no gateway would produce, the larger kind): the
+//! version a write quorum acknowledged is the largest its gateway issued, and only it is
+//! above every operation acknowledged before ("Safety" in docs/design.md). The base with
+//! the newest version wins, because a base only ever folds
 //! operations that every replica had acknowledged. Product facts come from the state with the
 //! newest version.
 
@@ -48,7 +52,7 @@ fn merge_many(states: &[&ItemState]) -> ItemState {
         by_id
             .entry(op.id)
             .and_modify(|held| {
-                if (op.version, op.kind) < (held.version, held.kind) {
+                if (op.version, op.kind) > (held.version, held.kind) {
                     *held = *op;
                 }
             })

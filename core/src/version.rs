@@ -69,6 +69,8 @@ pub struct HybridClock {
     gateway: u32,
     last: AtomicU64,
     max_skew_ms: u64,
+    /// Added to every wall-clock reading: 0 except in tests that skew one gateway's clock.
+    offset_ms: i64,
 }
 
 /// Why [`HybridClock::observe`] did not move the clock.
@@ -87,7 +89,21 @@ impl HybridClock {
             gateway,
             last: AtomicU64::new(0),
             max_skew_ms: DEFAULT_MAX_SKEW_MS,
+            offset_ms: 0,
         }
+    }
+
+    /// The same clock reading the wall clock `offset_ms` milliseconds ahead (behind, if
+    /// negative): how tests run one gateway with a skewed clock on a shared host.
+    #[must_use]
+    pub fn with_offset_ms(mut self, offset_ms: i64) -> Self {
+        self.offset_ms = offset_ms;
+        self
+    }
+
+    /// The wall clock as this clock reads it (shifted by its offset).
+    fn wall_millis(&self) -> u64 {
+        wall_clock_millis().saturating_add_signed(self.offset_ms)
     }
 
     /// The same clock with another bound on observed versions' skew.
@@ -99,7 +115,7 @@ impl HybridClock {
 
     /// Issues the next version, reading the system clock.
     pub fn now(&self) -> Version {
-        self.tick(wall_clock_millis())
+        self.tick(self.wall_millis())
     }
 
     /// Issues the next version for a wall-clock reading of `now_millis`.
@@ -124,7 +140,7 @@ impl HybridClock {
     /// [`TooFarAhead`] when `seen` is dated more than the allowed skew ahead of the wall
     /// clock; the clock is left alone.
     pub fn observe(&self, seen: Version) -> Result<(), TooFarAhead> {
-        self.observe_at(seen, wall_clock_millis())
+        self.observe_at(seen, self.wall_millis())
     }
 
     /// [`HybridClock::observe`] with a wall-clock reading of `now_millis`.

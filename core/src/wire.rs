@@ -22,7 +22,12 @@ use crate::cart::{
 /// 4: the hello carries a nonce and is followed by proofs of the cluster secret; replies
 /// are wrapped in `rpc::ReplyBody` (an answer, or "too large").
 /// 5: PG states and backfill progress in `Cluster` answers, cluster flags, map changes.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 6: policies named by the map, stored and verified through gateways.
+/// 7: applies carry `restamped` and are refused out of order (`OutOfOrder`); `Applied`
+/// says at which version the replica holds the operation; every data node request travels
+/// in a [`DataCall`] with the map epoch it was placed with (`StaleEpoch`, `MapUnknown`);
+/// drops are conditional on the scanned digest.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Which service a connection expects to reach, checked in the hello exchange so that a client
 /// pointed at the wrong port gets a clear error instead of undecodable frames.
@@ -42,7 +47,22 @@ impl ServiceKind {
     }
 }
 
-/// A request from a gateway to a data node.
+/// A request from a gateway to a data node, with the map epoch the gateway placed it with.
+///
+/// The data node refuses it with [`DataFailure::StaleEpoch`] when that map is older than
+/// the interval of a placement group it touches (the epoch its up or past set last changed,
+/// `ClusterMap::interval_of`): the gateway placed it where the PG no longer is. Requests
+/// naming items are checked against their items' PGs; those that span PGs (a user's cart, a
+/// category, a PG scan) against the newest interval of any PG. A data node whose own map is
+/// older than `epoch` learns the newer one before it answers. See "Safety" in
+/// docs/design.md.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataCall {
+    pub epoch: u64,
+    pub request: DataRequest,
+}
+
+/// What a gateway asks of a data node (always inside a [`DataCall`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataRequest {
     /// Append `op` to the item's log (durably, before the reply).
@@ -50,11 +70,19 @@ pub enum DataRequest {
     /// With `require_in_cart`, a replica whose folded quantity is 0 refuses with
     /// [`DataResponse::NotInCart`] and writes nothing: that is how a delete of an item that is
     /// not in the cart is refused without being half-applied.
+    ///
+    /// A replica that holds an operation of the item at or above `op`'s version refuses it
+    /// with [`DataFailure::OutOfOrder`] and writes nothing, so an operation is only ever
+    /// added above everything its replica holds (the real-time order rule, "Safety" in
+    /// docs/design.md). The gateway then stamps it again above the newest version and sends
+    /// it with `restamped`: a replica that holds the operation under an older version moves
+    /// it up to the new one.
     Apply {
         key: ItemKey,
         meta: ItemMeta,
         op: Operation,
         require_in_cart: bool,
+        restamped: bool,
     },
     /// Every item of `user` this replica holds.
     ReadUser { user: String },
@@ -87,10 +115,12 @@ pub enum DataRequest {
     /// ranges of reversed placement keys that hold exactly its items
     /// (`cartdb_model::pg::Pool::key_ranges`), at most `limit` of them.
     ScanPg { ranges: Vec<(u32, u32)>, limit: u32 },
-    /// Handback: delete these items (heads, logs, category entries) from this replica.
-    /// Sent only to devices that are no longer in the items' up sets, once the up set is
-    /// clean. Items this replica does not hold are skipped.
-    DropItems { keys: Vec<ItemKey> },
+    /// Handback: delete these items (heads, logs, category entries) from this replica,
+    /// each only if its digest is still the one given (the state the sweep's scan saw and
+    /// proved the up set holds). Sent only to devices that are no longer in the items' up
+    /// sets, once the up set is clean. Items this replica does not hold, or holds in
+    /// another state, are skipped and counted in the answer.
+    DropItems { items: Vec<(ItemKey, StateDigest)> },
     /// This replica's items in key order (user, then product), after `after`, at most
     /// `limit`: the seed's DEVICEID/USERID/PRODUCTID view.
     ListItems { after: Option<ItemKey>, limit: u32 },
@@ -125,8 +155,13 @@ pub struct HeldItem {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DataResponse {
     /// The operation is durable on this replica (or was already: `duplicate`). `qty` is this
-    /// replica's folded quantity afterwards.
-    Applied { qty: u64, duplicate: bool },
+    /// replica's folded quantity afterwards; `held` the version this replica holds the
+    /// operation under (another than the request's when it already held it).
+    Applied {
+        qty: u64,
+        duplicate: bool,
+        held: crate::version::Version,
+    },
     /// `require_in_cart` was set and the item's quantity is 0 here; nothing was written.
     NotInCart,
     /// The answer to [`DataRequest::ReadUser`], sorted by product id.
@@ -147,8 +182,9 @@ pub enum DataResponse {
     /// The answer to [`DataRequest::ScanPg`] and [`DataRequest::ListItems`], in key order;
     /// `more` when the limit cut the answer short.
     Held { items: Vec<HeldItem>, more: bool },
-    /// The answer to [`DataRequest::DropItems`]: how many items were deleted.
-    Dropped { items: u32 },
+    /// The answer to [`DataRequest::DropItems`]: how many items were deleted, and how many
+    /// were kept because their state changed since the scan.
+    Dropped { items: u32, changed: u32 },
 }
 
 /// Why a data node could not serve a request.
@@ -174,6 +210,51 @@ pub enum DataFailure {
         device: DeviceId,
         version: crate::version::Version,
         base: crate::version::Version,
+    },
+    /// The replica holds an operation of the item at `newest`, at or above the request's
+    /// `version`: adding it would order it before an operation that may have been
+    /// acknowledged already. Nothing was written; the gateway stamps it again above `newest`.
+    #[error(
+        "device {device} refused an operation of version {version:?}: it holds a newer one, {newest:?}"
+    )]
+    OutOfOrder {
+        device: DeviceId,
+        version: crate::version::Version,
+        newest: crate::version::Version,
+    },
+    /// The request was placed with map `epoch`, older than `interval`, the epoch at which
+    /// a placement group it touches last changed its up or past set. Nothing was read or
+    /// written; the gateway must place it again with a newer map (this node has `current`).
+    #[error(
+        "device {device} refused a request placed with map epoch {epoch}: its placement group changed at epoch {interval} (this device has epoch {current})"
+    )]
+    StaleEpoch {
+        device: DeviceId,
+        epoch: u64,
+        interval: u64,
+        current: u64,
+    },
+    /// The request was placed with map `epoch`, newer than this node's `current`, and the
+    /// node could not learn that map in time (ZooKeeper unreachable from it). Nothing was
+    /// read or written.
+    #[error(
+        "device {device} cannot serve a request placed with map epoch {epoch}: it only knows epoch {current} and could not learn a newer one"
+    )]
+    MapUnknown {
+        device: DeviceId,
+        epoch: u64,
+        current: u64,
+    },
+    /// The item's log holds `ops` operations not yet folded into its base, at the node's
+    /// cap: nothing was written. Compaction lifts it once the item's replicas agree and the
+    /// operations are older than the grace (the API answers 429).
+    #[error(
+        "device {device} refused an operation: the item holds {ops} unfolded operations, its cap of {cap}; it takes new ones once compaction folds old ones"
+    )]
+    ItemBusy {
+        device: DeviceId,
+        ops: u32,
+        cap: u32,
     },
     /// The operation's version is older than the node's acceptance window: a write that
     /// took too long on its way (see compaction in docs/design.md). Nothing was written.
@@ -511,6 +592,11 @@ pub enum GatewayFailure {
     /// A map change names a device the map does not have (HTTP 404).
     #[error("device {device} is not in the map")]
     UnknownDevice { device: DeviceId },
+    /// The item's replicas refuse new operations until compaction folds the ones they hold
+    /// (a hot item: many writes to one item within the compaction grace); retry later
+    /// (HTTP 429).
+    #[error("{name}: too many recent operations on this item, retry later ({detail})")]
+    ItemBusy { name: String, detail: String },
     /// A map change cannot be made in the cluster's present state (HTTP 409).
     #[error("map change refused: {problem}")]
     MapChangeRefused { problem: String },

@@ -151,6 +151,7 @@ fn request(w: u64, n: u64) -> ApplyRequest {
             },
         },
         require_in_cart: false,
+        restamped: false,
     }
 }
 

@@ -149,6 +149,7 @@ async fn apply(
             meta,
             op: Operation { id, kind, version },
             require_in_cart: kind == OpKind::Delete,
+            restamped: false,
         })
         .await;
     anyhow::ensure!(

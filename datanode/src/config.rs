@@ -57,6 +57,13 @@ pub struct DataNodeConfig {
     /// Idempotency-Key is still recognised. Default: 3600.
     #[arg(long, env = "CARTDB_IDEMPOTENCY_WINDOW_SECS", default_value_t = 3600)]
     pub idempotency_window_secs: u64,
+    /// Most operations an item's log may hold unfolded: an insert or delete of an item at
+    /// the cap is refused (the API answers 429) until compaction folds its old operations,
+    /// which it does once the item's replicas agree and the operations are older than
+    /// --compaction-grace-secs. Bounds every answer that carries an item's log. Between 64
+    /// and 1000000. Default: 4096.
+    #[arg(long, env = "CARTDB_MAX_ITEM_OPS", default_value_t = 4096)]
+    pub max_item_ops: u32,
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
@@ -107,6 +114,12 @@ impl DataNodeConfig {
                 "must be at least --compaction-grace-secs",
             ));
         }
+        if !(64..=1_000_000).contains(&self.max_item_ops) {
+            return Err(ConfigError::new(
+                "max-item-ops",
+                format!("{} is not between 64 and 1000000", self.max_item_ops),
+            ));
+        }
         if let Some(advertise) = &self.advertise {
             check_host_port(advertise)?;
         } else if self.listen.ip().is_unspecified() {
@@ -125,6 +138,7 @@ impl DataNodeConfig {
                 grace: Duration::from_secs(self.compaction_grace_secs),
                 id_retention: Duration::from_secs(self.idempotency_window_secs),
                 max_skew: Some(Duration::from_secs(self.max_clock_skew_secs)),
+                max_log_ops: Some(self.max_item_ops),
             },
             coord: self.zk.coord_config()?,
         })
@@ -182,6 +196,7 @@ mod tests {
     fn refusals_name_the_field() {
         let field = |args: &[&str]| parse(args).settings().unwrap_err().field;
         assert_eq!(field(&["--max-batch", "0"]), "max-batch");
+        assert_eq!(field(&["--max-item-ops", "10"]), "max-item-ops");
         assert_eq!(field(&["--listen", "0.0.0.0:7001"]), "advertise");
         assert_eq!(field(&["--advertise", "node1"]), "advertise");
         assert_eq!(field(&["--advertise", "node1:0"]), "advertise");

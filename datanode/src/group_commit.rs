@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use cartdb_core::cart::{DeviceId, InputError, ItemKey, validate_id};
+use cartdb_core::cart::{DeviceId, InputError, ItemKey, StateDigest, validate_id};
 use cartdb_core::version::wall_clock_millis;
 use cartdb_core::wire::{DataFailure, DataResponse};
 use tokio::sync::{mpsc, oneshot};
@@ -53,7 +53,7 @@ pub trait ItemLog: ItemReader + Send + Sync + 'static {
     ///
     /// # Errors
     /// As [`CartStore::drop_items`].
-    fn drop_items(&self, keys: &[ItemKey]) -> Result<u32, StoreError>;
+    fn drop_items(&self, items: &[(ItemKey, StateDigest)]) -> Result<(u32, u32), StoreError>;
 }
 
 impl ItemLog for CartStore {
@@ -61,8 +61,8 @@ impl ItemLog for CartStore {
         CartStore::commit(self, writes)
     }
 
-    fn drop_items(&self, keys: &[ItemKey]) -> Result<u32, StoreError> {
-        CartStore::drop_items(self, keys)
+    fn drop_items(&self, items: &[(ItemKey, StateDigest)]) -> Result<(u32, u32), StoreError> {
+        CartStore::drop_items(self, items)
     }
 }
 
@@ -143,7 +143,7 @@ struct Job {
 }
 
 struct DropJob {
-    keys: Vec<ItemKey>,
+    items: Vec<(ItemKey, StateDigest)>,
     reply: oneshot::Sender<DataResponse>,
 }
 
@@ -213,11 +213,11 @@ impl GroupCommit {
         self.write(WriteRequest::Compact(request)).await
     }
 
-    /// Deletes these items (handback, see `DataRequest::DropItems`) and answers once that
-    /// is durable. The writer runs it after the batch it arrives with, so it never races a
-    /// write.
-    pub async fn drop_items(&self, keys: Vec<ItemKey>) -> DataResponse {
-        for key in &keys {
+    /// Deletes these items if they are still in the state given (handback, see
+    /// `DataRequest::DropItems`) and answers once that is durable. The writer runs it after
+    /// the batch it arrives with, so it never races a write.
+    pub async fn drop_items(&self, items: Vec<(ItemKey, StateDigest)>) -> DataResponse {
+        for (key, _) in &items {
             if let Err(e) = validate_id("userid", &key.user)
                 .and_then(|()| validate_id("productid", &key.product))
             {
@@ -228,7 +228,7 @@ impl GroupCommit {
             }
         }
         let (reply, answer) = oneshot::channel();
-        self.send(Message::Drop(DropJob { keys, reply }), answer)
+        self.send(Message::Drop(DropJob { items, reply }), answer)
             .await
     }
 
@@ -411,8 +411,8 @@ impl Writer {
                     self.device,
                     format!("writes refused since a commit failed: {failure}"),
                 ),
-                None => match self.store.drop_items(&job.keys) {
-                    Ok(items) => DataResponse::Dropped { items },
+                None => match self.store.drop_items(&job.items) {
+                    Ok((items, changed)) => DataResponse::Dropped { items, changed },
                     Err(e @ StoreError::Commit { .. }) => {
                         self.fail(Vec::new(), &e);
                         storage_failure(self.device, e.to_string())
@@ -501,6 +501,7 @@ mod tests {
             meta: meta("c1"),
             op: op(id, OpKind::Add, hlc),
             require_in_cart: false,
+            restamped: false,
         }
     }
 
@@ -517,7 +518,8 @@ mod tests {
             writer.apply(apply(1, 1)).await,
             DataResponse::Applied {
                 qty: 1,
-                duplicate: false
+                duplicate: false,
+                held: op(1, OpKind::Add, 1).version,
             }
         );
         assert!(!writer.has_failed());

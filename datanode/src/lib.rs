@@ -5,10 +5,13 @@
 //! - [`config`]: [`DataNodeConfig`], the command line / environment, validated once.
 //! - [`store`]: [`store::CartStore`], the synchronous fjall wrapper (items + category index).
 //! - [`group_commit`]: [`group_commit::GroupCommit`], the single writer that batches fsyncs.
+//! - [`fence`]: the map-epoch fence every request passes first (pure).
+//! - [`head_cache`]: the heads of recently read carts.
 //! - [`service`]: [`service::DataNodeService`], the RPC handler for gateway requests.
 //! - [`run`]: the node's life: open, register, serve, and shut down in order.
 
 pub mod config;
+pub mod fence;
 pub mod group_commit;
 pub mod head_cache;
 pub mod service;
@@ -118,6 +121,7 @@ async fn serve_registered(
         .set_metrics_address(metrics_address)
         .await
         .with_context(|| format!("--metrics-listen: cannot register {metrics_address}"))?;
+    node.follow_map(coord.map());
     coord
         .register_device(settings.device, advertise)
         .await

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! rpc::serve --> DataNodeService::call
+//!                  fence: the call's map epoch against the PGs it touches (crate::fence);
+//!                  a newer epoch than this node's waits until the node has learnt it
 //!                  Apply, Repair, Compact, DropItems --> GroupCommit (writer thread, one
 //!                                                       fsync per batch)
 //!                  ReadSummaries, ReadItems, ReadUser, ListCategory, ScanPg, ListItems
@@ -17,17 +19,26 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cartdb_core::cart::DeviceId;
+use cartdb_core::coord::ClusterMap;
 use cartdb_core::rpc::Service;
-use cartdb_core::wire::{DataFailure, DataRequest, DataResponse, ServiceKind};
+use cartdb_core::wire::{DataCall, DataFailure, DataRequest, DataResponse, ServiceKind};
+use tokio::sync::watch;
 use tokio::task::JoinError;
+
+use crate::fence::{Verdict, verdict};
 
 use crate::group_commit::{
     ApplyRequest, BatchCounters, CompactRequest, GroupCommit, GroupCommitSettings, RepairRequest,
     StopError,
 };
 use crate::store::{CartStore, StoreError};
+
+/// How long a request placed with a map newer than this node's waits for the node to learn
+/// it (a ZooKeeper watch usually delivers it within milliseconds).
+const MAP_WAIT: Duration = Duration::from_secs(2);
 
 /// Most items one `ScanPg` or `ListItems` answer carries, whatever the request asks: a
 /// few hundred bytes each keeps an answer well under the RPC frame limit.
@@ -52,6 +63,9 @@ pub struct DataNodeService {
     device: DeviceId,
     store: Arc<CartStore>,
     writer: GroupCommit,
+    /// The cluster map as this node last read it (`None` before the first read), for the
+    /// epoch fence.
+    map: watch::Sender<Option<Arc<ClusterMap>>>,
 }
 
 impl DataNodeService {
@@ -71,7 +85,66 @@ impl DataNodeService {
             device: settings.device,
             store,
             writer,
+            map: watch::Sender::new(None),
         }))
+    }
+
+    /// Fences requests with the maps `maps` publishes (the coordinator's copy of `/map`)
+    /// until it closes.
+    pub fn follow_map(self: &Arc<Self>, mut maps: watch::Receiver<Option<Arc<ClusterMap>>>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let map = maps.borrow_and_update().clone();
+                let Some(me) = me.upgrade() else { return };
+                if let Some(map) = &map {
+                    #[allow(clippy::cast_precision_loss, reason = "epochs stay far below 2^52")]
+                    metrics::gauge!("cartdb_datanode_map_epoch").set(map.epoch as f64);
+                }
+                me.map.send_replace(map);
+                drop(me);
+                if maps.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Checks `call` against the epoch fence, learning a newer map first if the call was
+    /// placed with one; the refusal to answer instead, if any.
+    async fn fence(&self, call: &DataCall) -> Option<DataResponse> {
+        let mut decided = verdict(self.map.borrow().as_deref(), call.epoch, &call.request);
+        if decided == Verdict::Ahead {
+            let mut maps = self.map.subscribe();
+            let learnt = maps.wait_for(|map| map.as_ref().is_some_and(|m| m.epoch >= call.epoch));
+            if let Ok(Ok(map)) = tokio::time::timeout(MAP_WAIT, learnt).await {
+                decided = verdict(map.as_deref(), call.epoch, &call.request);
+            }
+            drop(maps);
+        }
+        let current = self.map.borrow().as_ref().map_or(0, |m| m.epoch);
+        let failure = match decided {
+            Verdict::Serve => return None,
+            Verdict::Stale { interval } => DataFailure::StaleEpoch {
+                device: self.device,
+                epoch: call.epoch,
+                interval,
+                current,
+            },
+            Verdict::Ahead => DataFailure::MapUnknown {
+                device: self.device,
+                epoch: call.epoch,
+                current,
+            },
+        };
+        let reason = if decided == Verdict::Ahead {
+            "unknown"
+        } else {
+            "stale"
+        };
+        metrics::counter!("cartdb_datanode_fenced_total", "reason" => reason).increment(1);
+        tracing::debug!(%failure, request = call.request.name(), "fenced");
+        Some(DataResponse::Failed(failure))
     }
 
     /// Counters of the group commit so far.
@@ -138,27 +211,32 @@ impl DataNodeService {
 }
 
 impl Service for DataNodeService {
-    type Request = DataRequest;
+    type Request = DataCall;
     type Response = DataResponse;
     const KIND: ServiceKind = ServiceKind::DataNode;
 
-    fn request_name(request: &DataRequest) -> &'static str {
-        request.name()
+    fn request_name(call: &DataCall) -> &'static str {
+        call.request.name()
     }
 
-    async fn call(self: Arc<Self>, request: DataRequest) -> DataResponse {
-        match request {
+    async fn call(self: Arc<Self>, call: DataCall) -> DataResponse {
+        if let Some(refusal) = self.fence(&call).await {
+            return refusal;
+        }
+        match call.request {
             DataRequest::Apply {
                 key,
                 meta,
                 op,
                 require_in_cart,
+                restamped,
             } => {
                 let request = ApplyRequest {
                     key,
                     meta,
                     op,
                     require_in_cart,
+                    restamped,
                 };
                 self.writer.apply(request).await
             }
@@ -212,7 +290,7 @@ impl Service for DataNodeService {
                 })
                 .await
             }
-            DataRequest::DropItems { keys } => self.writer.drop_items(keys).await,
+            DataRequest::DropItems { items } => self.writer.drop_items(items).await,
         }
     }
 }

@@ -7,8 +7,9 @@ mod common;
 
 use cartdb_core::cart::{ItemKey, OpKind};
 use cartdb_core::wire::{DataFailure, DataResponse};
+use cartdb_datanode::group_commit::RepairRequest;
 use cartdb_datanode::store::CartStore;
-use common::{applied, close, duplicate, op, open, open_timed};
+use common::{applied, apply_qty, close, duplicate, op, open, open_timed};
 
 fn key(user: &str, product: &str) -> ItemKey {
     ItemKey {
@@ -17,15 +18,15 @@ fn key(user: &str, product: &str) -> ItemKey {
     }
 }
 
-/// Operations that arrive out of version order still fold in version order: the replica
-/// ends with the quantity of the version-ordered log, clamped at zero along the way.
+/// Operations that arrive out of version order (a replica catching up through repair)
+/// still fold in version order: the replica ends with the quantity of the version-ordered
+/// log, clamped at zero along the way.
 #[tokio::test]
 async fn quantity_folds_in_version_order() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path(), 16);
     // Version order: add(10), add(20), delete(30), delete(40), delete(50), add(60) -> 1.
-    // Arrival order differs; deletes do not require the item in the cart here (a replica
-    // catching up applies whatever the quorum accepted).
+    // Arrival order differs.
     let arrivals = [
         (6, OpKind::Add, 60),
         (3, OpKind::Delete, 30),
@@ -35,15 +36,17 @@ async fn quantity_folds_in_version_order() {
         (4, OpKind::Delete, 40),
     ];
     for (id, kind, hlc) in arrivals {
-        let mut request = op("u1", "p1", "c1", id, kind, hlc);
-        request.require_in_cart = false;
-        assert!(matches!(
-            writer.apply(request).await,
-            DataResponse::Applied {
-                duplicate: false,
-                ..
-            }
-        ));
+        let request = op("u1", "p1", "c1", id, kind, hlc);
+        let repair = RepairRequest {
+            key: request.key,
+            meta: request.meta,
+            base: None,
+            ops: vec![request.op],
+        };
+        assert_eq!(
+            writer.repair(repair).await,
+            DataResponse::Repaired { added: 1 }
+        );
     }
     let item = store.read_item(&key("u1", "p1")).unwrap().unwrap();
     assert_eq!(item.qty(), 1);
@@ -70,7 +73,6 @@ async fn quantity_folds_in_version_order() {
 async fn a_repair_fills_gaps_and_adopts_a_newer_base() {
     use cartdb_core::cart::Base;
     use cartdb_core::version::Version;
-    use cartdb_datanode::group_commit::RepairRequest;
 
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path(), 16);
@@ -79,8 +81,8 @@ async fn a_repair_fills_gaps_and_adopts_a_newer_base() {
         request.require_in_cart = false;
         request
     };
-    assert_eq!(writer.apply(add(1, 10)).await, applied(1));
-    assert_eq!(writer.apply(add(2, 20)).await, applied(2));
+    assert_eq!(apply_qty(&writer, add(1, 10)).await, applied(1));
+    assert_eq!(apply_qty(&writer, add(2, 20)).await, applied(2));
     let base = Base {
         qty: 2,
         version: Some(Version {
@@ -105,12 +107,12 @@ async fn a_repair_fills_gaps_and_adopts_a_newer_base() {
     let head = store.read_summary(&key("u1", "p1")).unwrap().unwrap();
     assert_eq!(head, item.summary());
     assert_eq!(
-        writer.apply(add(1, 10)).await,
+        apply_qty(&writer, add(1, 10)).await,
         duplicate(3),
         "folded, still known"
     );
     assert!(matches!(
-        writer.apply(add(9, 15)).await,
+        apply_qty(&writer, add(9, 15)).await,
         DataResponse::Failed(DataFailure::TooOld { .. })
     ));
     close(store, writer).await;
@@ -123,11 +125,14 @@ async fn a_retry_is_applied_once() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path(), 16);
     let add = op("u1", "p1", "c1", 1, OpKind::Add, 10);
-    let (first, second) = tokio::join!(writer.apply(add.clone()), writer.apply(add.clone()));
+    let (first, second) = tokio::join!(
+        apply_qty(&writer, add.clone()),
+        apply_qty(&writer, add.clone())
+    );
     let mut replies = [first, second];
     replies.sort_by_key(|r| format!("{r:?}"));
     assert_eq!(replies, [applied(1), duplicate(1)]);
-    assert_eq!(writer.apply(add).await, duplicate(1));
+    assert_eq!(apply_qty(&writer, add).await, duplicate(1));
     let item = store.read_item(&key("u1", "p1")).unwrap().unwrap();
     assert_eq!(item.ops.len(), 1);
 }
@@ -138,12 +143,12 @@ async fn a_retried_delete_is_a_duplicate_at_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, writer) = open(dir.path(), 16);
     assert_eq!(
-        writer.apply(op("u1", "p1", "c1", 1, OpKind::Add, 10)).await,
+        apply_qty(&writer, op("u1", "p1", "c1", 1, OpKind::Add, 10)).await,
         applied(1)
     );
     let delete = op("u1", "p1", "c1", 2, OpKind::Delete, 20);
-    assert_eq!(writer.apply(delete.clone()).await, applied(0));
-    assert_eq!(writer.apply(delete).await, duplicate(0));
+    assert_eq!(apply_qty(&writer, delete.clone()).await, applied(0));
+    assert_eq!(apply_qty(&writer, delete).await, duplicate(0));
 }
 
 /// A delete of an item that is not in the cart (never added, or back at zero) is refused
@@ -153,25 +158,21 @@ async fn a_delete_not_in_cart_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path(), 16);
     let delete = op("u1", "p1", "c1", 1, OpKind::Delete, 10);
-    assert_eq!(writer.apply(delete).await, DataResponse::NotInCart);
+    assert_eq!(apply_qty(&writer, delete).await, DataResponse::NotInCart);
     assert_eq!(store.read_item(&key("u1", "p1")).unwrap(), None);
     assert!(store.read_user("u1", None).unwrap().is_empty());
 
     assert_eq!(
-        writer.apply(op("u1", "p1", "c1", 2, OpKind::Add, 20)).await,
+        apply_qty(&writer, op("u1", "p1", "c1", 2, OpKind::Add, 20)).await,
         applied(1)
     );
     assert_eq!(
-        writer
-            .apply(op("u1", "p1", "c1", 3, OpKind::Delete, 30))
-            .await,
+        apply_qty(&writer, op("u1", "p1", "c1", 3, OpKind::Delete, 30)).await,
         applied(0)
     );
     let before = store.read_item(&key("u1", "p1")).unwrap();
     assert_eq!(
-        writer
-            .apply(op("u1", "p1", "c1", 4, OpKind::Delete, 40))
-            .await,
+        apply_qty(&writer, op("u1", "p1", "c1", 4, OpKind::Delete, 40)).await,
         DataResponse::NotInCart
     );
     assert_eq!(store.read_item(&key("u1", "p1")).unwrap(), before);
@@ -189,9 +190,7 @@ async fn read_user_is_sorted_and_exact() {
     {
         let id = u128::try_from(id).unwrap() + 1;
         assert_eq!(
-            writer
-                .apply(op(user, product, "c", id, OpKind::Add, 1))
-                .await,
+            apply_qty(&writer, op(user, product, "c", id, OpKind::Add, 1)).await,
             applied(1)
         );
     }
@@ -215,7 +214,7 @@ async fn invalid_identifiers_are_refused() {
         op("u\0x", "p", "c", 1, OpKind::Add, 1),
         op("u", "p", "", 2, OpKind::Add, 1),
     ] {
-        let reply = writer.apply(bad).await;
+        let reply = apply_qty(&writer, bad).await;
         assert!(
             matches!(
                 reply,
@@ -225,7 +224,7 @@ async fn invalid_identifiers_are_refused() {
         );
     }
     assert_eq!(
-        writer.apply(op("u", "p", "c", 3, OpKind::Add, 1)).await,
+        apply_qty(&writer, op("u", "p", "c", 3, OpKind::Add, 1)).await,
         applied(1)
     );
 }
@@ -241,6 +240,7 @@ async fn a_version_from_the_future_is_refused() {
 
     let dir = tempfile::tempdir().unwrap();
     let timing = Timing {
+        max_log_ops: None,
         accept_window: Some(Duration::from_secs(30)),
         grace: Duration::from_secs(60),
         id_retention: Duration::from_secs(3600),
@@ -249,7 +249,7 @@ async fn a_version_from_the_future_is_refused() {
     let (store, writer) = open_timed(dir.path(), 16, timing);
     let now = wall_clock_millis();
     let future = op("u1", "p1", "c1", 1, OpKind::Add, (now + 3_600_000) << 16);
-    match writer.apply(future).await {
+    match apply_qty(&writer, future).await {
         DataResponse::Failed(DataFailure::FromTheFuture {
             ahead_ms,
             max_skew_ms,
@@ -263,7 +263,7 @@ async fn a_version_from_the_future_is_refused() {
     assert_eq!(store.read_item(&key("u1", "p1")).unwrap(), None);
     let near = op("u1", "p1", "c1", 2, OpKind::Add, (now + 1_000) << 16);
     assert!(matches!(
-        writer.apply(near).await,
+        apply_qty(&writer, near).await,
         DataResponse::Applied {
             duplicate: false,
             ..

@@ -7,7 +7,7 @@ mod common;
 
 use cartdb_core::cart::OpKind;
 use cartdb_datanode::store::CartStore;
-use common::{applied, close, op, open};
+use common::{applied, apply_qty, close, op, open};
 
 /// A user leaves the category when the quantity drops to zero and comes back on an add.
 #[tokio::test]
@@ -15,23 +15,17 @@ async fn a_user_leaves_at_zero_and_returns_on_add() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path(), 16);
     assert_eq!(
-        writer
-            .apply(op("u1", "p1", "fruit", 1, OpKind::Add, 1))
-            .await,
+        apply_qty(&writer, op("u1", "p1", "fruit", 1, OpKind::Add, 1)).await,
         applied(1)
     );
     assert_eq!(store.users_in_category("fruit").unwrap(), ["u1"]);
     assert_eq!(
-        writer
-            .apply(op("u1", "p1", "fruit", 2, OpKind::Delete, 2))
-            .await,
+        apply_qty(&writer, op("u1", "p1", "fruit", 2, OpKind::Delete, 2)).await,
         applied(0)
     );
     assert!(store.users_in_category("fruit").unwrap().is_empty());
     assert_eq!(
-        writer
-            .apply(op("u1", "p1", "fruit", 3, OpKind::Add, 3))
-            .await,
+        apply_qty(&writer, op("u1", "p1", "fruit", 3, OpKind::Add, 3)).await,
         applied(1)
     );
     assert_eq!(store.users_in_category("fruit").unwrap(), ["u1"]);
@@ -54,9 +48,7 @@ async fn users_are_listed_once_and_sorted() {
     ];
     for (user, product, id) in adds {
         assert_eq!(
-            writer
-                .apply(op(user, product, "fruit", id, OpKind::Add, 1))
-                .await,
+            apply_qty(&writer, op(user, product, "fruit", id, OpKind::Add, 1)).await,
             applied(1)
         );
     }
@@ -65,9 +57,7 @@ async fn users_are_listed_once_and_sorted() {
         ["u1", "u1 b", "u2"]
     );
     assert_eq!(
-        writer
-            .apply(op("u1", "p1", "fruit", 5, OpKind::Delete, 2))
-            .await,
+        apply_qty(&writer, op("u1", "p1", "fruit", 5, OpKind::Delete, 2)).await,
         applied(0)
     );
     assert_eq!(
@@ -75,9 +65,7 @@ async fn users_are_listed_once_and_sorted() {
         ["u1", "u1 b", "u2"]
     );
     assert_eq!(
-        writer
-            .apply(op("u1", "p2", "fruit", 6, OpKind::Delete, 2))
-            .await,
+        apply_qty(&writer, op("u1", "p2", "fruit", 6, OpKind::Delete, 2)).await,
         applied(0)
     );
     assert_eq!(store.users_in_category("fruit").unwrap(), ["u1 b", "u2"]);
@@ -94,13 +82,11 @@ async fn a_category_change_moves_the_entry() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path(), 16);
     assert_eq!(
-        writer
-            .apply(op("u1", "p1", "fruit", 1, OpKind::Add, 1))
-            .await,
+        apply_qty(&writer, op("u1", "p1", "fruit", 1, OpKind::Add, 1)).await,
         applied(1)
     );
     assert_eq!(
-        writer.apply(op("u1", "p1", "veg", 2, OpKind::Add, 2)).await,
+        apply_qty(&writer, op("u1", "p1", "veg", 2, OpKind::Add, 2)).await,
         applied(2)
     );
     assert!(store.users_in_category("fruit").unwrap().is_empty());
@@ -113,15 +99,13 @@ async fn one_batch_nets_out_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path(), 64);
     assert_eq!(
-        writer
-            .apply(op("u1", "p1", "fruit", 1, OpKind::Add, 1))
-            .await,
+        apply_qty(&writer, op("u1", "p1", "fruit", 1, OpKind::Add, 1)).await,
         applied(1)
     );
     let (a, b, c) = tokio::join!(
-        writer.apply(op("u1", "p1", "fruit", 2, OpKind::Delete, 2)),
-        writer.apply(op("u1", "p1", "fruit", 3, OpKind::Add, 3)),
-        writer.apply(op("u2", "p1", "fruit", 4, OpKind::Add, 1)),
+        apply_qty(&writer, op("u1", "p1", "fruit", 2, OpKind::Delete, 2)),
+        apply_qty(&writer, op("u1", "p1", "fruit", 3, OpKind::Add, 3)),
+        apply_qty(&writer, op("u2", "p1", "fruit", 4, OpKind::Add, 1)),
     );
     assert!(
         [a, b, c]

@@ -8,9 +8,9 @@ mod common;
 use std::sync::Arc;
 
 use cartdb_core::cart::{ItemKey, OpId, OpKind};
-use cartdb_core::wire::DataResponse;
+use cartdb_core::wire::{DataFailure, DataResponse};
 use cartdb_datanode::store::CartStore;
-use common::{applied, close, op, open};
+use common::{applied, apply_qty, close, op, open};
 
 const TASKS: usize = 64;
 const OPS_PER_TASK: usize = 50;
@@ -49,7 +49,7 @@ async fn concurrent_writes_are_batched_acknowledged_and_durable() {
                     OpKind::Add,
                     hlc,
                 );
-                let reply = writer.apply(request).await;
+                let reply = apply_qty(&writer, request).await;
                 let DataResponse::Applied {
                     duplicate: false, ..
                 } = reply
@@ -93,7 +93,8 @@ async fn concurrent_writes_are_batched_acknowledged_and_durable() {
 }
 
 /// Many writers adding to one item concurrently: every add counts exactly once, even when
-/// several land in the same batch.
+/// several land in the same batch. An add that arrives below one already held is refused
+/// out of order and stamped again above it, as a gateway does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_to_one_item_compose() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,11 +106,16 @@ async fn concurrent_writes_to_one_item_compose() {
             tokio::spawn(async move {
                 for n in 0..10u64 {
                     let id = u128::from(task * 10 + n + 1);
-                    let request = op("u1", "p1", "c1", id, OpKind::Add, task * 10 + n + 1);
-                    assert!(matches!(
-                        writer.apply(request).await,
-                        DataResponse::Applied { .. }
-                    ));
+                    let mut request = op("u1", "p1", "c1", id, OpKind::Add, task * 10 + n + 1);
+                    loop {
+                        match apply_qty(&writer, request.clone()).await {
+                            DataResponse::Applied { .. } => break,
+                            DataResponse::Failed(DataFailure::OutOfOrder { newest, .. }) => {
+                                request.op.version.hlc = newest.hlc + 1;
+                            }
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
                 }
             })
         })
@@ -123,9 +129,11 @@ async fn concurrent_writes_to_one_item_compose() {
     };
     assert_eq!(store.read_item(&key).unwrap().unwrap().qty(), 320);
     assert_eq!(
-        writer
-            .apply(op("u1", "p1", "c1", 999, OpKind::Add, 999))
-            .await,
+        apply_qty(
+            &writer,
+            op("u1", "p1", "c1", 999, OpKind::Add, u64::MAX >> 1)
+        )
+        .await,
         applied(321)
     );
 }
@@ -136,11 +144,11 @@ async fn writes_after_shutdown_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, writer) = open(dir.path(), 8);
     assert_eq!(
-        writer.apply(op("u", "p", "c", 1, OpKind::Add, 1)).await,
+        apply_qty(&writer, op("u", "p", "c", 1, OpKind::Add, 1)).await,
         applied(1)
     );
     writer.shutdown().await.unwrap();
-    let reply = writer.apply(op("u", "p", "c", 2, OpKind::Add, 2)).await;
+    let reply = apply_qty(&writer, op("u", "p", "c", 2, OpKind::Add, 2)).await;
     assert!(
         matches!(
             reply,

@@ -13,7 +13,8 @@ use cartdb_core::pg::Pool;
 use cartdb_core::placement_key::placement_key;
 use cartdb_core::rpc::secret::Side;
 use cartdb_core::rpc::{ClusterKey, Hello, RpcClient, serve};
-use cartdb_core::wire::{DataRequest, DataResponse, ServiceKind};
+use cartdb_core::version::Version;
+use cartdb_core::wire::{DataCall, DataRequest, DataResponse, ServiceKind};
 use cartdb_datanode::group_commit::{GroupCommitSettings, Timing};
 use cartdb_datanode::service::DataNodeService;
 use common::op;
@@ -21,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-type Client = RpcClient<DataRequest, DataResponse>;
+type Client = RpcClient<DataCall, DataResponse>;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -49,6 +50,15 @@ async fn start_node(
     (addr, service, shutdown, server)
 }
 
+/// `request` as a call placed with map epoch 0: the node has no map (no ZooKeeper here),
+/// and serves only that epoch.
+fn fenced(request: &DataRequest) -> DataCall {
+    DataCall {
+        epoch: 0,
+        request: request.clone(),
+    }
+}
+
 fn apply(id: u128, kind: OpKind) -> DataRequest {
     let request = op("u1", "p1", "fruit", id, kind, u64::try_from(id).unwrap());
     DataRequest::Apply {
@@ -56,6 +66,7 @@ fn apply(id: u128, kind: OpKind) -> DataRequest {
         meta: request.meta,
         op: request.op,
         require_in_cart: request.require_in_cart,
+        restamped: false,
     }
 }
 
@@ -112,16 +123,23 @@ async fn a_proper_client_is_served() {
     let client = Client::connect(&addr, ServiceKind::DataNode, &key(), TIMEOUT)
         .await
         .unwrap();
-    let reply = client.call(&apply(1, OpKind::Add), TIMEOUT).await.unwrap();
+    let reply = client
+        .call(&fenced(&apply(1, OpKind::Add)), TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(
         reply,
         DataResponse::Applied {
             qty: 1,
-            duplicate: false
+            duplicate: false,
+            held: Version { hlc: 1, gateway: 1 },
         }
     );
     let reply = client
-        .call(&DataRequest::ReadUser { user: "u1".into() }, TIMEOUT)
+        .call(
+            &fenced(&DataRequest::ReadUser { user: "u1".into() }),
+            TIMEOUT,
+        )
         .await
         .unwrap();
     let DataResponse::UserItems { items } = reply else {
@@ -131,7 +149,7 @@ async fn a_proper_client_is_served() {
     let fruit = DataRequest::ListCategory {
         category: "fruit".into(),
     };
-    let reply = client.call(&fruit, TIMEOUT).await.unwrap();
+    let reply = client.call(&fenced(&fruit), TIMEOUT).await.unwrap();
     let key = ItemKey {
         user: "u1".into(),
         product: "p1".into(),
@@ -163,24 +181,42 @@ async fn a_proper_client_is_served() {
         }
         other => panic!("{other:?}"),
     };
-    let found = held(client.call(&scan(pg), TIMEOUT).await.unwrap());
+    let found = held(client.call(&fenced(&scan(pg)), TIMEOUT).await.unwrap());
     assert_eq!(found, [("u1".to_owned(), "p1".to_owned(), 1)]);
-    let other = held(client.call(&scan((pg + 1) % 64), TIMEOUT).await.unwrap());
+    let other = held(
+        client
+            .call(&fenced(&scan((pg + 1) % 64)), TIMEOUT)
+            .await
+            .unwrap(),
+    );
     assert!(other.is_empty(), "{other:?}");
     let listed = DataRequest::ListItems {
         after: None,
         limit: 10,
     };
-    assert_eq!(held(client.call(&listed, TIMEOUT).await.unwrap()), found);
+    assert_eq!(
+        held(client.call(&fenced(&listed), TIMEOUT).await.unwrap()),
+        found
+    );
     // Handback deletes every trace of the item: head, category entry, placement entry.
-    let drop = DataRequest::DropItems {
-        keys: vec![key.clone(), key.clone()],
+    let digest = match client.call(&fenced(&scan(pg)), TIMEOUT).await.unwrap() {
+        DataResponse::Held { items, .. } => items[0].summary.digest,
+        other => panic!("{other:?}"),
     };
-    let reply = client.call(&drop, TIMEOUT).await.unwrap();
-    assert_eq!(reply, DataResponse::Dropped { items: 1 });
-    assert!(held(client.call(&scan(pg), TIMEOUT).await.unwrap()).is_empty());
-    assert!(held(client.call(&listed, TIMEOUT).await.unwrap()).is_empty());
-    let reply = client.call(&fruit, TIMEOUT).await.unwrap();
+    let drop = DataRequest::DropItems {
+        items: vec![(key.clone(), digest), (key.clone(), digest)],
+    };
+    let reply = client.call(&fenced(&drop), TIMEOUT).await.unwrap();
+    assert_eq!(
+        reply,
+        DataResponse::Dropped {
+            items: 1,
+            changed: 0
+        }
+    );
+    assert!(held(client.call(&fenced(&scan(pg)), TIMEOUT).await.unwrap()).is_empty());
+    assert!(held(client.call(&fenced(&listed), TIMEOUT).await.unwrap()).is_empty());
+    let reply = client.call(&fenced(&fruit), TIMEOUT).await.unwrap();
     assert_eq!(reply, DataResponse::CategoryItems { items: vec![] });
     shutdown.cancel();
     server.await.unwrap();
@@ -214,23 +250,31 @@ async fn bad_peers_are_disconnected_and_others_served() {
     write_frame(&mut undecodable, &[0xff; 16]).await;
     assert_closed_by_server(undecodable).await;
 
-    let reply = before.call(&apply(1, OpKind::Add), TIMEOUT).await.unwrap();
+    let reply = before
+        .call(&fenced(&apply(1, OpKind::Add)), TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(
         reply,
         DataResponse::Applied {
             qty: 1,
-            duplicate: false
+            duplicate: false,
+            held: Version { hlc: 1, gateway: 1 },
         }
     );
     let after = Client::connect(&addr, ServiceKind::DataNode, &key(), TIMEOUT)
         .await
         .unwrap();
-    let reply = after.call(&apply(2, OpKind::Add), TIMEOUT).await.unwrap();
+    let reply = after
+        .call(&fenced(&apply(2, OpKind::Add)), TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(
         reply,
         DataResponse::Applied {
             qty: 2,
-            duplicate: false
+            duplicate: false,
+            held: Version { hlc: 2, gateway: 1 },
         }
     );
 
@@ -244,13 +288,9 @@ async fn bad_peers_are_disconnected_and_others_served() {
 async fn the_wrong_service_is_refused_at_hello() {
     let dir = tempfile::tempdir().unwrap();
     let (addr, _service, shutdown, server) = start_node(dir.path()).await;
-    let wrong = RpcClient::<DataRequest, DataResponse>::connect(
-        &addr,
-        ServiceKind::Gateway,
-        &key(),
-        TIMEOUT,
-    )
-    .await;
+    let wrong =
+        RpcClient::<DataCall, DataResponse>::connect(&addr, ServiceKind::Gateway, &key(), TIMEOUT)
+            .await;
     assert!(wrong.is_err());
     shutdown.cancel();
     server.await.unwrap();

@@ -6,11 +6,18 @@
 
 mod common;
 
-use cartdb_core::cart::{ItemKey, OpKind};
+use cartdb_core::cart::{ItemKey, OpKind, StateDigest};
 use cartdb_core::wire::DataResponse;
 use cartdb_datanode::group_commit::RepairRequest;
 use cartdb_datanode::store::CartStore;
-use common::{applied, close, op, open};
+use common::{applied, apply_qty, close, op, open};
+
+/// The item and the digest of its state on `store`: what a handback's drop names.
+fn held(store: &CartStore, user: &str, product: &str) -> (ItemKey, StateDigest) {
+    let key = key(user, product);
+    let digest = store.read_summary(&key).unwrap().unwrap().digest;
+    (key, digest)
+}
 
 fn key(user: &str, product: &str) -> ItemKey {
     ItemKey {
@@ -33,11 +40,11 @@ async fn every_users_items_are_read_after_restarts_and_drops() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path(), 16);
     assert_eq!(
-        writer.apply(op("a", "p1", "c", 1, OpKind::Add, 10)).await,
+        apply_qty(&writer, op("a", "p1", "c", 1, OpKind::Add, 10)).await,
         applied(1)
     );
     assert_eq!(
-        writer.apply(op("a", "p2", "c", 2, OpKind::Add, 11)).await,
+        apply_qty(&writer, op("a", "p2", "c", 2, OpKind::Add, 11)).await,
         applied(1)
     );
     // A repair is the first write of b's item on this replica.
@@ -61,8 +68,24 @@ async fn every_users_items_are_read_after_restarts_and_drops() {
     assert!(products(&store, "nobody").is_empty());
     assert!(products(&store, "a ").is_empty(), "a user id's prefix");
 
-    let dropped = writer.drop_items(vec![key("a", "p1")]).await;
-    assert_eq!(dropped, DataResponse::Dropped { items: 1 });
+    // A drop whose digest is not the item's state keeps the item.
+    let stale = (key("a", "p1"), StateDigest(held(&store, "a", "p1").1.0 ^ 1));
+    let dropped = writer.drop_items(vec![stale]).await;
+    assert_eq!(
+        dropped,
+        DataResponse::Dropped {
+            items: 0,
+            changed: 1
+        }
+    );
+    let dropped = writer.drop_items(vec![held(&store, "a", "p1")]).await;
+    assert_eq!(
+        dropped,
+        DataResponse::Dropped {
+            items: 1,
+            changed: 0
+        }
+    );
     close(store, writer).await;
     let (store, writer) = open(dir.path(), 16);
     assert_eq!(
@@ -72,13 +95,19 @@ async fn every_users_items_are_read_after_restarts_and_drops() {
     );
 
     let dropped = writer
-        .drop_items(vec![key("a", "p2"), key("b", "p1")])
+        .drop_items(vec![held(&store, "a", "p2"), held(&store, "b", "p1")])
         .await;
-    assert_eq!(dropped, DataResponse::Dropped { items: 2 });
+    assert_eq!(
+        dropped,
+        DataResponse::Dropped {
+            items: 2,
+            changed: 0
+        }
+    );
     assert!(products(&store, "a").is_empty());
     // A user dropped entirely and written again is read again.
     assert_eq!(
-        writer.apply(op("b", "p3", "c", 4, OpKind::Add, 13)).await,
+        apply_qty(&writer, op("b", "p3", "c", 4, OpKind::Add, 13)).await,
         applied(1)
     );
     close(store, writer).await;

@@ -12,9 +12,11 @@
 //!          every up-set device answered the scan, fewer than W devices of the read set
 //!          were silent, and the PG's up and past sets did not change meanwhile
 //! handback if the PG has a past set and the round was clean: DropItems to each past
-//!          device for the items it held; its past set is then cleared in ZooKeeper, in a
-//!          batch with the other PGs found clean lately (one compare-and-set on the map,
-//!          every [`CLEAR_EVERY`]), as long as its sets are still the ones the round saw
+//!          device for the items it held, each only if still in the state the scan saw;
+//!          a second scan of those devices must then find nothing of the PG; its past set
+//!          is then cleared in ZooKeeper, in a batch with the other PGs found clean lately
+//!          (one compare-and-set on the map, every [`CLEAR_EVERY`]), as long as its sets
+//!          are still the ones the round saw
 //! ```
 //!
 //! A round that needed repairs is not clean; the PG is tried again (PGs with a past set go
@@ -25,15 +27,25 @@
 //! clean round proves the up set holds everything: each read merged every live copy in the
 //! up and past sets and found each up-set device already equal to the merge; the reads'
 //! quorum rule tolerates fewer than W silent devices, so every acknowledged write had a copy
-//! among those read; and past devices receive no writes, so nothing can reappear on them
-//! after the scan. A past device that is down cannot be handed back to; its copies are
+//! among those read. Past devices take no writes placed with the current map, and every
+//! request carries the epoch it was placed with, so a past device that answered the scan
+//! (and so knows the PG's current interval) refuses a gateway still placing with an older
+//! map ("Safety" in docs/design.md). A write such a gateway sent before that lands at most
+//! in the writer's queue: the conditional drop keeps an item whose state changed since the
+//! scan, and the second scan finds an item created since; either leaves the PG unclean for
+//! another round. A past device that is down cannot be handed back to; its copies are
 //! ignored by reads once the past set is cleared (`list_category` believes a device only for
 //! items of PGs it belongs to).
 //!
 //! Only one gateway sweeps: the live gateway with the smallest id, ZooKeeper's
 //! lowest-ephemeral-node election recipe over the `/gateways/gw-<id>` registrations every
-//! gateway already holds. Two gateways that briefly both believe they lead only repeat work:
-//! repairs and drops are idempotent, and clearing a past set is a compare-and-set.
+//! gateway already holds, and only while its ZooKeeper session is connected (a leader cut
+//! off from ZooKeeper stops at its next step instead of trusting a membership it can no
+//! longer see change). Two gateways that briefly both believe they lead only repeat work:
+//! repairs and conditional drops are idempotent, clearing a past set is a compare-and-set
+//! on the map's epoch, and every scan and drop carries the epoch the leader placed it with,
+//! so a leader whose map is older than a PG's interval (a rollback elsewhere made the past
+//! devices current again) is refused by the data nodes instead of deleting live copies.
 //!
 //! The leader keeps its progress to itself: its `Cluster` answers carry it, and the API
 //! server asks the smallest-id gateway first for `GET /api/cluster`. Progress used to be
@@ -44,11 +56,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cartdb_core::cart::{DeviceId, ItemKey};
+use cartdb_core::cart::{DeviceId, ItemKey, StateDigest};
 use cartdb_core::coord::Placement;
 use cartdb_core::pg_table::PastSets;
 use cartdb_core::version::wall_clock_millis;
-use cartdb_core::wire::{DataRequest, DataResponse, HeldItem, SweepStatus};
+use cartdb_core::wire::{DataCall, DataRequest, DataResponse, HeldItem, SweepStatus};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -95,8 +107,10 @@ struct Round {
     sets: PgSets,
     /// Users left to compare, with their items in this PG.
     pending: Vec<(String, Vec<String>)>,
-    /// What each past device held of the PG, for the handback.
-    past_items: BTreeMap<DeviceId, Vec<ItemKey>>,
+    /// What each past device held of the PG, and in which state, for the handback.
+    past_items: BTreeMap<DeviceId, Vec<(ItemKey, StateDigest)>>,
+    /// The map epoch the round was placed with: its scans and drops carry it.
+    epoch: u64,
     /// Whether everything so far allows calling the PG clean.
     clean: bool,
 }
@@ -118,8 +132,12 @@ impl PgSets {
 }
 
 impl AntiEntropy {
-    /// Whether this gateway leads the sweep: it has the smallest id among live gateways.
+    /// Whether this gateway leads the sweep: its ZooKeeper session is connected, and it has
+    /// the smallest id among live gateways.
     fn leads(&self) -> bool {
+        if !self.coordination.is_connected() {
+            return false;
+        }
         let topology = self.view.current();
         topology
             .members
@@ -213,16 +231,7 @@ impl AntiEntropy {
             .copied()
             .collect();
         let devices = topology.read_set_of_pg(pg);
-        let request = DataRequest::ScanPg {
-            ranges: topology
-                .map
-                .pool
-                .key_ranges(pg)
-                .into_iter()
-                .map(|r| (r.first, r.last))
-                .collect(),
-            limit: SCAN_LIMIT,
-        };
+        let request = scan_request(topology, pg, SCAN_LIMIT);
         let calls = devices.iter().map(|&device| {
             let request = &request;
             async move {
@@ -255,7 +264,14 @@ impl AntiEntropy {
                     .insert(summary.product.clone());
             }
             if !up.contains(&device) {
-                past_items.insert(device, items.into_iter().map(held_key).collect());
+                let held = items
+                    .into_iter()
+                    .map(|item| {
+                        let digest = item.summary.digest;
+                        (held_key(item), digest)
+                    })
+                    .collect();
+                past_items.insert(device, held);
             }
         }
         let clean = tally.allows_clean(&up, self.write_quorum);
@@ -269,6 +285,7 @@ impl AntiEntropy {
             sets: PgSets::of(topology, pg),
             pending,
             past_items,
+            epoch: topology.map.epoch,
             clean,
         }
     }
@@ -305,22 +322,61 @@ impl AntiEntropy {
         None
     }
 
-    /// The PG is clean on its up set: deletes the copies its past devices held. `false`
-    /// when a device refused, and the PG stays unclean.
+    /// The PG is clean on its up set: deletes the copies its past devices held, each only
+    /// if still in the state the scan saw, then scans those devices again: `true` when they
+    /// hold nothing of the PG any more. `false` when a device refused or failed, kept an
+    /// item that changed, or holds one that arrived since the scan; the PG then stays
+    /// unclean and its next round copies what arrived.
     async fn hand_back(&self, round: &Round, status: &mut SweepStatus) -> bool {
-        for (device, keys) in &round.past_items {
-            if keys.is_empty() {
+        for (device, items) in &round.past_items {
+            if items.is_empty() {
                 continue;
             }
-            let request = DataRequest::DropItems { keys: keys.clone() };
+            let call = DataCall {
+                epoch: round.epoch,
+                request: DataRequest::DropItems {
+                    items: items.clone(),
+                },
+            };
             match self
                 .replicas
-                .call(*device, &request, self.request_timeout)
+                .call(*device, &call, self.request_timeout)
                 .await
             {
-                Ok(DataResponse::Dropped { items }) => status.handed_back += u64::from(items),
+                Ok(DataResponse::Dropped { items, changed }) => {
+                    status.handed_back += u64::from(items);
+                    if changed > 0 {
+                        metrics::counter!("cartdb_anti_entropy_drops_kept_total")
+                            .increment(u64::from(changed));
+                        tracing::info!(
+                            pg = round.pg,
+                            device,
+                            changed,
+                            "items changed since the scan were kept; the PG stays unclean"
+                        );
+                        return false;
+                    }
+                }
                 other => {
                     tracing::debug!(pg = round.pg, device, answer = ?other, "handback failed; the PG stays unclean");
+                    return false;
+                }
+            }
+        }
+        let topology = self.view.current();
+        let rescan = DataCall {
+            epoch: round.epoch,
+            request: scan_request(&topology, round.pg, 1).request,
+        };
+        for device in round.past_items.keys() {
+            match self
+                .replicas
+                .call(*device, &rescan, self.request_timeout)
+                .await
+            {
+                Ok(DataResponse::Held { items, .. }) if items.is_empty() => {}
+                other => {
+                    tracing::info!(pg = round.pg, device, answer = ?other, "a past device holds items of the PG again after the handback; the PG stays unclean");
                     return false;
                 }
             }
@@ -410,6 +466,23 @@ fn next_pg(past: &PastSets, attempted: &HashMap<u32, Instant>, now: Instant) -> 
         .copied()
         .filter(|pg| attempted.get(pg).is_none_or(|at| *at + PAST_RETRY <= now))
         .min_by_key(|pg| (attempted.get(pg).copied(), *pg))
+}
+
+/// A scan of `pg`'s items, at most `limit`, placed with `topology`'s map.
+fn scan_request(topology: &Topology, pg: u32, limit: u32) -> DataCall {
+    DataCall {
+        epoch: topology.map.epoch,
+        request: DataRequest::ScanPg {
+            ranges: topology
+                .map
+                .pool
+                .key_ranges(pg)
+                .into_iter()
+                .map(|r| (r.first, r.last))
+                .collect(),
+            limit,
+        },
+    }
 }
 
 fn held_key(item: HeldItem) -> ItemKey {

@@ -174,6 +174,8 @@ pub fn pg_states(topology: &Topology, write_quorum: usize) -> PgStatus {
 /// The current [`Topology`], swapped atomically.
 pub struct ClusterView {
     current: ArcSwap<Topology>,
+    /// The current snapshot's map epoch, for requests waiting to be placed again.
+    epoch: tokio::sync::watch::Sender<u64>,
     /// The write quorum, for the PG state gauges.
     write_quorum: usize,
     backfill: Mutex<BackfillTracker>,
@@ -182,6 +184,7 @@ pub struct ClusterView {
 impl ClusterView {
     pub fn new(topology: Topology, write_quorum: usize) -> Self {
         let view = Self {
+            epoch: tokio::sync::watch::Sender::new(topology.map.epoch),
             current: ArcSwap::from_pointee(topology),
             write_quorum,
             backfill: Mutex::default(),
@@ -212,7 +215,22 @@ impl ClusterView {
     /// down, PGs by state ([`pg_states`]) and the backfill's PGs left.
     pub fn replace(&self, topology: Topology) {
         self.observe(&topology);
+        let epoch = topology.map.epoch;
         self.current.store(Arc::new(topology));
+        self.epoch.send_if_modified(|current| {
+            let newer = *current != epoch;
+            *current = epoch;
+            newer
+        });
+    }
+
+    /// Waits until the current snapshot's map epoch is at least `epoch`, or `deadline`
+    /// passes: `false` then (this gateway cannot learn that map in time, ZooKeeper being
+    /// out of its reach, say).
+    pub async fn wait_for_epoch(&self, epoch: u64, deadline: tokio::time::Instant) -> bool {
+        let mut epochs = self.epoch.subscribe();
+        let reached = epochs.wait_for(|current| *current >= epoch);
+        matches!(tokio::time::timeout_at(deadline, reached).await, Ok(Ok(_)))
     }
 
     /// Publishes `topology`'s gauges and feeds the backfill tracker.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use cartdb_core::cart::{DeviceId, ItemKey, ItemSummary};
 use cartdb_core::version::{Version, wall_clock_millis};
-use cartdb_core::wire::{DataRequest, DataResponse};
+use cartdb_core::wire::{DataCall, DataRequest, DataResponse};
 use tokio::time::Instant;
 
 use crate::replicas::Replicas;
@@ -107,28 +107,28 @@ impl Compactor {
             .collect()
     }
 
-    /// Compacts the due items of `user` in the background.
-    pub fn spawn(self: &Arc<Self>, user: &str, settled: Vec<SettledItem>) {
+    /// Compacts the due items of `user`, read with map `epoch`, in the background.
+    pub fn spawn(self: &Arc<Self>, user: &str, settled: Vec<SettledItem>, epoch: u64) {
         let due = self.due(user, settled);
         if due.is_empty() {
             return;
         }
         let this = self.clone();
         let user = user.to_owned();
-        tokio::spawn(async move { this.compact(&user, due).await });
+        tokio::spawn(async move { this.compact(&user, due, epoch).await });
     }
 
     /// Compacts those of `settled` that are due (see [`Compactor::spawn`]) and waits for
     /// the replicas' answers.
-    pub async fn compact_due(&self, user: &str, settled: Vec<SettledItem>) {
+    pub async fn compact_due(&self, user: &str, settled: Vec<SettledItem>, epoch: u64) {
         let due = self.due(user, settled);
         if !due.is_empty() {
-            self.compact(user, due).await;
+            self.compact(user, due, epoch).await;
         }
     }
 
     /// Compacts `items` of `user` now and waits for the replicas' answers.
-    async fn compact(&self, user: &str, items: Vec<SettledItem>) {
+    async fn compact(&self, user: &str, items: Vec<SettledItem>, epoch: u64) {
         let upto = self.horizon();
         let mut calls = Vec::new();
         for item in items {
@@ -141,7 +141,11 @@ impl Compactor {
                 digest: item.summary.digest,
             };
             for device in item.replicas {
-                calls.push((device, request.clone()));
+                let call = DataCall {
+                    epoch,
+                    request: request.clone(),
+                };
+                calls.push((device, call));
             }
         }
         let sends = calls.iter().map(|(device, request)| async move {

@@ -116,6 +116,18 @@ pub struct GatewayConfig {
     #[arg(long, env = "CARTDB_MIN_IN_RATIO", default_value_t = 0.75)]
     pub min_in_ratio: f64,
 
+    /// For tests only: milliseconds added to this gateway's wall clock when it stamps
+    /// versions (negative: behind), so that a test on one host can run gateways whose
+    /// clocks differ. Between -10000 and 10000. Default: 0.
+    #[arg(
+        long,
+        env = "CARTDB_TEST_CLOCK_OFFSET_MS",
+        default_value_t = 0,
+        hide = true,
+        allow_negative_numbers = true
+    )]
+    pub test_clock_offset_ms: i64,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
@@ -126,6 +138,9 @@ pub struct GatewayConfig {
 
 /// Longest accepted down -> out grace: a day.
 const MAX_DOWN_OUT_SECS: u64 = 86_400;
+
+/// Largest test clock offset: the data nodes' clock skew bound.
+const MAX_TEST_CLOCK_OFFSET_MS: i64 = 10_000;
 
 /// Shortest and longest accepted request time limits.
 const REQUEST_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 10..=20_000;
@@ -149,6 +164,8 @@ pub struct GatewaySettings {
     pub anti_entropy_users_per_sec: Option<NonZeroU32>,
     pub down_out: DownOutRules,
     pub coord: CoordConfig,
+    /// Test-only offset of the gateway's clock, in milliseconds.
+    pub clock_offset_ms: i64,
 }
 
 impl GatewayConfig {
@@ -210,6 +227,15 @@ impl GatewayConfig {
                 format!("{} is not between 0 and 1", self.min_in_ratio),
             ));
         }
+        if self.test_clock_offset_ms.abs() > MAX_TEST_CLOCK_OFFSET_MS {
+            return Err(ConfigError::new(
+                "test-clock-offset-ms",
+                format!(
+                    "{} is not between -{MAX_TEST_CLOCK_OFFSET_MS} and {MAX_TEST_CLOCK_OFFSET_MS}",
+                    self.test_clock_offset_ms
+                ),
+            ));
+        }
         if self.pg_num == 0 || self.pg_num > MAX_PG_NUM {
             return Err(ConfigError::new("pg-num", "must be between 1 and 65536"));
         }
@@ -240,6 +266,7 @@ impl GatewayConfig {
                 min_in_ratio: self.min_in_ratio,
             },
             coord: self.zk.coord_config()?,
+            clock_offset_ms: self.test_clock_offset_ms,
         })
     }
 }
@@ -307,6 +334,10 @@ mod tests {
         let error = parse(&["--min-in-ratio=-0.1"]).validate().unwrap_err();
         assert!(error.problem.contains("-0.1"), "{error:?}");
         assert_eq!(field(&["--pg-num", "65537"]), "pg-num");
+        assert_eq!(
+            field(&["--test-clock-offset-ms", "-10001"]),
+            "test-clock-offset-ms"
+        );
         // clap itself refuses an empty path, naming the flag.
         let argv = [
             "cartdb-gateway",

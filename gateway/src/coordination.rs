@@ -17,6 +17,10 @@ use futures::future::BoxFuture;
 
 /// The coordination calls made while serving requests.
 pub trait Coordination: Send + Sync + 'static {
+    /// Whether the ZooKeeper session is established and connected: the sweep leads only
+    /// while it is (see [`Coordinator::is_connected`]).
+    fn is_connected(&self) -> bool;
+
     /// See [`Coordinator::set_placement`].
     ///
     /// # Errors
@@ -65,6 +69,10 @@ pub trait Coordination: Send + Sync + 'static {
 }
 
 impl Coordination for Coordinator {
+    fn is_connected(&self) -> bool {
+        Coordinator::is_connected(self)
+    }
+
     fn set_placement(
         &self,
         expected_epoch: u64,

@@ -194,6 +194,7 @@ mod tests {
             settings,
             pool: settings.pool().unwrap(),
             past: BTreeMap::default(),
+            intervals: BTreeMap::default(),
             auto_out: auto_out.iter().copied().collect(),
             flags: ClusterFlags::default(),
             policies: cartdb_core::coord::ActivePolicies::default(),

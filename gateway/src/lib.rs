@@ -159,6 +159,7 @@ pub async fn run(
         merger,
         rule: settings.rule.clone(),
         compaction: settings.compaction,
+        clock_offset_ms: settings.clock_offset_ms,
     });
     let sweep = settings.anti_entropy_users_per_sec.map(|rate| {
         let sweep = AntiEntropy {

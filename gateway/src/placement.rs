@@ -17,7 +17,6 @@ use std::sync::Arc;
 use cartdb_core::cart::{DeviceId, ItemKey};
 use cartdb_core::coord::ClusterMap;
 use cartdb_core::pg_table::PgTable;
-use cartdb_core::placement_key::placement_key;
 
 use crate::policy::{PlacementPolicy, PolicyError};
 
@@ -104,5 +103,5 @@ pub enum BuildError {
 
 /// The placement group of a stored item (a cart item or a cart-index entry).
 pub fn pg_of(map: &ClusterMap, key: &ItemKey) -> u32 {
-    map.pool.pg_of(placement_key(&key.user, &key.product))
+    map.pg_of(key)
 }

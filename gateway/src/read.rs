@@ -28,7 +28,7 @@ use std::pin::Pin;
 use cartdb_core::cart::{DeviceId, ItemKey, ItemState, ItemSummary};
 use cartdb_core::config::Replication;
 use cartdb_core::placement_key::{INDEX_PREFIX, indexed_product};
-use cartdb_core::wire::{DataRequest, DataResponse};
+use cartdb_core::wire::{DataCall, DataRequest, DataResponse};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
@@ -64,6 +64,8 @@ pub struct CartRead {
     /// earlier, so a stale replica may not have been compared; the caller then follows up
     /// with a read of every replica (see [`crate::read_repair`]).
     pub complete: bool,
+    /// The map epoch the read was placed with: its repairs and compactions carry it.
+    pub epoch: u64,
 }
 
 /// Whose cart to read, and how.
@@ -124,8 +126,12 @@ pub async fn read_cart(
             ReadPlan::broadcast(topology.read_set(&index))
         }
     };
-    let request = DataRequest::ReadSummaries {
-        user: user.to_owned(),
+    let epoch = topology.map.epoch;
+    let request = DataCall {
+        epoch,
+        request: DataRequest::ReadSummaries {
+            user: user.to_owned(),
+        },
     };
     let mut round = ReadRound::new(replicas, &request, deadline, user_summaries);
     round.ask(plan.devices());
@@ -166,9 +172,10 @@ pub async fn read_cart(
             repairs: Vec::new(),
             settled,
             complete,
+            epoch,
         });
     }
-    let states = fetch_states(replicas, user, &check.divergent, deadline).await?;
+    let states = fetch_states(replicas, epoch, user, &check.divergent, deadline).await?;
     let merged: BTreeMap<String, ItemState> = merger
         .merge_all(merge_groups(&states))
         .await
@@ -189,6 +196,7 @@ pub async fn read_cart(
         repairs: repairs.repairs,
         settled,
         complete,
+        epoch,
     })
 }
 
@@ -218,6 +226,7 @@ fn settled_items(
 /// among the replicas this read heard from.
 async fn fetch_states(
     replicas: &Replicas,
+    epoch: u64,
     user: &str,
     divergent: &BTreeMap<String, BTreeSet<DeviceId>>,
     deadline: Instant,
@@ -228,14 +237,14 @@ async fn fetch_states(
             wanted.entry(*device).or_default().push(product.clone());
         }
     }
-    let requests: Vec<(DeviceId, DataRequest)> = wanted
+    let requests: Vec<(DeviceId, DataCall)> = wanted
         .into_iter()
         .map(|(device, products)| {
             let request = DataRequest::ReadItems {
                 user: user.to_owned(),
                 products,
             };
-            (device, request)
+            (device, DataCall { epoch, request })
         })
         .collect();
     let timeout = deadline.saturating_duration_since(Instant::now());
@@ -283,8 +292,11 @@ pub async fn read_category(
     deadline: Instant,
 ) -> Result<Vec<String>, ReadShortfall> {
     let live: BTreeSet<DeviceId> = topology.members.devices.keys().copied().collect();
-    let request = DataRequest::ListCategory {
-        category: category.to_owned(),
+    let request = DataCall {
+        epoch: topology.map.epoch,
+        request: DataRequest::ListCategory {
+            category: category.to_owned(),
+        },
     };
     let mut round = ReadRound::new(replicas, &request, deadline, category_users);
     round.ask(live.iter().copied());
@@ -346,7 +358,7 @@ type Reply<'a, T> = Pin<Box<dyn Future<Output = (DeviceId, Result<T, ReplicaErro
 /// One request sent to a growing set of devices, with the answers so far.
 struct ReadRound<'a, T> {
     replicas: &'a Replicas,
-    request: &'a DataRequest,
+    request: &'a DataCall,
     deadline: Instant,
     accept: fn(DeviceId, DataResponse) -> Result<T, ReplicaError>,
     in_flight: FuturesUnordered<Reply<'a, T>>,
@@ -360,7 +372,7 @@ impl<'a, T: Send + 'a> ReadRound<'a, T> {
     /// A round of `request`; `accept` turns a response into the wanted value.
     fn new(
         replicas: &'a Replicas,
-        request: &'a DataRequest,
+        request: &'a DataCall,
         deadline: Instant,
         accept: fn(DeviceId, DataResponse) -> Result<T, ReplicaError>,
     ) -> Self {

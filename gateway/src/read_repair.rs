@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use cartdb_core::cart::ItemKey;
-use cartdb_core::wire::{DataRequest, DataResponse};
+use cartdb_core::wire::{DataCall, DataRequest, DataResponse};
 
 use crate::read_resolution::Repair;
 use crate::replicas::Replicas;
@@ -91,16 +91,19 @@ impl ReadRepair {
     }
 
     /// Sends one repair now and waits for its answer.
-    pub async fn send(&self, user: &str, repair: Repair) {
+    pub async fn send(&self, user: &str, repair: Repair, epoch: u64) {
         let device = repair.device;
-        let request = DataRequest::Repair {
-            key: ItemKey {
-                user: user.to_owned(),
-                product: repair.product,
+        let request = DataCall {
+            epoch,
+            request: DataRequest::Repair {
+                key: ItemKey {
+                    user: user.to_owned(),
+                    product: repair.product,
+                },
+                meta: repair.meta,
+                base: repair.base,
+                ops: repair.ops,
             },
-            meta: repair.meta,
-            base: repair.base,
-            ops: repair.ops,
         };
         match self.replicas.call(device, &request, self.timeout).await {
             Ok(DataResponse::Repaired { added }) => {

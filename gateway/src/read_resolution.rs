@@ -347,7 +347,7 @@ impl Repair {
             .ops
             .iter()
             // Held at another version counts as lacking: the replica moves it to the merged
-            // (smaller) one, or the replicas would never hold identical states.
+            // (larger) one, or the replicas would never hold identical states.
             .filter(|op| own.is_none_or(|s| !s.holds(op)))
             .copied()
             .collect();
@@ -566,20 +566,21 @@ mod tests {
     }
 
     #[test]
-    fn an_operation_held_under_a_larger_version_is_sent_at_the_merged_one() {
+    fn an_operation_held_under_a_smaller_version_is_sent_at_the_merged_one() {
         let p = plan(&[("1", &[1, 3])]);
         let early = state("1", &[(1, OpKind::Add), (2, OpKind::Add)]);
-        // The same two operations, the second stamped later by another gateway (a retry).
+        // The same two operations, the second stamped again later (a restamp or a retry):
+        // the merge keeps the larger version.
         let mut late = early.clone();
         late.ops[1].version.hlc += 50;
-        let answers = [(1, vec![early.clone()]), (3, vec![late])];
+        let answers = [(1, vec![early]), (3, vec![late.clone()])];
         let states: BTreeMap<DeviceId, Vec<ItemState>> = answers.iter().cloned().collect();
         let r = Repairs::plan(&p, &summaries(&answers), &states, merge);
-        assert_eq!(r.merged, [early.summary()]);
+        assert_eq!(r.merged, [late.summary()]);
         assert_eq!(r.repairs.len(), 1);
         assert_eq!(
             (r.repairs[0].device, &r.repairs[0].ops),
-            (3, &vec![early.ops[1]])
+            (1, &vec![late.ops[1]])
         );
     }
 

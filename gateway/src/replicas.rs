@@ -4,18 +4,24 @@
 //! [`Replicas::refresh`] whenever a device registers, leaves or moves to another address. A
 //! request only takes a snapshot of the current set (an atomic pointer load), so the per
 //! request path never waits for a lock or makes a connection map.
+//!
+//! Every request travels in a [`DataCall`] with the epoch of the map it was placed with.
+//! A data node that refuses one as placed with a stale map names its own epoch; the
+//! newest such epoch is kept ([`Replicas::epoch_heard`]) so that the request can wait for
+//! this gateway's view to reach it and be placed again (see `GatewayService::handle`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use cartdb_core::cart::DeviceId;
 use cartdb_core::rpc::{ClusterKey, PeerClient, RpcError};
-use cartdb_core::wire::{DataFailure, DataRequest, DataResponse, ServiceKind};
+use cartdb_core::wire::{DataCall, DataFailure, DataResponse, ServiceKind};
 
 /// A connection to one data node.
-pub type DataClient = PeerClient<DataRequest, DataResponse>;
+pub type DataClient = PeerClient<DataCall, DataResponse>;
 
 /// Why a request to one replica got no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,17 @@ pub struct Replicas {
     peers: ArcSwap<BTreeMap<DeviceId, Arc<DataClient>>>,
     key: ClusterKey,
     connect_timeout: Duration,
+    /// The newest map epoch a data node named when it refused a request as stale.
+    epoch_heard: Arc<AtomicU64>,
+}
+
+/// One live device's connection, usable outside a borrow of [`Replicas`] (a request that
+/// must reach its replica even after its caller stopped waiting runs in a task of its own).
+#[derive(Clone)]
+pub struct Peer {
+    device: DeviceId,
+    client: Arc<DataClient>,
+    epoch_heard: Arc<AtomicU64>,
 }
 
 impl Replicas {
@@ -54,6 +71,7 @@ impl Replicas {
             peers: ArcSwap::from_pointee(BTreeMap::new()),
             key,
             connect_timeout,
+            epoch_heard: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -83,9 +101,19 @@ impl Replicas {
         self.peers.store(Arc::new(next));
     }
 
-    /// The client of `device`, if a data node is registered for it.
-    pub fn peer(&self, device: DeviceId) -> Option<Arc<DataClient>> {
-        self.peers.load().get(&device).cloned()
+    /// The newest map epoch a data node named in a [`DataFailure::StaleEpoch`] refusal: this
+    /// gateway's view is behind while its map is older.
+    pub fn epoch_heard(&self) -> u64 {
+        self.epoch_heard.load(Ordering::Relaxed)
+    }
+
+    /// The connection of `device`, if a data node is registered for it.
+    pub fn peer(&self, device: DeviceId) -> Option<Peer> {
+        self.peers.load().get(&device).map(|client| Peer {
+            device,
+            client: client.clone(),
+            epoch_heard: self.epoch_heard.clone(),
+        })
     }
 
     /// Every live device's id, in order.
@@ -101,55 +129,62 @@ impl Replicas {
     pub async fn call(
         &self,
         device: DeviceId,
-        request: &DataRequest,
+        call: &DataCall,
         timeout: Duration,
     ) -> Result<DataResponse, ReplicaError> {
         let Some(peer) = self.peer(device) else {
-            count_error(device, request, "down");
+            count_error(device, call, "down");
             return Err(ReplicaError::Down { device });
         };
-        call_peer(device, &peer, request, timeout).await
+        peer.call(call, timeout).await
     }
 }
 
-/// Sends one request on `device`'s connection `peer`; a `Failed` answer becomes an error.
-/// Every call is timed (`cartdb_gateway_rpc_seconds`) and every failure counted
-/// (`cartdb_gateway_rpc_errors_total`), by device and request kind.
-///
-/// # Errors
-/// As [`Replicas::call`].
-pub async fn call_peer(
-    device: DeviceId,
-    peer: &DataClient,
-    request: &DataRequest,
-    timeout: Duration,
-) -> Result<DataResponse, ReplicaError> {
-    let started = std::time::Instant::now();
-    let answer = peer.call(request, timeout).await;
-    metrics::histogram!(
-        "cartdb_gateway_rpc_seconds",
-        "device" => device.to_string(),
-        "request" => request.name(),
-    )
-    .record(started.elapsed().as_secs_f64());
-    match answer {
-        Ok(DataResponse::Failed(failure)) => {
-            count_error(device, request, "refused");
-            Err(ReplicaError::Refused(failure))
-        }
-        Ok(response) => Ok(response),
-        Err(e) => {
-            count_error(device, request, "transport");
-            Err(e.into())
+impl Peer {
+    /// Sends one call on this connection; a `Failed` answer becomes an error. Every call is
+    /// timed (`cartdb_gateway_rpc_seconds`) and every failure counted
+    /// (`cartdb_gateway_rpc_errors_total`), by device and request kind.
+    ///
+    /// # Errors
+    /// As [`Replicas::call`].
+    pub async fn call(
+        &self,
+        call: &DataCall,
+        timeout: Duration,
+    ) -> Result<DataResponse, ReplicaError> {
+        let device = self.device;
+        let started = std::time::Instant::now();
+        let answer = self.client.call(call, timeout).await;
+        metrics::histogram!(
+            "cartdb_gateway_rpc_seconds",
+            "device" => device.to_string(),
+            "request" => call.request.name(),
+        )
+        .record(started.elapsed().as_secs_f64());
+        match answer {
+            Ok(DataResponse::Failed(failure)) => {
+                if let DataFailure::StaleEpoch { current, .. } = failure {
+                    self.epoch_heard.fetch_max(current, Ordering::Relaxed);
+                    count_error(device, call, "stale_epoch");
+                } else {
+                    count_error(device, call, "refused");
+                }
+                Err(ReplicaError::Refused(failure))
+            }
+            Ok(response) => Ok(response),
+            Err(e) => {
+                count_error(device, call, "transport");
+                Err(e.into())
+            }
         }
     }
 }
 
-fn count_error(device: DeviceId, request: &DataRequest, kind: &'static str) {
+fn count_error(device: DeviceId, call: &DataCall, kind: &'static str) {
     metrics::counter!(
         "cartdb_gateway_rpc_errors_total",
         "device" => device.to_string(),
-        "request" => request.name(),
+        "request" => call.request.name(),
         "kind" => kind,
     )
     .increment(1);
@@ -206,9 +241,9 @@ mod tests {
             (2, "127.0.0.1:22"),
             (3, "127.0.0.1:3"),
         ]));
-        assert!(Arc::ptr_eq(&one, &replicas.peer(1).unwrap()));
-        assert!(!Arc::ptr_eq(&two, &replicas.peer(2).unwrap()));
-        assert_eq!(replicas.peer(2).unwrap().addr(), "127.0.0.1:22");
+        assert!(Arc::ptr_eq(&one.client, &replicas.peer(1).unwrap().client));
+        assert!(!Arc::ptr_eq(&two.client, &replicas.peer(2).unwrap().client));
+        assert_eq!(replicas.peer(2).unwrap().client.addr(), "127.0.0.1:22");
         assert_eq!(replicas.devices(), vec![1, 2, 3]);
         replicas.refresh(&addrs(&[(3, "127.0.0.1:3")]));
         assert!(replicas.peer(1).is_none());
@@ -217,7 +252,10 @@ mod tests {
     #[tokio::test]
     async fn a_device_without_a_data_node_is_down() {
         let replicas = Replicas::new(test_key(), Duration::from_millis(100));
-        let request = DataRequest::ReadUser { user: "u".into() };
+        let request = DataCall {
+            epoch: 0,
+            request: cartdb_core::wire::DataRequest::ReadUser { user: "u".into() },
+        };
         let error = replicas
             .call(7, &request, Duration::from_millis(100))
             .await

@@ -29,7 +29,7 @@ use cartdb_core::placement_key::{index_entry, indexed_product, placement_key};
 use cartdb_core::rpc;
 use cartdb_core::version::HybridClock;
 use cartdb_core::wire::{
-    DataRequest, DataResponse, GatewayFailure, GatewayRequest, GatewayResponse, HeldItem,
+    DataCall, DataRequest, DataResponse, GatewayFailure, GatewayRequest, GatewayResponse, HeldItem,
     ItemLocation, MaintenanceStatus, MapChange, PolicyInfo, ReplicaDump, ReplicaLocation,
     ServiceKind, SweepStatus,
 };
@@ -49,7 +49,7 @@ use crate::read::{CartQuery, CartRead, ReadError, ReadMode, read_cart, read_cate
 use crate::read_repair::ReadRepair;
 use crate::read_resolution::ReadShortfall;
 use crate::replicas::Replicas;
-use crate::write::{ItemWrite, replicate};
+use crate::write::{ItemWrite, Placed, replicate};
 use crate::write_quorum::WriteOutcome;
 
 mod admin;
@@ -72,6 +72,8 @@ pub struct ServiceParts {
     /// The map's rule, to place a changed map.
     pub rule: Option<String>,
     pub compaction: CompactionSettings,
+    /// Test-only offset of this gateway's clock, in milliseconds (0 in production).
+    pub clock_offset_ms: i64,
 }
 
 /// Serves API servers' requests.
@@ -99,7 +101,7 @@ pub struct SweepOutcome {
 
 impl GatewayService {
     pub fn new(parts: ServiceParts) -> Arc<Self> {
-        let clock = HybridClock::new(parts.gateway_id);
+        let clock = HybridClock::new(parts.gateway_id).with_offset_ms(parts.clock_offset_ms);
         let read_repair = ReadRepair::new(parts.replicas.clone(), parts.request_timeout);
         let compactor = Compactor::new(
             parts.replicas.clone(),
@@ -125,21 +127,32 @@ impl GatewayService {
                 item_name,
                 idempotency_key,
             } => {
-                self.write(OpKind::Add, user, item_name, idempotency_key, deadline)
-                    .await
+                self.placed(deadline, || {
+                    let (user, item_name) = (user.clone(), item_name.clone());
+                    let key = idempotency_key.clone();
+                    self.write(OpKind::Add, user, item_name, key, deadline)
+                })
+                .await
             }
             GatewayRequest::Delete {
                 user,
                 item_name,
                 idempotency_key,
             } => {
-                let kind = OpKind::Delete;
-                self.write(kind, user, item_name, idempotency_key, deadline)
+                self.placed(deadline, || {
+                    let (user, item_name) = (user.clone(), item_name.clone());
+                    let key = idempotency_key.clone();
+                    self.write(OpKind::Delete, user, item_name, key, deadline)
+                })
+                .await
+            }
+            GatewayRequest::ListAll { user } => {
+                self.placed(deadline, || self.list_all(&user, deadline))
                     .await
             }
-            GatewayRequest::ListAll { user } => self.list_all(&user, deadline).await,
             GatewayRequest::ListCategory { category } => {
-                self.list_category(&category, deadline).await
+                self.placed(deadline, || self.list_category(&category, deadline))
+                    .await
             }
             GatewayRequest::Products => Ok(products(&self.catalog())),
             GatewayRequest::UpsertProduct { product } => self.upsert(product, deadline).await,
@@ -184,6 +197,38 @@ impl GatewayService {
         })
     }
 
+    /// Runs a cart request placed with the current map, and again, placed with a newer map,
+    /// when data nodes refused it as placed with a stale one (`StaleEpoch`): after this
+    /// gateway's view has reached the epoch they named, within the request's deadline. The
+    /// client sees no error for a map change alone; a gateway that cannot learn the newer
+    /// map (cut off from ZooKeeper) answers with the refusals, which name both epochs.
+    async fn placed<F, Fut>(&self, deadline: Instant, mut attempt: F) -> Answer
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Answer>,
+    {
+        let mut placements = 1;
+        loop {
+            let epoch = self.parts.view.current().map.epoch;
+            let answer = attempt().await;
+            let heard = self.parts.replicas.epoch_heard();
+            let stale = matches!(answer, Err(GatewayFailure::QuorumNotReached { .. }));
+            if !stale || heard <= epoch || placements >= MAX_PLACEMENTS {
+                return answer;
+            }
+            metrics::counter!("cartdb_gateway_placed_again_total").increment(1);
+            tracing::debug!(
+                epoch,
+                heard,
+                "refused as placed with a stale map; waiting for the newer one"
+            );
+            if !self.parts.view.wait_for_epoch(heard, deadline).await {
+                return answer;
+            }
+            placements += 1;
+        }
+    }
+
     /// Insert (`Add`) or delete one of `item_name` in `user`'s cart.
     async fn write(
         &self,
@@ -197,12 +242,27 @@ impl GatewayService {
         let topology = self.parts.view.current();
         let replication = self.parts.replication;
         let replicas = &self.parts.replicas;
-        let devices = topology.up_set(&write.key).to_vec();
-        let item = replicate(replicas, &devices, write.clone(), replication, deadline);
+        let epoch = topology.map.epoch;
+        let placed = Placed {
+            devices: topology.up_set(&write.key).to_vec(),
+            epoch,
+        };
+        let clock = &self.clock;
+        let item = replicate(
+            replicas,
+            &placed,
+            write.clone(),
+            replication,
+            clock,
+            deadline,
+        );
         let outcome = if kind == OpKind::Add {
             let index = Arc::new(index_write(&write));
-            let index_devices = topology.up_set(&index.key).to_vec();
-            let index = replicate(replicas, &index_devices, index, replication, deadline);
+            let index_placed = Placed {
+                devices: topology.up_set(&index.key).to_vec(),
+                epoch,
+            };
+            let index = replicate(replicas, &index_placed, index, replication, clock, deadline);
             let (item, index) = tokio::join!(item, index);
             match (item, index) {
                 (WriteOutcome::Acknowledged { qty, acked }, WriteOutcome::QuorumNotReached(f)) => {
@@ -216,7 +276,7 @@ impl GatewayService {
                 WriteOutcome::NotInCart
                     if topology.map.past_of(topology.pg_of(&write.key)).is_some() =>
                 {
-                    self.backfill_then_retry(&write, &devices, deadline).await
+                    self.backfill_then_retry(&write, &placed, deadline).await
                 }
                 outcome => outcome,
             }
@@ -224,7 +284,15 @@ impl GatewayService {
         match outcome {
             WriteOutcome::Acknowledged { qty, .. } => Ok(GatewayResponse::Updated { qty }),
             WriteOutcome::NotInCart => Err(GatewayFailure::NotInCart { name: item_name }),
-            WriteOutcome::QuorumNotReached(failure) => {
+            WriteOutcome::QuorumNotReached(failure) | WriteOutcome::Restamp { failure, .. }
+                if failure.busy > 0 =>
+            {
+                Err(GatewayFailure::ItemBusy {
+                    name: item_name,
+                    detail: failure.to_string(),
+                })
+            }
+            WriteOutcome::QuorumNotReached(failure) | WriteOutcome::Restamp { failure, .. } => {
                 Err(quorum_not_reached(operation_name(kind), &failure))
             }
         }
@@ -238,7 +306,7 @@ impl GatewayService {
     async fn backfill_then_retry(
         &self,
         write: &Arc<ItemWrite>,
-        devices: &[DeviceId],
+        placed: &Placed,
         deadline: Instant,
     ) -> WriteOutcome {
         metrics::counter!("cartdb_gateway_backfilled_on_demand_total").increment(1);
@@ -249,9 +317,10 @@ impl GatewayService {
         let replication = self.parts.replication;
         replicate(
             &self.parts.replicas,
-            devices,
+            placed,
             write.clone(),
             replication,
+            &self.clock,
             deadline,
         )
         .await
@@ -355,9 +424,11 @@ impl GatewayService {
         let sends = read
             .repairs
             .into_iter()
-            .map(|repair| self.read_repair.send(user, repair));
+            .map(|repair| self.read_repair.send(user, repair, read.epoch));
         futures::future::join_all(sends).await;
-        self.compactor.compact_due(user, read.settled).await;
+        self.compactor
+            .compact_due(user, read.settled, read.epoch)
+            .await;
         Ok(outcome)
     }
 
@@ -388,7 +459,8 @@ impl GatewayService {
         if !resolution.complete || !resolution.repairs.is_empty() {
             self.follow_up(user);
         }
-        self.compactor.spawn(user, resolution.settled);
+        self.compactor
+            .spawn(user, resolution.settled, resolution.epoch);
         let catalog = self.catalog();
         let items = cart_lines(&resolution.items, |id| {
             catalog.by_id(id).map(|p| p.name.as_str())
@@ -472,6 +544,11 @@ fn products(catalog: &Catalog) -> GatewayResponse {
 
 /// Most items one `DeviceItems` page carries.
 const MAX_DEVICE_ITEMS_PAGE: u32 = 1000;
+
+/// Most times one cart request is placed: once, and again after each refusal as placed
+/// with a stale map (a map change that lands while it is in flight; two in one request's
+/// time are rare, three rarer still).
+const MAX_PLACEMENTS: u32 = 3;
 
 /// Category stored with cart-index entries; the data nodes never list index entries under
 /// any category.

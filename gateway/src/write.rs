@@ -6,6 +6,9 @@
 //!   | -- Apply{require_in_cart: delete} -->  d1, d2, d3    all at once, each in its own task
 //!   | <-- Applied / NotInCart / error ----   as they come  tracker.record(..)
 //!   | -- Apply{require_in_cart: false} --->  stale ones    a legitimate delete only
+//!   | -- Apply{restamped: true} ---------->  all again     only if the tracker says Restamp:
+//!                                                       stamped above the newest version
+//!                                                       a replica named
 //!   answer as soon as tracker.outcome() is decided, or at the deadline
 //! ```
 //!
@@ -18,12 +21,13 @@ use std::sync::Arc;
 
 use cartdb_core::cart::{DeviceId, ItemKey, ItemMeta, OpKind, Operation};
 use cartdb_core::config::Replication;
-use cartdb_core::wire::{DataRequest, DataResponse};
+use cartdb_core::version::HybridClock;
+use cartdb_core::wire::{DataCall, DataFailure, DataRequest, DataResponse};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
-use crate::replicas::{ReplicaError, Replicas, call_peer, response_name};
+use crate::replicas::{ReplicaError, Replicas, response_name};
 use crate::write_quorum::{ApplyReply, QuorumTracker, WriteOutcome};
 
 /// One operation on one cart item, as sent to every replica.
@@ -34,24 +38,84 @@ pub struct ItemWrite {
     pub op: Operation,
 }
 
+/// Where a write goes: the devices the placement chose (primary first), and the epoch of the
+/// map it chose them with, which every request carries for the data nodes' epoch fence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub devices: Vec<DeviceId>,
+    pub epoch: u64,
+}
+
+/// Most rounds one write is sent in: the first, and the rounds stamped again above a
+/// newer operation a replica named. Each round's new version is above every version the
+/// rounds before were told of, so only operations issued meanwhile can refuse it again.
+const MAX_ROUNDS: u32 = 4;
+
 /// Sends `write` to `devices` (the placement's choice, primary first) and returns the
-/// outcome as soon as it is decided, or when `deadline` passes.
+/// outcome as soon as it is decided, or when `deadline` passes. When the replicas ask for
+/// it ([`WriteOutcome::Restamp`]), stamps the operation again with `clock`, above the
+/// newest version they named, and sends it again: the outcome is never `Restamp`.
 pub async fn replicate(
     replicas: &Replicas,
-    devices: &[DeviceId],
+    placed: &Placed,
     write: Arc<ItemWrite>,
+    replication: Replication,
+    clock: &HybridClock,
+    deadline: Instant,
+) -> WriteOutcome {
+    let mut write = write;
+    let mut restamped = false;
+    let mut round = 1;
+    loop {
+        let outcome =
+            replicate_once(replicas, placed, &write, restamped, replication, deadline).await;
+        let WriteOutcome::Restamp { above, failure } = outcome else {
+            return outcome;
+        };
+        if round == MAX_ROUNDS || Instant::now() >= deadline {
+            return WriteOutcome::QuorumNotReached(failure);
+        }
+        if let Err(refused) = clock.observe(above) {
+            tracing::warn!(%refused, ?above, "not stamping a write above a version from the future");
+            return WriteOutcome::QuorumNotReached(failure);
+        }
+        metrics::counter!("cartdb_gateway_restamped_writes_total").increment(1);
+        let mut next = (*write).clone();
+        next.op.version = clock.now();
+        write = Arc::new(next);
+        restamped = true;
+        round += 1;
+    }
+}
+
+/// One round of [`replicate`]: the operation as stamped, to every device.
+async fn replicate_once(
+    replicas: &Replicas,
+    placed: &Placed,
+    write: &Arc<ItemWrite>,
+    restamped: bool,
     replication: Replication,
     deadline: Instant,
 ) -> WriteOutcome {
-    let mut tracker = QuorumTracker::new(write.op.kind, devices, replication);
-    let require_in_cart = write.op.kind == OpKind::Delete;
-    let mut in_flight: FuturesUnordered<_> = devices
+    let (kind, version) = (write.op.kind, write.op.version);
+    let mut tracker = QuorumTracker::new(kind, version, &placed.devices, replication);
+    let require_in_cart = kind == OpKind::Delete;
+    let send = |device, require_in_cart| {
+        let stamp = Stamp {
+            epoch: placed.epoch,
+            require_in_cart,
+            restamped,
+        };
+        send(replicas, device, write.clone(), stamp, deadline)
+    };
+    let mut in_flight: FuturesUnordered<_> = placed
+        .devices
         .iter()
-        .map(|&device| send(replicas, device, write.clone(), require_in_cart, deadline))
+        .map(|&device| send(device, require_in_cart))
         .collect();
     loop {
         for device in tracker.take_stale_replicas() {
-            in_flight.push(send(replicas, device, write.clone(), false, deadline));
+            in_flight.push(send(device, false));
         }
         if let Some(outcome) = tracker.outcome() {
             return outcome;
@@ -64,25 +128,37 @@ pub async fn replicate(
     }
 }
 
+/// The map epoch and flags of one apply request.
+#[derive(Clone, Copy)]
+struct Stamp {
+    epoch: u64,
+    require_in_cart: bool,
+    restamped: bool,
+}
+
 /// Starts one apply request in its own task and returns a future of its answer.
 fn send(
     replicas: &Replicas,
     device: DeviceId,
     write: Arc<ItemWrite>,
-    require_in_cart: bool,
+    stamp: Stamp,
     deadline: Instant,
 ) -> impl Future<Output = (DeviceId, ApplyReply)> + use<> {
     let peer = replicas.peer(device);
     let task = peer.map(|peer| {
         tokio::spawn(async move {
-            let request = DataRequest::Apply {
-                key: write.key.clone(),
-                meta: write.meta.clone(),
-                op: write.op,
-                require_in_cart,
+            let call = DataCall {
+                epoch: stamp.epoch,
+                request: DataRequest::Apply {
+                    key: write.key.clone(),
+                    meta: write.meta.clone(),
+                    op: write.op,
+                    require_in_cart: stamp.require_in_cart,
+                    restamped: stamp.restamped,
+                },
             };
             let timeout = deadline.saturating_duration_since(Instant::now());
-            apply_reply(device, call_peer(device, &peer, &request, timeout).await)
+            apply_reply(device, peer.call(&call, timeout).await)
         })
     });
     async move {
@@ -99,8 +175,14 @@ fn send(
 /// What the quorum makes of one replica's answer to an apply.
 fn apply_reply(device: DeviceId, result: Result<DataResponse, ReplicaError>) -> ApplyReply {
     match result {
-        Ok(DataResponse::Applied { qty, .. }) => ApplyReply::Applied { qty },
+        Ok(DataResponse::Applied { qty, held, .. }) => ApplyReply::Applied { qty, held },
         Ok(DataResponse::NotInCart) => ApplyReply::NotInCart,
+        Err(ReplicaError::Refused(DataFailure::OutOfOrder { newest, .. })) => {
+            ApplyReply::OutOfOrder { newest }
+        }
+        Err(ReplicaError::Refused(busy @ DataFailure::ItemBusy { .. })) => {
+            ApplyReply::Busy(busy.to_string())
+        }
         Ok(other) => ApplyReply::Failed(
             ReplicaError::Unexpected {
                 device,

@@ -20,19 +20,35 @@
 //! delete. (A replica that times out may still have applied it; the client cannot be told
 //! more than "not in cart" then, and the operation id keeps a retry from applying twice.)
 //! Successful writes never wait for the slowest replica.
+//!
+//! **Real-time order.** A replica refuses an operation below the newest one it holds of the
+//! item (`OutOfOrder`), and says when it already holds the operation under a larger
+//! version (a retry's earlier attempt). Either can mean the operation would be ordered
+//! before one that was acknowledged before it was issued, so the tracker then decides
+//! [`WriteOutcome::Restamp`]: the gateway stamps it again above every version it was told
+//! of and sends it again (`restamped`), and only that round can acknowledge it. A refusal
+//! by one replica while W others applied it does not: an operation acknowledged earlier is
+//! held by one replica of every write quorum, and those W applied it above it.
 
 use std::fmt;
 
 use cartdb_core::cart::{DeviceId, OpKind};
 use cartdb_core::config::Replication;
+use cartdb_core::version::Version;
 
 /// One replica's answer to an apply, as the quorum sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyReply {
-    /// The operation is durable there; `qty` is that replica's quantity afterwards.
-    Applied { qty: u64 },
+    /// The operation is durable there; `qty` is that replica's quantity afterwards, and
+    /// `held` the version the replica holds it under.
+    Applied { qty: u64, held: Version },
     /// A `require_in_cart` delete found quantity 0 there and wrote nothing.
     NotInCart,
+    /// The replica holds an operation of the item at `newest`, at or above this one's
+    /// version, and wrote nothing.
+    OutOfOrder { newest: Version },
+    /// The item's log is at the replica's cap of unfolded operations; nothing written.
+    Busy(String),
     /// No usable answer: why.
     Failed(String),
 }
@@ -71,6 +87,9 @@ pub struct QuorumFailure {
     pub failures: Vec<ReplicaFailure>,
     /// Replicas the placement could not choose at all (fewer devices than RF are in).
     pub unplaced: usize,
+    /// Replicas that refused because the item's log is at their cap (a hot item): the
+    /// client should slow down rather than retry at once (HTTP 429).
+    pub busy: usize,
 }
 
 impl fmt::Display for QuorumFailure {
@@ -106,6 +125,12 @@ pub enum WriteOutcome {
     NotInCart,
     /// Too few replicas acknowledged.
     QuorumNotReached(QuorumFailure),
+    /// The operation must be stamped again above `above` and sent again (see "Real-time
+    /// order" in the module docs). `failure` is what this round reached.
+    Restamp {
+        above: Version,
+        failure: QuorumFailure,
+    },
 }
 
 /// Tracks the answers to one insert or delete and decides it.
@@ -122,11 +147,25 @@ pub struct QuorumTracker {
     replicas: Vec<(DeviceId, ReplicaState)>,
     /// Some replica applied a `require_in_cart` delete (inserts: always).
     legitimate: bool,
+    /// The version the operation was sent with.
+    version: Version,
+    /// The newest version an `OutOfOrder` refusal named.
+    refused_below: Option<Version>,
+    /// The largest version above `version` a replica already held the operation under.
+    held_above: Option<Version>,
+    /// Replicas that answered `Busy`.
+    busy: usize,
 }
 
 impl QuorumTracker {
-    /// A tracker for an operation of `kind` sent to `devices` (the placement's choice).
-    pub fn new(kind: OpKind, devices: &[DeviceId], replication: Replication) -> Self {
+    /// A tracker for an operation of `kind` stamped `version`, sent to `devices` (the
+    /// placement's choice).
+    pub fn new(
+        kind: OpKind,
+        version: Version,
+        devices: &[DeviceId],
+        replication: Replication,
+    ) -> Self {
         Self {
             kind,
             replication,
@@ -135,6 +174,10 @@ impl QuorumTracker {
                 .map(|d| (*d, ReplicaState::Pending))
                 .collect(),
             legitimate: kind == OpKind::Add,
+            version,
+            refused_below: None,
+            held_above: None,
+            busy: 0,
         }
     }
 
@@ -147,22 +190,42 @@ impl QuorumTracker {
     /// already answered) are ignored.
     pub fn record(&mut self, device: DeviceId, reply: ApplyReply) {
         let kind = self.kind;
+        let awaited = self.replicas.iter().any(|(d, s)| {
+            *d == device && matches!(s, ReplicaState::Pending | ReplicaState::Resending)
+        });
+        match reply {
+            ApplyReply::Applied { held, .. } if awaited && held > self.version => {
+                self.held_above = self.held_above.max(Some(held));
+            }
+            ApplyReply::OutOfOrder { newest } if awaited => {
+                self.refused_below = self.refused_below.max(Some(newest));
+            }
+            ApplyReply::Busy(_) if awaited => self.busy += 1,
+            _ => {}
+        }
         let Some(state) = self.state_mut(device) else {
             return;
         };
         let next = match (&*state, reply) {
-            (ReplicaState::Pending | ReplicaState::Resending, ApplyReply::Applied { qty }) => {
+            (ReplicaState::Pending | ReplicaState::Resending, ApplyReply::Applied { qty, .. }) => {
                 ReplicaState::Applied { qty }
             }
+            (
+                ReplicaState::Pending | ReplicaState::Resending,
+                ApplyReply::OutOfOrder { newest },
+            ) => ReplicaState::Failed(format!(
+                "refused: it holds a newer operation of the item, {newest:?}"
+            )),
             (ReplicaState::Pending, ApplyReply::NotInCart) if kind == OpKind::Delete => {
                 ReplicaState::NotInCart
             }
             (ReplicaState::Pending | ReplicaState::Resending, ApplyReply::NotInCart) => {
                 ReplicaState::Failed("answered not-in-cart to an unconditional write".to_owned())
             }
-            (ReplicaState::Pending | ReplicaState::Resending, ApplyReply::Failed(reason)) => {
-                ReplicaState::Failed(reason)
-            }
+            (
+                ReplicaState::Pending | ReplicaState::Resending,
+                ApplyReply::Failed(reason) | ApplyReply::Busy(reason),
+            ) => ReplicaState::Failed(reason),
             _ => return,
         };
         let applied = matches!(next, ReplicaState::Applied { .. });
@@ -220,19 +283,34 @@ impl QuorumTracker {
     /// The decision, once there is one.
     pub fn outcome(&self) -> Option<WriteOutcome> {
         if self.is_satisfied() {
-            return Some(self.acknowledged());
+            return Some(match self.held_above {
+                Some(held) => self.restamp(self.refused_below.max(Some(held)).unwrap_or(held)),
+                None => self.acknowledged(),
+            });
         }
-        if self.is_settled() {
+        let short = if self.is_settled() {
             let refused = self.count(|s| *s == ReplicaState::NotInCart);
             if !self.legitimate && refused >= self.replication.read_quorum {
                 return Some(WriteOutcome::NotInCart);
             }
-            return Some(WriteOutcome::QuorumNotReached(self.failure()));
+            true
+        } else {
+            self.legitimate && self.reachable() < self.replication.write_quorum
+        };
+        if !short {
+            return None;
         }
-        if self.legitimate && self.reachable() < self.replication.write_quorum {
-            return Some(WriteOutcome::QuorumNotReached(self.failure()));
+        Some(match self.refused_below.max(self.held_above) {
+            Some(above) => self.restamp(above),
+            None => WriteOutcome::QuorumNotReached(self.failure()),
+        })
+    }
+
+    fn restamp(&self, above: Version) -> WriteOutcome {
+        WriteOutcome::Restamp {
+            above,
+            failure: self.failure(),
         }
-        None
     }
 
     fn state_mut(&mut self, device: DeviceId) -> Option<&mut ReplicaState> {
@@ -276,7 +354,8 @@ impl QuorumTracker {
         WriteOutcome::Acknowledged { qty, acked }
     }
 
-    fn failure(&self) -> QuorumFailure {
+    /// What this round reached, as a failure: every replica that did not apply it.
+    pub fn failure(&self) -> QuorumFailure {
         let failures = self
             .replicas
             .iter()
@@ -301,6 +380,7 @@ impl QuorumTracker {
                 .replication
                 .replicas
                 .saturating_sub(self.replicas.len()),
+            busy: self.busy,
         }
     }
 }
@@ -314,8 +394,12 @@ mod tests {
         Replication::new(3, 2, 2).unwrap()
     }
 
+    fn v(hlc: u64) -> Version {
+        Version { hlc, gateway: 1 }
+    }
+
     fn applied(qty: u64) -> ApplyReply {
-        ApplyReply::Applied { qty }
+        ApplyReply::Applied { qty, held: v(10) }
     }
 
     fn failed(reason: &str) -> ApplyReply {
@@ -331,7 +415,7 @@ mod tests {
 
     #[test]
     fn an_insert_succeeds_after_w_acks_without_the_slowest() {
-        let mut t = QuorumTracker::new(OpKind::Add, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Add, v(10), &[1, 3, 6], rf3());
         t.record(3, applied(2));
         assert_eq!(t.outcome(), None);
         t.record(1, applied(3));
@@ -347,7 +431,7 @@ mod tests {
 
     #[test]
     fn an_insert_fails_as_soon_as_w_is_out_of_reach() {
-        let mut t = QuorumTracker::new(OpKind::Add, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Add, v(10), &[1, 3, 6], rf3());
         t.record(1, failed("connection refused"));
         assert_eq!(t.outcome(), None);
         t.record(6, failed("timed out"));
@@ -362,7 +446,7 @@ mod tests {
 
     #[test]
     fn closing_fails_the_silent_replicas() {
-        let mut t = QuorumTracker::new(OpKind::Add, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Add, v(10), &[1, 3, 6], rf3());
         t.record(1, applied(1));
         t.close();
         let failure = quorum_failure(t.outcome());
@@ -372,7 +456,7 @@ mod tests {
 
     #[test]
     fn too_few_placed_devices_fail_at_once() {
-        let t = QuorumTracker::new(OpKind::Add, &[4], rf3());
+        let t = QuorumTracker::new(OpKind::Add, v(10), &[4], rf3());
         let failure = quorum_failure(t.outcome());
         assert_eq!(failure.unplaced, 2);
         assert!(
@@ -384,7 +468,7 @@ mod tests {
 
     #[test]
     fn an_answer_from_an_unknown_or_answered_device_is_ignored() {
-        let mut t = QuorumTracker::new(OpKind::Add, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Add, v(10), &[1, 3, 6], rf3());
         t.record(9, applied(1));
         t.record(1, applied(1));
         t.record(1, applied(1));
@@ -393,7 +477,7 @@ mod tests {
 
     #[test]
     fn a_delete_applied_everywhere_succeeds() {
-        let mut t = QuorumTracker::new(OpKind::Delete, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Delete, v(10), &[1, 3, 6], rf3());
         t.record(1, applied(0));
         t.record(6, applied(0));
         assert_eq!(
@@ -407,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_legitimate_delete_is_resent_to_stale_replicas_which_count_toward_w() {
-        let mut t = QuorumTracker::new(OpKind::Delete, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Delete, v(10), &[1, 3, 6], rf3());
         t.record(3, ApplyReply::NotInCart);
         assert!(t.take_stale_replicas().is_empty(), "not legitimate yet");
         t.record(1, applied(1));
@@ -426,7 +510,7 @@ mod tests {
 
     #[test]
     fn a_stale_replica_answering_late_is_resent_too() {
-        let mut t = QuorumTracker::new(OpKind::Delete, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Delete, v(10), &[1, 3, 6], rf3());
         t.record(1, applied(1));
         t.record(6, failed("down"));
         t.record(3, ApplyReply::NotInCart);
@@ -438,7 +522,7 @@ mod tests {
 
     #[test]
     fn a_delete_refused_by_r_replicas_is_not_in_cart_once_settled() {
-        let mut t = QuorumTracker::new(OpKind::Delete, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Delete, v(10), &[1, 3, 6], rf3());
         t.record(1, ApplyReply::NotInCart);
         t.record(3, ApplyReply::NotInCart);
         assert_eq!(t.outcome(), None, "the last replica might still apply it");
@@ -449,7 +533,7 @@ mod tests {
 
     #[test]
     fn a_delete_refused_by_r_replicas_with_the_rest_down_is_not_in_cart() {
-        let mut t = QuorumTracker::new(OpKind::Delete, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Delete, v(10), &[1, 3, 6], rf3());
         t.record(1, ApplyReply::NotInCart);
         t.record(6, ApplyReply::NotInCart);
         t.close();
@@ -458,7 +542,7 @@ mod tests {
 
     #[test]
     fn one_refusal_and_no_other_answer_is_a_quorum_failure() {
-        let mut t = QuorumTracker::new(OpKind::Delete, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Delete, v(10), &[1, 3, 6], rf3());
         t.record(1, ApplyReply::NotInCart);
         t.record(3, failed("down"));
         t.record(6, failed("down"));
@@ -468,7 +552,7 @@ mod tests {
 
     #[test]
     fn a_late_apply_makes_refusals_stale_instead_of_not_in_cart() {
-        let mut t = QuorumTracker::new(OpKind::Delete, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Delete, v(10), &[1, 3, 6], rf3());
         t.record(1, ApplyReply::NotInCart);
         t.record(3, ApplyReply::NotInCart);
         t.record(6, applied(4));
@@ -491,7 +575,7 @@ mod tests {
             for a in &answers {
                 for b in &answers {
                     for c in &answers {
-                        let mut t = QuorumTracker::new(kind, &[1, 2, 3], rf3());
+                        let mut t = QuorumTracker::new(kind, v(10), &[1, 2, 3], rf3());
                         for (device, answer) in [(1, a), (2, b), (3, c)] {
                             if let Some(answer) = answer {
                                 t.record(device, answer.clone());
@@ -508,13 +592,58 @@ mod tests {
 
     #[test]
     fn an_insert_never_reports_not_in_cart() {
-        let mut t = QuorumTracker::new(OpKind::Add, &[1, 3, 6], rf3());
+        let mut t = QuorumTracker::new(OpKind::Add, v(10), &[1, 3, 6], rf3());
         t.record(1, ApplyReply::NotInCart);
         t.record(3, ApplyReply::NotInCart);
         t.record(6, ApplyReply::NotInCart);
         assert!(matches!(
             t.outcome(),
             Some(WriteOutcome::QuorumNotReached(_))
+        ));
+    }
+
+    #[test]
+    fn a_refusal_out_of_order_that_leaves_the_quorum_short_asks_for_a_restamp() {
+        let mut t = QuorumTracker::new(OpKind::Add, v(10), &[1, 3, 6], rf3());
+        t.record(1, ApplyReply::OutOfOrder { newest: v(30) });
+        t.record(3, applied(1));
+        assert_eq!(t.outcome(), None);
+        t.record(6, ApplyReply::OutOfOrder { newest: v(20) });
+        match t.outcome() {
+            Some(WriteOutcome::Restamp { above, failure }) => {
+                assert_eq!(above, v(30));
+                assert_eq!(failure.acked, 1);
+            }
+            other => panic!("expected Restamp, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_out_of_order_beside_a_write_quorum_is_acknowledged() {
+        let mut t = QuorumTracker::new(OpKind::Add, v(10), &[1, 3, 6], rf3());
+        t.record(1, ApplyReply::OutOfOrder { newest: v(30) });
+        t.record(3, applied(1));
+        t.record(6, applied(1));
+        assert!(matches!(
+            t.outcome(),
+            Some(WriteOutcome::Acknowledged { .. })
+        ));
+    }
+
+    #[test]
+    fn an_operation_held_under_a_larger_version_is_stamped_again_above_it() {
+        let mut t = QuorumTracker::new(OpKind::Delete, v(10), &[1, 3, 6], rf3());
+        t.record(
+            1,
+            ApplyReply::Applied {
+                qty: 0,
+                held: v(50),
+            },
+        );
+        t.record(3, applied(0));
+        assert!(matches!(
+            t.outcome(),
+            Some(WriteOutcome::Restamp { above, .. }) if above == v(50)
         ));
     }
 }

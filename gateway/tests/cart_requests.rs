@@ -40,6 +40,10 @@ struct FakeCoordination {
 }
 
 impl Coordination for FakeCoordination {
+    fn is_connected(&self) -> bool {
+        true
+    }
+
     fn set_placement(
         &self,
         _expected_epoch: u64,
@@ -162,6 +166,7 @@ impl TestGateway {
                 grace: Duration::from_secs(60),
                 min_ops: 32,
             },
+            clock_offset_ms: 0,
         });
         TestGateway {
             service,

@@ -14,7 +14,7 @@ use cartdb_core::cart::{DeviceId, ItemKey, ItemMeta, OpId, OpKind, Operation};
 use cartdb_core::config::Replication;
 use cartdb_core::version::HybridClock;
 use cartdb_gateway::replicas::Replicas;
-use cartdb_gateway::write::{ItemWrite, replicate};
+use cartdb_gateway::write::{ItemWrite, Placed, replicate};
 use cartdb_gateway::write_quorum::WriteOutcome;
 use tokio::time::Instant;
 
@@ -74,7 +74,11 @@ impl Fixture {
             },
         });
         let rf3 = Replication::new(3, 2, 2).unwrap();
-        replicate(&self.replicas, &DEVICES, write, rf3, deadline).await
+        let placed = Placed {
+            devices: DEVICES.to_vec(),
+            epoch: 0,
+        };
+        replicate(&self.replicas, &placed, write, rf3, &self.clock, deadline).await
     }
 
     /// The quantity of user1's pork on `device`.

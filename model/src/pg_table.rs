@@ -13,6 +13,36 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Past sets by PG; a PG without past devices has no entry.
 pub type PastSets = BTreeMap<u32, BTreeSet<u32>>;
 
+/// The map epoch at which each PG's current *interval* started: the last epoch that changed
+/// its up or past set (Ceph's `same_interval_since`). A PG without an entry has not changed
+/// since the map was bootstrapped. A data node refuses a request for a PG placed with a map
+/// older than the PG's interval: whoever sent it placed the PG where it no longer is.
+pub type Intervals = BTreeMap<u32, u64>;
+
+/// The intervals after a map change at `epoch` takes the past sets from `before` to
+/// `after`: every PG whose past set differs starts a new interval at `epoch`.
+///
+/// That covers every change of an up set's members too: a device leaving the up set joins
+/// the past set, and a device joining it leaves the past set or replaces one that joins it
+/// (the one exception, an up set that only grows because devices were too few, moves no
+/// data: the devices it had are still read). Clearing a past set after handback starts a
+/// new interval as well, so a request placed before the handback is refused by the devices
+/// it dropped copies from.
+pub fn intervals_after(
+    intervals: &Intervals,
+    before: &PastSets,
+    after: &PastSets,
+    epoch: u64,
+) -> Intervals {
+    let mut result = intervals.clone();
+    for pg in before.keys().chain(after.keys()) {
+        if before.get(pg) != after.get(pg) {
+            result.insert(*pg, epoch);
+        }
+    }
+    result
+}
+
 /// The up set of every placement group of a pool at one map epoch, indexed by PG.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PgTable {
@@ -104,6 +134,19 @@ mod tests {
         let reordered = table(&[&[1, 2, 3], &[5, 4, 6]]);
         // Same members: nobody left, so nothing is added.
         assert_eq!(same.past_after(&reordered, &past), past);
+    }
+
+    #[test]
+    fn a_changed_past_set_starts_a_new_interval() {
+        let before = PastSets::from([(0, BTreeSet::from([3])), (1, BTreeSet::from([5]))]);
+        // PG 0 handed back (cleared), PG 1 unchanged, PG 2 moved (device 4 joins its past).
+        let after = PastSets::from([(1, BTreeSet::from([5])), (2, BTreeSet::from([4]))]);
+        let intervals = Intervals::from([(1, 7), (9, 3)]);
+        assert_eq!(
+            intervals_after(&intervals, &before, &after, 12),
+            Intervals::from([(0, 12), (1, 7), (2, 12), (9, 3)])
+        );
+        assert_eq!(intervals_after(&intervals, &after, &after, 13), intervals);
     }
 
     #[test]

@@ -14,12 +14,14 @@
 //! prints the tail of every log; the test harness shows that output only for failing tests.
 //! The directory is kept when the test panicked or `CARTDB_KEEP_CLUSTER` is set.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use crate::client::ApiClient;
+use crate::gate::TcpGate;
 use crate::ports::free_port;
 use crate::process::Service;
 use crate::view::ClusterView;
@@ -54,6 +56,12 @@ pub struct ClusterOptions {
     pub datanode_args: Vec<String>,
     /// Extra command-line arguments of every gateway.
     pub gateway_args: Vec<String>,
+    /// Test-only clock offsets of single gateways, in milliseconds, by gateway number (1-based,
+    /// as [`Cluster::gateway`]; `--test-clock-offset-ms`): gateways whose clocks differ.
+    pub gateway_clock_offsets_ms: Vec<(usize, i64)>,
+    /// Gateways (1-based) that reach ZooKeeper through a [`TcpGate`] of their own, so that
+    /// a test can cut them from ZooKeeper alone ([`Cluster::gateway_zk_gate`]).
+    pub gateway_zk_gates: Vec<usize>,
 }
 
 /// The admin token of test clusters unless a test sets another.
@@ -90,6 +98,8 @@ impl Default for ClusterOptions {
             catalog_file: None,
             datanode_args: Vec::new(),
             gateway_args: Vec::new(),
+            gateway_clock_offsets_ms: Vec::new(),
+            gateway_zk_gates: Vec::new(),
         }
     }
 }
@@ -112,6 +122,21 @@ impl ClusterOptions {
             "--compact-min-ops",
             "4",
         ]));
+        self
+    }
+
+    /// These options with gateway `n` (1-based)'s clock running `offset_ms` milliseconds ahead
+    /// (behind, if negative) of the host's.
+    #[must_use]
+    pub fn with_gateway_clock_offset(mut self, n: usize, offset_ms: i64) -> Self {
+        self.gateway_clock_offsets_ms.push((n, offset_ms));
+        self
+    }
+
+    /// These options with gateway `n` (1-based) reaching ZooKeeper through a gate of its own.
+    #[must_use]
+    pub fn with_gateway_zk_gate(mut self, n: usize) -> Self {
+        self.gateway_zk_gates.push(n);
         self
     }
 
@@ -205,6 +230,8 @@ pub struct Cluster {
     gateways: Vec<Service>,
     datanodes: Vec<Service>,
     zookeeper: ZooKeeper,
+    /// Gates between single gateways and ZooKeeper, by gateway number.
+    zk_gates: BTreeMap<usize, TcpGate>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -237,8 +264,13 @@ impl Cluster {
         let api_port = free_port()?;
         let api_url = format!("http://127.0.0.1:{api_port}");
         let api = Self::api_service(&artifacts, dir.path(), api_port, &zookeeper, &options);
+        let mut zk_gates = BTreeMap::new();
+        for &n in &options.gateway_zk_gates {
+            zk_gates.insert(n, TcpGate::start(&zookeeper.connect_string()).await?);
+        }
         let mut cluster = Self {
             client: ApiClient::new(api_url, options.admin_token.clone())?,
+            zk_gates,
             options,
             api,
             gateways: Vec::new(),
@@ -303,7 +335,10 @@ impl Cluster {
         Ok(
             Service::new(format!("gateway-{n}"), &artifacts.gateway, log)
                 .args(["--listen".to_owned(), format!("127.0.0.1:{}", free_port()?)])
-                .args(self.zk_args())
+                .args(match self.zk_gates.get(&n) {
+                    Some(gate) => self.zk_args_via(gate.address()),
+                    None => self.zk_args(),
+                })
                 .args(self.secret_args())
                 .args([
                     "--placement-policy".into(),
@@ -314,6 +349,12 @@ impl Cluster {
                     artifacts.merge_policy.clone().into_os_string(),
                 ])
                 .args(o.gateway_args.clone())
+                .args(
+                    o.gateway_clock_offsets_ms
+                        .iter()
+                        .filter(|(gateway, _)| *gateway == n)
+                        .map(|(_, ms)| format!("--test-clock-offset-ms={ms}")),
+                )
                 .args(["--map-file".into(), artifacts.map.clone().into_os_string()])
                 .args([
                     "--catalog-file".into(),
@@ -352,9 +393,14 @@ impl Cluster {
     }
 
     fn zk_args(&self) -> [String; 4] {
+        self.zk_args_via(&self.zookeeper.connect_string())
+    }
+
+    /// [`Cluster::zk_args`] with ZooKeeper reached at `address` (a gate in front of it).
+    fn zk_args_via(&self, address: &str) -> [String; 4] {
         [
             "--zk".to_owned(),
-            self.zookeeper.connect_string(),
+            address.to_owned(),
             "--zk-session-timeout-ms".to_owned(),
             self.options.zk_session_timeout_ms.to_string(),
         ]
@@ -504,6 +550,16 @@ impl Cluster {
     /// When there is no such gateway or it cannot be started.
     pub fn restart_gateway(&mut self, n: usize) -> anyhow::Result<()> {
         self.gateway(n)?.restart()
+    }
+
+    /// The gate between gateway `n` (1-based) and ZooKeeper.
+    ///
+    /// # Errors
+    /// When the gateway was not started behind one ([`ClusterOptions::with_gateway_zk_gate`]).
+    pub fn gateway_zk_gate(&self, n: usize) -> anyhow::Result<&TcpGate> {
+        self.zk_gates
+            .get(&n)
+            .with_context(|| format!("gateway {n} has no ZooKeeper gate"))
     }
 
     /// `GET /api/cluster`, parsed.

@@ -58,6 +58,25 @@ impl GatewayClient {
         self.change("delete", &request).await
     }
 
+    /// Inserts one `item` into `user`'s cart with the idempotency key `key`, and returns the
+    /// gateway's answer whatever it is (a refusal too).
+    ///
+    /// # Errors
+    /// A transport failure.
+    pub async fn insert_keyed(
+        &self,
+        user: &str,
+        item: &str,
+        key: &str,
+    ) -> anyhow::Result<GatewayResponse> {
+        let request = GatewayRequest::Insert {
+            user: user.to_owned(),
+            item_name: item.to_owned(),
+            idempotency_key: Some(key.to_owned()),
+        };
+        self.call(&request).await
+    }
+
     /// Sends an insert or delete; the quantity it answers.
     async fn change(&self, what: &str, request: &GatewayRequest) -> anyhow::Result<u64> {
         match self.call(request).await? {

@@ -20,6 +20,8 @@
 //! - [`cli`]: running the operator CLI `cartdb` against a cluster.
 //! - [`client`]: [`ApiClient`], a thin REST client returning `(status, json)` as [`Reply`].
 //! - [`gateway`]: [`GatewayClient`], one gateway's RPC, for tests that choose the gateway.
+//! - [`gate`]: [`TcpGate`], a loopback proxy a test cuts and heals (one gateway cut from
+//!   ZooKeeper alone).
 //! - [`replica_check`]: the replicas' own states and whether they converged.
 //! - [`view`]: [`ClusterView`], the parsed `/api/cluster` document.
 //! - [`process`]: [`Service`], one managed child process with its log file.
@@ -34,6 +36,7 @@ pub mod browser;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod gate;
 pub mod gateway;
 pub mod ports;
 pub mod process;
@@ -47,6 +50,7 @@ pub mod zookeeper;
 pub use browser::Browser;
 pub use client::{ApiClient, Reply};
 pub use cluster::{Cluster, ClusterOptions};
+pub use gate::TcpGate;
 pub use gateway::GatewayClient;
 pub use process::Service;
 pub use view::ClusterView;

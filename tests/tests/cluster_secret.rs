@@ -12,7 +12,7 @@ use cartdb_core::rpc::connection::{self, FramedStream};
 use cartdb_core::rpc::secret::Side;
 use cartdb_core::rpc::{ClusterKey, Frame, Hello, ReplyBody, RpcClient, RpcError};
 use cartdb_core::version::HybridClock;
-use cartdb_core::wire::{DataRequest, DataResponse, GatewayRequest, ServiceKind};
+use cartdb_core::wire::{DataCall, DataRequest, DataResponse, GatewayRequest, ServiceKind};
 use cartdb_tests::cluster::test_cluster_key;
 use cartdb_tests::{Cluster, ClusterOptions, GatewayClient, wait_until};
 use futures::{SinkExt, StreamExt};
@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(5);
 
-fn apply(user: &str) -> DataRequest {
-    DataRequest::Apply {
+fn apply(user: &str) -> DataCall {
+    let request = DataRequest::Apply {
         key: ItemKey {
             user: user.to_owned(),
             product: "p1".to_owned(),
@@ -36,7 +36,10 @@ fn apply(user: &str) -> DataRequest {
             version: HybridClock::new(9).now(),
         },
         require_in_cart: false,
-    }
+        restamped: false,
+    };
+    // Placed with the bootstrap map: no PG of a fresh cluster has changed since.
+    DataCall { epoch: 0, request }
 }
 
 /// Says hello to a `service` at `address`, then sends `proof` (if any) and `request`.
@@ -105,7 +108,7 @@ async fn peers_without_the_cluster_secret_cannot_change_carts() -> Result<()> {
     let stranger = ClusterKey::new(b"not-the-cluster-secret", "test")?;
 
     // Another secret: refused in the handshake, before any request is sent.
-    let refused = RpcClient::<DataRequest, DataResponse>::connect(
+    let refused = RpcClient::<DataCall, DataResponse>::connect(
         &datanode,
         ServiceKind::DataNode,
         &stranger,

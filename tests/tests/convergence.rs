@@ -302,8 +302,8 @@ async fn a_retried_insert_applies_once_across_gateways_and_a_replica_failure() -
 
 /// A retry can stamp one operation twice: the first attempt reached two replicas while the
 /// third was dead, the retry (a new request, so a new version) reached the third once it was
-/// back. The merge keeps the smaller version; read repair must move the third replica's copy
-/// to it, or the replicas would answer alike but never hold the same state.
+/// back. The merge keeps the larger version; read repair must move the other replicas'
+/// copies to it, or the replicas would answer alike but never hold the same state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_operation_stamped_twice_by_a_retry_ends_at_one_version() -> Result<()> {
     let mut cluster = Cluster::start(options()).await?;

@@ -6,7 +6,7 @@
 //! ```json
 //! {"format": 4, "map": {...}, "reweights": {"3": 0},
 //!  "pool": {"id": 1, "pg_num": 256, "size": 3}, "past": {"17": [3]},
-//!  "auto_out": [3], "flags": ["noout"],
+//!  "intervals": {"17": 9}, "auto_out": [3], "flags": ["noout"],
 //!  "policies": {"placement": {"sha256": "5f0c...", "name": "crush"}, "merge": null},
 //!  "policy_history": [{"kind": "placement", "policy": {...}, "action": "bootstrap",
 //!                      "epoch": 1, "at_ms": 1764662400000, "by": "gateway 1"}, ...]}
@@ -14,7 +14,9 @@
 //!
 //! the map in python-crush JSON (the seed's format, `config/crush-map.json`), Ceph-style
 //! reweights in 16.16 fixed point (0 = out, `0x10000` = in), the pool (fixed at bootstrap),
-//! the past sets of the PGs that have one (see `cartdb_model::pg_table`), the devices the
+//! the past sets of the PGs that have one (see `cartdb_model::pg_table`), the epoch at which
+//! each PG's up or past set last changed (`intervals`, absent for PGs unchanged since
+//! bootstrap; written by [`Placement`]'s writer, never by hand), the devices the
 //! cluster marked out by itself after their down grace (they are marked in again when they
 //! return; a device an operator marked out is not listed and stays out), and the cluster
 //! flags ([`ClusterFlags`]). `auto_out` and `flags` may be absent (none). `policies` names
@@ -31,12 +33,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cartdb_model::pg::{Pool, PoolError};
-use cartdb_model::pg_table::PastSets;
+use cartdb_model::pg_table::{Intervals, PastSets};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::policy_store::{PolicyKind, is_sha256};
-use crate::cart::DeviceId;
+use crate::cart::{DeviceId, ItemKey};
+use crate::placement_key::placement_key;
 
 /// Reweight of a device that is fully in (1.0 in 16.16 fixed point).
 pub const FULL_WEIGHT: u32 = 0x10000;
@@ -157,6 +160,9 @@ pub struct ClusterMap {
     pub pool: Pool,
     /// Devices that held a PG at an earlier epoch and may hold data its up set lacks.
     pub past: PastSets,
+    /// The epoch each PG's up or past set last changed at (PGs unchanged since bootstrap
+    /// have no entry): what data nodes fence requests placed with older maps by.
+    pub intervals: Intervals,
     /// Devices the cluster marked out itself (down past the grace), to be marked in again
     /// when they return.
     pub auto_out: BTreeSet<DeviceId>,
@@ -217,6 +223,8 @@ struct MapDoc {
     #[serde(default)]
     past: BTreeMap<String, Vec<DeviceId>>,
     #[serde(default)]
+    intervals: BTreeMap<String, u64>,
+    #[serde(default)]
     auto_out: BTreeSet<DeviceId>,
     #[serde(default)]
     flags: Vec<String>,
@@ -250,6 +258,7 @@ impl ClusterMap {
         })?;
         let pool = settings.pool()?;
         let past = past_of(doc.past, &devices, pool.pg_num())?;
+        let intervals = intervals_of(doc.intervals, pool.pg_num(), epoch)?;
         if let Some(&device) = doc.auto_out.iter().find(|d| !devices.contains_key(d)) {
             return Err(MapError::UnknownAutoOutDevice { device });
         }
@@ -285,6 +294,7 @@ impl ClusterMap {
             settings,
             pool,
             past,
+            intervals,
             auto_out: doc.auto_out,
             flags,
             policies,
@@ -295,6 +305,23 @@ impl ClusterMap {
     /// The devices `pg` must be read from besides its up set.
     pub fn past_of(&self, pg: u32) -> Option<&BTreeSet<DeviceId>> {
         self.past.get(&pg)
+    }
+
+    /// The placement group of a stored item (a cart item, or a cart-index entry).
+    pub fn pg_of(&self, key: &ItemKey) -> u32 {
+        self.pool.pg_of(placement_key(&key.user, &key.product))
+    }
+
+    /// The epoch `pg`'s current interval started at: a request for it placed with an older
+    /// map is refused (0: unchanged since bootstrap).
+    pub fn interval_of(&self, pg: u32) -> u64 {
+        self.intervals.get(&pg).copied().unwrap_or(0)
+    }
+
+    /// The newest interval of any PG: a request that spans PGs (a user's cart, a scan) is
+    /// refused when it was placed with an older map.
+    pub fn newest_interval(&self) -> u64 {
+        self.intervals.values().copied().max().unwrap_or(0)
     }
 
     /// This map with `placement` in place of its own (and its CRUSH map replaced when
@@ -335,6 +362,9 @@ impl ClusterMap {
 pub struct Placement {
     pub reweights: BTreeMap<DeviceId, u32>,
     pub past: PastSets,
+    /// Carried over from the map; the writer starts new intervals for the PGs whose past
+    /// set it changes ([`cartdb_model::pg_table::intervals_after`]).
+    pub intervals: Intervals,
     pub auto_out: BTreeSet<DeviceId>,
     pub flags: ClusterFlags,
     /// A new CRUSH map JSON; `None` keeps the map's.
@@ -349,6 +379,7 @@ impl Placement {
         Self {
             reweights: map.reweights.clone(),
             past: map.past.clone(),
+            intervals: map.intervals.clone(),
             auto_out: map.auto_out.clone(),
             flags: map.flags,
             crush: None,
@@ -398,15 +429,21 @@ pub(crate) fn document(map_json: &str, settings: PoolSettings, placement: &Place
         r#"{{"id":{},"pg_num":{},"size":{}}}"#,
         settings.id, settings.pg_num, settings.size
     );
+    let intervals: serde_json::Map<String, Value> = placement
+        .intervals
+        .iter()
+        .map(|(pg, epoch)| (pg.to_string(), Value::from(*epoch)))
+        .collect();
     let auto_out = Value::from(placement.auto_out.iter().copied().collect::<Vec<_>>());
     let flags = Value::from(placement.flags.names());
     // Plain structs of strings and integers: serialising them cannot fail.
     let policies = serde_json::to_string(&placement.policies).unwrap_or_default();
     let history = serde_json::to_string(&placement.policy_history).unwrap_or_default();
     format!(
-        r#"{{"format":{MAP_FORMAT},"map":{map_json},"reweights":{},"pool":{settings},"past":{},"auto_out":{auto_out},"flags":{flags},"policies":{policies},"policy_history":{history}}}"#,
+        r#"{{"format":{MAP_FORMAT},"map":{map_json},"reweights":{},"pool":{settings},"past":{},"intervals":{},"auto_out":{auto_out},"flags":{flags},"policies":{policies},"policy_history":{history}}}"#,
         Value::Object(reweights),
-        Value::Object(past)
+        Value::Object(past),
+        Value::Object(intervals)
     )
     .into_bytes()
 }
@@ -576,6 +613,29 @@ fn past_of(
         .collect()
 }
 
+fn intervals_of(
+    raw: BTreeMap<String, u64>,
+    pg_num: u32,
+    epoch: u64,
+) -> Result<Intervals, MapError> {
+    raw.into_iter()
+        .map(|(key, start)| {
+            let pg = key
+                .parse::<u32>()
+                .ok()
+                .filter(|pg| *pg < pg_num)
+                .ok_or_else(|| MapError::UnknownIntervalPg {
+                    key: key.clone(),
+                    pg_num,
+                })?;
+            if start > epoch {
+                return Err(MapError::IntervalAhead { pg, start, epoch });
+            }
+            Ok((pg, start))
+        })
+        .collect()
+}
+
 fn field<'v>(node: &'v Value, path: &str, name: &str) -> Result<&'v Value, MapError> {
     node.get(name).ok_or_else(|| MapError::Missing {
         path: format!("{path}.{name}"),
@@ -610,6 +670,12 @@ pub enum MapError {
     PoolSize { size: u32 },
     #[error("past: {key:?} is not a placement group below pg_num {pg_num}")]
     UnknownPg { key: String, pg_num: u32 },
+    #[error("intervals: {key:?} is not a placement group below pg_num {pg_num}")]
+    UnknownIntervalPg { key: String, pg_num: u32 },
+    #[error(
+        "intervals: placement group {pg} starts its interval at epoch {start}, after the map's own epoch {epoch}"
+    )]
+    IntervalAhead { pg: u32, start: u64, epoch: u64 },
     #[error("past: placement group {pg} names device {device}, which is not in the map")]
     UnknownPastDevice { pg: u32, device: DeviceId },
     #[error("{path} is missing")]

@@ -33,6 +33,7 @@ use zookeeper_client::{CreateMode, SessionId, SessionState};
 
 use crate::cart::{DeviceId, Product};
 use crate::catalog::Catalog;
+use crate::pg_table::intervals_after;
 
 pub mod error;
 mod follow;
@@ -517,11 +518,18 @@ async fn write_placement(
     {
         return Err(CoordError::UnknownDevice { op: OP, device });
     }
+    let mut placement = placement.clone();
+    placement.intervals = intervals_after(
+        &current.intervals,
+        &current.past,
+        &placement.past,
+        expected_epoch + 1,
+    );
     if placement.is_that_of(&current) {
         return Ok(Some(current));
     }
     let crush = placement.crush.as_deref().unwrap_or(&current.map_json);
-    let doc = map::document(crush, current.settings, placement);
+    let doc = map::document(crush, current.settings, &placement);
     // Re-parsed so that nothing is published that a reader would refuse (a past set naming
     // a PG beyond pg_num, say).
     let checked = ClusterMap::parse(&doc, expected_epoch + 1).map_err(CoordError::InvalidMap)?;

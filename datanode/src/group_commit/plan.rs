@@ -22,6 +22,9 @@ pub struct ApplyRequest {
     pub op: Operation,
     /// Refuse (and write nothing) when the item's quantity is 0 here.
     pub require_in_cart: bool,
+    /// The gateway stamped the operation again above a newer one: if this replica holds it
+    /// under an older version, move it up to `op`'s.
+    pub restamped: bool,
 }
 
 /// One `DataRequest::Repair`: add what this replica lacks of a merged state.
@@ -61,6 +64,11 @@ pub enum WriteRequest {
 /// An operation dated more than `max_skew` ahead of this node's clock is refused too: its
 /// version would outrank every operation issued for as long as the skew lasts, and a gateway
 /// that read it would drag its own clock forward that far.
+///
+/// And one bound that is not about clocks but lives with them because compaction is what
+/// lifts it: an item whose log holds `max_log_ops` unfolded operations takes no new ones
+/// ([`Outcome::Busy`]) until compaction folds the old ones, so a hot item's log (and every
+/// answer that carries it) stays bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
     /// `None`: accept operations of any age (tests that use small synthetic versions).
@@ -69,6 +77,9 @@ pub struct Timing {
     pub id_retention: Duration,
     /// `None`: accept operations from any future (tests with synthetic versions).
     pub max_skew: Option<Duration>,
+    /// Most unfolded operations an item's log may hold before applies are refused; `None`:
+    /// no bound (tests).
+    pub max_log_ops: Option<u32>,
 }
 
 impl Timing {
@@ -78,6 +89,7 @@ impl Timing {
         grace: Duration::ZERO,
         id_retention: Duration::from_secs(365 * 24 * 3600),
         max_skew: None,
+        max_log_ops: None,
     };
 }
 
@@ -103,8 +115,17 @@ impl WriteRequest {
 /// What a write did, decided against the item's state alone; the reply once it is durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The operation was added (`duplicate: false`) or was already there; `qty` afterwards.
-    Applied { qty: u64, duplicate: bool },
+    /// The operation was added (`duplicate: false`) or was already there; `qty` afterwards,
+    /// and the version the item holds the operation under.
+    Applied {
+        qty: u64,
+        duplicate: bool,
+        held: Version,
+    },
+    /// The item holds an operation at `newest`, at or above `version`: nothing written.
+    OutOfOrder { version: Version, newest: Version },
+    /// The item's log holds `ops` unfolded operations, at its cap: nothing written.
+    Busy { ops: u32, cap: u32 },
     /// `require_in_cart` was set and the quantity is 0: nothing written.
     NotInCart,
     /// The operation is not newer than the folded base: nothing written.
@@ -124,7 +145,23 @@ impl Outcome {
     /// The reply to send for this outcome on `device`.
     pub fn reply(&self, device: DeviceId) -> DataResponse {
         match *self {
-            Self::Applied { qty, duplicate } => DataResponse::Applied { qty, duplicate },
+            Self::Applied {
+                qty,
+                duplicate,
+                held,
+            } => DataResponse::Applied {
+                qty,
+                duplicate,
+                held,
+            },
+            Self::Busy { ops, cap } => {
+                DataResponse::Failed(DataFailure::ItemBusy { device, ops, cap })
+            }
+            Self::OutOfOrder { version, newest } => DataResponse::Failed(DataFailure::OutOfOrder {
+                device,
+                version,
+                newest,
+            }),
             Self::NotInCart => DataResponse::NotInCart,
             Self::TooOld { version, base } => DataResponse::Failed(DataFailure::TooOld {
                 device,
@@ -238,11 +275,6 @@ impl Slot {
         })
     }
 
-    /// Whether the item holds (or has folded) an operation with this id.
-    fn holds(&self, key: &ItemKey, id: OpId, reader: &dyn ItemReader) -> Result<bool, StoreError> {
-        Ok(self.find(key, id, reader)?.is_some())
-    }
-
     /// The operation with this id the item holds (or has folded), as the batch leaves it.
     fn find(
         &self,
@@ -336,10 +368,11 @@ impl Slot {
     }
 
     /// Moves `held`, in the log, to `op`: the same operation (same id) under the version the
-    /// merge keeps, which is the smaller one. A retry that reached replicas through different
-    /// gateways leaves one operation under two versions; without this move the replicas
-    /// would merge to the same answer but never hold the same state. `false` (nothing
-    /// changed) when `held` is already folded into the base, or `op` would be.
+    /// merge keeps, which is the larger one. A retry that reached replicas through different
+    /// gateways, or an operation stamped again above a newer one (see
+    /// [`ApplyRequest::restamped`]), leaves one operation under two versions; without this
+    /// move the replicas would merge to the same answer but never hold the same state.
+    /// `false` (nothing changed) when `held` is already folded into the base, or `op` would be.
     fn revise(
         &mut self,
         key: &ItemKey,
@@ -421,14 +454,30 @@ impl BatchPlan {
             WriteRequest::Apply(apply) => {
                 // A retry is recognised before `require_in_cart` is checked, so a retried
                 // delete that took the quantity to 0 is a duplicate, not "not in cart".
-                if slot.holds(key, apply.op.id, reader)? {
+                if let Some(held) = slot.find(key, apply.op.id, reader)? {
+                    let moved = apply.restamped
+                        && held.version < apply.op.version
+                        && slot.revise(key, held, apply.op, reader)?;
                     return Ok(Outcome::Applied {
                         qty: slot.head.qty,
-                        duplicate: true,
+                        duplicate: !moved,
+                        held: if moved {
+                            apply.op.version
+                        } else {
+                            held.version
+                        },
                     });
                 }
                 if apply.require_in_cart && slot.head.qty == 0 {
                     return Ok(Outcome::NotInCart);
+                }
+                if let Some(cap) = timing.max_log_ops
+                    && slot.head.ops >= cap
+                {
+                    return Ok(Outcome::Busy {
+                        ops: slot.head.ops,
+                        cap,
+                    });
                 }
                 if let Some(window) = timing.accept_window {
                     let window_ms = millis(window);
@@ -447,6 +496,21 @@ impl BatchPlan {
                         });
                     }
                 }
+                // Only ever above everything held: an operation acknowledged before this one
+                // was issued is held by a replica of every write quorum.
+                if let Some(newest) = slot.head.latest
+                    && apply.op.version <= newest
+                    && slot
+                        .head
+                        .base
+                        .version
+                        .is_none_or(|base| apply.op.version > base)
+                {
+                    return Ok(Outcome::OutOfOrder {
+                        version: apply.op.version,
+                        newest,
+                    });
+                }
                 if !slot.add(key, apply.op, reader)? {
                     return Ok(Outcome::TooOld {
                         version: apply.op.version,
@@ -458,6 +522,7 @@ impl BatchPlan {
                 Ok(Outcome::Applied {
                     qty: slot.head.qty,
                     duplicate: false,
+                    held: apply.op.version,
                 })
             }
             WriteRequest::Repair(repair) => {
@@ -470,8 +535,8 @@ impl BatchPlan {
                 for op in &repair.ops {
                     let changed = match slot.find(key, op.id, reader)? {
                         None => slot.add(key, *op, reader)?,
-                        // The merge keeps the smaller (version, kind) of one id; so does this.
-                        Some(held) if (op.version, op.kind) < (held.version, held.kind) => {
+                        // The merge keeps the larger (version, kind) of one id; so does this.
+                        Some(held) if (op.version, op.kind) > (held.version, held.kind) => {
                             slot.revise(key, held, *op, reader)?
                         }
                         Some(_) => false,

@@ -2,7 +2,7 @@
 //! every keyspace's entries in one fjall batch, atomic and fsync'd before it returns, which is
 //! what keeps the keyspaces in step (the invariants in [`super`]'s docs).
 
-use cartdb_core::cart::ItemKey;
+use cartdb_core::cart::{ItemKey, StateDigest};
 use fjall::PersistMode;
 
 use super::codec::{
@@ -12,22 +12,30 @@ use super::codec::{
 use super::{CartStore, ItemWrite, StoreError, listed_category};
 
 impl CartStore {
-    /// Deletes every trace of `keys` (head, log and id entries, category and placement
-    /// entries) in one batch, fsync'd before it returns; items not held are skipped. Returns
-    /// how many items were deleted. Called by the group commit writer only, so it never
-    /// races a write.
+    /// Deletes every trace of the `items` (head, log and id entries, category and placement
+    /// entries) whose digest is still the one given, in one batch, fsync'd before it
+    /// returns; items not held are skipped. Returns how many items were deleted, and how
+    /// many were kept because their state changed since the caller saw it (a write that
+    /// reached this replica after the handback's scan: it must be copied before it may
+    /// go). Called by the group commit writer only, so it never races a write.
     ///
     /// # Errors
     /// As [`CartStore::read_summary`] for a read; [`StoreError::Commit`] when fjall fails,
     /// after which fjall refuses every write.
-    pub fn drop_items(&self, keys: &[ItemKey]) -> Result<u32, StoreError> {
+    pub fn drop_items(&self, items: &[(ItemKey, StateDigest)]) -> Result<(u32, u32), StoreError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut dropped = Vec::new();
-        let keys: std::collections::BTreeSet<&ItemKey> = keys.iter().collect();
-        for key in keys {
+        let mut changed = 0u32;
+        let items: std::collections::BTreeMap<&ItemKey, StateDigest> =
+            items.iter().map(|(key, digest)| (key, *digest)).collect();
+        for (key, digest) in items {
             let Some(head) = self.read_summary(key)? else {
                 continue;
             };
+            if head.digest != digest {
+                changed = changed.saturating_add(1);
+                continue;
+            }
             let prefix = log_prefix(key)?;
             for guard in self.log.prefix(&prefix) {
                 let raw = guard.key().map_err(|source| StoreError::Read {
@@ -44,7 +52,7 @@ impl CartStore {
             dropped.push(key);
         }
         if dropped.is_empty() {
-            return Ok(0);
+            return Ok((0, changed));
         }
         for user in self.emptied_users(&dropped)? {
             batch.remove(&self.users, user.as_bytes());
@@ -54,7 +62,7 @@ impl CartStore {
             source,
         })?;
         self.heads.dropped(dropped.iter().copied());
-        Ok(u32::try_from(dropped.len()).unwrap_or(u32::MAX))
+        Ok((u32::try_from(dropped.len()).unwrap_or(u32::MAX), changed))
     }
 
     /// The users of `dropped` who hold no other item on this replica.

@@ -39,6 +39,7 @@ pub fn op(
             version: Version { hlc, gateway: 1 },
         },
         require_in_cart: kind == OpKind::Delete,
+        restamped: false,
     }
 }
 
@@ -71,10 +72,29 @@ pub async fn close(store: Arc<CartStore>, writer: GroupCommit) {
     drop(store);
 }
 
+/// The version [`apply_qty`] puts in every `Applied` reply, and [`applied`] and
+/// [`duplicate`] expect.
+const ANY_VERSION: Version = Version { hlc: 0, gateway: 0 };
+
+/// `writer`'s reply to `request`, with the version an `Applied` reply names replaced by
+/// [`ANY_VERSION`]: for tests of quantities and duplicates (`apply_semantics.rs` checks
+/// the versions).
+pub async fn apply_qty(writer: &GroupCommit, request: ApplyRequest) -> DataResponse {
+    match writer.apply(request).await {
+        DataResponse::Applied { qty, duplicate, .. } => DataResponse::Applied {
+            qty,
+            duplicate,
+            held: ANY_VERSION,
+        },
+        other => other,
+    }
+}
+
 pub fn applied(qty: u64) -> DataResponse {
     DataResponse::Applied {
         qty,
         duplicate: false,
+        held: ANY_VERSION,
     }
 }
 
@@ -82,5 +102,6 @@ pub fn duplicate(qty: u64) -> DataResponse {
     DataResponse::Applied {
         qty,
         duplicate: true,
+        held: ANY_VERSION,
     }
 }

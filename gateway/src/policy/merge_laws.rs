@@ -425,7 +425,7 @@ fn keeps_acknowledged_ops(merge: &Merge<'_>, case: &Case) -> TestCaseResult {
 }
 
 /// The quantity the union of `states` stands for: the newest base, then every operation
-/// above it, each id once at its smallest (version, kind), in (version, id) order.
+/// above it, each id once at its largest (version, kind), in (version, id) order.
 fn replay(states: &[ItemState]) -> u64 {
     let base = states
         .iter()
@@ -437,7 +437,7 @@ fn replay(states: &[ItemState]) -> u64 {
         let candidate = (op.version, op.kind);
         by_id
             .entry(op.id)
-            .and_modify(|held| *held = (*held).min(candidate))
+            .and_modify(|held| *held = (*held).max(candidate))
             .or_insert(candidate);
     }
     let mut ops: Vec<(Version, OpId, OpKind)> = by_id

@@ -53,8 +53,11 @@ impl GatewayService {
     pub(super) async fn replica_dump(&self, user: &str, deadline: Instant) -> Answer {
         validate_id("userid", user).map_err(invalid)?;
         let topology = self.parts.view.current();
-        let request = DataRequest::ReadUser {
-            user: user.to_owned(),
+        let request = DataCall {
+            epoch: topology.map.epoch,
+            request: DataRequest::ReadUser {
+                user: user.to_owned(),
+            },
         };
         let timeout = deadline.saturating_duration_since(Instant::now());
         let calls = topology.members.devices.keys().map(|&device| {
@@ -113,7 +116,9 @@ impl GatewayService {
             })
             .collect();
         let devices: BTreeSet<DeviceId> = keys.iter().flat_map(|k| topology.read_set(k)).collect();
-        let held = self.summaries_on(user, devices, deadline).await;
+        let held = self
+            .summaries_on(user, devices, topology.map.epoch, deadline)
+            .await;
         let catalog = self.catalog();
         let items = keys
             .into_iter()
@@ -152,10 +157,14 @@ impl GatewayService {
         &self,
         user: &str,
         devices: BTreeSet<DeviceId>,
+        epoch: u64,
         deadline: Instant,
     ) -> BTreeMap<DeviceId, Vec<ItemSummary>> {
-        let request = DataRequest::ReadSummaries {
-            user: user.to_owned(),
+        let request = DataCall {
+            epoch,
+            request: DataRequest::ReadSummaries {
+                user: user.to_owned(),
+            },
         };
         let timeout = deadline.saturating_duration_since(Instant::now());
         let calls = devices.into_iter().map(|device| {
@@ -194,9 +203,12 @@ impl GatewayService {
             validate_id("after.userid", &after.user).map_err(invalid)?;
             validate_id("after.productid", &after.product).map_err(invalid)?;
         }
-        let request = DataRequest::ListItems {
-            after,
-            limit: limit.clamp(1, MAX_DEVICE_ITEMS_PAGE),
+        let request = DataCall {
+            epoch: topology.map.epoch,
+            request: DataRequest::ListItems {
+                after,
+                limit: limit.clamp(1, MAX_DEVICE_ITEMS_PAGE),
+            },
         };
         let timeout = deadline.saturating_duration_since(Instant::now());
         match self.parts.replicas.call(device, &request, timeout).await {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use cartdb_core::cart::{DeviceId, ItemKey, ItemState};
 use cartdb_core::rpc;
-use cartdb_core::wire::{DataFailure, DataRequest, DataResponse, ServiceKind};
+use cartdb_core::wire::{DataCall, DataFailure, DataRequest, DataResponse, ServiceKind};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -73,6 +73,7 @@ impl FakeNode {
                 meta,
                 op,
                 require_in_cart,
+                ..
             } => {
                 self.applies.fetch_add(1, Ordering::SeqCst);
                 let state = items
@@ -85,6 +86,7 @@ impl FakeNode {
                 DataResponse::Applied {
                     qty: state.qty(),
                     duplicate,
+                    held: op.version,
                 }
             }
             DataRequest::ReadUser { user } => DataResponse::UserItems {
@@ -141,7 +143,10 @@ impl FakeNode {
                 items: Vec::new(),
                 more: false,
             },
-            DataRequest::DropItems { .. } => DataResponse::Dropped { items: 0 },
+            DataRequest::DropItems { .. } => DataResponse::Dropped {
+                items: 0,
+                changed: 0,
+            },
         }
     }
 }
@@ -150,20 +155,20 @@ impl FakeNode {
 struct FakeService(Arc<FakeNode>);
 
 impl rpc::Service for FakeService {
-    type Request = DataRequest;
+    type Request = DataCall;
     type Response = DataResponse;
     const KIND: ServiceKind = ServiceKind::DataNode;
 
-    fn request_name(request: &DataRequest) -> &'static str {
-        request.name()
+    fn request_name(call: &DataCall) -> &'static str {
+        call.request.name()
     }
 
-    async fn call(self: Arc<Self>, request: DataRequest) -> DataResponse {
+    async fn call(self: Arc<Self>, call: DataCall) -> DataResponse {
         let delay = self.0.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        self.0.answer(request)
+        self.0.answer(call.request)
     }
 }
 

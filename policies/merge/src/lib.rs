@@ -2,7 +2,8 @@
 //! (`cartdb_core::merge`), as a `cartdb:policy/merge-policy` component.
 //!
 //! Operations are unioned by op id; when replicas hold one id under different versions (a
-//! retry that reached them through different gateways) the smaller `(version, kind)` wins.
+//! retry that reached them through different gateways, or an operation stamped again above a
+//! newer one) the larger `(version, kind)` wins.
 //! The base with the largest `(version, qty)` wins, because a base only ever folds
 //! operations every replica had acknowledged; operations at or below its version are
 //! already in it and are dropped. The log is sorted by `(version, id)`.
@@ -81,7 +82,7 @@ pub fn merge(states: &[ItemState]) -> Result<ItemState, MergeError> {
         by_id
             .entry(op.id)
             .and_modify(|held| {
-                if (op.version, op.kind) < (held.version, held.kind) {
+                if (op.version, op.kind) > (held.version, held.kind) {
                     *held = *op;
                 }
             })
@@ -120,7 +121,7 @@ mod tests {
     }
 
     #[test]
-    fn unions_by_id_and_keeps_the_smaller_version() {
+    fn unions_by_id_and_keeps_the_larger_version() {
         let a = state(
             Base::default(),
             &[op(1, OpKind::Add, 10), op(2, OpKind::Add, 20)],
@@ -132,8 +133,8 @@ mod tests {
         let merged = merge(&[a.clone(), b.clone()]);
         assert_eq!(merged, merge(&[b, a]));
         let expected = [
-            op(2, OpKind::Add, 5),
             op(1, OpKind::Add, 10),
+            op(2, OpKind::Add, 20),
             op(3, OpKind::Delete, 30),
         ];
         assert_eq!(merged.map(|m| m.ops), Ok(expected.to_vec()));
@@ -161,9 +162,9 @@ mod tests {
     }
 
     #[test]
-    fn the_same_version_with_two_kinds_keeps_add() {
+    fn the_same_version_with_two_kinds_keeps_delete() {
         let a = state(Base::default(), &[op(1, OpKind::Delete, 10)]);
         let b = state(Base::default(), &[op(1, OpKind::Add, 10)]);
-        assert_eq!(merge(&[a, b.clone()]), Ok(b));
+        assert_eq!(merge(&[a.clone(), b]), Ok(a));
     }
 }

@@ -39,11 +39,17 @@ fn request(id: u128, kind: OpKind, hlc: u64, require_in_cart: bool) -> WriteRequ
         meta: meta("c1"),
         op: op(id, kind, hlc),
         require_in_cart,
+        restamped: false,
     })
 }
 
-fn applied(qty: u64, duplicate: bool) -> Outcome {
-    Outcome::Applied { qty, duplicate }
+/// An apply's outcome; `hlc` the clock reading the replica holds the operation under.
+fn applied(qty: u64, duplicate: bool, hlc: u64) -> Outcome {
+    Outcome::Applied {
+        qty,
+        duplicate,
+        held: Version { hlc, gateway: 1 },
+    }
 }
 
 /// An in-memory log: full item states, committed from [`ItemWrite`]s the way the store
@@ -121,14 +127,22 @@ impl ItemReader for MemoryLog {
 }
 
 impl ItemLog for MemoryLog {
-    fn drop_items(&self, keys: &[ItemKey]) -> Result<u32, StoreError> {
+    fn drop_items(&self, keys: &[(ItemKey, StateDigest)]) -> Result<(u32, u32), StoreError> {
         let mut items = self.items.lock().unwrap();
         let mut ids = self.ids.lock().unwrap();
-        let dropped = keys.iter().filter(|k| items.remove(*k).is_some()).count();
-        for key in keys {
-            ids.remove(key);
+        let (mut dropped, mut changed) = (0, 0);
+        for (key, digest) in keys {
+            match items.get(key) {
+                Some(state) if state.summary().digest == *digest => {
+                    items.remove(key);
+                    ids.remove(key);
+                    dropped += 1;
+                }
+                Some(_) => changed += 1,
+                None => {}
+            }
         }
-        Ok(u32::try_from(dropped).unwrap())
+        Ok((dropped, changed))
     }
 
     fn commit(&self, writes: &[ItemWrite]) -> Result<(), StoreError> {
@@ -172,7 +186,7 @@ impl ItemLog for MemoryLog {
 fn a_new_item_takes_the_request_meta() {
     let log = MemoryLog::default();
     let (outcomes, writes) = log.run(&[request(1, OpKind::Add, 1, false)]);
-    assert_eq!(outcomes, [applied(1, false)]);
+    assert_eq!(outcomes, [applied(1, false, 1)]);
     assert_eq!(writes[0].head.meta.category, "c1");
     assert_eq!(writes[0].index.insert.as_deref(), Some("c1"));
 }
@@ -196,10 +210,10 @@ fn a_retry_is_a_duplicate_even_when_the_item_is_now_empty() {
     let delete = request(2, OpKind::Delete, 2, true);
     assert_eq!(
         log.run(std::slice::from_ref(&delete)).0,
-        [applied(0, false)]
+        [applied(0, false, 2)]
     );
     let (outcomes, writes) = log.run(&[delete, request(3, OpKind::Delete, 3, true)]);
-    assert_eq!(outcomes, [applied(0, true), Outcome::NotInCart]);
+    assert_eq!(outcomes, [applied(0, true, 2), Outcome::NotInCart]);
     assert!(writes.is_empty());
 }
 
@@ -218,7 +232,11 @@ fn operations_in_one_batch_compose() {
     let (outcomes, writes) = log.run(&[add.clone(), add, request(2, OpKind::Add, 2, false)]);
     assert_eq!(
         outcomes,
-        [applied(1, false), applied(1, true), applied(2, false)]
+        [
+            applied(1, false, 1),
+            applied(1, true, 1),
+            applied(2, false, 2)
+        ]
     );
     assert_eq!(writes.len(), 1, "one write per item");
     assert_eq!(writes[0].added.len(), 2);
@@ -226,7 +244,31 @@ fn operations_in_one_batch_compose() {
 }
 
 #[test]
-fn an_operation_out_of_version_order_refolds_the_log() {
+fn an_apply_below_the_newest_operation_is_refused_and_writes_nothing() {
+    let log = MemoryLog::default();
+    log.run(&[
+        request(1, OpKind::Add, 10, false),
+        request(2, OpKind::Delete, 30, false),
+    ]);
+    let newest = Version {
+        hlc: 30,
+        gateway: 1,
+    };
+    for hlc in [20, 30, 5] {
+        let (outcomes, writes) = log.run(&[request(3, OpKind::Add, hlc, false)]);
+        let version = Version { hlc, gateway: 1 };
+        assert_eq!(outcomes, [Outcome::OutOfOrder { version, newest }]);
+        assert!(writes.is_empty(), "nothing is written below the newest");
+    }
+    // Stamped again above it, the same operation is added.
+    assert_eq!(
+        log.run(&[request(3, OpKind::Add, 31, false)]).0,
+        [applied(1, false, 31)]
+    );
+}
+
+#[test]
+fn a_repair_out_of_version_order_refolds_the_log() {
     let log = MemoryLog::default();
     log.run(&[
         request(1, OpKind::Add, 10, false),
@@ -235,17 +277,62 @@ fn an_operation_out_of_version_order_refolds_the_log() {
     // add@10, delete@30 -> 0; a delete@20 in between makes add, delete, delete -> 0
     // (clamped); an add@5 before everything makes add, add, delete, delete -> 0, where
     // appending it would have given 1.
-    assert_eq!(
-        log.run(&[request(3, OpKind::Delete, 20, false)]).0,
-        [applied(0, false)]
-    );
-    assert_eq!(
-        log.run(&[request(4, OpKind::Add, 5, false)]).0,
-        [applied(0, false)]
-    );
+    let (outcomes, _) = log.run(&[repair_with(vec![
+        op(3, OpKind::Delete, 20),
+        op(4, OpKind::Add, 5),
+    ])]);
+    assert_eq!(outcomes, [Outcome::Repaired { added: 2 }]);
     let state = log.state().unwrap();
     assert_eq!(state.qty(), 0);
     assert_eq!(state.ops.len(), 4);
+}
+
+#[test]
+fn an_item_at_its_cap_of_unfolded_operations_refuses_new_ones_but_not_retries_or_repairs() {
+    let log = MemoryLog::default();
+    let timing = Timing {
+        max_log_ops: Some(3),
+        ..Timing::ANY_AGE
+    };
+    for (id, hlc) in [(1, 10), (2, 20), (3, 30)] {
+        run_at(&log, timing, 0, &request(id, OpKind::Add, hlc, false));
+    }
+    assert_eq!(
+        run_at(&log, timing, 0, &request(4, OpKind::Add, 40, false)),
+        Outcome::Busy { ops: 3, cap: 3 }
+    );
+    assert_eq!(log.state().unwrap().ops.len(), 3, "nothing written");
+    assert_eq!(
+        run_at(&log, timing, 0, &request(3, OpKind::Add, 30, false)),
+        applied(3, true, 30),
+        "a retry is still recognised"
+    );
+    // A repair brings operations other replicas acknowledged: never refused.
+    assert_eq!(
+        run_at(&log, timing, 0, &repair_with(vec![op(5, OpKind::Add, 50)])),
+        Outcome::Repaired { added: 1 }
+    );
+}
+
+#[test]
+fn a_restamped_apply_moves_the_operation_up_and_a_plain_retry_does_not() {
+    let log = MemoryLog::default();
+    log.run(&[request(1, OpKind::Add, 10, false)]);
+    let (outcomes, writes) = log.run(&[request(1, OpKind::Add, 20, false)]);
+    assert_eq!(outcomes, [applied(1, true, 10)], "a retry is a duplicate");
+    assert!(writes.is_empty());
+    let WriteRequest::Apply(mut restamped) = request(1, OpKind::Add, 20, false) else {
+        unreachable!()
+    };
+    restamped.restamped = true;
+    let restamped = WriteRequest::Apply(restamped);
+    let (outcomes, writes) = log.run(std::slice::from_ref(&restamped));
+    assert_eq!(outcomes, [applied(1, false, 20)]);
+    assert_eq!(writes[0].folded, [op(1, OpKind::Add, 10)]);
+    assert_eq!(log.state().unwrap().ops, [op(1, OpKind::Add, 20)]);
+    let (outcomes, writes) = log.run(&[restamped]);
+    assert_eq!(outcomes, [applied(1, true, 20)], "moved once");
+    assert!(writes.is_empty());
 }
 
 #[test]
@@ -259,7 +346,11 @@ fn an_item_that_ends_the_batch_as_it_started_keeps_its_index_entry() {
     ]);
     assert_eq!(
         outcomes,
-        [applied(0, false), Outcome::NotInCart, applied(1, false)]
+        [
+            applied(0, false, 2),
+            Outcome::NotInCart,
+            applied(1, false, 4)
+        ]
     );
     assert_eq!(writes.len(), 1);
     assert!(writes[0].index.is_empty(), "qty went 1 -> 0 -> 1");
@@ -309,54 +400,50 @@ fn repair_with(ops: Vec<Operation>) -> WriteRequest {
 }
 
 #[test]
-fn a_repair_moves_an_operation_held_under_a_larger_version_to_the_smaller() {
+fn a_repair_moves_an_operation_held_under_a_smaller_version_to_the_larger() {
     let log = MemoryLog::default();
     log.run(&[
+        request(2, OpKind::Delete, 5, false),
         request(1, OpKind::Add, 10, false),
-        request(2, OpKind::Delete, 30, false),
     ]);
-    // Operation 2 reached the other replicas through another gateway, stamped earlier
-    // than operation 1: the merge keeps that version, so this replica must move it.
-    let merged = vec![op(2, OpKind::Delete, 5), op(1, OpKind::Add, 10)];
+    // Operation 2 reached the other replicas stamped again above operation 1: the merge
+    // keeps that version, so this replica must move it.
+    let merged = vec![op(1, OpKind::Add, 10), op(2, OpKind::Delete, 30)];
     let (outcomes, writes) = log.run(&[repair_with(merged.clone())]);
     assert_eq!(outcomes, [Outcome::Repaired { added: 1 }]);
-    assert_eq!(writes[0].folded, [op(2, OpKind::Delete, 30)]);
+    assert_eq!(writes[0].folded, [op(2, OpKind::Delete, 5)]);
     let state = log.state().unwrap();
     assert_eq!(state.ops, merged);
-    assert_eq!(
-        state.qty(),
-        1,
-        "the delete now comes first and finds nothing"
-    );
+    assert_eq!(state.qty(), 0, "the delete now comes after the add");
     assert_eq!(
         log.find_op(&key(), OpId(2)).unwrap(),
-        Some(op(2, OpKind::Delete, 5))
+        Some(op(2, OpKind::Delete, 30))
     );
     let (outcomes, writes) = log.run(&[repair_with(merged)]);
     assert_eq!(outcomes, [Outcome::Repaired { added: 0 }]);
     assert!(writes.is_empty(), "a repeated repair writes nothing");
-    let (outcomes, writes) = log.run(&[repair_with(vec![op(2, OpKind::Delete, 40)])]);
+    let (outcomes, writes) = log.run(&[repair_with(vec![op(2, OpKind::Delete, 3)])]);
     assert_eq!(outcomes, [Outcome::Repaired { added: 0 }]);
     assert!(
         writes.is_empty(),
-        "a larger version never replaces a smaller one"
+        "a smaller version never replaces a larger one"
     );
 }
 
 #[test]
-fn an_operation_added_and_moved_in_one_batch_is_written_once_at_the_smaller_version() {
+fn an_operation_added_and_moved_in_one_batch_is_written_once_at_the_larger_version() {
     let log = MemoryLog::default();
     let (outcomes, writes) = log.run(&[
-        request(1, OpKind::Add, 30, false),
-        repair_with(vec![op(1, OpKind::Add, 5)]),
+        request(1, OpKind::Add, 5, false),
+        repair_with(vec![op(1, OpKind::Add, 30)]),
     ]);
     assert_eq!(
         outcomes,
-        [applied(1, false), Outcome::Repaired { added: 1 }]
+        [applied(1, false, 5), Outcome::Repaired { added: 1 }]
     );
-    assert_eq!(writes[0].added, [op(1, OpKind::Add, 5)]);
+    assert_eq!(writes[0].added, [op(1, OpKind::Add, 30)]);
     assert!(writes[0].folded.is_empty(), "nothing was written to remove");
-    assert_eq!(log.state().unwrap().ops, [op(1, OpKind::Add, 5)]);
+    assert_eq!(log.state().unwrap().ops, [op(1, OpKind::Add, 30)]);
 }
 
 #[test]
@@ -376,7 +463,7 @@ fn a_folded_operation_is_not_moved() {
         base: Some(base),
         ops: Vec::new(),
     })]);
-    let (outcomes, writes) = log.run(&[repair_with(vec![op(1, OpKind::Add, 5)])]);
+    let (outcomes, writes) = log.run(&[repair_with(vec![op(1, OpKind::Add, 25)])]);
     assert_eq!(outcomes, [Outcome::Repaired { added: 0 }]);
     assert!(writes.is_empty());
     assert_eq!(log.state().unwrap().qty(), 1);
@@ -398,6 +485,7 @@ fn at_ms(id: u128, kind: OpKind, ms: u64) -> WriteRequest {
 fn compaction_folds_only_old_operations_of_the_state_the_gateway_saw() {
     let log = MemoryLog::default();
     let timing = Timing {
+        max_log_ops: None,
         accept_window: Some(Duration::from_secs(30)),
         grace: Duration::from_secs(60),
         id_retention: Duration::from_secs(3600),
@@ -411,12 +499,12 @@ fn compaction_folds_only_old_operations_of_the_state_the_gateway_saw() {
         // Accepted when they were new.
         assert_eq!(
             run_at(&log, timing, ms, &at_ms(id, kind, ms)),
-            applied(id as u64, false)
+            applied(id as u64, false, ms << 16)
         );
     }
     assert_eq!(
         run_at(&log, timing, now, &at_ms(3, OpKind::Delete, now - 1_000)),
-        applied(1, false)
+        applied(1, false, (now - 1_000) << 16)
     );
     let digest = log.state().unwrap().summary().digest;
     let compact = |upto_ms: u64, digest| {
@@ -460,7 +548,7 @@ fn compaction_folds_only_old_operations_of_the_state_the_gateway_saw() {
     // A retry of a folded operation is still a duplicate.
     assert_eq!(
         run_at(&log, timing, now, &at_ms(1, OpKind::Add, now - 500)),
-        applied(1, true)
+        applied(1, true, (now - 90_000) << 16)
     );
 }
 
