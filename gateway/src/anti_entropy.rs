@@ -307,7 +307,10 @@ impl AntiEntropy {
             match self.service.sweep(&user, Some(&products)).await {
                 Ok(outcome) => {
                     status.repairs += outcome.repairs as u64;
-                    round.clean &= outcome.complete && outcome.repairs == 0;
+                    // Clean is decided on operation ids: a merge that dropped one (and was
+                    // overruled by the built-in merge) does not prove anything either.
+                    round.clean &=
+                        outcome.complete && outcome.repairs == 0 && outcome.dropped_by_merge == 0;
                 }
                 Err(e) => {
                     round.clean = false;

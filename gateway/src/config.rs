@@ -128,6 +128,17 @@ pub struct GatewayConfig {
     )]
     pub test_clock_offset_ms: i64,
 
+    /// For tests only: `REGISTERED=VIA`, connect to VIA for the data node registered at
+    /// REGISTERED (a gate a partition test can cut between this gateway and that node).
+    /// Repeatable. Default: none.
+    #[arg(
+        long,
+        env = "CARTDB_TEST_PEER_ROUTES",
+        value_delimiter = ',',
+        hide = true
+    )]
+    pub test_peer_route: Vec<String>,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
     #[command(flatten)]
@@ -166,6 +177,8 @@ pub struct GatewaySettings {
     pub coord: CoordConfig,
     /// Test-only offset of the gateway's clock, in milliseconds.
     pub clock_offset_ms: i64,
+    /// Test-only data node routes: registered address -> address to connect to.
+    pub peer_routes: std::collections::BTreeMap<String, String>,
 }
 
 impl GatewayConfig {
@@ -236,6 +249,16 @@ impl GatewayConfig {
                 ),
             ));
         }
+        let mut peer_routes = std::collections::BTreeMap::new();
+        for route in &self.test_peer_route {
+            let Some((registered, via)) = route.split_once('=') else {
+                return Err(ConfigError::new(
+                    "test-peer-route",
+                    format!("{route:?} is not REGISTERED=VIA"),
+                ));
+            };
+            peer_routes.insert(registered.to_owned(), via.to_owned());
+        }
         if self.pg_num == 0 || self.pg_num > MAX_PG_NUM {
             return Err(ConfigError::new("pg-num", "must be between 1 and 65536"));
         }
@@ -267,6 +290,7 @@ impl GatewayConfig {
             },
             coord: self.zk.coord_config()?,
             clock_offset_ms: self.test_clock_offset_ms,
+            peer_routes,
         })
     }
 }

@@ -245,7 +245,9 @@ async fn initial_view(
         .with_context(|| format!("cannot place with the map at epoch {}", map.epoch))?;
     let members = coordinator.members().borrow().clone();
     let connect_timeout = settings.request_timeout.min(MAX_CONNECT_TIMEOUT);
-    let replicas = Arc::new(Replicas::new(key.clone(), connect_timeout));
+    let replicas = Arc::new(
+        Replicas::new(key.clone(), connect_timeout).with_routes(settings.peer_routes.clone()),
+    );
     replicas.refresh(&members.devices);
     let topology = Topology::new(map, members, Arc::new(placement));
     let view = ClusterView::new(topology, settings.replication.write_quorum);

@@ -66,6 +66,9 @@ pub struct CartRead {
     pub complete: bool,
     /// The map epoch the read was placed with: its repairs and compactions carry it.
     pub epoch: u64,
+    /// Divergent items whose merge dropped an operation a replica holds (merged with the
+    /// built-in merge instead; see [`Repairs::dropped_by_merge`]).
+    pub dropped_by_merge: usize,
 }
 
 /// Whose cart to read, and how.
@@ -173,6 +176,7 @@ pub async fn read_cart(
             settled,
             complete,
             epoch,
+            dropped_by_merge: 0,
         });
     }
     let states = fetch_states(replicas, epoch, user, &check.divergent, deadline).await?;
@@ -191,12 +195,22 @@ pub async fn read_cart(
     });
     items.extend(repairs.merged);
     items.sort_by(|a, b| a.product.cmp(&b.product));
+    if repairs.dropped_by_merge > 0 {
+        metrics::counter!("cartdb_gateway_merge_dropped_total")
+            .increment(repairs.dropped_by_merge as u64);
+        tracing::warn!(
+            user,
+            items = repairs.dropped_by_merge,
+            "the merge policy dropped an operation a replica holds; merged with the built-in merge"
+        );
+    }
     Ok(CartRead {
         items,
         repairs: repairs.repairs,
         settled,
         complete,
         epoch,
+        dropped_by_merge: repairs.dropped_by_merge,
     })
 }
 

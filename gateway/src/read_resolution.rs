@@ -166,6 +166,11 @@ pub struct Repairs {
     /// One merged summary per divergent item.
     pub merged: Vec<ItemSummary>,
     pub repairs: Vec<Repair>,
+    /// Items whose merge left out an operation some replica holds (neither in the merged
+    /// log nor folded into its base): the merge policy broke the "no operation dropped" law,
+    /// and the built-in merge was used for them instead. The read-set's operation ids, not
+    /// the policy, decide what the up set must hold.
+    pub dropped_by_merge: usize,
 }
 
 /// A cart read that did not hear from enough replicas.
@@ -290,10 +295,15 @@ impl Repairs {
         let mut out = Self {
             merged: Vec::new(),
             repairs: Vec::new(),
+            dropped_by_merge: 0,
         };
         for (product, held) in by_product {
             let inputs: Vec<&ItemState> = held.iter().map(|(_, s)| *s).collect();
-            let merged = merge(&inputs);
+            let mut merged = merge(&inputs);
+            if !covers(&merged, &inputs) {
+                out.dropped_by_merge += 1;
+                merged = cartdb_core::merge::merge_states(&inputs).unwrap_or(merged);
+            }
             let mut replicas: BTreeSet<DeviceId> = held.iter().map(|(d, _)| *d).collect();
             if let Some(planned) = plan.replicas_of.get(product) {
                 replicas.extend(planned.iter().filter(|d| summaries.contains_key(d)));
@@ -308,6 +318,15 @@ impl Repairs {
         }
         out
     }
+}
+
+/// Whether `merged` holds every operation of `inputs`, by id: in its log, or at or below its
+/// base's version (folded; a base only folds operations every replica held).
+fn covers(merged: &ItemState, inputs: &[&ItemState]) -> bool {
+    inputs
+        .iter()
+        .flat_map(|s| &s.ops)
+        .all(|op| merged.contains(op.id) || merged.base.version.is_some_and(|v| op.version <= v))
 }
 
 /// The fetched states grouped by item (product), in product order, with their devices.
@@ -522,6 +541,37 @@ mod tests {
         assert_eq!(r.repairs[0].device, 3);
         assert_eq!(r.repairs[0].ops, [full.ops[1]]);
         assert_eq!(r.repairs[0].base, None);
+    }
+
+    /// The clean proof rests on operation ids, not on the merge policy: a merge that drops
+    /// an operation only a past device holds would leave the up set "equal to the merge",
+    /// need no repair, and let handback delete the last copy. The plan sees the id missing
+    /// from the merged state, counts it, merges that item with the built-in merge instead,
+    /// and repairs the up set with the operation.
+    #[test]
+    fn a_merge_that_drops_an_operation_is_overruled_by_the_ids() {
+        let mut p = ReadPlan::broadcast([1, 2, 3]);
+        p.add_item("1", &[1, 2, 4], &[3]);
+        let on_up = state("1", &[(1, OpKind::Add)]);
+        let on_past = state("1", &[(1, OpKind::Add), (2, OpKind::Add)]);
+        let answers = [
+            (1, vec![on_up.clone()]),
+            (2, vec![on_up.clone()]),
+            (4, vec![on_up.clone()]),
+            (3, vec![on_past.clone()]),
+        ];
+        let states: BTreeMap<DeviceId, Vec<ItemState>> = answers.iter().cloned().collect();
+        // A law-breaking merge: it keeps the first input's log.
+        let first_only = |inputs: &[&ItemState]| inputs[0].clone();
+        let r = Repairs::plan(&p, &summaries(&answers), &states, first_only);
+        assert_eq!(r.dropped_by_merge, 1);
+        assert_eq!(r.merged, [on_past.summary()], "the built-in merge's answer");
+        let repaired: BTreeSet<DeviceId> = r.repairs.iter().map(|r| r.device).collect();
+        assert_eq!(repaired, BTreeSet::from([1, 2, 4]), "every up-set device");
+        assert!(r.repairs.iter().all(|r| r.ops == [on_past.ops[1]]));
+        // A merge that keeps every id (or folds it into its base) is left alone.
+        let r = Repairs::plan(&p, &summaries(&answers), &states, merge);
+        assert_eq!(r.dropped_by_merge, 0);
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct Replicas {
     connect_timeout: Duration,
     /// The newest map epoch a data node named when it refused a request as stale.
     epoch_heard: Arc<AtomicU64>,
+    /// Test-only: registered data node address -> the address to connect to instead (a
+    /// gate a partition test cuts). Empty in production.
+    routes: BTreeMap<String, String>,
 }
 
 /// One live device's connection, usable outside a borrow of [`Replicas`] (a request that
@@ -72,7 +75,21 @@ impl Replicas {
             key,
             connect_timeout,
             epoch_heard: Arc::new(AtomicU64::new(0)),
+            routes: BTreeMap::new(),
         }
+    }
+
+    /// The same, connecting to `routes[address]` instead of a data node registered at
+    /// `address` (the hidden test-only `--test-peer-route`).
+    #[must_use]
+    pub fn with_routes(mut self, routes: BTreeMap<String, String>) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// Where to connect for a data node registered at `address`.
+    fn route<'a>(&'a self, address: &'a String) -> &'a String {
+        self.routes.get(address).unwrap_or(address)
     }
 
     /// Makes the peer set match `devices` (device id -> address): keeps the client of every
@@ -80,7 +97,11 @@ impl Replicas {
     /// connect on first use) and drops the rest, closing their connections.
     pub fn refresh(&self, devices: &BTreeMap<DeviceId, String>) {
         let current = self.peers.load();
-        if same_addresses(&current, devices) {
+        let devices: BTreeMap<DeviceId, String> = devices
+            .iter()
+            .map(|(device, addr)| (*device, self.route(addr).clone()))
+            .collect();
+        if same_addresses(&current, &devices) {
             return;
         }
         let next = devices

@@ -97,6 +97,8 @@ pub struct SweepOutcome {
     pub repairs: usize,
     /// Every asked device that is up answered.
     pub complete: bool,
+    /// Items whose merge policy dropped an operation a replica holds.
+    pub dropped_by_merge: usize,
 }
 
 impl GatewayService {
@@ -420,6 +422,7 @@ impl GatewayService {
         let outcome = SweepOutcome {
             repairs: read.repairs.len(),
             complete: read.complete,
+            dropped_by_merge: read.dropped_by_merge,
         };
         let sends = read
             .repairs

@@ -62,6 +62,10 @@ pub struct ClusterOptions {
     /// Gateways (1-based) that reach ZooKeeper through a [`TcpGate`] of their own, so that
     /// a test can cut them from ZooKeeper alone ([`Cluster::gateway_zk_gate`]).
     pub gateway_zk_gates: Vec<usize>,
+    /// Gateways (1-based) that reach every data node through a gate of their own
+    /// (`--test-peer-route`), so that a test can partition them from chosen data nodes
+    /// ([`Cluster::partition`]).
+    pub gateway_data_gates: Vec<usize>,
 }
 
 /// The admin token of test clusters unless a test sets another.
@@ -100,6 +104,7 @@ impl Default for ClusterOptions {
             gateway_args: Vec::new(),
             gateway_clock_offsets_ms: Vec::new(),
             gateway_zk_gates: Vec::new(),
+            gateway_data_gates: Vec::new(),
         }
     }
 }
@@ -130,6 +135,14 @@ impl ClusterOptions {
     #[must_use]
     pub fn with_gateway_clock_offset(mut self, n: usize, offset_ms: i64) -> Self {
         self.gateway_clock_offsets_ms.push((n, offset_ms));
+        self
+    }
+
+    /// These options with gateway `n` (1-based) reaching each data node through a gate of its
+    /// own.
+    #[must_use]
+    pub fn with_gateway_data_gates(mut self, n: usize) -> Self {
+        self.gateway_data_gates.push(n);
         self
     }
 
@@ -232,6 +245,8 @@ pub struct Cluster {
     zookeeper: ZooKeeper,
     /// Gates between single gateways and ZooKeeper, by gateway number.
     zk_gates: BTreeMap<usize, TcpGate>,
+    /// Gates between single gateways and data nodes, by (gateway number, device id).
+    data_gates: BTreeMap<(usize, usize), TcpGate>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -271,6 +286,7 @@ impl Cluster {
         let mut cluster = Self {
             client: ApiClient::new(api_url, options.admin_token.clone())?,
             zk_gates,
+            data_gates: BTreeMap::new(),
             options,
             api,
             gateways: Vec::new(),
@@ -295,6 +311,15 @@ impl Cluster {
             let mut node = self.datanode_service(artifacts, id)?;
             node.start()?;
             self.datanodes.push(node);
+        }
+        for &n in &self.options.gateway_data_gates {
+            for (i, node) in self.datanodes.iter().enumerate() {
+                let address = node
+                    .arg_value("--listen")
+                    .context("a data node's address")?;
+                self.data_gates
+                    .insert((n, i + 1), TcpGate::start(&address).await?);
+            }
         }
         for n in 1..=self.options.gateways {
             let mut gateway = self.gateway_service(artifacts, n)?;
@@ -349,6 +374,16 @@ impl Cluster {
                     artifacts.merge_policy.clone().into_os_string(),
                 ])
                 .args(o.gateway_args.clone())
+                .args(
+                    self.data_gates
+                        .iter()
+                        .filter(|((g, _), _)| *g == n)
+                        .filter_map(|((_, device), gate)| {
+                            let node = self.datanodes.get(device - 1)?;
+                            let address = node.arg_value("--listen")?;
+                            Some(format!("--test-peer-route={address}={}", gate.address()))
+                        }),
+                )
                 .args(
                     o.gateway_clock_offsets_ms
                         .iter()
@@ -550,6 +585,35 @@ impl Cluster {
     /// When there is no such gateway or it cannot be started.
     pub fn restart_gateway(&mut self, n: usize) -> anyhow::Result<()> {
         self.gateway(n)?.restart()
+    }
+
+    /// The gateway number (1-based, as [`Cluster::gateway`]) listening at `address`.
+    pub fn gateway_number(&self, address: &str) -> Option<usize> {
+        self.gateways
+            .iter()
+            .position(|g| g.arg_value("--listen").as_deref() == Some(address))
+            .map(|i| i + 1)
+    }
+
+    /// Cuts (`cut`) or heals the gates between gateway `n` (1-based) and data nodes
+    /// `devices`: a partition between them, every other path left alone.
+    ///
+    /// # Errors
+    /// When the gateway was not started with gates to those data nodes
+    /// ([`ClusterOptions::with_gateway_data_gates`]).
+    pub fn partition(&self, n: usize, devices: &[usize], cut: bool) -> anyhow::Result<()> {
+        for &device in devices {
+            let gate = self
+                .data_gates
+                .get(&(n, device))
+                .with_context(|| format!("gateway {n} has no gate to data node {device}"))?;
+            if cut {
+                gate.cut();
+            } else {
+                gate.heal();
+            }
+        }
+        Ok(())
     }
 
     /// The gate between gateway `n` (1-based) and ZooKeeper.

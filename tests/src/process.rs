@@ -54,6 +54,15 @@ impl Service {
         self
     }
 
+    /// The value that follows `flag` among the process's arguments, if any.
+    pub fn arg_value(&self, flag: &str) -> Option<String> {
+        self.args
+            .iter()
+            .position(|arg| arg == flag)
+            .and_then(|at| self.args.get(at + 1))
+            .map(|value| value.to_string_lossy().into_owned())
+    }
+
     /// Sets an environment variable for the process.
     #[must_use]
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {

@@ -194,3 +194,78 @@ async fn carts_are_served_on_the_last_map_while_zookeeper_is_down() -> Result<()
     }
     Ok(())
 }
+
+/// The sweep's leader is cut from ZooKeeper (not from the data nodes) while a placement swap
+/// is still backfilling, and the swap is rolled back through the other gateway. The cut
+/// leader's view still holds the swap's past sets: the devices the rollback made current
+/// again. It must not hand them back: it stops leading once its session is not connected,
+/// and the drops it might still send carry an epoch older than the PGs' intervals, which the
+/// data nodes refuse. The workload's acknowledged operations, written to the rolled-back
+/// placement meanwhile, all survive, and every item ends on exactly its up set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_leader_cut_from_zookeeper_during_a_rollback_deletes_nothing() -> Result<()> {
+    // The default sweep pace (20 shoppers a second) keeps the swap's backfill going for
+    // tens of seconds, long enough to cut its leader in the middle of it.
+    let options = ClusterOptions::default()
+        .with_gateway_zk_gate(1)
+        .with_gateway_zk_gate(2);
+    let mut cluster = Cluster::start(options).await?;
+    let url = cluster.api_url().to_owned();
+    let api = cluster.client().clone();
+    let workload = Workload::start(api.clone(), "leader", 48);
+    workload.advance(60, SETTLE).await?;
+    let gateways = cluster.gateway_clients().await?;
+    let (&leader_id, _) = gateways.iter().next().context("no gateway")?;
+    let view = cluster.view().await?;
+    let leader_address = view.raw["gateways"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["id"].as_u64() == Some(leader_id))
+        .and_then(|g| g["address"].as_str())
+        .context("the leader's address")?
+        .to_owned();
+    let leader = cluster
+        .gateway_number(&leader_address)
+        .context("which process leads")?;
+
+    let swap = cartdb_json(
+        &url,
+        &[
+            "policy",
+            "deploy",
+            "placement",
+            RENDEZVOUS_POLICY_WASM,
+            "--by",
+            "test",
+        ],
+    )?;
+    ensure!(swap["applied_epoch"].as_u64().is_some(), "{swap}");
+    let pgs = api.cluster().await?.json["placement_groups"].clone();
+    ensure!(
+        pgs["remapped"].as_u64() > Some(0),
+        "nothing to backfill: {pgs}"
+    );
+    cluster.gateway_zk_gate(leader)?.cut();
+    wait_for_gateways(&mut cluster, 1).await?;
+    let back = cartdb_json(&url, &["policy", "rollback", "placement", "--by", "test"])?;
+    ensure!(back["sha256"].is_string(), "{back}");
+    // The rollback's backfill ends (the other gateway leads now) and its past sets are
+    // cleared, while the cut leader still has the swap's view, in which the rolled-back up
+    // sets are past devices to hand back; writes land on them meanwhile.
+    wait_all_clean(&api).await?;
+    workload.advance(120, SETTLE).await?;
+    let history = workload.stop().await?;
+    history.check(&api).await?;
+    cluster.gateway_zk_gate(leader)?.heal();
+    wait_for_gateways(&mut cluster, 2).await?;
+    wait_all_clean(&api).await?;
+    history.check(&api).await?;
+    for user in history.users() {
+        wait_until(&format!("{user} settled"), SETTLE, || {
+            settled(&api, user, 3)
+        })
+        .await?;
+    }
+    Ok(())
+}
