@@ -46,6 +46,10 @@ pub struct ApiConfig {
     /// 30000.
     #[arg(long, env = "CARTDB_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub http_request_timeout_ms: u64,
+    /// Most cart requests (insert, delete, list_all) one shopper may make a second, and at
+    /// once; more are answered 429. 0 turns the limit off. Between 0 and 1000000. Default 0.
+    #[arg(long, env = "CARTDB_SHOPPER_RATE_LIMIT", default_value_t = 0)]
+    pub shopper_rate_limit: u32,
     /// How to reach ZooKeeper, where the live gateways are registered.
     #[command(flatten)]
     pub zk: ZkArgs,
@@ -80,6 +84,12 @@ impl ApiConfig {
         }
         if self.gateway_timeout_ms == 0 {
             return Err(ConfigError::new("gateway-timeout-ms", "must be at least 1"));
+        }
+        if self.shopper_rate_limit > 1_000_000 {
+            return Err(ConfigError::new(
+                "shopper-rate-limit",
+                format!("{} is not between 0 and 1000000", self.shopper_rate_limit),
+            ));
         }
         for (field, value) in [
             ("http-max-connections", self.http_max_connections as u64),

@@ -83,6 +83,9 @@ pub enum ApiError {
     /// No gateway is known, or every known one failed at the transport level.
     #[error("no gateway available")]
     NoGateway,
+    /// The shopper made more cart requests a second than `--shopper-rate-limit` allows.
+    #[error(transparent)]
+    ShopperOverLimit(crate::shopper_limit::OverLimit),
     /// `?gateway=N` names no live gateway.
     #[error("no live gateway has id {id}")]
     UnknownGateway { id: u32 },
@@ -113,6 +116,7 @@ impl ApiError {
             | Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::ShopperOverLimit(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::RouteNotFound { .. } | Self::UnknownGateway { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Gateway(failure) => gateway_failure_status(failure),

@@ -59,13 +59,14 @@ pub struct Changed {
 #[utoipa::path(post, path = "/api/insert", tag = "cart", request_body = CartChange,
     params(("Idempotency-Key" = Option<String>, Header, description = "any string of at most 256 bytes; retries with the same key are applied once (within the idempotency window)")),
     responses((status = 200, description = "inserted into cart: the quantity now", body = Changed),
-        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 404, description = "`product not available in inventory`, or (delete) `product is not available in cart`", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 429, description = "the item has had too many operations within the compaction grace (its replicas' cap of unfolded operations): retry later", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
+        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 404, description = "`product not available in inventory`, or (delete) `product is not available in cart`", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 429, description = "the item has had too many operations within the compaction grace (its replicas' cap of unfolded operations), or the shopper is over `--shopper-rate-limit`: retry later", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn insert(
     State(state): State<AppState>,
     key: IdempotencyKey,
     ApiJson(change): ApiJson<CartChange>,
 ) -> Result<Json<Changed>, ApiError> {
     change.validate()?;
+    state.admit_shopper(&change.userid)?;
     let request = GatewayRequest::Insert {
         user: change.userid,
         item_name: change.item_name,
@@ -82,13 +83,14 @@ pub async fn insert(
 #[utoipa::path(post, path = "/api/delete", tag = "cart", request_body = CartChange,
     params(("Idempotency-Key" = Option<String>, Header, description = "any string of at most 256 bytes; retries with the same key are applied once (within the idempotency window)")),
     responses((status = 200, description = "deleted from cart: the quantity now", body = Changed),
-        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 404, description = "`product not available in inventory`, or (delete) `product is not available in cart`", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 429, description = "the item has had too many operations within the compaction grace (its replicas' cap of unfolded operations): retry later", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
+        (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 404, description = "`product not available in inventory`, or (delete) `product is not available in cart`", body = ErrorBody), (status = 413, description = "the body is over 64 KiB", body = ErrorBody), (status = 429, description = "the item has had too many operations within the compaction grace (its replicas' cap of unfolded operations), or the shopper is over `--shopper-rate-limit`: retry later", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     key: IdempotencyKey,
     ApiJson(change): ApiJson<CartChange>,
 ) -> Result<Json<Changed>, ApiError> {
     change.validate()?;
+    state.admit_shopper(&change.userid)?;
     let request = GatewayRequest::Delete {
         user: change.userid,
         item_name: change.item_name,
@@ -134,12 +136,13 @@ pub struct Cart {
 
 /// The merged cart: the items with quantity above 0, sorted by name.
 #[utoipa::path(get, path = "/api/list_all", tag = "cart", params(UserQuery),
-    responses((status = 200, description = "the cart", body = Cart), (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
+    responses((status = 200, description = "the cart", body = Cart), (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 429, description = "the shopper is over `--shopper-rate-limit` requests a second (off by default): retry later", body = ErrorBody), (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn list_all(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<UserQuery>,
 ) -> Result<Json<Cart>, ApiError> {
     validate_id("userid", &query.userid)?;
+    state.admit_shopper(&query.userid)?;
     let request = GatewayRequest::ListAll {
         user: query.userid.clone(),
     };

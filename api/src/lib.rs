@@ -13,6 +13,7 @@
 //! # Layout
 //! - [`config`]: [`ApiConfig`], the command-line and environment configuration.
 //! - [`routes`]: the [`router`] and its [`AppState`].
+//! - [`shopper_limit`]: the optional per-shopper request rate limit (429).
 //! - [`handlers`]: one handler per endpoint.
 //! - [`extract`]: extractors whose rejections are JSON errors; the idempotency key.
 //! - [`auth`]: the admin bearer-token check.
@@ -35,6 +36,7 @@ pub mod map_admin;
 pub mod openapi;
 pub mod policy_admin;
 pub mod routes;
+pub mod shopper_limit;
 pub mod traffic;
 
 use std::sync::Arc;
@@ -101,7 +103,8 @@ pub async fn run(
     }
     let session = coordinator.clone();
     let state = AppState::new(pool, config.admin_token.as_deref())
-        .with_session_probe(Arc::new(move || session.is_connected()));
+        .with_session_probe(Arc::new(move || session.is_connected()))
+        .with_shopper_limit(config.shopper_rate_limit);
     let app = router(state);
     tracing::info!(listen = ?listener.local_addr().ok(), "API server listening");
     let served = http::serve(listener, app, config.http_limits(), shutdown.clone()).await;

@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use crate::auth::AdminToken;
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::gateways::GatewayPool;
+use crate::shopper_limit::ShopperLimit;
 use crate::traffic::Traffic;
 use crate::{dashboard, handlers, map_admin, policy_admin};
 
@@ -25,6 +26,7 @@ pub struct AppState {
     admin: Option<AdminToken>,
     zookeeper: Option<SessionProbe>,
     traffic: Arc<Traffic>,
+    shopper_limit: Option<Arc<ShopperLimit>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -45,6 +47,28 @@ impl AppState {
             admin: admin_token.map(AdminToken::new),
             zookeeper: None,
             traffic: Arc::default(),
+            shopper_limit: None,
+        }
+    }
+
+    /// The same state, answering 429 to a shopper's cart requests beyond `per_sec` a
+    /// second (0: no limit).
+    #[must_use]
+    pub fn with_shopper_limit(mut self, per_sec: u32) -> Self {
+        self.shopper_limit = (per_sec > 0).then(|| Arc::new(ShopperLimit::new(per_sec)));
+        self
+    }
+
+    /// Counts one cart request of `user` against the shopper rate limit, if there is one.
+    ///
+    /// # Errors
+    /// [`ApiError::ShopperOverLimit`] when the shopper is over it.
+    pub fn admit_shopper(&self, user: &str) -> Result<(), ApiError> {
+        match &self.shopper_limit {
+            Some(limit) => limit
+                .admit(user, std::time::Instant::now())
+                .map_err(ApiError::ShopperOverLimit),
+            None => Ok(()),
         }
     }
 

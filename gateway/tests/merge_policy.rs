@@ -388,3 +388,48 @@ fn one_policy_serves_many_threads() {
         }
     });
 }
+
+/// The clean proof does not trust the merge guest: last-writer-wins keeps the newest
+/// replica whole and so drops an operation only a past device holds. The read's plan sees
+/// the operation id missing from the merged state, merges that item with the built-in merge
+/// instead, and repairs every up-set device with it; the sweep then does not call the PG
+/// clean, so handback cannot delete the operation's last copy.
+#[test]
+fn a_merge_guest_that_drops_an_operation_does_not_decide_the_repairs() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use cartdb_gateway::read_resolution::{ReadPlan, Repairs};
+
+    let policy = load(MERGE_LWW_POLICY_WASM);
+    let on_up = state(&[op(1, OpKind::Add, 10, 1), op(3, OpKind::Add, 30, 1)]);
+    let on_past = state(&[op(1, OpKind::Add, 10, 1), op(2, OpKind::Add, 20, 2)]);
+    let mut plan = ReadPlan::broadcast([1, 2, 3, 4]);
+    plan.add_item("7", &[1, 2, 4], &[3]);
+    let answers: BTreeMap<u32, Vec<ItemState>> = [
+        (1, vec![on_up.clone()]),
+        (2, vec![on_up.clone()]),
+        (4, vec![on_up.clone()]),
+        (3, vec![on_past.clone()]),
+    ]
+    .into_iter()
+    .collect();
+    let summaries = answers
+        .iter()
+        .map(|(d, states)| (*d, states.iter().map(ItemState::summary).collect()))
+        .collect();
+    let through_guest = |inputs: &[&ItemState]| {
+        let owned: Vec<ItemState> = inputs.iter().map(|s| (*s).clone()).collect();
+        policy.merge(&owned).unwrap()
+    };
+    assert_eq!(
+        through_guest(&[&on_up, &on_past]),
+        on_up,
+        "the guest drops operation 2"
+    );
+    let repairs = Repairs::plan(&plan, &summaries, &answers, through_guest);
+    assert_eq!(repairs.dropped_by_merge, 1);
+    assert_eq!(repairs.merged[0].qty, 3, "ops 1, 2 and 3");
+    let repaired: BTreeSet<u32> = repairs.repairs.iter().map(|r| r.device).collect();
+    assert_eq!(repaired, BTreeSet::from([1, 2, 4]));
+    assert!(repairs.repairs.iter().all(|r| r.ops == [on_past.ops[1]]));
+}

@@ -56,6 +56,8 @@ pub struct ClusterOptions {
     pub datanode_args: Vec<String>,
     /// Extra command-line arguments of every gateway.
     pub gateway_args: Vec<String>,
+    /// Extra command-line arguments of the API server.
+    pub api_args: Vec<String>,
     /// Test-only clock offsets of single gateways, in milliseconds, by gateway number (1-based,
     /// as [`Cluster::gateway`]; `--test-clock-offset-ms`): gateways whose clocks differ.
     pub gateway_clock_offsets_ms: Vec<(usize, i64)>,
@@ -102,6 +104,7 @@ impl Default for ClusterOptions {
             catalog_file: None,
             datanode_args: Vec::new(),
             gateway_args: Vec::new(),
+            api_args: Vec::new(),
             gateway_clock_offsets_ms: Vec::new(),
             gateway_zk_gates: Vec::new(),
             gateway_data_gates: Vec::new(),
@@ -420,7 +423,7 @@ impl Cluster {
             Some(token) => api.args(["--admin-token", token]),
             None => api.args(["--insecure-open-admin"]),
         };
-        api
+        api.args(options.api_args.clone())
     }
 
     fn secret_args(&self) -> [std::ffi::OsString; 2] {

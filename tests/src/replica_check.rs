@@ -2,11 +2,13 @@
 //! holds, unmerged, and whether they agree.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use serde_json::Value;
 
 use crate::ApiClient;
+use crate::wait::wait_until;
 
 /// Every device's own state of each of `user`'s items: product id -> device -> state JSON.
 ///
@@ -110,6 +112,42 @@ pub async fn settled(api: &ApiClient, user: &str, replicas: usize) -> Result<Opt
         }
     }
     Ok(Some(()))
+}
+
+/// Waits (up to `timeout`) until every one of `users` is [`settled`] with `replicas` copies.
+///
+/// # Errors
+/// The first user still unsettled at the deadline, and what differs.
+pub async fn wait_settled<'a>(
+    api: &ApiClient,
+    users: impl IntoIterator<Item = &'a String>,
+    replicas: usize,
+    timeout: Duration,
+) -> Result<()> {
+    for user in users {
+        wait_until(&format!("{user} settled"), timeout, || {
+            settled(api, user, replicas)
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Waits (up to `timeout`) until `GET /api/cluster` shows every PG clean: no past set, no
+/// remapped PG.
+///
+/// # Errors
+/// The PG counts still unclean at the deadline.
+pub async fn wait_all_clean(api: &ApiClient, timeout: Duration) -> Result<()> {
+    wait_until("every PG clean", timeout, || async {
+        let reply = api.cluster().await?;
+        let pgs = &reply.json["placement_groups"];
+        if pgs["clean"] != pgs["pg_num"] || pgs["remapped"] != 0 {
+            bail!("not clean yet: {pgs}");
+        }
+        Ok(Some(()))
+    })
+    .await
 }
 
 /// The up and past sets of one item's placement group.

@@ -8,26 +8,13 @@ use anyhow::{Context, Result, bail, ensure};
 use cartdb_core::wire::GatewayResponse;
 use cartdb_policies::RENDEZVOUS_POLICY_WASM;
 use cartdb_tests::cli::cartdb_json;
-use cartdb_tests::replica_check::settled;
-use cartdb_tests::{ApiClient, Cluster, ClusterOptions, Workload, wait_until};
+use cartdb_tests::replica_check::{wait_all_clean, wait_settled};
+use cartdb_tests::{Cluster, ClusterOptions, Workload, wait_until};
 
 /// Bound on a backfill after a placement swap (most PGs move) and on a reconnection.
 const SETTLE: Duration = Duration::from_secs(300);
 /// Shoppers written through the stale gateway.
 const STALE_USERS: usize = 24;
-
-/// Waits until every PG is clean (no past set, no remapped PG).
-async fn wait_all_clean(api: &ApiClient) -> Result<()> {
-    wait_until("every PG clean", SETTLE, || async {
-        let reply = api.cluster().await?;
-        let pgs = &reply.json["placement_groups"];
-        if pgs["clean"] != pgs["pg_num"] || pgs["remapped"] != 0 {
-            bail!("not clean yet: {pgs}");
-        }
-        Ok(Some(()))
-    })
-    .await
-}
 
 /// Waits until `n` gateways are registered.
 async fn wait_for_gateways(cluster: &mut Cluster, n: usize) -> Result<()> {
@@ -84,7 +71,7 @@ async fn a_gateway_cut_from_zookeeper_during_a_placement_swap_is_refused() -> Re
         ],
     )?;
     ensure!(swap["applied_epoch"].as_u64().is_some(), "{swap}");
-    wait_all_clean(&api).await?;
+    wait_all_clean(&api, SETTLE).await?;
     workload.advance(30, SETTLE).await?;
 
     // Writes through the stale gateway: each is refused (it cannot learn the new map), or,
@@ -137,7 +124,7 @@ async fn a_gateway_cut_from_zookeeper_during_a_placement_swap_is_refused() -> Re
     }
     workload.advance(30, SETTLE).await?;
     let history = workload.stop().await?;
-    wait_all_clean(&api).await?;
+    wait_all_clean(&api, SETTLE).await?;
     history.check(&api).await?;
     for n in 0..STALE_USERS {
         let user = format!("stale-{n}");
@@ -152,12 +139,7 @@ async fn a_gateway_cut_from_zookeeper_during_a_placement_swap_is_refused() -> Re
         .cloned()
         .chain((0..STALE_USERS).map(|n| format!("stale-{n}")))
         .collect();
-    for user in &users {
-        wait_until(&format!("{user} settled"), SETTLE, || {
-            settled(&api, user, 3)
-        })
-        .await?;
-    }
+    wait_settled(&api, &users, 3, SETTLE).await?;
     Ok(())
 }
 
@@ -185,13 +167,8 @@ async fn carts_are_served_on_the_last_map_while_zookeeper_is_down() -> Result<()
     workload.advance(20, SETTLE).await?;
     let history = workload.stop().await?;
     history.check(&api).await?;
-    wait_all_clean(&api).await?;
-    for user in history.users() {
-        wait_until(&format!("{user} settled"), SETTLE, || {
-            settled(&api, user, 3)
-        })
-        .await?;
-    }
+    wait_all_clean(&api, SETTLE).await?;
+    wait_settled(&api, history.users(), 3, SETTLE).await?;
     Ok(())
 }
 
@@ -253,19 +230,14 @@ async fn a_sweep_leader_cut_from_zookeeper_during_a_rollback_deletes_nothing() -
     // The rollback's backfill ends (the other gateway leads now) and its past sets are
     // cleared, while the cut leader still has the swap's view, in which the rolled-back up
     // sets are past devices to hand back; writes land on them meanwhile.
-    wait_all_clean(&api).await?;
+    wait_all_clean(&api, SETTLE).await?;
     workload.advance(120, SETTLE).await?;
     let history = workload.stop().await?;
     history.check(&api).await?;
     cluster.gateway_zk_gate(leader)?.heal();
     wait_for_gateways(&mut cluster, 2).await?;
-    wait_all_clean(&api).await?;
+    wait_all_clean(&api, SETTLE).await?;
     history.check(&api).await?;
-    for user in history.users() {
-        wait_until(&format!("{user} settled"), SETTLE, || {
-            settled(&api, user, 3)
-        })
-        .await?;
-    }
+    wait_settled(&api, history.users(), 3, SETTLE).await?;
     Ok(())
 }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use cartdb_tests::replica_check::settled;
-use cartdb_tests::{Cluster, ClusterOptions, Deadline, Workload, wait_until};
+use cartdb_tests::replica_check::wait_settled;
+use cartdb_tests::{Cluster, ClusterOptions, Deadline, Workload};
 
 const SETTLE: Duration = Duration::from_secs(300);
 const PARTITION: Duration = Duration::from_secs(20);
@@ -34,11 +34,5 @@ async fn a_gateway_partitioned_from_two_data_nodes_loses_nothing() -> Result<()>
     workload.advance(30, SETTLE).await?;
     let history = workload.stop().await?;
     history.check(&api).await?;
-    for user in history.users() {
-        wait_until(&format!("{user} settled"), SETTLE, || {
-            settled(&api, user, 3)
-        })
-        .await?;
-    }
-    Ok(())
+    wait_settled(&api, history.users(), 3, SETTLE).await
 }

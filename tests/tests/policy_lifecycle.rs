@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use cartdb_policies::{
     CRUSH_POLICY_WASM, MERGE_LWW_POLICY_WASM, MERGE_POLICY_WASM, RENDEZVOUS_POLICY_WASM,
     test_guests,
 };
 use cartdb_tests::cli::{cartdb, cartdb_json};
 use cartdb_tests::cluster::{TEST_ADMIN_TOKEN, bin_dir};
-use cartdb_tests::replica_check::settled;
+use cartdb_tests::replica_check::{wait_all_clean, wait_settled};
 use cartdb_tests::{ApiClient, Cluster, ClusterOptions, Workload, wait_until};
 use serde_json::Value;
 
@@ -57,19 +57,6 @@ fn all_run(url: &str, placement: &str, merge: Option<&str>) -> Result<()> {
     let gateways = doc["gateways"].as_array().context("no gateways")?;
     ensure!(gateways.len() == 2, "{doc}");
     Ok(())
-}
-
-/// Waits until every PG is clean (no past set, no remapped PG).
-async fn wait_all_clean(api: &ApiClient) -> Result<()> {
-    wait_until("every PG clean", SETTLE, || async {
-        let reply = api.cluster().await?;
-        let pgs = &reply.json["placement_groups"];
-        if pgs["clean"] != pgs["pg_num"] || pgs["remapped"] != 0 {
-            bail!("not clean yet: {pgs}");
-        }
-        Ok(Some(()))
-    })
-    .await
 }
 
 /// Prints what a swap moved, for docs/design.md: the preview, the backfill's time and the
@@ -158,7 +145,7 @@ async fn policies_swap_under_load_and_roll_back() -> Result<()> {
     ensure!(swap["applied_epoch"].as_u64().is_some(), "{swap}");
     all_run(&url, &rendezvous, Some(&merge_v2_sha))?;
     let started = std::time::Instant::now();
-    wait_all_clean(&api).await?;
+    wait_all_clean(&api, SETTLE).await?;
     report_movement(&api, "CRUSH -> rendezvous", &swap, started).await?;
     workload.advance(40, SETTLE).await?;
 
@@ -167,7 +154,7 @@ async fn policies_swap_under_load_and_roll_back() -> Result<()> {
     ensure!(back["sha256"] == crush.as_str(), "{back}");
     all_run(&url, &crush, Some(&merge_v2_sha))?;
     let started = std::time::Instant::now();
-    wait_all_clean(&api).await?;
+    wait_all_clean(&api, SETTLE).await?;
     report_movement(&api, "rendezvous -> CRUSH", &back, started).await?;
     workload.advance(40, SETTLE).await?;
     ensure!(
@@ -190,12 +177,7 @@ async fn policies_swap_under_load_and_roll_back() -> Result<()> {
     ensure!(summary["failed"] == 0, "the bench saw failures: {summary}");
     ensure!(summary["total_ops"].as_u64() > Some(100), "{summary}");
     history.check(&api).await?;
-    for user in history.users() {
-        wait_until(&format!("{user} settled"), SETTLE, || {
-            settled(&api, user, 3)
-        })
-        .await?;
-    }
+    wait_settled(&api, history.users(), 3, SETTLE).await?;
     Ok(())
 }
 

@@ -596,14 +596,10 @@ fn past_of(
 ) -> Result<PastSets, MapError> {
     raw.into_iter()
         .map(|(key, members)| {
-            let pg = key
-                .parse::<u32>()
-                .ok()
-                .filter(|pg| *pg < pg_num)
-                .ok_or_else(|| MapError::UnknownPg {
-                    key: key.clone(),
-                    pg_num,
-                })?;
+            let pg = pg_key(&key, pg_num).ok_or_else(|| MapError::UnknownPg {
+                key: key.clone(),
+                pg_num,
+            })?;
             if let Some(&device) = members.iter().find(|d| !devices.contains_key(d)) {
                 return Err(MapError::UnknownPastDevice { pg, device });
             }
@@ -620,20 +616,21 @@ fn intervals_of(
 ) -> Result<Intervals, MapError> {
     raw.into_iter()
         .map(|(key, start)| {
-            let pg = key
-                .parse::<u32>()
-                .ok()
-                .filter(|pg| *pg < pg_num)
-                .ok_or_else(|| MapError::UnknownIntervalPg {
-                    key: key.clone(),
-                    pg_num,
-                })?;
+            let pg = pg_key(&key, pg_num).ok_or_else(|| MapError::UnknownIntervalPg {
+                key: key.clone(),
+                pg_num,
+            })?;
             if start > epoch {
                 return Err(MapError::IntervalAhead { pg, start, epoch });
             }
             Ok((pg, start))
         })
         .collect()
+}
+
+/// The PG a document key names, if it is one below `pg_num`.
+fn pg_key(key: &str, pg_num: u32) -> Option<u32> {
+    key.parse::<u32>().ok().filter(|pg| *pg < pg_num)
 }
 
 fn field<'v>(node: &'v Value, path: &str, name: &str) -> Result<&'v Value, MapError> {
