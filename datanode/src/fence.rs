@@ -16,9 +16,35 @@
 //! node's own store (`ListItems`, the operator's device view) does not depend on placement
 //! and is never fenced.
 
+use std::sync::Arc;
+
 use cartdb_core::cart::ItemKey;
 use cartdb_core::coord::ClusterMap;
 use cartdb_core::wire::DataRequest;
+
+/// A cluster map as the fence uses it: the map, and the newest interval of any PG worked
+/// out once per map rather than per request.
+#[derive(Debug)]
+pub struct FenceMap {
+    map: Arc<ClusterMap>,
+    newest_interval: u64,
+}
+
+impl FenceMap {
+    /// `map`, ready for the fence.
+    pub fn new(map: Arc<ClusterMap>) -> Self {
+        let newest_interval = map.newest_interval();
+        Self {
+            map,
+            newest_interval,
+        }
+    }
+
+    /// The map's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.map.epoch
+    }
+}
 
 /// What the fence makes of one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,8 +59,12 @@ pub enum Verdict {
 
 /// Decides `request`, placed with map `epoch`, against this node's `map` (`None` before the
 /// first map is read: only epoch 0 is served then).
-pub fn verdict(map: Option<&ClusterMap>, epoch: u64, request: &DataRequest) -> Verdict {
-    let Some(map) = map else {
+pub fn verdict(fence: Option<&FenceMap>, epoch: u64, request: &DataRequest) -> Verdict {
+    let Some(FenceMap {
+        map,
+        newest_interval,
+    }) = fence
+    else {
         return if epoch == 0 {
             Verdict::Serve
         } else {
@@ -58,7 +88,7 @@ pub fn verdict(map: Option<&ClusterMap>, epoch: u64, request: &DataRequest) -> V
         | DataRequest::ListCategory { .. }
         | DataRequest::ReadSummaries { .. }
         | DataRequest::ReadItems { .. }
-        | DataRequest::ScanPg { .. } => map.newest_interval(),
+        | DataRequest::ScanPg { .. } => *newest_interval,
     };
     if epoch < interval {
         Verdict::Stale { interval }
@@ -80,8 +110,12 @@ mod tests {
 
     use super::*;
 
-    /// The seed map at `epoch`, with `pg`'s interval starting at `start`.
-    fn map(epoch: u64, intervals: &[(u32, u64)]) -> ClusterMap {
+    /// The seed map at `epoch`, with the PGs' intervals starting as given.
+    fn map(epoch: u64, intervals: &[(u32, u64)]) -> FenceMap {
+        FenceMap::new(Arc::new(cluster_map(epoch, intervals)))
+    }
+
+    fn cluster_map(epoch: u64, intervals: &[(u32, u64)]) -> ClusterMap {
         let json = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../config/crush-map.json"
@@ -126,7 +160,7 @@ mod tests {
 
     #[test]
     fn a_request_placed_before_its_pgs_interval_is_stale() {
-        let plain = map(9, &[]);
+        let plain = cluster_map(9, &[]);
         let pg = plain.pg_of(&key("alice"));
         let other = (pg + 1) % 256;
         let map = map(9, &[(pg, 7), (other, 9)]);

@@ -28,7 +28,7 @@ use cartdb_core::wire::{DataCall, DataFailure, DataRequest, DataResponse, Servic
 use tokio::sync::watch;
 use tokio::task::JoinError;
 
-use crate::fence::{Verdict, verdict};
+use crate::fence::{FenceMap, Verdict, verdict};
 
 use crate::group_commit::{
     ApplyRequest, BatchCounters, CompactRequest, GroupCommit, GroupCommitSettings, RepairRequest,
@@ -65,7 +65,7 @@ pub struct DataNodeService {
     writer: GroupCommit,
     /// The cluster map as this node last read it (`None` before the first read), for the
     /// epoch fence.
-    map: watch::Sender<Option<Arc<ClusterMap>>>,
+    map: watch::Sender<Option<Arc<FenceMap>>>,
 }
 
 impl DataNodeService {
@@ -101,7 +101,8 @@ impl DataNodeService {
                     #[allow(clippy::cast_precision_loss, reason = "epochs stay far below 2^52")]
                     metrics::gauge!("cartdb_datanode_map_epoch").set(map.epoch as f64);
                 }
-                me.map.send_replace(map);
+                me.map
+                    .send_replace(map.map(|map| Arc::new(FenceMap::new(map))));
                 drop(me);
                 if maps.changed().await.is_err() {
                     return;
@@ -116,13 +117,13 @@ impl DataNodeService {
         let mut decided = verdict(self.map.borrow().as_deref(), call.epoch, &call.request);
         if decided == Verdict::Ahead {
             let mut maps = self.map.subscribe();
-            let learnt = maps.wait_for(|map| map.as_ref().is_some_and(|m| m.epoch >= call.epoch));
+            let learnt = maps.wait_for(|map| map.as_ref().is_some_and(|m| m.epoch() >= call.epoch));
             if let Ok(Ok(map)) = tokio::time::timeout(MAP_WAIT, learnt).await {
                 decided = verdict(map.as_deref(), call.epoch, &call.request);
             }
             drop(maps);
         }
-        let current = self.map.borrow().as_ref().map_or(0, |m| m.epoch);
+        let current = self.map.borrow().as_ref().map_or(0, |m| m.epoch());
         let failure = match decided {
             Verdict::Serve => return None,
             Verdict::Stale { interval } => DataFailure::StaleEpoch {
