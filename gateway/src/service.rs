@@ -278,7 +278,7 @@ impl GatewayService {
                 WriteOutcome::NotInCart
                     if topology.map.past_of(topology.pg_of(&write.key)).is_some() =>
                 {
-                    self.backfill_then_retry(&write, &placed, deadline).await
+                    self.backfill_then_retry(&write, &placed, deadline).await?
                 }
                 outcome => outcome,
             }
@@ -305,19 +305,39 @@ impl GatewayService {
     /// a PG's old devices acting until backfill ends, with `pg_temp`). Copies this one item
     /// from every replica it may be on (up and past sets) to the up set, as the sweep's
     /// repair does, then sends the delete once more.
+    ///
+    /// # Errors
+    /// When the copy fails (too few replicas answered, or they refused the read as placed
+    /// with a stale map): the item may be in the cart on the past set, so "not in cart"
+    /// would be unproven; the retryable failure is answered instead (and a stale map makes
+    /// [`GatewayService::placed`] place the delete again with the newer one).
     async fn backfill_then_retry(
         &self,
         write: &Arc<ItemWrite>,
         placed: &Placed,
         deadline: Instant,
-    ) -> WriteOutcome {
+    ) -> Result<WriteOutcome, GatewayFailure> {
         metrics::counter!("cartdb_gateway_backfilled_on_demand_total").increment(1);
         let only = std::slice::from_ref(&write.key.product);
         if let Err(e) = self.sweep(&write.key.user, Some(only)).await {
-            tracing::debug!(error = %e, "backfill of one item before a delete failed; the delete is tried anyway");
+            tracing::debug!(error = %e, "backfill of one item before a delete failed");
+            return Err(match e {
+                GatewayFailure::QuorumNotReached {
+                    required,
+                    acked,
+                    errors,
+                    ..
+                } => GatewayFailure::QuorumNotReached {
+                    operation: "delete (copying the item to its new up set first)".to_owned(),
+                    required,
+                    acked,
+                    errors,
+                },
+                other => other,
+            });
         }
         let replication = self.parts.replication;
-        replicate(
+        Ok(replicate(
             &self.parts.replicas,
             placed,
             write.clone(),
@@ -325,7 +345,7 @@ impl GatewayService {
             &self.clock,
             deadline,
         )
-        .await
+        .await)
     }
 
     /// Checks a cart change and makes its operation: the catalog's product, an operation id

@@ -10,7 +10,9 @@
 //! at least one Applied                the delete is legitimate: re-send it without
 //!                                     `require_in_cart` to every NotInCart replica (they are
 //!                                     stale); success once W replicas applied it
-//! no Applied, >= R NotInCart, settled NotInCart: nothing was applied anywhere
+//! no Applied, >= R NotInCart, settled NotInCart: nothing was applied anywhere (unless a
+//!                                     replica refused it out of order: it holds the item,
+//!                                     so the delete is stamped again, see below)
 //! anything else                       QuorumNotReached
 //! ```
 //!
@@ -290,7 +292,11 @@ impl QuorumTracker {
         }
         let short = if self.is_settled() {
             let refused = self.count(|s| *s == ReplicaState::NotInCart);
-            if !self.legitimate && refused >= self.replication.read_quorum {
+            // A replica that refused a delete out of order holds the item (quantity above
+            // 0, or it would have answered not-in-cart): the delete is legitimate, and is
+            // stamped again rather than answered "not in cart".
+            let in_cart_somewhere = self.refused_below.is_some();
+            if !self.legitimate && !in_cart_somewhere && refused >= self.replication.read_quorum {
                 return Some(WriteOutcome::NotInCart);
             }
             true
@@ -644,6 +650,22 @@ mod tests {
         assert!(matches!(
             t.outcome(),
             Some(WriteOutcome::Restamp { above, .. }) if above == v(50)
+        ));
+    }
+
+    /// A delete refused out of order by a replica that holds the item, and as not in cart
+    /// by two that do not (not backfilled yet, or missed the insert), is legitimate: it is
+    /// stamped again, not answered "not in cart". (Answering 404 here lost a delete during
+    /// a placement swap, in CI's run of `policy_lifecycle.rs`.)
+    #[test]
+    fn a_delete_refused_out_of_order_by_a_holder_is_stamped_again_not_refused() {
+        let mut t = QuorumTracker::new(OpKind::Delete, v(10), &[1, 3, 6], rf3());
+        t.record(1, ApplyReply::OutOfOrder { newest: v(12) });
+        t.record(3, ApplyReply::NotInCart);
+        t.record(6, ApplyReply::NotInCart);
+        assert!(matches!(
+            t.outcome(),
+            Some(WriteOutcome::Restamp { above, .. }) if above == v(12)
         ));
     }
 }
