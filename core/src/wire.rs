@@ -94,7 +94,7 @@ pub enum DataRequest {
     /// summaries disagree. Items this replica has never seen are left out of the answer.
     ReadItems { user: String, products: Vec<String> },
     /// Read repair: add what this replica lacks of an item's merged state. `ops` are
-    /// operations it did not hold, or held under a larger version than the merge kept;
+    /// operations it did not hold, or held under a smaller version than the merge kept;
     /// `base` is a newer folded base than its own, if any. Operations already held at that
     /// version (or folded) are skipped, so a repeated repair is harmless.
     Repair {
@@ -173,8 +173,9 @@ pub enum DataResponse {
     /// The answer to [`DataRequest::ReadSummaries`], sorted by product id.
     Summaries { items: Vec<ItemSummary> },
     /// The answer to [`DataRequest::Repair`]: the replica now holds the merged state's
-    /// operations; `added` is how many it lacked, or held under a larger version (a retry
-    /// stamped by two gateways), which it moved to the merged one.
+    /// operations; `added` is how many it lacked, or held under a smaller version (a retry
+    /// stamped by two gateways, or a write stamped again), which it moved up to the merged
+    /// one.
     Repaired { added: u32 },
     /// The answer to [`DataRequest::Compact`]: how many log entries were folded (0 when
     /// the digest no longer matched, `upto` was too recent, or nothing was that old).

@@ -130,7 +130,8 @@ pub enum Outcome {
     NotInCart,
     /// The operation is not newer than the folded base: nothing written.
     TooOld { version: Version, base: Version },
-    /// A repair added this many operations, or moved them to a smaller version.
+    /// A repair added this many operations, or moved them up to the larger version the merge
+    /// keeps.
     Repaired { added: u32 },
     /// The operation is older than the acceptance window: nothing written.
     Expired { age_ms: u64, window_ms: u64 },
