@@ -148,6 +148,11 @@ impl DataNodeService {
         Some(DataResponse::Failed(failure))
     }
 
+    /// The node's store, for inspection by tests and tools (writes go through the service).
+    pub fn store(&self) -> &CartStore {
+        &self.store
+    }
+
     /// Counters of the group commit so far.
     pub fn counters(&self) -> BatchCounters {
         self.writer.counters()

@@ -1,5 +1,5 @@
-//! The gateway service end to end, in process: the real CRUSH policy component, six fake
-//! data nodes over real sockets, and an in-memory coordination service.
+//! The gateway service end to end, in process: the real CRUSH policy component, six data
+//! nodes (the real service, in-process) over real sockets, and an in-memory coordination service.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
@@ -120,14 +120,14 @@ impl TestGateway {
 
     /// A gateway merging with `merge_policy` (`None`: the built-in merge).
     async fn start_with(merge_policy: Option<Arc<MergePolicy>>) -> TestGateway {
-        let (nodes, addresses) = start_nodes(6).await;
         let policy = POLICY.clone();
         let map_json = String::from_utf8(config_file("crush-map.json")).unwrap();
         let doc = format!(
             r#"{{"format": 4, "map": {map_json}, "pool": {{"id": 1, "pg_num": 64, "size": 3}}, "policies": {{"placement": {{"sha256": "{}", "name": "crush"}}}}}}"#,
             policy.sha256()
         );
-        let map = ClusterMap::parse(doc.as_bytes(), 1).unwrap();
+        let map = Arc::new(ClusterMap::parse(doc.as_bytes(), 1).unwrap());
+        let (nodes, addresses) = start_nodes(6, Some(map.clone())).await;
         let placement = EpochPlacement::build(&policy, &map, Some("data"), None).unwrap();
         let members = Membership {
             devices: addresses.clone(),
@@ -143,7 +143,7 @@ impl TestGateway {
             catalog: catalog_tx,
         });
         let topology = Arc::new(ClusterView::new(
-            Topology::new(Arc::new(map), Arc::new(members), Arc::new(placement)),
+            Topology::new(map, Arc::new(members), Arc::new(placement)),
             2,
         ));
         let service = GatewayService::new(ServiceParts {

@@ -1,4 +1,4 @@
-//! The write path against fake data nodes over real sockets: quorum, stale replicas on
+//! The write path against real data nodes (in-process) over real sockets: quorum, stale replicas on
 //! delete, and failures that name the devices.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
@@ -22,7 +22,7 @@ use common::{RunningNode, dead_address, eventually, start_nodes};
 
 const DEVICES: [DeviceId; 3] = [1, 2, 3];
 
-/// Three fake data nodes (the devices of [`DEVICES`]), the gateway's connections to them
+/// Three data nodes (the devices of [`DEVICES`]), the gateway's connections to them
 /// and a clock for the operations' versions.
 struct Fixture {
     nodes: BTreeMap<DeviceId, RunningNode>,
@@ -32,7 +32,7 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Fixture {
-        let (nodes, addresses) = start_nodes(3).await;
+        let (nodes, addresses) = start_nodes(3, None).await;
         let replicas = Replicas::new(common::cluster_key(), Duration::from_secs(1));
         replicas.refresh(&addresses);
         Fixture {
@@ -151,7 +151,7 @@ async fn a_delete_is_resent_to_a_stale_replica() {
         DEVICES.iter().all(|&device| fx.qty(device) == 1)
     })
     .await;
-    fx.nodes[&2].node.wipe();
+    fx.nodes[&2].node.wipe().await;
     fx.nodes[&3].node.set_failing(true);
 
     let outcome = fx.write(OpKind::Delete, 2).await;

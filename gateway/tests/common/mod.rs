@@ -1,7 +1,8 @@
-//! A fake data node for the gateway's behaviour tests: a real [`rpc::Service`] on a loopback
-//! port that keeps item operation logs in memory (no fsync, no ZooKeeper), and can be told
-//! to answer slowly, to refuse, or to stop; and [`eventually`], for waiting on something
-//! that happens after the gateway has already answered.
+//! Data nodes for the gateway's behaviour tests: the real [`DataNodeService`] (its fence,
+//! group commit and fjall store, in a temporary directory) served in-process on a loopback
+//! port, behind fault hooks at its edge that make it answer slowly, refuse, or lose its
+//! data; and [`eventually`], for waiting on something that happens after the gateway has
+//! already answered.
 
 #![allow(dead_code, reason = "each test file uses a different part")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
@@ -12,17 +13,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cartdb_core::cart::{DeviceId, ItemKey, ItemState};
+use cartdb_core::coord::ClusterMap;
 use cartdb_core::rpc;
 use cartdb_core::wire::{DataCall, DataFailure, DataRequest, DataResponse, ServiceKind};
+use cartdb_datanode::DataNodeConfig;
+use cartdb_datanode::group_commit::GroupCommitSettings;
+use cartdb_datanode::service::DataNodeService;
+use clap::Parser;
+use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-/// The state and behaviour of one fake data node.
-#[derive(Default)]
-pub struct FakeNode {
+/// One data node under test: the real service, and the faults the test injects in front
+/// of it.
+pub struct TestNode {
     pub device: DeviceId,
-    items: Mutex<BTreeMap<ItemKey, ItemState>>,
+    /// The service now serving, and the directories of every store it has had (kept until
+    /// the node is dropped, so a replaced store's files outlive its writer).
+    serving: Mutex<(Arc<DataNodeService>, Vec<TempDir>)>,
+    /// The map the node fences with (`None`: only epoch-0 calls are served).
+    map: watch::Sender<Option<Arc<ClusterMap>>>,
     /// Milliseconds every answer is delayed by.
     delay_ms: AtomicU64,
     /// Answer every request with `Failed(Storage)`.
@@ -31,7 +43,38 @@ pub struct FakeNode {
     pub applies: AtomicUsize,
 }
 
-impl FakeNode {
+/// Opens the real data node service for `device` over a fresh store, with the data node's
+/// own default settings, fencing with the maps `map` publishes.
+async fn open_service(
+    device: DeviceId,
+    map: &watch::Sender<Option<Arc<ClusterMap>>>,
+) -> (Arc<DataNodeService>, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DataNodeConfig::parse_from([
+        "cartdb-datanode",
+        "--device-id",
+        &device.to_string(),
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let settings = config.settings().unwrap();
+    let group_commit = GroupCommitSettings {
+        device,
+        max_batch: settings.max_batch,
+        timing: settings.timing,
+    };
+    let service = DataNodeService::open(dir.path(), group_commit)
+        .await
+        .unwrap();
+    service.follow_map(map.subscribe());
+    (service, dir)
+}
+
+impl TestNode {
+    fn current(&self) -> Arc<DataNodeService> {
+        self.serving.lock().unwrap().0.clone()
+    }
+
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms
             .store(u64::try_from(delay.as_millis()).unwrap(), Ordering::SeqCst);
@@ -41,120 +84,38 @@ impl FakeNode {
         self.failing.store(failing, Ordering::SeqCst);
     }
 
-    /// The quantity this replica holds for the item (0 when it has never seen it).
+    /// The quantity this replica's store holds for the item (0 when it has never seen it).
     pub fn qty(&self, user: &str, product: &str) -> u64 {
         let key = ItemKey {
             user: user.into(),
             product: product.into(),
         };
-        self.items
-            .lock()
+        let node = self.current();
+        node.store()
+            .read_item(&key)
             .unwrap()
-            .get(&key)
+            .as_ref()
             .map_or(0, ItemState::qty)
     }
 
-    /// Forgets every item (a replica that lost its data, or never got it).
-    pub fn wipe(&self) {
-        self.items.lock().unwrap().clear();
-    }
-
-    fn answer(&self, request: DataRequest) -> DataResponse {
-        if self.failing.load(Ordering::SeqCst) {
-            return DataResponse::Failed(DataFailure::Storage {
-                device: self.device,
-                detail: "disk on fire".into(),
-            });
-        }
-        let mut items = self.items.lock().unwrap();
-        match request {
-            DataRequest::Apply {
-                key,
-                meta,
-                op,
-                require_in_cart,
-                ..
-            } => {
-                self.applies.fetch_add(1, Ordering::SeqCst);
-                let state = items
-                    .entry(key.clone())
-                    .or_insert_with(|| ItemState::new(key.product.clone(), meta));
-                if require_in_cart && state.qty() == 0 && !state.contains(op.id) {
-                    return DataResponse::NotInCart;
-                }
-                let duplicate = !state.apply(op);
-                DataResponse::Applied {
-                    qty: state.qty(),
-                    duplicate,
-                    held: op.version,
-                }
-            }
-            DataRequest::ReadUser { user } => DataResponse::UserItems {
-                items: items
-                    .iter()
-                    .filter(|(k, _)| k.user == user)
-                    .map(|(_, s)| s.clone())
-                    .collect(),
-            },
-            DataRequest::ReadSummaries { user } => DataResponse::Summaries {
-                items: items
-                    .iter()
-                    .filter(|(k, _)| k.user == user)
-                    .map(|(_, s)| s.summary())
-                    .collect(),
-            },
-            DataRequest::ReadItems { user, products } => DataResponse::UserItems {
-                items: items
-                    .iter()
-                    .filter(|(k, _)| k.user == user && products.contains(&k.product))
-                    .map(|(_, s)| s.clone())
-                    .collect(),
-            },
-            DataRequest::Repair {
-                key,
-                meta,
-                base,
-                ops,
-            } => {
-                let state = items
-                    .entry(key.clone())
-                    .or_insert_with(|| ItemState::new(key.product.clone(), meta));
-                if let Some(base) = base.filter(|b| b.version > state.base.version) {
-                    state.base = base;
-                    state.ops.retain(|op| Some(op.version) > base.version);
-                }
-                let added = ops.into_iter().filter(|op| state.apply(*op)).count();
-                DataResponse::Repaired {
-                    added: u32::try_from(added).unwrap(),
-                }
-            }
-            // The fake never compacts: folding is the data node's business, tested there.
-            DataRequest::Compact { .. } => DataResponse::Compacted { folded: 0 },
-            DataRequest::ListCategory { category } => DataResponse::CategoryItems {
-                items: items
-                    .iter()
-                    .filter(|(_, s)| s.meta.category == category && s.qty() > 0)
-                    .map(|(k, _)| k.clone())
-                    .collect(),
-            },
-            // Placement-group scans, listings and handback are the data node's business,
-            // tested against the real one (datanode/tests, the cluster tests).
-            DataRequest::ScanPg { .. } | DataRequest::ListItems { .. } => DataResponse::Held {
-                items: Vec::new(),
-                more: false,
-            },
-            DataRequest::DropItems { .. } => DataResponse::Dropped {
-                items: 0,
-                changed: 0,
-            },
-        }
+    /// Replaces the store with an empty one (a replica whose disk was replaced, or that
+    /// never got the data).
+    pub async fn wipe(&self) {
+        let (fresh, dir) = open_service(self.device, &self.map).await;
+        let old = {
+            let mut serving = self.serving.lock().unwrap();
+            serving.1.push(dir);
+            std::mem::replace(&mut serving.0, fresh)
+        };
+        old.close().await.unwrap();
     }
 }
 
-/// The rpc service wrapper around a shared [`FakeNode`].
-struct FakeService(Arc<FakeNode>);
+/// The rpc service in front of a shared [`TestNode`]: the faults first, then the real
+/// service.
+struct FaultyService(Arc<TestNode>);
 
-impl rpc::Service for FakeService {
+impl rpc::Service for FaultyService {
     type Request = DataCall;
     type Response = DataResponse;
     const KIND: ServiceKind = ServiceKind::DataNode;
@@ -164,37 +125,54 @@ impl rpc::Service for FakeService {
     }
 
     async fn call(self: Arc<Self>, call: DataCall) -> DataResponse {
-        let delay = self.0.delay_ms.load(Ordering::SeqCst);
+        let node = &self.0;
+        let delay = node.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
-        self.0.answer(call.request)
+        if matches!(call.request, DataRequest::Apply { .. }) {
+            node.applies.fetch_add(1, Ordering::SeqCst);
+        }
+        if node.failing.load(Ordering::SeqCst) {
+            return DataResponse::Failed(DataFailure::Storage {
+                device: node.device,
+                detail: "disk on fire".into(),
+            });
+        }
+        node.current().call(call).await
     }
 }
 
-/// A running fake data node.
+/// A running data node under test.
 pub struct RunningNode {
-    pub node: Arc<FakeNode>,
+    pub node: Arc<TestNode>,
     pub address: String,
     stop: CancellationToken,
 }
 
-/// The cluster secret the fake data nodes and the gateways under test share.
+/// The cluster secret the data nodes and the gateways under test share.
 pub fn cluster_key() -> rpc::ClusterKey {
     rpc::ClusterKey::new(b"gateway-test-cluster-secret", "test").unwrap()
 }
 
 impl RunningNode {
-    /// Starts a fake data node for `device` on a free loopback port.
-    pub async fn start(device: DeviceId) -> RunningNode {
+    /// Starts a data node for `device` on a free loopback port, fencing with `map` (`None`:
+    /// it serves only calls placed with epoch 0).
+    pub async fn start(device: DeviceId, map: Option<Arc<ClusterMap>>) -> RunningNode {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let node = Arc::new(FakeNode {
+        let map = watch::Sender::new(map);
+        let (service, dir) = open_service(device, &map).await;
+        let node = Arc::new(TestNode {
             device,
-            ..FakeNode::default()
+            serving: Mutex::new((service, vec![dir])),
+            map,
+            delay_ms: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            applies: AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
-        let service = Arc::new(FakeService(node.clone()));
+        let service = Arc::new(FaultyService(node.clone()));
         tokio::spawn(rpc::serve(listener, service, cluster_key(), stop.clone()));
         RunningNode {
             node,
@@ -229,14 +207,15 @@ impl Drop for RunningNode {
     }
 }
 
-/// Fake data nodes for devices `1..=n`, and their addresses by device id.
+/// Data nodes for devices `1..=n`, fencing with `map`, and their addresses by device id.
 pub async fn start_nodes(
     n: DeviceId,
+    map: Option<Arc<ClusterMap>>,
 ) -> (BTreeMap<DeviceId, RunningNode>, BTreeMap<DeviceId, String>) {
     let mut nodes = BTreeMap::new();
     let mut addresses = BTreeMap::new();
     for device in 1..=n {
-        let node = RunningNode::start(device).await;
+        let node = RunningNode::start(device, map.clone()).await;
         addresses.insert(device, node.address.clone());
         nodes.insert(device, node);
     }
