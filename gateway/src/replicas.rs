@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use cartdb_core::cart::DeviceId;
-use cartdb_core::rpc::{ClusterKey, PeerClient, RpcError};
+use cartdb_core::rpc::{ClusterKey, Faults, PeerClient, RpcError};
 use cartdb_core::wire::{DataCall, DataFailure, DataResponse, ServiceKind};
 
 /// A connection to one data node.
@@ -55,6 +55,8 @@ pub struct Replicas {
     /// Test-only: registered data node address -> the address to connect to instead (a
     /// gate a partition test cuts). Empty in production.
     routes: BTreeMap<String, String>,
+    /// Test-only: faults injected into calls to chosen data nodes. `None` in production.
+    faults: Option<Faults>,
 }
 
 /// One live device's connection, usable outside a borrow of [`Replicas`] (a request that
@@ -76,7 +78,16 @@ impl Replicas {
             connect_timeout,
             epoch_heard: Arc::new(AtomicU64::new(0)),
             routes: BTreeMap::new(),
+            faults: None,
         }
+    }
+
+    /// The same, with every call to a data node suffering the faults `faults` names for its
+    /// address (in-process tests: a partition, lost replies, slow links).
+    #[must_use]
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = Some(faults);
+        self
     }
 
     /// The same, connecting to `routes[address]` instead of a data node registered at
@@ -109,12 +120,18 @@ impl Replicas {
             .map(|(device, addr)| {
                 let client = match current.get(device) {
                     Some(client) if client.addr() == addr => client.clone(),
-                    _ => Arc::new(DataClient::new(
-                        addr.clone(),
-                        ServiceKind::DataNode,
-                        self.key.clone(),
-                        self.connect_timeout,
-                    )),
+                    _ => {
+                        let client = DataClient::new(
+                            addr.clone(),
+                            ServiceKind::DataNode,
+                            self.key.clone(),
+                            self.connect_timeout,
+                        );
+                        Arc::new(match &self.faults {
+                            Some(faults) => client.with_faults(faults.clone()),
+                            None => client,
+                        })
+                    }
                 };
                 (*device, client)
             })

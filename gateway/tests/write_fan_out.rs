@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use cartdb_core::cart::{DeviceId, ItemKey, ItemMeta, OpId, OpKind, Operation};
 use cartdb_core::config::Replication;
+use cartdb_core::rpc::{Fault, Faults};
 use cartdb_core::version::HybridClock;
 use cartdb_gateway::replicas::Replicas;
 use cartdb_gateway::write::{ItemWrite, Placed, replicate};
@@ -27,17 +28,22 @@ const DEVICES: [DeviceId; 3] = [1, 2, 3];
 struct Fixture {
     nodes: BTreeMap<DeviceId, RunningNode>,
     replicas: Replicas,
+    /// Faults injected into the gateway's calls to the data nodes.
+    faults: Faults,
     clock: HybridClock,
 }
 
 impl Fixture {
     async fn start() -> Fixture {
         let (nodes, addresses) = start_nodes(3, None).await;
-        let replicas = Replicas::new(common::cluster_key(), Duration::from_secs(1));
+        let faults = Faults::new();
+        let replicas = Replicas::new(common::cluster_key(), Duration::from_secs(1))
+            .with_faults(faults.clone());
         replicas.refresh(&addresses);
         Fixture {
             nodes,
             replicas,
+            faults,
             clock: HybridClock::new(1),
         }
     }
@@ -138,6 +144,60 @@ async fn a_retry_with_the_same_op_id_is_not_applied_twice() {
     for device in DEVICES {
         assert_eq!(fx.qty(device), 1, "device {device}");
     }
+}
+
+/// A write whose replies are all lost fails without the gateway knowing its outcome,
+/// although every replica applied it; its retry with the same op id is recognised as
+/// already applied everywhere.
+#[tokio::test]
+async fn a_write_whose_replies_were_lost_is_applied_once_when_retried() {
+    let fx = Fixture::start().await;
+    for node in fx.nodes.values() {
+        fx.faults.set(&node.address, Fault::DropReply);
+    }
+    let outcome = fx
+        .write_by(OpKind::Add, 9, Instant::now() + Duration::from_millis(300))
+        .await;
+    assert!(
+        matches!(outcome, WriteOutcome::QuorumNotReached(_)),
+        "{outcome:?}"
+    );
+    eventually(
+        "every replica to have applied the write whose reply was lost",
+        || DEVICES.iter().all(|&device| fx.qty(device) == 1),
+    )
+    .await;
+    fx.faults.heal();
+    let retry = fx.write(OpKind::Add, 9).await;
+    assert!(
+        matches!(retry, WriteOutcome::Acknowledged { qty: 1, .. }),
+        "{retry:?}"
+    );
+    for device in DEVICES {
+        assert_eq!(fx.qty(device), 1, "device {device}");
+    }
+}
+
+/// A gateway cut off from two of three replicas cannot reach W: the write fails, and only
+/// the replica it reaches holds it (repair spreads it later).
+#[tokio::test]
+async fn a_gateway_cut_off_from_two_replicas_fails_the_write() {
+    let fx = Fixture::start().await;
+    fx.faults.set(&fx.nodes[&1].address, Fault::DropRequest);
+    fx.faults.set(&fx.nodes[&2].address, Fault::DropRequest);
+    let outcome = fx
+        .write_by(OpKind::Add, 1, Instant::now() + Duration::from_millis(300))
+        .await;
+    let WriteOutcome::QuorumNotReached(failure) = outcome else {
+        panic!("expected a quorum failure, got {outcome:?}");
+    };
+    assert!(failure.acked <= 1, "{failure}");
+    assert_eq!(
+        (fx.applies(1), fx.applies(2)),
+        (0, 0),
+        "the cut replicas saw nothing"
+    );
+    eventually("the reachable replica to hold the write", || fx.qty(3) == 1).await;
 }
 
 /// A delete that one replica applies is legitimate: a replica that missed the insert (and

@@ -1,5 +1,6 @@
 //! The client side: [`RpcClient`] multiplexes concurrent requests over one connection;
-//! [`PeerClient`] reconnects on demand, with a short backoff after a failed attempt.
+//! [`PeerClient`] reconnects on demand, with a short backoff after a failed attempt, and
+//! suffers the [`Faults`] a test gives it.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::connection::{self, FramedStream};
+use super::faults::{Fault, Faults};
 use super::secret::{ClusterKey, Side};
 use super::{Hello, ReplyBody, RpcError};
 use crate::wire::ServiceKind;
@@ -301,6 +303,8 @@ pub struct PeerClient<Req, Resp> {
     key: ClusterKey,
     connect_timeout: Duration,
     state: tokio::sync::Mutex<PeerState<Req, Resp>>,
+    /// Test-only fault injection; `None` in production.
+    faults: Option<Faults>,
 }
 
 struct PeerState<Req, Resp> {
@@ -330,7 +334,15 @@ where
                 client: None,
                 failed_at: None,
             }),
+            faults: None,
         }
+    }
+
+    /// The same, suffering the faults `faults` names for this peer's address (tests).
+    #[must_use]
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = Some(faults);
+        self
     }
 
     /// The peer's address.
@@ -343,8 +355,37 @@ where
     /// # Errors
     /// Any [`RpcError`]; [`RpcError::Unreachable`] during the backoff after a failed connect.
     pub async fn call(&self, request: &Req, timeout: Duration) -> Result<Resp, RpcError> {
-        let client = self.client().await?;
-        client.call(request, timeout).await
+        let fault = self.faults.as_ref().and_then(|f| f.for_peer(&self.addr));
+        let Some(fault) = fault else {
+            let client = self.client().await?;
+            return client.call(request, timeout).await;
+        };
+        let lost = RpcError::Timeout {
+            addr: self.addr.clone(),
+            after: timeout,
+        };
+        match fault {
+            Fault::DropRequest => {
+                tokio::time::sleep(timeout).await;
+                Err(lost)
+            }
+            Fault::DropReply => {
+                let started = tokio::time::Instant::now();
+                let client = self.client().await?;
+                let _lost_reply = client.call(request, timeout).await;
+                tokio::time::sleep_until(started + timeout).await;
+                Err(lost)
+            }
+            Fault::Delay(delay) if delay >= timeout => {
+                tokio::time::sleep(timeout).await;
+                Err(lost)
+            }
+            Fault::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                let client = self.client().await?;
+                client.call(request, timeout.saturating_sub(delay)).await
+            }
+        }
     }
 
     async fn client(&self) -> Result<Arc<RpcClient<Req, Resp>>, RpcError> {

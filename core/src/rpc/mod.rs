@@ -22,11 +22,13 @@
 //! # Layout
 //! - [`connection`]: the codec, the hello exchange and frame encoding.
 //! - [`client`]: [`RpcClient`], one multiplexed connection; [`PeerClient`], one that reconnects.
+//! - [`faults`]: [`Faults`], the test-only hook that drops or delays a client's calls.
 //! - [`server`]: the [`Service`] trait and [`serve`], the accept loop.
 //! - [`secret`]: [`ClusterKey`], the cluster secret and its HMAC challenge.
 
 pub mod client;
 pub mod connection;
+pub mod faults;
 pub mod secret;
 pub mod server;
 
@@ -35,6 +37,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use client::{PeerClient, RpcClient};
+pub use faults::{Fault, Faults};
 pub use secret::{ClusterKey, SecretError};
 pub use server::{ServeLimits, Service, serve, serve_with};
 
