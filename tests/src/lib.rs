@@ -29,8 +29,9 @@
 //! - [`zookeeper`]: [`ZooKeeper`], a standalone server in a directory, and the `ruok` probe.
 //! - [`ports`]: free loopback ports outside the kernel's ephemeral range.
 //! - [`wait`]: [`wait_until`] and [`Deadline`], polling with a deadline (never a bare sleep).
-//! - [`workload`]: [`Workload`], a Jepsen-style workload of acknowledged cart operations,
-//!   and the [`History`] check that carts hold exactly what was acknowledged.
+//! - [`workload`]: [`Workload`], concurrent Jepsen-style clients of cart operations.
+//! - [`history`]: [`History`], every operation with its invocation, completion and outcome
+//!   (ok, failed or unknown), and the check that carts hold what it allows.
 
 pub mod browser;
 pub mod cli;
@@ -38,6 +39,7 @@ pub mod client;
 pub mod cluster;
 pub mod gate;
 pub mod gateway;
+pub mod history;
 pub mod ports;
 pub mod process;
 pub mod prometheus;
@@ -52,8 +54,9 @@ pub use client::{ApiClient, Reply};
 pub use cluster::{Cluster, ClusterOptions};
 pub use gate::TcpGate;
 pub use gateway::GatewayClient;
+pub use history::History;
 pub use process::Service;
 pub use view::ClusterView;
 pub use wait::{Deadline, wait_until};
-pub use workload::{History, Workload};
+pub use workload::{Retry, Workload, WorkloadOptions};
 pub use zookeeper::ZooKeeper;

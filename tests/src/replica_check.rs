@@ -118,13 +118,14 @@ pub async fn settled(api: &ApiClient, user: &str, replicas: usize) -> Result<Opt
 ///
 /// # Errors
 /// The first user still unsettled at the deadline, and what differs.
-pub async fn wait_settled<'a>(
+pub async fn wait_settled(
     api: &ApiClient,
-    users: impl IntoIterator<Item = &'a String>,
+    users: impl IntoIterator<Item = impl AsRef<str>>,
     replicas: usize,
     timeout: Duration,
 ) -> Result<()> {
     for user in users {
+        let user = user.as_ref();
         wait_until(&format!("{user} settled"), timeout, || {
             settled(api, user, replicas)
         })

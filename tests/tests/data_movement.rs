@@ -86,7 +86,10 @@ async fn wait_all_clean(api: &ApiClient, live: &BTreeSet<u64>) -> Result<()> {
 async fn final_checks(api: &ApiClient, history: &History) -> Result<()> {
     history.check(api).await?;
     for user in history.users() {
-        wait_until(&format!("{user} settled"), SETTLE, || settled(api, user, 3)).await?;
+        wait_until(&format!("{user} settled"), SETTLE, || {
+            settled(api, &user, 3)
+        })
+        .await?;
     }
     let products = api.products().await?;
     for item in ITEMS {
@@ -108,7 +111,7 @@ async fn final_checks(api: &ApiClient, history: &History) -> Result<()> {
             .await?
             .users()
             .into_iter()
-            .filter(|u| history.expected.contains_key(u))
+            .filter(|u| history.used(u))
             .collect();
         ensure!(
             listed == in_category,
@@ -378,7 +381,7 @@ async fn a_device_is_drained_under_load_then_removed() -> Result<()> {
     final_checks(&api, &history).await?;
     // The removed device's data node still runs; it holds nothing of the workload's.
     for user in history.users() {
-        let items = replica_states(&api, user).await?;
+        let items = replica_states(&api, &user).await?;
         for (product, devices) in items {
             ensure!(
                 !devices.contains_key(&REMOVED),

@@ -9,7 +9,7 @@ use cartdb_core::wire::GatewayResponse;
 use cartdb_policies::RENDEZVOUS_POLICY_WASM;
 use cartdb_tests::cli::cartdb_json;
 use cartdb_tests::replica_check::{wait_all_clean, wait_settled};
-use cartdb_tests::{Cluster, ClusterOptions, Workload, wait_until};
+use cartdb_tests::{Cluster, ClusterOptions, Workload, WorkloadOptions, wait_until};
 
 /// Bound on a backfill after a placement swap (most PGs move) and on a reconnection.
 const SETTLE: Duration = Duration::from_secs(300);
@@ -44,7 +44,7 @@ async fn a_gateway_cut_from_zookeeper_during_a_placement_swap_is_refused() -> Re
     let api = cluster.client().clone();
     let before = cluster.gateway_clients().await?;
     ensure!(before.len() == 2, "expected 2 gateways");
-    let workload = Workload::start(api.clone(), "swap", 16);
+    let workload = Workload::start_with(api.clone(), WorkloadOptions::new("swap", 16).clients(4));
     workload.advance(30, SETTLE).await?;
 
     // Cut gateway 2 from ZooKeeper: its session expires and it leaves the membership (the
@@ -136,7 +136,7 @@ async fn a_gateway_cut_from_zookeeper_during_a_placement_swap_is_refused() -> Re
     }
     let users: Vec<String> = history
         .users()
-        .cloned()
+        .into_iter()
         .chain((0..STALE_USERS).map(|n| format!("stale-{n}")))
         .collect();
     wait_settled(&api, &users, 3, SETTLE).await?;
