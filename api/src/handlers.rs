@@ -8,8 +8,8 @@ use axum::Json;
 use axum::extract::State;
 use cartdb_core::cart::{CartLine, DeviceId, InputError, ItemKey, Product, validate_id};
 use cartdb_core::wire::{
-    ClusterStatus, GatewayInfo, GatewayRequest, GatewayResponse, HeldItem, ItemLocation,
-    ReplicaDump,
+    ClusterStatus, DEFAULT_CATEGORY_PAGE, GatewayInfo, GatewayRequest, GatewayResponse, HeldItem,
+    ItemLocation, MAX_CATEGORY_PAGE, ReplicaDump,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -166,18 +166,32 @@ pub struct CategoryQuery {
         pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
     )]
     pub category: String,
+    /// The previous page's `next`: list the users after this one. Absent: from the first.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^/\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
+    pub after: Option<String>,
+    /// Most users in the page, 1 to 10000. Default: 1000.
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<u32>,
 }
 
-/// Users holding an item of a category.
+/// One page of the users holding an item of a category.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CategoryUsers {
     pub category: String,
+    /// Sorted, each user once across all pages.
     pub users: Vec<String>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next: Option<String>,
 }
 
-/// The users holding an item of the category with quantity above 0 (admin).
+/// The users holding an item of the category with quantity above 0, a page at a time in
+/// user order (admin).
 #[utoipa::path(get, path = "/api/list_category", tag = "cart", params(CategoryQuery), security(("admin_token" = [])),
-    responses((status = 200, description = "the users", body = CategoryUsers), (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 401, description = "the admin token is missing or wrong", body = ErrorBody),
+    responses((status = 200, description = "one page of the users", body = CategoryUsers), (status = 400, description = "bad input, naming the field", body = ErrorBody), (status = 401, description = "the admin token is missing or wrong", body = ErrorBody),
         (status = 503, description = "no gateway, a quorum or ZooKeeper cannot be reached, or no answer in time: retry (with the same Idempotency-Key)", body = ErrorBody), (status = 500, description = "a bug", body = ErrorBody)))]
 pub async fn list_category(
     _admin: Admin,
@@ -185,13 +199,25 @@ pub async fn list_category(
     ApiQuery(query): ApiQuery<CategoryQuery>,
 ) -> Result<Json<CategoryUsers>, ApiError> {
     validate_id("category", &query.category)?;
+    if let Some(after) = &query.after {
+        validate_id("after", after)?;
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_CATEGORY_PAGE);
+    if !(1..=MAX_CATEGORY_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidQuery {
+            detail: format!("limit: {limit} is not between 1 and {MAX_CATEGORY_PAGE}"),
+        });
+    }
     let request = GatewayRequest::ListCategory {
         category: query.category.clone(),
+        after: query.after,
+        limit,
     };
     match ask(&state, &request).await?.response {
-        GatewayResponse::CategoryUsers { users } => Ok(Json(CategoryUsers {
+        GatewayResponse::CategoryUsers { users, next } => Ok(Json(CategoryUsers {
             category: query.category,
             users,
+            next,
         })),
         other => Err(unexpected("ListCategory", other)),
     }

@@ -27,7 +27,14 @@ use crate::cart::{
 /// says at which version the replica holds the operation; every data node request travels
 /// in a [`DataCall`] with the map epoch it was placed with (`StaleEpoch`, `MapUnknown`);
 /// drops are conditional on the scanned digest.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// 8: `list_category` is paged (`after`, `limit`; `more` / `next`).
+pub const PROTOCOL_VERSION: u16 = 8;
+
+/// Users in one `list_category` page when the client names no limit.
+pub const DEFAULT_CATEGORY_PAGE: u32 = 1_000;
+/// Most users one `list_category` page holds, whatever the client asks: a page of this many
+/// users' items stays far below the RPC frame limit.
+pub const MAX_CATEGORY_PAGE: u32 = 10_000;
 
 /// Which service a connection expects to reach, checked in the hello exchange so that a client
 /// pointed at the wrong port gets a clear error instead of undecodable frames.
@@ -86,8 +93,14 @@ pub enum DataRequest {
     },
     /// Every item of `user` this replica holds.
     ReadUser { user: String },
-    /// The items with qty > 0 in `category` on this replica, with their users.
-    ListCategory { category: String },
+    /// The items with qty > 0 in `category` on this replica, of the first `limit` users
+    /// (at most [`MAX_CATEGORY_PAGE`]) after `after` in user order: every item of each
+    /// user it names.
+    ListCategory {
+        category: String,
+        after: Option<String>,
+        limit: u32,
+    },
     /// The summary of every item of `user` this replica holds: what a cart read asks first.
     ReadSummaries { user: String },
     /// The full states (with logs) of these items of `user`, for the items whose replicas'
@@ -166,8 +179,9 @@ pub enum DataResponse {
     NotInCart,
     /// The answer to [`DataRequest::ReadUser`], sorted by product id.
     UserItems { items: Vec<ItemState> },
-    /// The answer to [`DataRequest::ListCategory`], sorted by user, then product.
-    CategoryItems { items: Vec<ItemKey> },
+    /// The answer to [`DataRequest::ListCategory`], sorted by user, then product; `more`
+    /// when users beyond the page's last are in the category here.
+    CategoryItems { items: Vec<ItemKey>, more: bool },
     /// The request could not be served.
     Failed(DataFailure),
     /// The answer to [`DataRequest::ReadSummaries`], sorted by product id.
@@ -297,8 +311,13 @@ pub enum GatewayRequest {
     },
     /// The merged cart of `user`.
     ListAll { user: String },
-    /// Users holding an item of `category`.
-    ListCategory { category: String },
+    /// Users holding an item of `category`: the first `limit` (at most
+    /// [`MAX_CATEGORY_PAGE`]) after `after`, in order.
+    ListCategory {
+        category: String,
+        after: Option<String>,
+        limit: u32,
+    },
     /// The catalog.
     Products,
     /// Add a product to the catalog or replace the one with the same product id.
@@ -412,8 +431,12 @@ pub enum GatewayResponse {
     Updated { qty: u64 },
     /// The merged cart: items with qty > 0, sorted by name.
     Cart { items: Vec<CartLine> },
-    /// Users holding an item of the category, sorted.
-    CategoryUsers { users: Vec<String> },
+    /// Users holding an item of the category, sorted: one page; `next` is the cursor of
+    /// the next page (the page's last user), `None` after the last page.
+    CategoryUsers {
+        users: Vec<String>,
+        next: Option<String>,
+    },
     /// The catalog, sorted by product id.
     Products { products: Vec<Product> },
     /// The cluster as this gateway sees it.

@@ -6,8 +6,8 @@
 //!                  a newer epoch than this node's waits until the node has learnt it
 //!                  Apply, Repair, Compact, DropItems --> GroupCommit (writer thread, one
 //!                                                       fsync per batch)
-//!                  ReadSummaries, ReadItems, ReadUser, ListCategory, ScanPg, ListItems
-//!                                                   --> CartStore, inline
+//!                  ReadSummaries, ReadItems, ReadUser --> CartStore, inline
+//!                  ListCategory, ScanPg, ListItems   --> CartStore, on the blocking pool
 //! ```
 //!
 //! Cart reads run inline on the runtime thread although fjall calls block: a cart read is a
@@ -15,7 +15,8 @@
 //! hop to tokio's blocking pool costs two thread wake-ups per read. Profiled under the
 //! cluster benchmark, those wake-ups were the largest single cost of a data node. The
 //! operator and sweep listings (`ScanPg`, `ListItems`) read up to 10,000 items and run on
-//! the blocking pool instead, so that they never hold cart requests up.
+//! the blocking pool instead, so that they never hold cart requests up, and so do category
+//! pages (up to [`MAX_CATEGORY_PAGE`] users' items).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,7 +25,9 @@ use std::time::Duration;
 use cartdb_core::cart::DeviceId;
 use cartdb_core::coord::ClusterMap;
 use cartdb_core::rpc::Service;
-use cartdb_core::wire::{DataCall, DataFailure, DataRequest, DataResponse, ServiceKind};
+use cartdb_core::wire::{
+    DataCall, DataFailure, DataRequest, DataResponse, MAX_CATEGORY_PAGE, ServiceKind,
+};
 use tokio::sync::watch;
 use tokio::task::JoinError;
 
@@ -250,10 +253,18 @@ impl Service for DataNodeService {
                 let items = store.read_user(&user, None)?;
                 Ok(DataResponse::UserItems { items })
             }),
-            DataRequest::ListCategory { category } => self.read(move |store| {
-                let items = store.items_in_category(&category)?;
-                Ok(DataResponse::CategoryItems { items })
-            }),
+            DataRequest::ListCategory {
+                category,
+                after,
+                limit,
+            } => {
+                self.read_blocking(move |store| {
+                    let users = limit.clamp(1, MAX_CATEGORY_PAGE) as usize;
+                    let (items, more) = store.category_page(&category, after.as_deref(), users)?;
+                    Ok(DataResponse::CategoryItems { items, more })
+                })
+                .await
+            }
             DataRequest::ReadSummaries { user } => self.read(move |store| {
                 let items = store.read_user_summaries(&user)?;
                 Ok(DataResponse::Summaries { items })

@@ -440,16 +440,55 @@ impl CartStore {
     /// [`StoreError::InvalidId`], [`StoreError::Read`], or
     /// [`StoreError::MalformedKey`] for an index key that does not parse.
     pub fn items_in_category(&self, category: &str) -> Result<Vec<ItemKey>, StoreError> {
+        self.category_page(category, None, usize::MAX)
+            .map(|(items, _)| items)
+    }
+
+    /// One page of [`CartStore::items_in_category`]: every item of the first `users` users
+    /// after `after` (in user order); `true` when more users follow.
+    ///
+    /// # Errors
+    /// As [`CartStore::items_in_category`], and [`StoreError::InvalidId`] for `after`.
+    pub fn category_page(
+        &self,
+        category: &str,
+        after: Option<&str>,
+        users: usize,
+    ) -> Result<(Vec<ItemKey>, bool), StoreError> {
         let prefix = key_prefix("category", category)?;
-        let mut items = Vec::new();
-        for guard in self.categories.prefix(&prefix) {
+        let start = match after {
+            Some(user) => {
+                // Past every `category 0x00 user 0x00 ...` key: identifiers hold no control
+                // characters, so 0x01 after the user sorts after its entries and before any
+                // other user's.
+                let mut start = prefix.clone();
+                start.extend_from_slice(&key_prefix("after", user)?);
+                start.pop();
+                start.push(1);
+                start
+            }
+            None => prefix.clone(),
+        };
+        let mut items: Vec<ItemKey> = Vec::new();
+        let mut seen = 0;
+        for guard in self.categories.range(start..) {
             let raw = guard.key().map_err(|source| StoreError::Read {
                 key: show_key(&prefix),
                 source,
             })?;
-            items.push(item_key_of(&raw[prefix.len()..], &raw)?);
+            let Some(rest) = raw.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let key = item_key_of(rest, &raw)?;
+            if items.last().is_none_or(|last| last.user != key.user) {
+                if seen == users {
+                    return Ok((items, true));
+                }
+                seen += 1;
+            }
+            items.push(key);
         }
-        Ok(items)
+        Ok((items, false))
     }
 
     /// The users of [`CartStore::items_in_category`], sorted and without duplicates.

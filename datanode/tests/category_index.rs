@@ -114,3 +114,40 @@ async fn one_batch_nets_out_the_index() {
     );
     assert_eq!(store.users_in_category("fruit").unwrap(), ["u1", "u2"]);
 }
+
+/// A category is read a page of users at a time: every item of each user in the page, the
+/// next page starting after the last user (even a user whose name extends another's), and
+/// `more` until the last page.
+#[tokio::test]
+async fn a_category_is_paged_by_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path(), 16);
+    let adds = [
+        ("u1", "p1", 1),
+        ("u1", "p2", 2),
+        ("u1 b", "p1", 3),
+        ("u2", "p1", 4),
+        ("u3", "p3", 5),
+    ];
+    for (user, product, id) in adds {
+        apply_qty(&writer, op(user, product, "fruit", id, OpKind::Add, 1)).await;
+    }
+    let users = |items: &[cartdb_core::cart::ItemKey]| -> Vec<String> {
+        items
+            .iter()
+            .map(|k| format!("{}/{}", k.user, k.product))
+            .collect()
+    };
+    let (first, more) = store.category_page("fruit", None, 2).unwrap();
+    assert_eq!(users(&first), ["u1/p1", "u1/p2", "u1 b/p1"]);
+    assert!(more);
+    let (second, more) = store.category_page("fruit", Some("u1 b"), 2).unwrap();
+    assert_eq!(users(&second), ["u2/p1", "u3/p3"]);
+    assert!(!more);
+    let (after_u1, _) = store.category_page("fruit", Some("u1"), 1).unwrap();
+    assert_eq!(users(&after_u1), ["u1 b/p1"]);
+    let (none, more) = store.category_page("fruit", Some("u3"), 5).unwrap();
+    assert!(none.is_empty() && !more);
+    assert!(store.category_page("fruit", Some("bad\u{1}"), 5).is_err());
+    close(store, writer).await;
+}

@@ -148,6 +148,8 @@ async fn a_proper_client_is_served() {
     assert_eq!(items.len(), 1);
     let fruit = DataRequest::ListCategory {
         category: "fruit".into(),
+        after: None,
+        limit: 10,
     };
     let reply = client.call(&fenced(&fruit), TIMEOUT).await.unwrap();
     let key = ItemKey {
@@ -157,7 +159,8 @@ async fn a_proper_client_is_served() {
     assert_eq!(
         reply,
         DataResponse::CategoryItems {
-            items: vec![key.clone()]
+            items: vec![key.clone()],
+            more: false,
         }
     );
     // The item is found in its placement group's key ranges, and only there.
@@ -217,7 +220,13 @@ async fn a_proper_client_is_served() {
     assert!(held(client.call(&fenced(&scan(pg)), TIMEOUT).await.unwrap()).is_empty());
     assert!(held(client.call(&fenced(&listed), TIMEOUT).await.unwrap()).is_empty());
     let reply = client.call(&fenced(&fruit), TIMEOUT).await.unwrap();
-    assert_eq!(reply, DataResponse::CategoryItems { items: vec![] });
+    assert_eq!(
+        reply,
+        DataResponse::CategoryItems {
+            items: vec![],
+            more: false
+        }
+    );
     shutdown.cancel();
     server.await.unwrap();
     service.close().await.unwrap();

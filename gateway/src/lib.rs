@@ -15,7 +15,8 @@
 //! - [`write`](mod@write): the insert/delete fan-out; [`write_quorum`]: its pure decision
 //!   ([`write_quorum::QuorumTracker`]).
 //! - [`read`]: `list_all` and `list_category`; [`read_resolution`]: the pure read plan,
-//!   per-item read quorum and merge; [`cart_lines`]: the cart a shopper sees.
+//!   per-item read quorum and merge; [`cart_lines`]: the cart a shopper sees;
+//!   [`category_page`]: the pure merge of the data nodes' category pages.
 //! - [`op_id`]: operation ids from idempotency keys.
 //! - [`replicas`]: connections to the data nodes.
 //! - [`placement`]: the up set of every placement group at one map epoch.
@@ -28,6 +29,7 @@
 pub mod anti_entropy;
 pub mod backfill;
 pub mod cart_lines;
+pub mod category_page;
 pub mod cluster_keeper;
 pub mod cluster_view;
 pub mod compaction;

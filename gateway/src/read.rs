@@ -28,11 +28,12 @@ use std::pin::Pin;
 use cartdb_core::cart::{DeviceId, ItemKey, ItemState, ItemSummary};
 use cartdb_core::config::Replication;
 use cartdb_core::placement_key::{INDEX_PREFIX, indexed_product};
-use cartdb_core::wire::{DataCall, DataRequest, DataResponse};
+use cartdb_core::wire::{DataCall, DataRequest, DataResponse, MAX_CATEGORY_PAGE};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::time::Instant;
 
+use crate::category_page::{CategoryPage, DevicePage};
 use crate::cluster_view::Topology;
 use crate::compaction::SettledItem;
 use crate::merger::Merger;
@@ -288,7 +289,8 @@ async fn fetch_states(
     }))
 }
 
-/// The users holding an item of `category`: the sorted union of the live devices' answers.
+/// One page of the users holding an item of `category`: the first `limit` after `after`
+/// (see [`crate::category_page`] for how the devices' pages merge).
 ///
 /// A user acknowledged by W replicas cannot be missed while fewer than W live devices are
 /// silent, so that is the quorum, and the read stops waiting as soon as it holds. An item
@@ -301,18 +303,21 @@ async fn fetch_states(
 pub async fn read_category(
     replicas: &Replicas,
     topology: &Topology,
-    category: &str,
+    query: CategoryQuery<'_>,
     replication: Replication,
     deadline: Instant,
-) -> Result<Vec<String>, ReadShortfall> {
+) -> Result<CategoryPage, ReadShortfall> {
     let live: BTreeSet<DeviceId> = topology.members.devices.keys().copied().collect();
+    let limit = query.limit.clamp(1, MAX_CATEGORY_PAGE);
     let request = DataCall {
         epoch: topology.map.epoch,
         request: DataRequest::ListCategory {
-            category: category.to_owned(),
+            category: query.category.to_owned(),
+            after: query.after.map(str::to_owned),
+            limit,
         },
     };
-    let mut round = ReadRound::new(replicas, &request, deadline, category_users);
+    let mut round = ReadRound::new(replicas, &request, deadline, category_items);
     round.ask(live.iter().copied());
     while round.next().await.is_some() {
         if round.silent() < replication.write_quorum && round.answered_count() > 0 {
@@ -331,16 +336,21 @@ pub async fn read_category(
             failures,
         });
     }
-    let users: BTreeSet<String> = answered
-        .into_iter()
-        .flat_map(|(device, items)| {
-            items
-                .into_iter()
-                .filter(move |key| topology.read_set(key).contains(&device))
-        })
-        .map(|key| key.user)
-        .collect();
-    Ok(users.into_iter().collect())
+    Ok(CategoryPage::merge(
+        &answered,
+        limit as usize,
+        |key, device| topology.read_set(key).contains(&device),
+    ))
+}
+
+/// Which page of a category to read.
+#[derive(Clone, Copy, Debug)]
+pub struct CategoryQuery<'a> {
+    pub category: &'a str,
+    /// The previous page's cursor (its last user); `None` for the first page.
+    pub after: Option<&'a str>,
+    /// Most users in the page (clamped to 1..=[`MAX_CATEGORY_PAGE`]).
+    pub limit: u32,
 }
 
 /// Adds the up and past sets of each of `products` to the plan; for a cart-index entry
@@ -491,9 +501,9 @@ fn user_summaries(
     }
 }
 
-fn category_users(device: DeviceId, response: DataResponse) -> Result<Vec<ItemKey>, ReplicaError> {
+fn category_items(device: DeviceId, response: DataResponse) -> Result<DevicePage, ReplicaError> {
     match response {
-        DataResponse::CategoryItems { items } => Ok(items),
+        DataResponse::CategoryItems { items, more } => Ok(DevicePage { items, more }),
         other => Err(unexpected(device, "ListCategory", &other)),
     }
 }

@@ -45,7 +45,9 @@ use crate::merger::Merger;
 use crate::op_id::{keyed_op_id, op_id, validate_idempotency_key};
 use crate::policy::PolicyLibrary;
 use crate::policy_admin::PolicyAdmin;
-use crate::read::{CartQuery, CartRead, ReadError, ReadMode, read_cart, read_category};
+use crate::read::{
+    CartQuery, CartRead, CategoryQuery, ReadError, ReadMode, read_cart, read_category,
+};
 use crate::read_repair::ReadRepair;
 use crate::read_resolution::ReadShortfall;
 use crate::replicas::Replicas;
@@ -152,8 +154,17 @@ impl GatewayService {
                 self.placed(deadline, || self.list_all(&user, deadline))
                     .await
             }
-            GatewayRequest::ListCategory { category } => {
-                self.placed(deadline, || self.list_category(&category, deadline))
+            GatewayRequest::ListCategory {
+                category,
+                after,
+                limit,
+            } => {
+                let query = CategoryQuery {
+                    category: &category,
+                    after: after.as_deref(),
+                    limit,
+                };
+                self.placed(deadline, || self.list_category(query, deadline))
                     .await
             }
             GatewayRequest::Products => Ok(products(&self.catalog())),
@@ -491,19 +502,25 @@ impl GatewayService {
         Ok(GatewayResponse::Cart { items })
     }
 
-    async fn list_category(&self, category: &str, deadline: Instant) -> Answer {
-        validate_id("category", category).map_err(invalid)?;
+    async fn list_category(&self, query: CategoryQuery<'_>, deadline: Instant) -> Answer {
+        validate_id("category", query.category).map_err(invalid)?;
+        if let Some(after) = query.after {
+            validate_id("after", after).map_err(invalid)?;
+        }
         let topology = self.parts.view.current();
-        let users = read_category(
+        let page = read_category(
             &self.parts.replicas,
             &topology,
-            category,
+            query,
             self.parts.replication,
             deadline,
         )
         .await
         .map_err(|shortfall| quorum_failure("list_category", shortfall))?;
-        Ok(GatewayResponse::CategoryUsers { users })
+        Ok(GatewayResponse::CategoryUsers {
+            users: page.users,
+            next: page.next,
+        })
     }
 
     async fn upsert(&self, product: Product, deadline: Instant) -> Answer {

@@ -232,9 +232,20 @@ impl TestGateway {
     }
 
     async fn list_category(&self, category: &str) -> GatewayResponse {
+        self.category_page(category, None, 1000).await
+    }
+
+    async fn category_page(
+        &self,
+        category: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> GatewayResponse {
         self.service
             .handle(GatewayRequest::ListCategory {
                 category: category.into(),
+                after: after.map(str::to_owned),
+                limit,
             })
             .await
     }
@@ -425,9 +436,42 @@ async fn categories_list_their_users() {
     assert_eq!(
         gw.list_category("1").await,
         GatewayResponse::CategoryUsers {
-            users: vec!["user1".into(), "user2".into()]
+            users: vec!["user1".into(), "user2".into()],
+            next: None,
         }
     );
+}
+
+/// A category's users come a page at a time, in order, each exactly once.
+#[tokio::test]
+async fn categories_list_their_users_a_page_at_a_time() {
+    let gw = TestGateway::start().await;
+    let users: Vec<String> = (0..12).map(|n| format!("shopper{n:02}")).collect();
+    for user in &users {
+        gw.insert(user, "pork", None).await;
+    }
+    for user in &users {
+        gw.until_replicated(user, "1", 1).await;
+    }
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let GatewayResponse::CategoryUsers { users, next } =
+            gw.category_page("1", after.as_deref(), 5).await
+        else {
+            panic!("expected a page of users");
+        };
+        assert!(users.len() <= 5, "{users:?}");
+        listed.extend(users);
+        pages += 1;
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(listed, users);
+    assert!(pages >= 3, "{pages} pages of at most 5 for 12 users");
 }
 
 /// A new product can be sold at once; a product that clashes with another's name is
@@ -504,7 +548,8 @@ async fn a_slow_replica_does_not_hold_up_requests() {
     assert_eq!(
         gw.list_category("1").await,
         GatewayResponse::CategoryUsers {
-            users: vec!["user1".into()]
+            users: vec!["user1".into()],
+            next: None,
         }
     );
     assert!(

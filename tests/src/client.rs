@@ -243,10 +243,24 @@ impl ApiClient {
     /// # Errors
     /// Only when the server cannot be reached.
     pub async fn list_category(&self, category: &str) -> anyhow::Result<Reply> {
-        let request = self
-            .http
-            .get(self.url("/api/list_category"))
-            .query(&[("category", category)]);
+        self.list_category_page(category, None, None).await
+    }
+
+    /// One page of `list_category`: the users after `after`, at most `limit` (the server's
+    /// default when `None`).
+    ///
+    /// # Errors
+    /// Only when the server cannot be reached.
+    pub async fn list_category_page(
+        &self,
+        category: &str,
+        after: Option<&str>,
+        limit: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let mut query = vec![("category", category)];
+        query.extend(after.map(|after| ("after", after)));
+        query.extend(limit.map(|limit| ("limit", limit)));
+        let request = self.http.get(self.url("/api/list_category")).query(&query);
         send(self.authorised(request)).await
     }
 

@@ -217,6 +217,57 @@ async fn list_category_lists_users_while_their_quantity_is_above_zero() -> Resul
     Ok(())
 }
 
+/// A category held by more shoppers than one page holds is listed a page at a time: each
+/// page in order and at most `limit` long, each shopper exactly once over all pages, and
+/// `next` null on the last. A `limit` out of range or a malformed `after` is a 400 naming
+/// the field.
+#[tokio::test]
+async fn list_category_pages_through_many_shoppers() -> Result<()> {
+    const SHOPPERS: usize = 23;
+    let cluster = start().await?;
+    let api = cluster.client();
+    let mut expected: Vec<String> = (0..SHOPPERS).map(|n| format!("pager-{n:02}")).collect();
+    expected.sort();
+    for user in &expected {
+        api.insert(user, "pork").await?.expect_status(200);
+    }
+    let mut listed: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let reply = api
+            .list_category_page("1", after.as_deref(), Some("4"))
+            .await?;
+        reply.expect_status(200);
+        let users = reply.users();
+        assert!(users.len() <= 4, "a page over its limit: {reply}");
+        listed.extend(users);
+        pages += 1;
+        match reply.json.get("next") {
+            Some(Value::String(next)) => after = Some(next.clone()),
+            Some(Value::Null) => break,
+            other => panic!("no next cursor ({other:?}): {reply}"),
+        }
+        assert!(pages <= SHOPPERS, "the pages do not end");
+    }
+    assert_eq!(listed, expected, "each shopper once, in order");
+    assert!(pages >= SHOPPERS / 4, "{pages} pages");
+
+    for (limit, field) in [("0", "limit"), ("10001", "limit"), ("many", "limit")] {
+        let reply = api.list_category_page("1", None, Some(limit)).await?;
+        reply.expect_status(400);
+        let error = reply.error().unwrap_or_default();
+        assert!(error.contains(field), "limit={limit}: {reply}");
+    }
+    let reply = api.list_category_page("1", Some("bad\u{1}"), None).await?;
+    reply.expect_status(400);
+    assert!(
+        reply.error().unwrap_or_default().contains("after"),
+        "{reply}"
+    );
+    Ok(())
+}
+
 /// With an admin token configured, `list_category` needs `Authorization: Bearer <token>`:
 /// without it or with a wrong one the answer is 401 with a JSON error.
 #[tokio::test]

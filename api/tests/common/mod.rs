@@ -125,6 +125,7 @@ pub fn success(gateway: u32, request: &GatewayRequest) -> GatewayResponse {
         },
         GatewayRequest::ListCategory { .. } => GatewayResponse::CategoryUsers {
             users: vec!["user1".into(), "user2".into()],
+            next: None,
         },
         GatewayRequest::Products | GatewayRequest::UpsertProduct { .. } => {
             GatewayResponse::Products {
