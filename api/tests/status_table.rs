@@ -42,7 +42,7 @@ async fn successes_have_the_documented_shapes() {
         (status, body),
         (
             StatusCode::OK,
-            json!({"category": "1", "users": ["user1", "user2"]})
+            json!({"category": "1", "users": ["user1", "user2"], "next": null})
         )
     );
 }

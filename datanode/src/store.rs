@@ -4,12 +4,14 @@
 //! [`CartStore::drop_items`], whose one fjall batch is atomic across them:
 //!
 //! ```text
-//! items       user 0x00 product                           -> FORMAT_V2 ++ postcard(ItemSummary)
-//! log         user 0x00 product 0x00 'l' hlc gateway id   -> kind          (the operation log)
-//!             user 0x00 product 0x00 'i' id               -> hlc gateway kind   (by op id)
-//! categories  category 0x00 user 0x00 product             -> (empty)
-//! placement   reverse_bits(x) user 0x00 product           -> (empty)
-//! users       user                                        -> (empty)
+//! items       user 0x00 product                        -> FORMAT_V2 ++ postcard(ItemSummary)
+//! placement   rx user 0x00 product                     -> the same head
+//! log         rx user 0x00 product 0x00 'l' hlc gateway id -> kind     (the operation log)
+//!             rx user 0x00 product 0x00 'i' id         -> hlc gateway kind   (by op id)
+//! categories  category 0x00 user 0x00 product          -> (empty)
+//! users       user                                     -> (empty)
+//!
+//! rx = reverse_bits(x), 4 bytes: x is the item's placement key
 //! ```
 //!
 //! `users` answers "does this replica hold anything of this user?" with a point read, which
@@ -21,11 +23,16 @@
 //! user's first item on this replica and removed when [`CartStore::drop_items`] drops the
 //! last one.
 //!
-//! `placement` finds the items of one placement group without a full scan: `x` is the item's
-//! placement key (`cartdb_model::placement_key::placement_key`), and with its bits reversed
-//! the PG's low bits become the key's high bits, so a PG's items are one or two key ranges
-//! whatever `pg_num` is (`cartdb_model::pg::Pool::key_ranges`). An entry is written with the
-//! item's first write on this replica and deleted only with the item.
+//! A placement group is contiguous in `placement` and `log`: `x` is the item's placement key
+//! (`cartdb_model::placement_key::placement_key`), and with its bits reversed the PG's low
+//! bits become the key's high bits, so a PG's items, and their logs, are one or two key
+//! ranges whatever `pg_num` is (`cartdb_model::pg::Pool::key_ranges`). Backfill and
+//! anti-entropy read a PG as range scans of those two keyspaces, in the same order, with no
+//! point read per item. `placement` holds a copy of the item's head, written with every
+//! write in the same batch as `items`: cart reads scan `items` by user, PG reads scan
+//! `placement`, and neither needs the other. (Format 4 kept `log` by user and `placement`
+//! as a bare index, so a PG scan cost a random head read per item and a log scan per item in
+//! another part of the keyspace.)
 //!
 //! The data directory carries a format marker file, [`FORMAT_FILE`]: a directory written
 //! before placement groups (no marker, or another format) is refused by name, not migrated.
@@ -66,16 +73,18 @@ mod format;
 mod write;
 
 use codec::{
-    ID_TAG, LOG_TAG, decode_head, decode_id_entry, decode_log_entry, item_key, item_key_of,
-    key_prefix, log_prefix, product_of, show_key,
+    ID_TAG, LOG_TAG, PLACED, decode_head, decode_id_entry, decode_log_entry, item_key, item_key_of,
+    key_prefix, log_prefix, product_of, show_key, show_placed_key,
 };
 
 /// The file in the data directory that names its layout.
 pub const FORMAT_FILE: &str = "CARTDB_FORMAT";
-/// What [`FORMAT_FILE`] holds for this layout: 4 added the `users` keyspace (a store
-/// without it would answer every cart read as empty); 3 added placement groups (the
-/// `placement` keyspace and cart-index entries); 2 was the per-operation layout without them.
-pub const DATA_FORMAT: &str = "cartdb-data 4";
+/// What [`FORMAT_FILE`] holds for this layout: 5 keeps placement groups contiguous (`log`
+/// keyed by reversed placement key, `placement` holding heads); 4 added the `users` keyspace
+/// (a store without it would answer every cart read as empty); 3 added placement groups
+/// (the `placement` keyspace and cart-index entries); 2 was the per-operation layout
+/// without them.
+pub const DATA_FORMAT: &str = "cartdb-data 5";
 
 /// Block cache shared by both keyspaces. Small on purpose: the node must stay under
 /// 200 MiB RSS, and carts are read by user prefix, mostly from recent (memtable) data.
@@ -211,8 +220,7 @@ pub struct ItemWrite {
     /// Id entries to drop: folded operations older than the idempotency window.
     pub forgotten: Vec<OpId>,
     pub index: IndexChange,
-    /// The item is new on this replica: its `placement` entry (and its user's `users`
-    /// entry) is written with it.
+    /// The item is new on this replica: its user's `users` entry is written with it.
     pub created: bool,
 }
 
@@ -357,7 +365,7 @@ impl CartStore {
         raw.push(ID_TAG);
         raw.extend_from_slice(&id.0.to_be_bytes());
         let value = self.log.get(&raw).map_err(|source| StoreError::Read {
-            key: show_key(&raw),
+            key: show_placed_key(&raw),
             source,
         })?;
         value.map(|v| decode_id_entry(&raw, id, &v)).transpose()
@@ -381,9 +389,9 @@ impl CartStore {
         let mut prefix = log_prefix(key)?;
         prefix.push(ID_TAG);
         scan(&self.log, &prefix, |raw, tail, value| {
-            let id: &[u8; 16] = tail
-                .try_into()
-                .map_err(|_| StoreError::MalformedKey { key: show_key(raw) })?;
+            let id: &[u8; 16] = tail.try_into().map_err(|_| StoreError::MalformedKey {
+                key: show_placed_key(raw),
+            })?;
             decode_id_entry(raw, OpId(u128::from_be_bytes(*id)), value)
         })
     }
@@ -524,23 +532,22 @@ impl CartStore {
                 Err(_) => self.placement.range(start..),
             };
             for guard in entries {
-                let raw = guard.key().map_err(|source| StoreError::Read {
+                let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
                     key: format!("placement range {first:#010x}..={last:#010x}"),
                     source,
                 })?;
-                let tail = raw.get(4..).ok_or_else(|| StoreError::MalformedKey {
-                    key: show_key(&raw),
-                })?;
-                let key = item_key_of(tail, &raw)?;
                 if held.len() == limit {
                     return Ok((held, true));
                 }
-                if let Some(summary) = self.read_summary(&key)? {
-                    held.push(HeldItem {
-                        user: key.user,
-                        summary,
-                    });
-                }
+                let tail = raw.get(PLACED..).ok_or_else(|| StoreError::MalformedKey {
+                    key: show_placed_key(&raw),
+                })?;
+                let key = item_key_of(tail, &raw)?;
+                let summary = decode_head(&raw, &key.product, &value)?;
+                held.push(HeldItem {
+                    user: key.user,
+                    summary,
+                });
             }
         }
         Ok((held, false))

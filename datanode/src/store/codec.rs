@@ -71,11 +71,27 @@ pub(super) fn placement_entry(key: &ItemKey) -> Result<Vec<u8>, StoreError> {
     Ok(raw)
 }
 
-/// `user 0x00 product 0x00`: the prefix of every log and id entry of the item.
+/// `reverse_bits(x) user 0x00 product 0x00`: the prefix of every log and id entry of the
+/// item, so that a placement group's entries are one or two key ranges, like its
+/// `placement` entries.
 pub(super) fn log_prefix(key: &ItemKey) -> Result<Vec<u8>, StoreError> {
-    let mut raw = item_key(key)?;
+    let mut raw = placement_entry(key)?;
     raw.push(SEP);
     Ok(raw)
+}
+
+/// Bytes of the reversed placement key that lead `placement` and `log` keys.
+pub(super) const PLACED: usize = 4;
+
+/// A `placement` or `log` key for error messages: the reversed placement key in hex, then
+/// the rest as [`show_key`] shows it.
+pub(super) fn show_placed_key(raw: &[u8]) -> String {
+    match raw.split_first_chunk::<PLACED>() {
+        Some((placed, rest)) => {
+            format!("{:#010x}/{}", u32::from_be_bytes(*placed), show_key(rest))
+        }
+        None => show_key(raw),
+    }
 }
 
 /// Log entry key: the prefix, `'l'`, then the version and id, so entries sort by
@@ -128,7 +144,7 @@ pub(super) fn decode_log_entry(
     value: &[u8],
 ) -> Result<Operation, StoreError> {
     let malformed = || StoreError::MalformedEntry {
-        key: show_key(raw),
+        key: show_placed_key(raw),
         len: value.len(),
     };
     let (hlc, rest) = tail.split_first_chunk::<8>().ok_or_else(malformed)?;
@@ -150,7 +166,7 @@ pub(super) fn decode_log_entry(
 
 pub(super) fn decode_id_entry(raw: &[u8], id: OpId, value: &[u8]) -> Result<Operation, StoreError> {
     let malformed = || StoreError::MalformedEntry {
-        key: show_key(raw),
+        key: show_placed_key(raw),
         len: value.len(),
     };
     let (hlc, rest) = value.split_first_chunk::<8>().ok_or_else(malformed)?;
@@ -218,7 +234,7 @@ mod tests {
 
     #[test]
     fn log_and_id_entries_round_trip_and_sort_by_version() {
-        let prefix = b"u1\0p1\0".to_vec();
+        let prefix = b"\x12\x34\x56\x78u1\0p1\0".to_vec();
         let op = |id: u128, hlc| Operation {
             id: OpId(id),
             kind: OpKind::Delete,
@@ -238,7 +254,7 @@ mod tests {
         let value = id_entry_value(&late);
         assert_eq!(decode_id_entry(&id_key, late.id, &value).unwrap(), late);
         let err = decode_id_entry(&id_key, late.id, &value[1..]).unwrap_err();
-        assert!(err.to_string().contains("u1/p1/i"), "{err}");
+        assert!(err.to_string().contains("0x12345678/u1/p1/i"), "{err}");
     }
 
     #[test]

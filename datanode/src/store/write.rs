@@ -7,7 +7,7 @@ use fjall::PersistMode;
 
 use super::codec::{
     encode_head, id_entry_key, id_entry_value, index_key, item_key, key_prefix, kind_byte,
-    log_entry_key, log_prefix, placement_entry, product_of, show_key,
+    log_entry_key, log_prefix, placement_entry, product_of, show_key, show_placed_key,
 };
 use super::{CartStore, ItemWrite, StoreError, listed_category};
 
@@ -39,7 +39,7 @@ impl CartStore {
             let prefix = log_prefix(key)?;
             for guard in self.log.prefix(&prefix) {
                 let raw = guard.key().map_err(|source| StoreError::Read {
-                    key: show_key(&prefix),
+                    key: show_placed_key(&prefix),
                     source,
                 })?;
                 batch.remove(&self.log, raw.to_vec());
@@ -157,9 +157,9 @@ impl CartStore {
                 Vec::new(),
             );
         }
+        batch.insert(&self.placement, placement_entry(&write.key)?, value.clone());
         batch.insert(&self.items, raw, value);
         if write.created {
-            batch.insert(&self.placement, placement_entry(&write.key)?, Vec::new());
             batch.insert(&self.users, write.key.user.as_bytes(), Vec::new());
         }
         Ok(())
