@@ -27,7 +27,8 @@ use crate::cart::{
 /// says at which version the replica holds the operation; every data node request travels
 /// in a [`DataCall`] with the map epoch it was placed with (`StaleEpoch`, `MapUnknown`);
 /// drops are conditional on the scanned digest.
-/// 8: `list_category` is paged (`after`, `limit`; `more` / `next`).
+/// 8: `list_category` is paged (`after`, `limit`; `more` / `next`); `ReadPg` streams a
+/// placement group's full states and `RepairMany` repairs many items in one commit.
 pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Users in one `list_category` page when the client names no limit.
@@ -137,6 +138,38 @@ pub enum DataRequest {
     /// This replica's items in key order (user, then product), after `after`, at most
     /// `limit`: the seed's DEVICEID/USERID/PRODUCTID view.
     ListItems { after: Option<ItemKey>, limit: u32 },
+    /// Backfill and anti-entropy: the full states of the items this replica holds in one
+    /// placement group (`ranges` as in [`DataRequest::ScanPg`]), in placement order
+    /// (`cartdb_model::placement_key::placement_order`), after the item `after`, at most
+    /// `limit` items and about [`PG_CHUNK_BYTES`]. No item cap: the caller pages on.
+    ReadPg {
+        ranges: Vec<(u32, u32)>,
+        after: Option<ItemKey>,
+        limit: u32,
+    },
+    /// Backfill: [`DataRequest::Repair`] for many items at once, applied through the same
+    /// rules and committed together.
+    RepairMany { items: Vec<ItemRepair> },
+}
+
+/// Most bytes of item states one [`DataRequest::ReadPg`] answer carries (about; an answer
+/// always holds at least one item).
+pub const PG_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// What one replica lacks of one item: a [`DataRequest::Repair`]'s fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRepair {
+    pub key: ItemKey,
+    pub meta: ItemMeta,
+    pub base: Option<Base>,
+    pub ops: Vec<Operation>,
+}
+
+/// One item a replica holds, with its full state (head and log) and its user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldState {
+    pub user: String,
+    pub state: ItemState,
 }
 
 impl DataRequest {
@@ -153,6 +186,8 @@ impl DataRequest {
             Self::ScanPg { .. } => "scan_pg",
             Self::DropItems { .. } => "drop_items",
             Self::ListItems { .. } => "list_items",
+            Self::ReadPg { .. } => "read_pg",
+            Self::RepairMany { .. } => "repair_many",
         }
     }
 }
@@ -200,6 +235,9 @@ pub enum DataResponse {
     /// The answer to [`DataRequest::DropItems`]: how many items were deleted, and how many
     /// were kept because their state changed since the scan.
     Dropped { items: u32, changed: u32 },
+    /// The answer to [`DataRequest::ReadPg`], in placement order; `more` when items of the
+    /// PG follow the last one.
+    PgStates { items: Vec<HeldState>, more: bool },
 }
 
 /// Why a data node could not serve a request.

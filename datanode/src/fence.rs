@@ -83,12 +83,18 @@ pub fn verdict(fence: Option<&FenceMap>, epoch: u64, request: &DataRequest) -> V
             .map(|(key, _)| interval_of(map, key))
             .max()
             .unwrap_or(0),
+        DataRequest::RepairMany { items } => items
+            .iter()
+            .map(|item| interval_of(map, &item.key))
+            .max()
+            .unwrap_or(0),
         DataRequest::ListItems { .. } => 0,
         DataRequest::ReadUser { .. }
         | DataRequest::ListCategory { .. }
         | DataRequest::ReadSummaries { .. }
         | DataRequest::ReadItems { .. }
-        | DataRequest::ScanPg { .. } => *newest_interval,
+        | DataRequest::ScanPg { .. }
+        | DataRequest::ReadPg { .. } => *newest_interval,
     };
     if epoch < interval {
         Verdict::Stale { interval }

@@ -4,10 +4,10 @@
 //! rpc::serve --> DataNodeService::call
 //!                  fence: the call's map epoch against the PGs it touches (crate::fence);
 //!                  a newer epoch than this node's waits until the node has learnt it
-//!                  Apply, Repair, Compact, DropItems --> GroupCommit (writer thread, one
-//!                                                       fsync per batch)
+//!                  Apply, Repair, RepairMany, Compact, DropItems
+//!                                    --> GroupCommit (writer thread, one fsync per batch)
 //!                  ReadSummaries, ReadItems, ReadUser --> CartStore, inline
-//!                  ListCategory, ScanPg, ListItems   --> CartStore, on the blocking pool
+//!                  ListCategory, ScanPg, ReadPg, ListItems --> CartStore, on the blocking pool
 //! ```
 //!
 //! Cart reads run inline on the runtime thread although fjall calls block: a cart read is a
@@ -26,7 +26,8 @@ use cartdb_core::cart::DeviceId;
 use cartdb_core::coord::ClusterMap;
 use cartdb_core::rpc::Service;
 use cartdb_core::wire::{
-    DataCall, DataFailure, DataRequest, DataResponse, MAX_CATEGORY_PAGE, ServiceKind,
+    DataCall, DataFailure, DataRequest, DataResponse, ItemRepair, MAX_CATEGORY_PAGE,
+    PG_CHUNK_BYTES, ServiceKind,
 };
 use tokio::sync::watch;
 use tokio::task::JoinError;
@@ -184,6 +185,27 @@ impl DataNodeService {
         Ok(())
     }
 
+    /// Hands every repair to the writer at once, so they share its batches (one commit for
+    /// up to `--max-batch` of them), and answers their total, or the first failure.
+    async fn repair_many(&self, items: Vec<ItemRepair>) -> DataResponse {
+        let repairs = items.into_iter().map(|item| {
+            self.writer.repair(RepairRequest {
+                key: item.key,
+                meta: item.meta,
+                base: item.base,
+                ops: item.ops,
+            })
+        });
+        let mut added = 0u32;
+        for reply in futures::future::join_all(repairs).await {
+            match reply {
+                DataResponse::Repaired { added: n } => added = added.saturating_add(n),
+                failure => return failure,
+            }
+        }
+        DataResponse::Repaired { added }
+    }
+
     /// Runs a read; every failure becomes a `Storage` reply.
     fn read(
         &self,
@@ -308,6 +330,20 @@ impl Service for DataNodeService {
                 .await
             }
             DataRequest::DropItems { items } => self.writer.drop_items(items).await,
+            DataRequest::ReadPg {
+                ranges,
+                after,
+                limit,
+            } => {
+                self.read_blocking(move |store| {
+                    let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_LISTED);
+                    let (items, more) =
+                        store.read_pg(&ranges, after.as_ref(), limit, PG_CHUNK_BYTES)?;
+                    Ok(DataResponse::PgStates { items, more })
+                })
+                .await
+            }
+            DataRequest::RepairMany { items } => self.repair_many(items).await,
         }
     }
 }

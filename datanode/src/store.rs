@@ -61,7 +61,7 @@ use std::sync::Arc;
 
 use cartdb_core::cart::{InputError, ItemKey, ItemState, ItemSummary, OpId, Operation};
 use cartdb_core::placement_key::is_index_entry;
-use cartdb_core::wire::HeldItem;
+use cartdb_core::wire::{HeldItem, HeldState};
 use fjall::compaction::Leveled;
 use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -74,7 +74,7 @@ mod write;
 
 use codec::{
     ID_TAG, LOG_TAG, PLACED, decode_head, decode_id_entry, decode_log_entry, item_key, item_key_of,
-    key_prefix, log_prefix, product_of, show_key, show_placed_key,
+    key_prefix, log_prefix, placement_entry, product_of, show_key, show_placed_key,
 };
 
 /// The file in the data directory that names its layout.
@@ -553,6 +553,64 @@ impl CartStore {
         Ok((held, false))
     }
 
+    /// The full states of the items whose reversed placement keys fall in `ranges` (one
+    /// placement group), in placement order after the item `after`, at most `limit` items
+    /// and about `max_bytes` (at least one item); `true` when more were left. A range scan
+    /// of `placement` for the heads, and of each item's log right next to the last one.
+    ///
+    /// # Errors
+    /// As [`CartStore::scan_placement`] and [`CartStore::read_log`].
+    pub fn read_pg(
+        &self,
+        ranges: &[(u32, u32)],
+        after: Option<&ItemKey>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<HeldState>, bool), StoreError> {
+        let after = after.map(placement_entry).transpose()?.map(|mut raw| {
+            // The smallest key after `raw`.
+            raw.push(0);
+            raw
+        });
+        let mut ranges = ranges.to_vec();
+        ranges.sort_unstable();
+        let mut held = Vec::new();
+        let mut bytes = 0usize;
+        for (first, last) in ranges {
+            let end = u64::from(last) + 1;
+            let mut start = first.to_be_bytes().to_vec();
+            if let Some(after) = after.as_ref().filter(|after| **after > start) {
+                start.clone_from(after);
+            }
+            let entries = match u32::try_from(end) {
+                Ok(end) if start.as_slice() >= end.to_be_bytes().as_slice() => continue,
+                Ok(end) => self.placement.range(start..end.to_be_bytes().to_vec()),
+                Err(_) => self.placement.range(start..),
+            };
+            for guard in entries {
+                let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
+                    key: format!("placement range {first:#010x}..={last:#010x}"),
+                    source,
+                })?;
+                if held.len() >= limit.max(1) || (bytes >= max_bytes && !held.is_empty()) {
+                    return Ok((held, true));
+                }
+                let tail = raw.get(PLACED..).ok_or_else(|| StoreError::MalformedKey {
+                    key: show_placed_key(&raw),
+                })?;
+                let key = item_key_of(tail, &raw)?;
+                let head = decode_head(&raw, &key.product, &value)?;
+                let state = self.state_of(&key, head)?;
+                bytes += held_bytes(&key, &state);
+                held.push(HeldState {
+                    user: key.user,
+                    state,
+                });
+            }
+        }
+        Ok((held, false))
+    }
+
     /// This replica's items in key order (user, then product) after `after`, at most
     /// `limit`; `true` when more were left.
     ///
@@ -590,6 +648,17 @@ impl CartStore {
         }
         Ok((held, false))
     }
+}
+
+/// About how many bytes `state` takes in an answer: its identifiers, facts and operations.
+fn held_bytes(key: &ItemKey, state: &ItemState) -> usize {
+    const FIXED: usize = 64;
+    const PER_OP: usize = 40;
+    FIXED
+        + key.user.len()
+        + 2 * key.product.len()
+        + state.meta.category.len()
+        + PER_OP * state.ops.len()
 }
 
 /// Decodes every entry under `prefix` with `decode(key, key after the prefix, value)`.

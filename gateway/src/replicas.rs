@@ -251,6 +251,7 @@ pub fn response_name(response: &DataResponse) -> &'static str {
         DataResponse::CategoryItems { .. } => "CategoryItems",
         DataResponse::Held { .. } => "Held",
         DataResponse::Dropped { .. } => "Dropped",
+        DataResponse::PgStates { .. } => "PgStates",
         DataResponse::Failed(_) => "Failed",
     }
 }

@@ -55,9 +55,41 @@ pub fn placement_key(user: &str, product: &str) -> u32 {
     }
 }
 
+/// The order in which data nodes keep and stream a placement group's items: by reversed
+/// placement key, then user, then product. It is the byte order of their `placement` and
+/// `log` keys (`reverse_bits(x) user 0x00 product`), because identifiers hold no 0x00.
+pub fn placement_order<'a>(user: &'a str, product: &'a str) -> (u32, &'a str, &'a str) {
+    (placement_key(user, product).reverse_bits(), user, product)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placement_order_is_the_byte_order_of_the_stored_keys() {
+        let stored = |user: &str, product: &str| {
+            let mut raw = placement_key(user, product)
+                .reverse_bits()
+                .to_be_bytes()
+                .to_vec();
+            raw.extend_from_slice(user.as_bytes());
+            raw.push(0);
+            raw.extend_from_slice(product.as_bytes());
+            raw
+        };
+        let mut keys: Vec<(String, String)> = Vec::new();
+        for user in ["a", "a b", "ab", "b", "u1"] {
+            for product in ["1", "10", "2", "@1"] {
+                keys.push((user.to_owned(), product.to_owned()));
+            }
+        }
+        let mut by_order = keys.clone();
+        by_order.sort_by(|a, b| placement_order(&a.0, &a.1).cmp(&placement_order(&b.0, &b.1)));
+        let mut by_bytes = keys;
+        by_bytes.sort_by_key(|(u, p)| stored(u, p));
+        assert_eq!(by_order, by_bytes);
+    }
 
     #[test]
     fn matches_the_seed_example() {

