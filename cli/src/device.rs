@@ -234,7 +234,7 @@ fn remove(args: &RemoveArgs) -> anyhow::Result<()> {
         );
         if started.elapsed() > args.timeout {
             bail!(
-                "device {id} still holds data for {} PGs after {:?}; it stays out. Is the anti-entropy sweep running (--anti-entropy-users-per-sec above 0)?",
+                "device {id} still holds data for {} PGs after {:?}; it stays out. Is the anti-entropy sweep running (--anti-entropy-items-per-sec above 0)?",
                 device.past_pgs,
                 args.timeout
             );

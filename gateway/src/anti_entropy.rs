@@ -1,23 +1,33 @@
-//! The anti-entropy sweep: repairs items nobody reads, and makes placement groups clean.
+//! The anti-entropy sweep: backfill, repair of items nobody reads, and handback; it makes
+//! placement groups clean.
 //!
 //! Read repair only fixes what shoppers read. The sweep walks the pool's placement groups,
-//! those with a past set first, and for each one
+//! those with a past set first, and streams each one, a window at a time
+//! ([`crate::pg_stream`]):
 //!
 //! ```text
-//! scan     ScanPg to every device of the PG's up and past sets: which items it holds
-//! compare  per user, a read of those items that waits for every replica
-//!          ([`GatewayService::sweep`]): summaries compared, divergent items merged,
-//!          stale up-set replicas repaired, settled logs compacted
-//! clean?   the PG's round was clean when every read was complete and needed no repair,
-//!          every up-set device answered the scan, fewer than W devices of the read set
-//!          were silent, and the PG's up and past sets did not change meanwhile
+//! stream   ReadPg to every device of the PG's up and past sets: the full states of its
+//!          items after the cursor, a chunk each (data format 5 keeps a PG contiguous)
+//! compare  per item of the window: states equal everywhere and on every up-set device, or
+//!          merged (the merge policy, overruled by the built-in merge if it drops an
+//!          operation id); what each up-set device lacks goes to it in one RepairMany,
+//!          one commit for the chunk; settled logs are compacted
+//! clean?   the PG's round was clean when no window needed a repair, every up-set device
+//!          answered every window, fewer than W devices of the read set were silent, and
+//!          the PG's up and past sets did not change meanwhile
 //! handback if the PG has a past set and the round was clean: DropItems to each past
-//!          device for the items it held, each only if still in the state the scan saw;
+//!          device for the items it held, each only if still in the state the stream saw;
 //!          a second scan of those devices must then find nothing of the PG; its past set
 //!          is then cleared in ZooKeeper, in a batch with the other PGs found clean lately
 //!          (one compare-and-set on the map, every [`CLEAR_EVERY`]), as long as its sets
 //!          are still the ones the round saw
 //! ```
+//!
+//! There is no per-shopper round trip and no item cap: a PG of any size is a sequence of
+//! chunks. The pace is `--anti-entropy-items-per-sec` (a window costs its items, and at
+//! least [`WINDOW_COST`]). An earlier sweep read one shopper at a time through the cart read
+//! path, paced in users per second: at a million carts a pass took about 14 hours, and a
+//! PG with more than 10,000 items on a device was never declared clean.
 //!
 //! A round that needed repairs is not clean; the PG is tried again (PGs with a past set go
 //! first, least recently tried first, each at most once per [`PAST_RETRY`]), and the second
@@ -56,16 +66,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cartdb_core::cart::{DeviceId, ItemKey, StateDigest};
+use cartdb_core::cart::{DeviceId, ItemKey, ItemState, StateDigest};
 use cartdb_core::coord::Placement;
 use cartdb_core::pg_table::PastSets;
 use cartdb_core::version::wall_clock_millis;
-use cartdb_core::wire::{DataCall, DataRequest, DataResponse, HeldItem, SweepStatus};
-use tokio::time::{Instant, MissedTickBehavior};
+use cartdb_core::wire::{DataCall, DataRequest, DataResponse, ItemRepair, SweepStatus};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster_view::{ClusterView, Topology};
 use crate::coordination::Coordination;
+use crate::pg_stream::{Chunk, StreamKey, Window, WindowPlan};
 use crate::replicas::Replicas;
 use crate::service::GatewayService;
 
@@ -78,10 +89,16 @@ pub const PAST_RETRY: Duration = Duration::from_secs(1);
 /// How often the past sets of PGs found clean are cleared, in one map change.
 pub const CLEAR_EVERY: Duration = Duration::from_secs(2);
 
-/// Most items one scan answer carries (the data nodes cap it there too); a PG with more on
-/// one device is swept in part and not declared clean in that round. With the default 256
-/// PGs, 3 replicas and 6 devices (128 PGs each) that is 1.28 million items per device.
-const SCAN_LIMIT: u32 = 10_000;
+/// Items one device sends per window (the data nodes also bound a chunk at about
+/// `PG_CHUNK_BYTES`).
+const CHUNK_ITEMS: u32 = 1_000;
+
+/// What a window costs the pace at least, in items: one request to every device of the
+/// read set, even for an empty PG.
+pub const WINDOW_COST: u32 = 100;
+
+/// The pause between steps while this gateway does not lead, or has nothing to do.
+const IDLE: Duration = Duration::from_millis(200);
 
 /// Everything the sweep needs.
 pub struct AntiEntropy {
@@ -90,8 +107,8 @@ pub struct AntiEntropy {
     pub replicas: Arc<Replicas>,
     pub coordination: Arc<dyn Coordination>,
     pub gateway_id: u32,
-    /// Users compared per second while leading.
-    pub users_per_sec: u32,
+    /// Items streamed per second while leading (see [`WINDOW_COST`]).
+    pub items_per_sec: u32,
     /// Time limit of one scan or drop request.
     pub request_timeout: Duration,
     /// Acknowledgements a write needs (W): a PG is clean only if fewer than W devices of
@@ -103,13 +120,17 @@ pub struct AntiEntropy {
 #[derive(Debug)]
 struct Round {
     pg: u32,
-    /// The PG's up and past sets when it was scanned.
+    /// The PG's up and past sets when the round began.
     sets: PgSets,
-    /// Users left to compare, with their items in this PG.
-    pending: Vec<(String, Vec<String>)>,
+    /// Where the next window starts (after this item); `None` before the first.
+    cursor: Option<ItemKey>,
+    /// The last window has been compared.
+    done: bool,
+    /// Devices of the read set that failed to answer some window.
+    silent: BTreeSet<DeviceId>,
     /// What each past device held of the PG, and in which state, for the handback.
     past_items: BTreeMap<DeviceId, Vec<(ItemKey, StateDigest)>>,
-    /// The map epoch the round was placed with: its scans and drops carry it.
+    /// The map epoch the round was placed with: its reads, repairs and drops carry it.
     epoch: u64,
     /// Whether everything so far allows calling the PG clean.
     clean: bool,
@@ -150,9 +171,6 @@ impl AntiEntropy {
     /// Sweeps while leading, and keeps the progress shown in `Cluster` answers, until
     /// `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let pace = Duration::from_secs(1) / self.users_per_sec.max(1);
-        let mut ticks = tokio::time::interval(pace);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut status = SweepStatus {
             leader: self.gateway_id,
             ..SweepStatus::default()
@@ -163,23 +181,29 @@ impl AntiEntropy {
         let mut clean: Vec<(u32, PgSets)> = Vec::new();
         let mut last_publish = Instant::now() - PUBLISH_EVERY;
         let mut last_clear = Instant::now();
+        let mut pause = Duration::ZERO;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
+                () = tokio::time::sleep(pause) => {}
             }
+            pause = IDLE;
             if self.leads() {
                 let topology = self.view.current();
                 match round.take() {
                     Some(current) => {
-                        round = self.step(current, &topology, &mut status, &mut clean).await;
+                        let (next, cost) =
+                            self.step(current, &topology, &mut status, &mut clean).await;
+                        round = next;
+                        pause = self.pace(cost);
                     }
                     None => {
                         let pg = next_pg(&topology.map.past, &attempted, Instant::now())
                             .or_else(|| self.next_in_pass(&mut pass, &topology, &mut status));
                         if let Some(pg) = pg {
                             attempted.insert(pg, Instant::now());
-                            round = Some(self.scan(pg, &topology).await);
+                            round = Some(Round::new(pg, &topology));
+                            pause = Duration::ZERO;
                         }
                     }
                 }
@@ -198,6 +222,11 @@ impl AntiEntropy {
                 self.publish_progress(&status);
             }
         }
+    }
+
+    /// How long to pause after a step that cost `items`, to keep to the pace.
+    fn pace(&self, items: u32) -> Duration {
+        Duration::from_secs(1) * items / self.items_per_sec.max(1)
     }
 
     /// The next PG of the current pass over every PG, starting a new pass when it is done.
@@ -221,18 +250,53 @@ impl AntiEntropy {
         Some(pg)
     }
 
-    /// Scans every device of `pg`'s up and past sets and plans the round.
-    async fn scan(&self, pg: u32, topology: &Topology) -> Round {
-        let up: BTreeSet<DeviceId> = topology
-            .placement()
-            .table()
-            .up(pg)
-            .iter()
-            .copied()
-            .collect();
-        let devices = topology.read_set_of_pg(pg);
-        let request = scan_request(topology, pg, SCAN_LIMIT);
-        let calls = devices.iter().map(|&device| {
+    /// Compares the round's next window, or finishes the round (handing a clean PG's past
+    /// copies back and queueing its past set to be cleared). Returns the round if it goes
+    /// on, and what the step cost the pace, in items.
+    async fn step(
+        &self,
+        mut round: Round,
+        topology: &Topology,
+        status: &mut SweepStatus,
+        clean: &mut Vec<(u32, PgSets)>,
+    ) -> (Option<Round>, u32) {
+        if PgSets::of(topology, round.pg) != round.sets {
+            // The PG moved while it was swept: start it again later, from the beginning.
+            return (None, 0);
+        }
+        if !round.done {
+            let items = self.compare_window(&mut round, topology, status).await;
+            let cost = u32::try_from(items).unwrap_or(u32::MAX).max(WINDOW_COST);
+            return (Some(round), cost);
+        }
+        let up: BTreeSet<DeviceId> = round.sets.up.iter().copied().collect();
+        round.clean &= round.silent.is_disjoint(&up) && round.silent.len() < self.write_quorum;
+        if round.clean && round.sets.past.is_some() && self.hand_back(&round, status).await {
+            clean.push((round.pg, round.sets));
+        }
+        (None, 0)
+    }
+
+    /// Streams one window of the round's PG from every device of its read set, repairs the
+    /// up-set devices, compacts settled logs and remembers the past devices' items. Returns
+    /// how many items the window held.
+    async fn compare_window(
+        &self,
+        round: &mut Round,
+        topology: &Topology,
+        status: &mut SweepStatus,
+    ) -> usize {
+        let read_set = topology.read_set_of_pg(round.pg);
+        let up: BTreeSet<DeviceId> = round.sets.up.iter().copied().collect();
+        let request = DataCall {
+            epoch: round.epoch,
+            request: DataRequest::ReadPg {
+                ranges: pg_ranges(topology, round.pg),
+                after: round.cursor.clone(),
+                limit: CHUNK_ITEMS,
+            },
+        };
+        let calls = read_set.iter().map(|&device| {
             let request = &request;
             async move {
                 let answer = self
@@ -242,87 +306,85 @@ impl AntiEntropy {
                 (device, answer)
             }
         });
-        let mut by_user: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut past_items = BTreeMap::new();
-        let mut tally = ScanTally::default();
+        let mut chunks = BTreeMap::new();
         for (device, answer) in futures::future::join_all(calls).await {
-            let items = match answer {
-                Ok(DataResponse::Held { items, more }) => {
-                    tally.truncated |= more;
-                    items
+            match answer {
+                Ok(DataResponse::PgStates { items, more }) => {
+                    chunks.insert(device, Chunk { items, more });
                 }
                 other => {
-                    tally.silent.insert(device);
-                    tracing::debug!(pg, device, answer = ?other.err(), "cannot scan a device of the PG");
-                    continue;
+                    round.silent.insert(device);
+                    tracing::debug!(pg = round.pg, device, answer = ?other.err(), "cannot stream a device of the PG");
                 }
-            };
-            for HeldItem { user, summary } in &items {
-                by_user
-                    .entry(user.clone())
-                    .or_default()
-                    .insert(summary.product.clone());
-            }
-            if !up.contains(&device) {
-                let held = items
-                    .into_iter()
-                    .map(|item| {
-                        let digest = item.summary.digest;
-                        (held_key(item), digest)
-                    })
-                    .collect();
-                past_items.insert(device, held);
             }
         }
-        let clean = tally.allows_clean(&up, self.write_quorum);
-        let mut pending: Vec<(String, Vec<String>)> = by_user
-            .into_iter()
-            .map(|(user, products)| (user, products.into_iter().collect()))
-            .collect();
-        pending.reverse();
-        Round {
-            pg,
-            sets: PgSets::of(topology, pg),
-            pending,
-            past_items,
-            epoch: topology.map.epoch,
-            clean,
+        if chunks.is_empty() {
+            round.clean = false;
+            round.done = true;
+            return 0;
         }
+        let answered: BTreeSet<DeviceId> = chunks.keys().copied().collect();
+        let all_answered = answered.len() == read_set.len();
+        let window = Window::of(chunks);
+        let divergent = window.divergent(&up.intersection(&answered).copied().collect());
+        let keys: Vec<StreamKey> = divergent.iter().map(|(key, _)| key.clone()).collect();
+        let merges = self
+            .service
+            .merge_all(divergent.into_iter().map(|(_, states)| states).collect())
+            .await;
+        let merged: BTreeMap<StreamKey, ItemState> = keys.into_iter().zip(merges).collect();
+        let plan = WindowPlan::new(&window, &up, &answered, all_answered, &merged);
+        let repairs = plan.repair_count();
+        status.repairs += repairs as u64;
+        round.clean &= repairs == 0 && plan.dropped_by_merge == 0;
+        if plan.dropped_by_merge > 0 {
+            metrics::counter!("cartdb_gateway_merge_dropped_total")
+                .increment(plan.dropped_by_merge as u64);
+        }
+        metrics::counter!("cartdb_anti_entropy_items_streamed_total").increment(plan.items as u64);
+        self.send_repairs(round, plan.repairs).await;
+        for (user, settled) in plan.settled {
+            self.service
+                .compact_settled(&user, settled, round.epoch)
+                .await;
+        }
+        for (device, items) in plan.past {
+            round.past_items.entry(device).or_default().extend(items);
+        }
+        round.cursor = window.next;
+        round.done = round.cursor.is_none();
+        plan.items
     }
 
-    /// Compares one user of the round, or finishes the round (handing a clean PG's past
-    /// copies back and queueing its past set to be cleared); `None` when it is over.
-    async fn step(
-        &self,
-        mut round: Round,
-        topology: &Topology,
-        status: &mut SweepStatus,
-        clean: &mut Vec<(u32, PgSets)>,
-    ) -> Option<Round> {
-        if PgSets::of(topology, round.pg) != round.sets {
-            // The PG moved while it was swept: start it again from a new scan.
-            return None;
-        }
-        if let Some((user, products)) = round.pending.pop() {
-            match self.service.sweep(&user, Some(&products)).await {
-                Ok(outcome) => {
-                    status.repairs += outcome.repairs as u64;
-                    // Clean is decided on operation ids: a merge that dropped one (and was
-                    // overruled by the built-in merge) does not prove anything either.
-                    round.clean &=
-                        outcome.complete && outcome.repairs == 0 && outcome.dropped_by_merge == 0;
+    /// Sends each up-set device its repairs in one `RepairMany`; a device that fails leaves
+    /// the round unclean (it was unclean anyway: it needed repairs).
+    async fn send_repairs(&self, round: &mut Round, repairs: BTreeMap<DeviceId, Vec<ItemRepair>>) {
+        let epoch = round.epoch;
+        let calls = repairs.into_iter().map(|(device, items)| {
+            let call = DataCall {
+                epoch,
+                request: DataRequest::RepairMany { items },
+            };
+            async move {
+                let answer = self
+                    .replicas
+                    .call(device, &call, self.request_timeout)
+                    .await;
+                (device, answer)
+            }
+        });
+        for (device, answer) in futures::future::join_all(calls).await {
+            match answer {
+                Ok(DataResponse::Repaired { added }) => {
+                    metrics::counter!("cartdb_anti_entropy_ops_repaired_total")
+                        .increment(u64::from(added));
                 }
-                Err(e) => {
+                other => {
                     round.clean = false;
-                    tracing::debug!(%user, pg = round.pg, error = %e, "anti-entropy could not compare this user; a later round retries");
+                    tracing::debug!(pg = round.pg, device, answer = ?other, "a repair failed; a later round retries");
                 }
             }
-            return Some(round);
         }
-        if round.clean && round.sets.past.is_some() && self.hand_back(&round, status).await {
-            clean.push((round.pg, round.sets));
-        }
-        None
     }
 
     /// The PG is clean on its up set: deletes the copies its past devices held, each only
@@ -369,7 +431,10 @@ impl AntiEntropy {
         let topology = self.view.current();
         let rescan = DataCall {
             epoch: round.epoch,
-            request: scan_request(&topology, round.pg, 1).request,
+            request: DataRequest::ScanPg {
+                ranges: pg_ranges(&topology, round.pg),
+                limit: 1,
+            },
         };
         for device in round.past_items.keys() {
             match self
@@ -442,25 +507,6 @@ impl AntiEntropy {
     }
 }
 
-/// What a PG's scan heard, for deciding whether its round can prove it clean.
-#[derive(Debug, Default)]
-struct ScanTally {
-    /// Devices of the read set that did not answer.
-    silent: BTreeSet<DeviceId>,
-    /// Some answer was cut short by its limit.
-    truncated: bool,
-}
-
-impl ScanTally {
-    /// Whether the scan allows the round to call the PG clean: every answer whole, every
-    /// up-set device answered (the up set must be proved complete), and fewer than W devices
-    /// of the read set silent, so that a write acknowledged by W of them has a copy on one
-    /// that answered.
-    fn allows_clean(&self, up: &BTreeSet<DeviceId>, write_quorum: usize) -> bool {
-        !self.truncated && self.silent.is_disjoint(up) && self.silent.len() < write_quorum
-    }
-}
-
 /// The PG with a past set to sweep next: of those not attempted within [`PAST_RETRY`] of
 /// `now`, the one attempted longest ago (never attempted first, then by PG number), so that
 /// every such PG gets its turn however many there are.
@@ -471,27 +517,30 @@ fn next_pg(past: &PastSets, attempted: &HashMap<u32, Instant>, now: Instant) -> 
         .min_by_key(|pg| (attempted.get(pg).copied(), *pg))
 }
 
-/// A scan of `pg`'s items, at most `limit`, placed with `topology`'s map.
-fn scan_request(topology: &Topology, pg: u32, limit: u32) -> DataCall {
-    DataCall {
-        epoch: topology.map.epoch,
-        request: DataRequest::ScanPg {
-            ranges: topology
-                .map
-                .pool
-                .key_ranges(pg)
-                .into_iter()
-                .map(|r| (r.first, r.last))
-                .collect(),
-            limit,
-        },
-    }
+/// The key ranges that hold exactly `pg`'s items, as requests name them.
+fn pg_ranges(topology: &Topology, pg: u32) -> Vec<(u32, u32)> {
+    topology
+        .map
+        .pool
+        .key_ranges(pg)
+        .into_iter()
+        .map(|r| (r.first, r.last))
+        .collect()
 }
 
-fn held_key(item: HeldItem) -> ItemKey {
-    ItemKey {
-        user: item.user,
-        product: item.summary.product,
+impl Round {
+    /// A round of `pg` as `topology` places it, before its first window.
+    fn new(pg: u32, topology: &Topology) -> Self {
+        Self {
+            pg,
+            sets: PgSets::of(topology, pg),
+            cursor: None,
+            done: false,
+            silent: BTreeSet::new(),
+            past_items: BTreeMap::new(),
+            epoch: topology.map.epoch,
+            clean: true,
+        }
     }
 }
 
@@ -511,25 +560,6 @@ mod tests {
         assert_eq!(next_pg(&past, &both, now), None);
         assert_eq!(next_pg(&past, &both, now + PAST_RETRY), Some(3));
         assert_eq!(next_pg(&PastSets::new(), &HashMap::new(), now), None);
-    }
-
-    #[test]
-    fn a_scan_proves_a_pg_clean_only_with_the_up_set_and_all_but_w_minus_1() {
-        let up = BTreeSet::from([1, 2, 3]);
-        let heard = |silent: &[DeviceId], truncated| ScanTally {
-            silent: silent.iter().copied().collect(),
-            truncated,
-        };
-        assert!(heard(&[], false).allows_clean(&up, 2));
-        // One past device down: every acknowledged write still has a copy that answered.
-        assert!(heard(&[5], false).allows_clean(&up, 2));
-        // An up-set device silent, two past devices silent, or a cut-short answer: not clean.
-        assert!(!heard(&[2], false).allows_clean(&up, 2));
-        assert!(!heard(&[4, 5], false).allows_clean(&up, 2));
-        assert!(!heard(&[], true).allows_clean(&up, 2));
-        // An empty up set that answered while every past device is down proves nothing.
-        let lone = BTreeSet::from([1]);
-        assert!(!heard(&[2, 3, 4, 5, 6], false).allows_clean(&lone, 2));
     }
 
     /// With more PGs than can be swept within the retry pause, the ones tried longest ago

@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cartdb_core::cart::{DeviceId, ItemKey};
 
+use crate::pg_stream::window_end;
+
 /// One device's answer: its items in the page (sorted by user) and whether more follow.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DevicePage {
@@ -37,11 +39,11 @@ impl CategoryPage {
         limit: usize,
         believed: impl Fn(&ItemKey, DeviceId) -> bool,
     ) -> Self {
-        let bound = answers
-            .values()
-            .filter(|page| page.more)
-            .filter_map(|page| page.items.last().map(|item| item.user.as_str()))
-            .min();
+        let bound = window_end(
+            answers
+                .values()
+                .map(|page| (page.items.last().map(|item| item.user.as_str()), page.more)),
+        );
         let users: BTreeSet<&str> = answers
             .iter()
             .flat_map(|(device, page)| page.items.iter().map(move |item| (*device, item)))

@@ -96,10 +96,16 @@ pub struct GatewayConfig {
     #[arg(long, env = "CARTDB_COMPACT_MIN_OPS", default_value_t = 32)]
     pub compact_min_ops: u32,
 
-    /// Users the anti-entropy sweep compares per second, on the gateway that leads it;
-    /// 0 turns the sweep off. Default: 20.
-    #[arg(long, env = "CARTDB_ANTI_ENTROPY_USERS_PER_SEC", default_value_t = 20)]
-    pub anti_entropy_users_per_sec: u32,
+    /// Items the anti-entropy sweep (backfill, repair and handback) streams per second, on
+    /// the gateway that leads it: each placement group is read a chunk at a time from every
+    /// device of its read set, and a chunk costs at least 100. 0 turns the sweep off.
+    /// Default: 20000.
+    #[arg(
+        long,
+        env = "CARTDB_ANTI_ENTROPY_ITEMS_PER_SEC",
+        default_value_t = 20_000
+    )]
+    pub anti_entropy_items_per_sec: u32,
 
     /// Seconds a device must stay down (its data node's registration gone) before the
     /// cluster marks it out and moves its placement groups to other devices. Ceph waits
@@ -172,7 +178,7 @@ pub struct GatewaySettings {
     pub merge_policy: Option<PathBuf>,
     pub compaction: CompactionSettings,
     /// `None`: no anti-entropy sweep.
-    pub anti_entropy_users_per_sec: Option<NonZeroU32>,
+    pub anti_entropy_items_per_sec: Option<NonZeroU32>,
     pub down_out: DownOutRules,
     pub coord: CoordConfig,
     /// Test-only offset of the gateway's clock, in milliseconds.
@@ -283,7 +289,7 @@ impl GatewayConfig {
                 grace: Duration::from_secs(self.compaction_grace_secs),
                 min_ops: self.compact_min_ops,
             },
-            anti_entropy_users_per_sec: NonZeroU32::new(self.anti_entropy_users_per_sec),
+            anti_entropy_items_per_sec: NonZeroU32::new(self.anti_entropy_items_per_sec),
             down_out: DownOutRules {
                 grace: Duration::from_secs(self.down_out_secs),
                 min_in_ratio: self.min_in_ratio,
@@ -375,16 +381,16 @@ mod tests {
     }
 
     #[test]
-    fn zero_users_per_second_turns_the_sweep_off() {
-        let settings = parse(&["--anti-entropy-users-per-sec", "0"])
+    fn zero_items_per_second_turns_the_sweep_off() {
+        let settings = parse(&["--anti-entropy-items-per-sec", "0"])
             .validate()
             .unwrap();
-        assert_eq!(settings.anti_entropy_users_per_sec, None);
+        assert_eq!(settings.anti_entropy_items_per_sec, None);
         assert_eq!(
             parse(&[])
                 .validate()
                 .unwrap()
-                .anti_entropy_users_per_sec
+                .anti_entropy_items_per_sec
                 .map(|r| r.get()),
             Some(20)
         );

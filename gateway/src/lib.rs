@@ -17,6 +17,8 @@
 //! - [`read`]: `list_all` and `list_category`; [`read_resolution`]: the pure read plan,
 //!   per-item read quorum and merge; [`cart_lines`]: the cart a shopper sees;
 //!   [`category_page`]: the pure merge of the data nodes' category pages.
+//! - [`anti_entropy`]: the sweep (backfill, anti-entropy, handback); [`pg_stream`]: its
+//!   pure window of a placement group's stream.
 //! - [`op_id`]: operation ids from idempotency keys.
 //! - [`replicas`]: connections to the data nodes.
 //! - [`placement`]: the up set of every placement group at one map epoch.
@@ -39,6 +41,7 @@ pub mod down_out;
 pub mod map_change;
 pub mod merger;
 pub mod op_id;
+pub mod pg_stream;
 pub mod placement;
 pub mod policy;
 pub mod policy_admin;
@@ -163,14 +166,14 @@ pub async fn run(
         compaction: settings.compaction,
         clock_offset_ms: settings.clock_offset_ms,
     });
-    let sweep = settings.anti_entropy_users_per_sec.map(|rate| {
+    let sweep = settings.anti_entropy_items_per_sec.map(|rate| {
         let sweep = AntiEntropy {
             service: service.clone(),
             view,
             replicas: replicas.clone(),
             coordination,
             gateway_id,
-            users_per_sec: rate.get(),
+            items_per_sec: rate.get(),
             request_timeout: settings.request_timeout,
             write_quorum: settings.replication.write_quorum,
         };

@@ -322,7 +322,7 @@ impl Repairs {
 
 /// Whether `merged` holds every operation of `inputs`, by id: in its log, or at or below its
 /// base's version (folded; a base only folds operations every replica held).
-fn covers(merged: &ItemState, inputs: &[&ItemState]) -> bool {
+pub(crate) fn covers(merged: &ItemState, inputs: &[&ItemState]) -> bool {
     inputs
         .iter()
         .flat_map(|s| &s.ops)
@@ -356,7 +356,11 @@ pub fn merge_groups(states: &BTreeMap<DeviceId, Vec<ItemState>>) -> Vec<Vec<Item
 
 impl Repair {
     /// What `device`, holding `own` (`None`: nothing), lacks of `merged`; `None` if nothing.
-    fn between(device: DeviceId, own: Option<&ItemState>, merged: &ItemState) -> Option<Self> {
+    pub(crate) fn between(
+        device: DeviceId,
+        own: Option<&ItemState>,
+        merged: &ItemState,
+    ) -> Option<Self> {
         if own == Some(merged) {
             return None;
         }

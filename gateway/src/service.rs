@@ -20,7 +20,8 @@ use std::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 
 use cartdb_core::cart::{
-    DeviceId, InputError, ItemKey, ItemMeta, ItemSummary, OpKind, Operation, Product, validate_id,
+    DeviceId, InputError, ItemKey, ItemMeta, ItemState, ItemSummary, OpKind, Operation, Product,
+    validate_id,
 };
 use cartdb_core::catalog::Catalog;
 use cartdb_core::config::Replication;
@@ -38,7 +39,7 @@ use tokio::time::Instant;
 
 use crate::cart_lines::cart_lines;
 use crate::cluster_view::ClusterView;
-use crate::compaction::{CompactionSettings, Compactor};
+use crate::compaction::{CompactionSettings, Compactor, SettledItem};
 use crate::coordination::Coordination;
 use crate::map_change::MapChanger;
 use crate::merger::Merger;
@@ -433,6 +434,18 @@ impl GatewayService {
             }
         }
         Ok(read)
+    }
+
+    /// Merges each group (one item's states) with the active merge policy, in order; the
+    /// built-in merge when there is none or it fails. The sweep's windows merge with it.
+    pub async fn merge_all(&self, groups: Vec<Vec<ItemState>>) -> Vec<ItemState> {
+        self.parts.merger.merge_all(groups).await
+    }
+
+    /// Compacts those of `user`'s `settled` items whose logs are due, placed with `epoch`,
+    /// and waits for the replicas' answers.
+    pub async fn compact_settled(&self, user: &str, settled: Vec<SettledItem>, epoch: u64) {
+        self.compactor.compact_due(user, settled, epoch).await;
     }
 
     /// One anti-entropy step: reads every replica (up and past sets) of `user`'s items, or

@@ -156,12 +156,12 @@ impl ClusterOptions {
         self
     }
 
-    /// These options with the gateways' anti-entropy sweep at `users_per_sec` (0: off).
+    /// These options with the gateways' anti-entropy sweep at `items_per_sec` (0: off).
     #[must_use]
-    pub fn with_sweep(mut self, users_per_sec: u32) -> Self {
+    pub fn with_sweep(mut self, items_per_sec: u32) -> Self {
         self.gateway_args.extend([
-            "--anti-entropy-users-per-sec".to_owned(),
-            users_per_sec.to_string(),
+            "--anti-entropy-items-per-sec".to_owned(),
+            items_per_sec.to_string(),
         ]);
         self
     }

@@ -29,7 +29,7 @@ const USERS: usize = 24;
 fn options() -> ClusterOptions {
     ClusterOptions::default()
         .with_quick_compaction()
-        .with_sweep(200)
+        .with_sweep(5_000)
 }
 
 /// `GET /api/admin/pgs`: PG -> (up set, past set).

@@ -37,7 +37,7 @@ async fn wait_for_gateways(cluster: &mut Cluster, n: usize) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_cut_from_zookeeper_during_a_placement_swap_is_refused() -> Result<()> {
     let options = ClusterOptions::default()
-        .with_sweep(1000)
+        .with_sweep(10_000)
         .with_gateway_zk_gate(2);
     let mut cluster = Cluster::start(options).await?;
     let url = cluster.api_url().to_owned();

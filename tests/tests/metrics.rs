@@ -73,7 +73,7 @@ impl Scrapes {
 async fn counters_move_by_what_the_workload_implies() -> Result<()> {
     let mut cluster = Cluster::start(ClusterOptions {
         // Only the workload writes or repairs: no sweep in the background.
-        gateway_args: vec!["--anti-entropy-users-per-sec".into(), "0".into()],
+        gateway_args: vec!["--anti-entropy-items-per-sec".into(), "0".into()],
         ..ClusterOptions::default()
     })
     .await?;

@@ -98,7 +98,7 @@ fn rebuilt_merge(dir: &Path) -> Result<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_swap_under_load_and_roll_back() -> Result<()> {
-    let cluster = Cluster::start(ClusterOptions::default().with_sweep(1000)).await?;
+    let cluster = Cluster::start(ClusterOptions::default().with_sweep(10_000)).await?;
     let url = cluster.api_url().to_owned();
     let api = cluster.client().clone();
     let crush = sha256_of(CRUSH_POLICY_WASM)?;
