@@ -109,6 +109,8 @@ pub struct AntiEntropy {
     pub gateway_id: u32,
     /// Items streamed per second while leading (see [`WINDOW_COST`]).
     pub items_per_sec: u32,
+    /// Most PG rounds with a past set any one device takes part in at once.
+    pub max_backfills: usize,
     /// Time limit of one scan or drop request.
     pub request_timeout: Duration,
     /// Acknowledgements a write needs (W): a PG is clean only if fewer than W devices of
@@ -170,13 +172,17 @@ impl AntiEntropy {
 
     /// Sweeps while leading, and keeps the progress shown in `Cluster` answers, until
     /// `shutdown`.
+    ///
+    /// PGs with a past set are streamed several at once, each device taking part in at
+    /// most `max_backfills` of them (Ceph's `osd_max_backfills`); the background pass over
+    /// every PG runs one PG at a time, when no PG has a past set to stream.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut status = SweepStatus {
             leader: self.gateway_id,
             ..SweepStatus::default()
         };
         let mut pass: Vec<u32> = Vec::new();
-        let mut round: Option<Round> = None;
+        let mut rounds: Vec<Round> = Vec::new();
         let mut attempted: HashMap<u32, Instant> = HashMap::new();
         let mut clean: Vec<(u32, PgSets)> = Vec::new();
         let mut last_publish = Instant::now() - PUBLISH_EVERY;
@@ -190,25 +196,27 @@ impl AntiEntropy {
             pause = IDLE;
             if self.leads() {
                 let topology = self.view.current();
-                match round.take() {
-                    Some(current) => {
-                        let (next, cost) =
-                            self.step(current, &topology, &mut status, &mut clean).await;
-                        round = next;
-                        pause = self.pace(cost);
+                self.start_rounds(
+                    &mut rounds,
+                    &mut attempted,
+                    &mut pass,
+                    &topology,
+                    &mut status,
+                );
+                if !rounds.is_empty() {
+                    let steps = rounds.drain(..).map(|round| self.step(round, &topology));
+                    let mut cost = 0u32;
+                    for (next, step) in futures::future::join_all(steps).await {
+                        status.repairs += step.repairs;
+                        status.handed_back += step.handed_back;
+                        clean.extend(step.cleaned);
+                        cost = cost.saturating_add(step.cost);
+                        rounds.extend(next);
                     }
-                    None => {
-                        let pg = next_pg(&topology.map.past, &attempted, Instant::now())
-                            .or_else(|| self.next_in_pass(&mut pass, &topology, &mut status));
-                        if let Some(pg) = pg {
-                            attempted.insert(pg, Instant::now());
-                            round = Some(Round::new(pg, &topology));
-                            pause = Duration::ZERO;
-                        }
-                    }
+                    pause = self.pace(cost);
                 }
-            } else if round.is_some() || !pass.is_empty() {
-                round = None;
+            } else if !rounds.is_empty() || !pass.is_empty() {
+                rounds.clear();
                 pass.clear();
                 clean.clear();
                 tracing::info!("no longer the smallest live gateway; anti-entropy handed over");
@@ -221,6 +229,49 @@ impl AntiEntropy {
                 last_publish = Instant::now();
                 self.publish_progress(&status);
             }
+        }
+    }
+
+    /// Starts rounds of the PGs with a past set that are due, as long as every device of
+    /// each one's read set takes part in fewer than `max_backfills` rounds; with none
+    /// running and none due, the next PG of the background pass.
+    fn start_rounds(
+        &self,
+        rounds: &mut Vec<Round>,
+        attempted: &mut HashMap<u32, Instant>,
+        pass: &mut Vec<u32>,
+        topology: &Topology,
+        status: &mut SweepStatus,
+    ) {
+        let mut load: HashMap<DeviceId, usize> = HashMap::new();
+        for round in rounds.iter() {
+            for device in topology.read_set_of_pg(round.pg) {
+                *load.entry(device).or_default() += 1;
+            }
+        }
+        loop {
+            let now = Instant::now();
+            let running: BTreeSet<u32> = rounds.iter().map(|r| r.pg).collect();
+            let eligible = |pg: u32| {
+                !running.contains(&pg)
+                    && topology
+                        .read_set_of_pg(pg)
+                        .iter()
+                        .all(|d| load.get(d).copied().unwrap_or(0) < self.max_backfills)
+            };
+            let Some(pg) = next_pg(&topology.map.past, attempted, now, eligible) else {
+                break;
+            };
+            attempted.insert(pg, now);
+            for device in topology.read_set_of_pg(pg) {
+                *load.entry(device).or_default() += 1;
+            }
+            rounds.push(Round::new(pg, topology));
+        }
+        if rounds.is_empty()
+            && let Some(pg) = self.next_in_pass(pass, topology, status)
+        {
+            rounds.push(Round::new(pg, topology));
         }
     }
 
@@ -251,30 +302,25 @@ impl AntiEntropy {
     }
 
     /// Compares the round's next window, or finishes the round (handing a clean PG's past
-    /// copies back and queueing its past set to be cleared). Returns the round if it goes
-    /// on, and what the step cost the pace, in items.
-    async fn step(
-        &self,
-        mut round: Round,
-        topology: &Topology,
-        status: &mut SweepStatus,
-        clean: &mut Vec<(u32, PgSets)>,
-    ) -> (Option<Round>, u32) {
+    /// copies back; the PG is then in [`Step::cleaned`], for its past set to be cleared).
+    /// Returns the round if it goes on, and what the step did.
+    async fn step(&self, mut round: Round, topology: &Topology) -> (Option<Round>, Step) {
+        let mut step = Step::default();
         if PgSets::of(topology, round.pg) != round.sets {
             // The PG moved while it was swept: start it again later, from the beginning.
-            return (None, 0);
+            return (None, step);
         }
         if !round.done {
-            let items = self.compare_window(&mut round, topology, status).await;
-            let cost = u32::try_from(items).unwrap_or(u32::MAX).max(WINDOW_COST);
-            return (Some(round), cost);
+            let items = self.compare_window(&mut round, topology, &mut step).await;
+            step.cost = u32::try_from(items).unwrap_or(u32::MAX).max(WINDOW_COST);
+            return (Some(round), step);
         }
         let up: BTreeSet<DeviceId> = round.sets.up.iter().copied().collect();
         round.clean &= round.silent.is_disjoint(&up) && round.silent.len() < self.write_quorum;
-        if round.clean && round.sets.past.is_some() && self.hand_back(&round, status).await {
-            clean.push((round.pg, round.sets));
+        if round.clean && round.sets.past.is_some() && self.hand_back(&round, &mut step).await {
+            step.cleaned = Some((round.pg, round.sets));
         }
-        (None, 0)
+        (None, step)
     }
 
     /// Streams one window of the round's PG from every device of its read set, repairs the
@@ -284,7 +330,7 @@ impl AntiEntropy {
         &self,
         round: &mut Round,
         topology: &Topology,
-        status: &mut SweepStatus,
+        step: &mut Step,
     ) -> usize {
         let read_set = topology.read_set_of_pg(round.pg);
         let up: BTreeSet<DeviceId> = round.sets.up.iter().copied().collect();
@@ -335,7 +381,7 @@ impl AntiEntropy {
         let merged: BTreeMap<StreamKey, ItemState> = keys.into_iter().zip(merges).collect();
         let plan = WindowPlan::new(&window, &up, &answered, all_answered, &merged);
         let repairs = plan.repair_count();
-        status.repairs += repairs as u64;
+        step.repairs += repairs as u64;
         round.clean &= repairs == 0 && plan.dropped_by_merge == 0;
         if plan.dropped_by_merge > 0 {
             metrics::counter!("cartdb_gateway_merge_dropped_total")
@@ -392,7 +438,7 @@ impl AntiEntropy {
     /// hold nothing of the PG any more. `false` when a device refused or failed, kept an
     /// item that changed, or holds one that arrived since the scan; the PG then stays
     /// unclean and its next round copies what arrived.
-    async fn hand_back(&self, round: &Round, status: &mut SweepStatus) -> bool {
+    async fn hand_back(&self, round: &Round, step: &mut Step) -> bool {
         for (device, items) in &round.past_items {
             if items.is_empty() {
                 continue;
@@ -409,7 +455,7 @@ impl AntiEntropy {
                 .await
             {
                 Ok(DataResponse::Dropped { items, changed }) => {
-                    status.handed_back += u64::from(items);
+                    step.handed_back += u64::from(items);
                     if changed > 0 {
                         metrics::counter!("cartdb_anti_entropy_drops_kept_total")
                             .increment(u64::from(changed));
@@ -510,11 +556,28 @@ impl AntiEntropy {
 /// The PG with a past set to sweep next: of those not attempted within [`PAST_RETRY`] of
 /// `now`, the one attempted longest ago (never attempted first, then by PG number), so that
 /// every such PG gets its turn however many there are.
-fn next_pg(past: &PastSets, attempted: &HashMap<u32, Instant>, now: Instant) -> Option<u32> {
+fn next_pg(
+    past: &PastSets,
+    attempted: &HashMap<u32, Instant>,
+    now: Instant,
+    eligible: impl Fn(u32) -> bool,
+) -> Option<u32> {
     past.keys()
         .copied()
         .filter(|pg| attempted.get(pg).is_none_or(|at| *at + PAST_RETRY <= now))
+        .filter(|pg| eligible(*pg))
         .min_by_key(|pg| (attempted.get(pg).copied(), *pg))
+}
+
+/// What one step of a round did, for the sweep's status and pace.
+#[derive(Debug, Default)]
+struct Step {
+    /// Items the step cost the pace.
+    cost: u32,
+    repairs: u64,
+    handed_back: u64,
+    /// The PG, handed back and clean, whose past set may be cleared.
+    cleaned: Option<(u32, PgSets)>,
 }
 
 /// The key ranges that hold exactly `pg`'s items, as requests name them.
@@ -553,13 +616,18 @@ mod tests {
     fn pgs_with_a_past_set_come_first_and_are_retried_after_a_pause() {
         let now = Instant::now();
         let past = PastSets::from([(3, BTreeSet::from([1])), (9, BTreeSet::from([2]))]);
-        assert_eq!(next_pg(&past, &HashMap::new(), now), Some(3));
+        assert_eq!(next_pg(&past, &HashMap::new(), now, |_| true), Some(3));
         let attempted = HashMap::from([(3, now)]);
-        assert_eq!(next_pg(&past, &attempted, now), Some(9));
+        assert_eq!(next_pg(&past, &attempted, now, |_| true), Some(9));
         let both = HashMap::from([(3, now), (9, now)]);
-        assert_eq!(next_pg(&past, &both, now), None);
-        assert_eq!(next_pg(&past, &both, now + PAST_RETRY), Some(3));
-        assert_eq!(next_pg(&PastSets::new(), &HashMap::new(), now), None);
+        assert_eq!(next_pg(&past, &both, now, |_| true), None);
+        assert_eq!(next_pg(&past, &both, now + PAST_RETRY, |_| true), Some(3));
+        assert_eq!(
+            next_pg(&PastSets::new(), &HashMap::new(), now, |_| true),
+            None
+        );
+        // A PG whose devices are busy with other rounds waits its turn.
+        assert_eq!(next_pg(&past, &HashMap::new(), now, |pg| pg != 3), Some(9));
     }
 
     /// With more PGs than can be swept within the retry pause, the ones tried longest ago
@@ -574,7 +642,7 @@ mod tests {
         for _ in 0..100 {
             // Each round takes 100 ms, far less than the 50 PGs need to get one each.
             now += Duration::from_millis(100);
-            if let Some(pg) = next_pg(&past, &attempted, now) {
+            if let Some(pg) = next_pg(&past, &attempted, now, |_| true) {
                 attempted.insert(pg, now);
                 order.push(pg);
             }

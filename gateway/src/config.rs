@@ -107,6 +107,12 @@ pub struct GatewayConfig {
     )]
     pub anti_entropy_items_per_sec: u32,
 
+    /// Most placement groups with a past set (backfilling or handing back) the sweep streams
+    /// at once that share a device: each device takes part in at most this many (Ceph's
+    /// `osd_max_backfills`). Between 1 and 64. Default: 2.
+    #[arg(long, env = "CARTDB_MAX_BACKFILLS", default_value_t = 2)]
+    pub max_backfills: usize,
+
     /// Seconds a device must stay down (its data node's registration gone) before the
     /// cluster marks it out and moves its placement groups to other devices. Ceph waits
     /// 600 s; this default suits a local cluster, where a restart takes a second or two.
@@ -179,6 +185,7 @@ pub struct GatewaySettings {
     pub compaction: CompactionSettings,
     /// `None`: no anti-entropy sweep.
     pub anti_entropy_items_per_sec: Option<NonZeroU32>,
+    pub max_backfills: usize,
     pub down_out: DownOutRules,
     pub coord: CoordConfig,
     /// Test-only offset of the gateway's clock, in milliseconds.
@@ -268,6 +275,12 @@ impl GatewayConfig {
         if self.pg_num == 0 || self.pg_num > MAX_PG_NUM {
             return Err(ConfigError::new("pg-num", "must be between 1 and 65536"));
         }
+        if !(1..=64).contains(&self.max_backfills) {
+            return Err(ConfigError::new(
+                "max-backfills",
+                format!("{} is not between 1 and 64", self.max_backfills),
+            ));
+        }
         let rule = Some(self.rule.trim())
             .filter(|r| !r.is_empty())
             .map(str::to_owned);
@@ -290,6 +303,7 @@ impl GatewayConfig {
                 min_ops: self.compact_min_ops,
             },
             anti_entropy_items_per_sec: NonZeroU32::new(self.anti_entropy_items_per_sec),
+            max_backfills: self.max_backfills,
             down_out: DownOutRules {
                 grace: Duration::from_secs(self.down_out_secs),
                 min_in_ratio: self.min_in_ratio,
@@ -381,6 +395,14 @@ mod tests {
     }
 
     #[test]
+    fn max_backfills_is_bounded_and_named() {
+        let err = parse(&["--max-backfills", "0"]).validate().unwrap_err();
+        assert!(err.to_string().contains("max-backfills"), "{err}");
+        let settings = parse(&["--max-backfills", "4"]).validate().unwrap();
+        assert_eq!(settings.max_backfills, 4);
+    }
+
+    #[test]
     fn zero_items_per_second_turns_the_sweep_off() {
         let settings = parse(&["--anti-entropy-items-per-sec", "0"])
             .validate()
@@ -392,7 +414,7 @@ mod tests {
                 .unwrap()
                 .anti_entropy_items_per_sec
                 .map(|r| r.get()),
-            Some(20)
+            Some(20_000)
         );
     }
 

@@ -174,6 +174,7 @@ pub async fn run(
             coordination,
             gateway_id,
             items_per_sec: rate.get(),
+            max_backfills: settings.max_backfills,
             request_timeout: settings.request_timeout,
             write_quorum: settings.replication.write_quorum,
         };
