@@ -62,23 +62,26 @@
 //! published to a znode every few seconds and read back by every gateway; that kept
 //! ZooKeeper busy while carts were served, for a status only operators read.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cartdb_core::cart::{DeviceId, ItemKey, ItemState, StateDigest};
+use cartdb_core::cart::DeviceId;
 use cartdb_core::coord::Placement;
 use cartdb_core::pg_table::PastSets;
 use cartdb_core::version::wall_clock_millis;
-use cartdb_core::wire::{DataCall, DataRequest, DataResponse, ItemRepair, SweepStatus};
+use cartdb_core::wire::SweepStatus;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster_view::{ClusterView, Topology};
 use crate::coordination::Coordination;
-use crate::pg_stream::{Chunk, StreamKey, Window, WindowPlan};
 use crate::replicas::Replicas;
 use crate::service::GatewayService;
+
+mod round;
+
+use round::{PgSets, Round};
 
 /// How often the progress shown in `Cluster` answers is brought up to date.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
@@ -116,42 +119,6 @@ pub struct AntiEntropy {
     /// Acknowledgements a write needs (W): a PG is clean only if fewer than W devices of
     /// its read set were silent, so every acknowledged write had a copy among those read.
     pub write_quorum: usize,
-}
-
-/// One PG being swept.
-#[derive(Debug)]
-struct Round {
-    pg: u32,
-    /// The PG's up and past sets when the round began.
-    sets: PgSets,
-    /// Where the next window starts (after this item); `None` before the first.
-    cursor: Option<ItemKey>,
-    /// The last window has been compared.
-    done: bool,
-    /// Devices of the read set that failed to answer some window.
-    silent: BTreeSet<DeviceId>,
-    /// What each past device held of the PG, and in which state, for the handback.
-    past_items: BTreeMap<DeviceId, Vec<(ItemKey, StateDigest)>>,
-    /// The map epoch the round was placed with: its reads, repairs and drops carry it.
-    epoch: u64,
-    /// Whether everything so far allows calling the PG clean.
-    clean: bool,
-}
-
-/// A PG's up and past sets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct PgSets {
-    up: Vec<DeviceId>,
-    past: Option<BTreeSet<DeviceId>>,
-}
-
-impl PgSets {
-    fn of(topology: &Topology, pg: u32) -> Self {
-        Self {
-            up: topology.up_of_pg(pg).to_vec(),
-            past: topology.map.past_of(pg).cloned(),
-        }
-    }
 }
 
 impl AntiEntropy {
@@ -301,203 +268,6 @@ impl AntiEntropy {
         Some(pg)
     }
 
-    /// Compares the round's next window, or finishes the round (handing a clean PG's past
-    /// copies back; the PG is then in [`Step::cleaned`], for its past set to be cleared).
-    /// Returns the round if it goes on, and what the step did.
-    async fn step(&self, mut round: Round, topology: &Topology) -> (Option<Round>, Step) {
-        let mut step = Step::default();
-        if PgSets::of(topology, round.pg) != round.sets {
-            // The PG moved while it was swept: start it again later, from the beginning.
-            return (None, step);
-        }
-        if !round.done {
-            let items = self.compare_window(&mut round, topology, &mut step).await;
-            step.cost = u32::try_from(items).unwrap_or(u32::MAX).max(WINDOW_COST);
-            return (Some(round), step);
-        }
-        let up: BTreeSet<DeviceId> = round.sets.up.iter().copied().collect();
-        round.clean &= round.silent.is_disjoint(&up) && round.silent.len() < self.write_quorum;
-        if round.clean && round.sets.past.is_some() && self.hand_back(&round, &mut step).await {
-            step.cleaned = Some((round.pg, round.sets));
-        }
-        (None, step)
-    }
-
-    /// Streams one window of the round's PG from every device of its read set, repairs the
-    /// up-set devices, compacts settled logs and remembers the past devices' items. Returns
-    /// how many items the window held.
-    async fn compare_window(
-        &self,
-        round: &mut Round,
-        topology: &Topology,
-        step: &mut Step,
-    ) -> usize {
-        let read_set = topology.read_set_of_pg(round.pg);
-        let up: BTreeSet<DeviceId> = round.sets.up.iter().copied().collect();
-        let request = DataCall {
-            epoch: round.epoch,
-            request: DataRequest::ReadPg {
-                ranges: pg_ranges(topology, round.pg),
-                after: round.cursor.clone(),
-                limit: CHUNK_ITEMS,
-            },
-        };
-        let calls = read_set.iter().map(|&device| {
-            let request = &request;
-            async move {
-                let answer = self
-                    .replicas
-                    .call(device, request, self.request_timeout)
-                    .await;
-                (device, answer)
-            }
-        });
-        let mut chunks = BTreeMap::new();
-        for (device, answer) in futures::future::join_all(calls).await {
-            match answer {
-                Ok(DataResponse::PgStates { items, more }) => {
-                    chunks.insert(device, Chunk { items, more });
-                }
-                other => {
-                    round.silent.insert(device);
-                    tracing::debug!(pg = round.pg, device, answer = ?other.err(), "cannot stream a device of the PG");
-                }
-            }
-        }
-        if chunks.is_empty() {
-            round.clean = false;
-            round.done = true;
-            return 0;
-        }
-        let answered: BTreeSet<DeviceId> = chunks.keys().copied().collect();
-        let all_answered = answered.len() == read_set.len();
-        let window = Window::of(chunks);
-        let divergent = window.divergent(&up.intersection(&answered).copied().collect());
-        let keys: Vec<StreamKey> = divergent.iter().map(|(key, _)| key.clone()).collect();
-        let merges = self
-            .service
-            .merge_all(divergent.into_iter().map(|(_, states)| states).collect())
-            .await;
-        let merged: BTreeMap<StreamKey, ItemState> = keys.into_iter().zip(merges).collect();
-        let plan = WindowPlan::new(&window, &up, &answered, all_answered, &merged);
-        let repairs = plan.repair_count();
-        step.repairs += repairs as u64;
-        round.clean &= repairs == 0 && plan.dropped_by_merge == 0;
-        if plan.dropped_by_merge > 0 {
-            metrics::counter!("cartdb_gateway_merge_dropped_total")
-                .increment(plan.dropped_by_merge as u64);
-        }
-        metrics::counter!("cartdb_anti_entropy_items_streamed_total").increment(plan.items as u64);
-        self.send_repairs(round, plan.repairs).await;
-        for (user, settled) in plan.settled {
-            self.service
-                .compact_settled(&user, settled, round.epoch)
-                .await;
-        }
-        for (device, items) in plan.past {
-            round.past_items.entry(device).or_default().extend(items);
-        }
-        round.cursor = window.next;
-        round.done = round.cursor.is_none();
-        plan.items
-    }
-
-    /// Sends each up-set device its repairs in one `RepairMany`; a device that fails leaves
-    /// the round unclean (it was unclean anyway: it needed repairs).
-    async fn send_repairs(&self, round: &mut Round, repairs: BTreeMap<DeviceId, Vec<ItemRepair>>) {
-        let epoch = round.epoch;
-        let calls = repairs.into_iter().map(|(device, items)| {
-            let call = DataCall {
-                epoch,
-                request: DataRequest::RepairMany { items },
-            };
-            async move {
-                let answer = self
-                    .replicas
-                    .call(device, &call, self.request_timeout)
-                    .await;
-                (device, answer)
-            }
-        });
-        for (device, answer) in futures::future::join_all(calls).await {
-            match answer {
-                Ok(DataResponse::Repaired { added }) => {
-                    metrics::counter!("cartdb_anti_entropy_ops_repaired_total")
-                        .increment(u64::from(added));
-                }
-                other => {
-                    round.clean = false;
-                    tracing::debug!(pg = round.pg, device, answer = ?other, "a repair failed; a later round retries");
-                }
-            }
-        }
-    }
-
-    /// The PG is clean on its up set: deletes the copies its past devices held, each only
-    /// if still in the state the scan saw, then scans those devices again: `true` when they
-    /// hold nothing of the PG any more. `false` when a device refused or failed, kept an
-    /// item that changed, or holds one that arrived since the scan; the PG then stays
-    /// unclean and its next round copies what arrived.
-    async fn hand_back(&self, round: &Round, step: &mut Step) -> bool {
-        for (device, items) in &round.past_items {
-            if items.is_empty() {
-                continue;
-            }
-            let call = DataCall {
-                epoch: round.epoch,
-                request: DataRequest::DropItems {
-                    items: items.clone(),
-                },
-            };
-            match self
-                .replicas
-                .call(*device, &call, self.request_timeout)
-                .await
-            {
-                Ok(DataResponse::Dropped { items, changed }) => {
-                    step.handed_back += u64::from(items);
-                    if changed > 0 {
-                        metrics::counter!("cartdb_anti_entropy_drops_kept_total")
-                            .increment(u64::from(changed));
-                        tracing::info!(
-                            pg = round.pg,
-                            device,
-                            changed,
-                            "items changed since the scan were kept; the PG stays unclean"
-                        );
-                        return false;
-                    }
-                }
-                other => {
-                    tracing::debug!(pg = round.pg, device, answer = ?other, "handback failed; the PG stays unclean");
-                    return false;
-                }
-            }
-        }
-        let topology = self.view.current();
-        let rescan = DataCall {
-            epoch: round.epoch,
-            request: DataRequest::ScanPg {
-                ranges: pg_ranges(&topology, round.pg),
-                limit: 1,
-            },
-        };
-        for device in round.past_items.keys() {
-            match self
-                .replicas
-                .call(*device, &rescan, self.request_timeout)
-                .await
-            {
-                Ok(DataResponse::Held { items, .. }) if items.is_empty() => {}
-                other => {
-                    tracing::info!(pg = round.pg, device, answer = ?other, "a past device holds items of the PG again after the handback; the PG stays unclean");
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
     /// Clears, in one map change, the past sets of the PGs found clean whose sets are still
     /// the ones their rounds saw; the others are swept again.
     async fn clear_past_sets(&self, clean: &mut Vec<(u32, PgSets)>, status: &mut SweepStatus) {
@@ -567,44 +337,6 @@ fn next_pg(
         .filter(|pg| attempted.get(pg).is_none_or(|at| *at + PAST_RETRY <= now))
         .filter(|pg| eligible(*pg))
         .min_by_key(|pg| (attempted.get(pg).copied(), *pg))
-}
-
-/// What one step of a round did, for the sweep's status and pace.
-#[derive(Debug, Default)]
-struct Step {
-    /// Items the step cost the pace.
-    cost: u32,
-    repairs: u64,
-    handed_back: u64,
-    /// The PG, handed back and clean, whose past set may be cleared.
-    cleaned: Option<(u32, PgSets)>,
-}
-
-/// The key ranges that hold exactly `pg`'s items, as requests name them.
-fn pg_ranges(topology: &Topology, pg: u32) -> Vec<(u32, u32)> {
-    topology
-        .map
-        .pool
-        .key_ranges(pg)
-        .into_iter()
-        .map(|r| (r.first, r.last))
-        .collect()
-}
-
-impl Round {
-    /// A round of `pg` as `topology` places it, before its first window.
-    fn new(pg: u32, topology: &Topology) -> Self {
-        Self {
-            pg,
-            sets: PgSets::of(topology, pg),
-            cursor: None,
-            done: false,
-            silent: BTreeSet::new(),
-            past_items: BTreeMap::new(),
-            epoch: topology.map.epoch,
-            clean: true,
-        }
-    }
 }
 
 #[cfg(test)]
