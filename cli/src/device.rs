@@ -98,7 +98,8 @@ pub struct RemoveArgs {
 /// `cartdb flags ...`: cluster flags (Ceph's `ceph osd set|unset`).
 #[derive(Debug, Subcommand)]
 pub enum FlagsCommand {
-    /// Set a flag: `noout` (devices that go down are not marked out).
+    /// Set a flag: `noout` (devices that go down are not marked out), `nobackfill` (the
+    /// sweep moves no data), `norebalance` (it moves only PGs that lack a copy).
     Set(FlagArgs),
     /// Clear a flag.
     Unset(FlagArgs),
@@ -107,7 +108,7 @@ pub enum FlagsCommand {
 /// Arguments naming one flag.
 #[derive(Debug, Args)]
 pub struct FlagArgs {
-    /// The flag: `noout`.
+    /// The flag: `noout`, `nobackfill` or `norebalance`.
     flag: String,
     #[command(flatten)]
     api: ApiArgs,

@@ -74,7 +74,7 @@ enum Command {
     /// Change the devices of the map: add, remove (drain first), out, in, reweight (admin).
     #[command(subcommand)]
     Device(device::DeviceCommand),
-    /// Set or clear cluster flags: noout (admin).
+    /// Set or clear cluster flags: noout, nobackfill, norebalance (admin).
     #[command(subcommand)]
     Flags(device::FlagsCommand),
     /// Preview map changes before making them (admin).

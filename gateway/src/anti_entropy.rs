@@ -221,6 +221,7 @@ impl AntiEntropy {
             let running: BTreeSet<u32> = rounds.iter().map(|r| r.pg).collect();
             let eligible = |pg: u32| {
                 !running.contains(&pg)
+                    && may_move(topology, pg)
                     && topology
                         .read_set_of_pg(pg)
                         .iter()
@@ -237,6 +238,7 @@ impl AntiEntropy {
         }
         if rounds.is_empty()
             && let Some(pg) = self.next_in_pass(pass, topology, status)
+            && may_move(topology, pg)
         {
             rounds.push(Round::new(pg, topology));
         }
@@ -321,6 +323,16 @@ impl AntiEntropy {
         });
         self.service.set_sweep_status(shown);
     }
+}
+
+/// Whether the cluster flags let the sweep stream `pg` (`nobackfill`, `norebalance`).
+fn may_move(topology: &Topology, pg: u32) -> bool {
+    topology
+        .map
+        .flags
+        .allow_movement(topology.map.past_of(pg), |device| {
+            topology.members.devices.contains_key(&device)
+        })
 }
 
 /// The PG with a past set to sweep next: of those not attempted within [`PAST_RETRY`] of

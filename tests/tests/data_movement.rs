@@ -276,6 +276,55 @@ async fn noout_keeps_a_restarted_device_in_and_moves_nothing() -> Result<()> {
     final_checks(&api, &history).await
 }
 
+/// `norebalance` holds a seventh device's PGs where they are (their past devices are all
+/// up: moving them only rebalances) through two whole passes of the sweep; unset, they
+/// move and the PGs end clean on their up sets, with the workload's history exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn norebalance_holds_a_new_devices_pgs_until_unset() -> Result<()> {
+    let mut cluster = Cluster::start(options()).await?;
+    let api = cluster.client().clone();
+    let api_url = cluster.api_url().to_owned();
+    let workload = Workload::start(api.clone(), "hold", USERS);
+    run_for(&workload, 20).await?;
+    cartdb(&api_url, &["flags", "set", "norebalance"])?;
+    let id = cluster.add_datanode()?;
+    cartdb_json(
+        &api_url,
+        &["device", "add", "--id", &id.to_string(), "--host", "host6"],
+    )?;
+    let sweep = |view: &cartdb_tests::ClusterView| -> (u64, u64) {
+        let status = &view.raw["maintenance"]["anti_entropy"];
+        let number = |field: &str| status[field].as_u64().unwrap_or(0);
+        (number("sweeps_completed"), number("handed_back"))
+    };
+    let remapped = |view: &cartdb_tests::ClusterView| {
+        view.raw["placement_groups"]["remapped"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let held = cluster
+        .wait_for_view("the new device's PGs remapped", SETTLE, |v| remapped(v) > 0)
+        .await?;
+    let (passes, handed_back) = sweep(&held);
+    let later = cluster
+        .wait_for_view("two more passes of the sweep", SETTLE, |v| {
+            sweep(v).0 >= passes + 2
+        })
+        .await?;
+    ensure!(
+        remapped(&later) == remapped(&held) && sweep(&later).1 == handed_back,
+        "data moved under norebalance: {} remapped before, {} after; {}",
+        remapped(&held),
+        remapped(&later),
+        later.raw
+    );
+    cartdb(&api_url, &["flags", "unset", "norebalance"])?;
+    wait_all_clean(&api, &(1..=7).collect()).await?;
+    run_for(&workload, 20).await?;
+    let history = workload.stop().await?;
+    final_checks(&api, &history).await
+}
+
 /// A seventh device: `cartdb map preview --add` predicts the share of PGs that move;
 /// `cartdb device add` moves exactly those; the PGs end balanced within 30 % of the mean
 /// per device (CRUSH's straw2 with 256 PGs over 7 equal devices: about ±3 standard

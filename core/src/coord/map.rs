@@ -180,19 +180,28 @@ pub struct ClusterFlags {
     /// Devices that go down are not marked out, however long they stay down: for planned
     /// restarts (Ceph's `noout`).
     pub noout: bool,
+    /// The sweep moves no data: no PG with a past set is streamed onto its up set or
+    /// handed back (Ceph's `nobackfill`).
+    pub nobackfill: bool,
+    /// The sweep moves only data that lacks a copy: a PG with a past set is streamed only
+    /// if a device of that past set is down; one whose past devices are all up (a new or
+    /// returning device, a reweight) waits (Ceph's `norebalance`).
+    pub norebalance: bool,
 }
 
 impl ClusterFlags {
     /// Every flag's name, as written in the map document and taken by the CLI.
-    pub const NAMES: [&'static str; 1] = ["noout"];
+    pub const NAMES: [&'static str; 3] = ["noout", "nobackfill", "norebalance"];
 
     /// The names of the flags that are set.
     pub fn names(&self) -> Vec<&'static str> {
-        let mut names = Vec::new();
-        if self.noout {
-            names.push("noout");
-        }
-        names
+        let set = [self.noout, self.nobackfill, self.norebalance];
+        Self::NAMES
+            .iter()
+            .zip(set)
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect()
     }
 
     /// Sets or clears the flag called `name`.
@@ -200,15 +209,33 @@ impl ClusterFlags {
     /// # Errors
     /// [`MapError::UnknownFlag`] for a name not in [`ClusterFlags::NAMES`].
     pub fn set(&mut self, name: &str, on: bool) -> Result<(), MapError> {
-        match name {
-            "noout" => self.noout = on,
+        let flag = match name {
+            "noout" => &mut self.noout,
+            "nobackfill" => &mut self.nobackfill,
+            "norebalance" => &mut self.norebalance,
             _ => {
                 return Err(MapError::UnknownFlag {
                     name: name.to_owned(),
                 });
             }
-        }
+        };
+        *flag = on;
         Ok(())
+    }
+
+    /// Whether the sweep may move a PG's data onto its up set and hand it back: always for
+    /// a PG without a past set (`past` is `None`); for one with a past set, unless
+    /// `nobackfill` is set, or `norebalance` is and every past device is `live`.
+    pub fn allow_movement(
+        &self,
+        past: Option<&BTreeSet<DeviceId>>,
+        live: impl Fn(DeviceId) -> bool,
+    ) -> bool {
+        let Some(past) = past else {
+            return true;
+        };
+        let rebalance_only = past.iter().all(|d| live(*d));
+        !(self.nobackfill || self.norebalance && rebalance_only)
     }
 }
 
@@ -696,7 +723,7 @@ pub enum MapError {
     UnknownReweightDevice { key: String },
     #[error("auto_out: device {device} is not in the map")]
     UnknownAutoOutDevice { device: DeviceId },
-    #[error("flags: {name:?} is not a cluster flag (known: noout)")]
+    #[error("flags: {name:?} is not a cluster flag (known: noout, nobackfill, norebalance)")]
     UnknownFlag { name: String },
     #[error("policy_history has {len} entries, more than {MAX_POLICY_HISTORY}")]
     PolicyHistory { len: usize },
@@ -838,6 +865,29 @@ mod tests {
         // The map JSON alone is handed on, and still parses as the same map.
         let again = ClusterMap::parse(&document(&map.map_json, POOL, &Placement::of(&map)), 4);
         assert_eq!(again.unwrap(), map);
+    }
+
+    #[test]
+    fn movement_flags_pause_backfill_or_only_rebalancing() {
+        let past = BTreeSet::from([4, 5]);
+        let mut flags = ClusterFlags::default();
+        assert!(flags.allow_movement(Some(&past), |_| true));
+        flags.set("norebalance", true).unwrap();
+        assert!(
+            !flags.allow_movement(Some(&past), |_| true),
+            "a rebalance waits"
+        );
+        assert!(
+            flags.allow_movement(Some(&past), |d| d != 5),
+            "a lost copy is restored"
+        );
+        assert!(
+            flags.allow_movement(None, |_| true),
+            "no past set, nothing to move"
+        );
+        flags.set("nobackfill", true).unwrap();
+        assert!(!flags.allow_movement(Some(&past), |d| d != 5));
+        assert_eq!(flags.names(), ["nobackfill", "norebalance"]);
     }
 
     #[test]

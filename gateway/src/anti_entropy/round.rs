@@ -58,8 +58,9 @@ impl AntiEntropy {
         topology: &Topology,
     ) -> (Option<Round>, Step) {
         let mut step = Step::default();
-        if PgSets::of(topology, round.pg) != round.sets {
-            // The PG moved while it was swept: start it again later, from the beginning.
+        if PgSets::of(topology, round.pg) != round.sets || !super::may_move(topology, round.pg) {
+            // The PG moved while it was swept, or a flag paused data movement: start it
+            // again later, from the beginning.
             return (None, step);
         }
         if !round.done {
