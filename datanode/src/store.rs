@@ -524,33 +524,17 @@ impl CartStore {
         limit: usize,
     ) -> Result<(Vec<HeldItem>, bool), StoreError> {
         let mut held = Vec::new();
-        for &(first, last) in ranges {
-            let end = u64::from(last) + 1;
-            let start = first.to_be_bytes().to_vec();
-            let entries = match u32::try_from(end) {
-                Ok(end) => self.placement.range(start..end.to_be_bytes().to_vec()),
-                Err(_) => self.placement.range(start..),
-            };
-            for guard in entries {
-                let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
-                    key: format!("placement range {first:#010x}..={last:#010x}"),
-                    source,
-                })?;
-                if held.len() == limit {
-                    return Ok((held, true));
-                }
-                let tail = raw.get(PLACED..).ok_or_else(|| StoreError::MalformedKey {
-                    key: show_placed_key(&raw),
-                })?;
-                let key = item_key_of(tail, &raw)?;
-                let summary = decode_head(&raw, &key.product, &value)?;
-                held.push(HeldItem {
-                    user: key.user,
-                    summary,
-                });
+        let more = self.visit_placement(ranges, None, |key, summary| {
+            if held.len() == limit {
+                return Ok(false);
             }
-        }
-        Ok((held, false))
+            held.push(HeldItem {
+                user: key.user,
+                summary,
+            });
+            Ok(true)
+        })?;
+        Ok((held, more))
     }
 
     /// The full states of the items whose reversed placement keys fall in `ranges` (one
@@ -572,15 +556,39 @@ impl CartStore {
             raw.push(0);
             raw
         });
-        let mut ranges = ranges.to_vec();
-        ranges.sort_unstable();
         let mut held = Vec::new();
         let mut bytes = 0usize;
+        let more = self.visit_placement(ranges, after.as_deref(), |key, head| {
+            if held.len() >= limit.max(1) || (bytes >= max_bytes && !held.is_empty()) {
+                return Ok(false);
+            }
+            let state = self.state_of(&key, head)?;
+            bytes += held_bytes(&key, &state);
+            held.push(HeldState {
+                user: key.user,
+                state,
+            });
+            Ok(true)
+        })?;
+        Ok((held, more))
+    }
+
+    /// Calls `visit` with every item (and its head) whose reversed placement key falls in
+    /// `ranges`, in key order, from the key `from` on if given, until `visit` answers
+    /// `false`; `true` when it stopped before the end.
+    fn visit_placement(
+        &self,
+        ranges: &[(u32, u32)],
+        from: Option<&[u8]>,
+        mut visit: impl FnMut(ItemKey, ItemSummary) -> Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
+        let mut ranges = ranges.to_vec();
+        ranges.sort_unstable();
         for (first, last) in ranges {
             let end = u64::from(last) + 1;
             let mut start = first.to_be_bytes().to_vec();
-            if let Some(after) = after.as_ref().filter(|after| **after > start) {
-                start.clone_from(after);
+            if let Some(from) = from.filter(|from| *from > start.as_slice()) {
+                start = from.to_vec();
             }
             let entries = match u32::try_from(end) {
                 Ok(end) if start.as_slice() >= end.to_be_bytes().as_slice() => continue,
@@ -592,23 +600,17 @@ impl CartStore {
                     key: format!("placement range {first:#010x}..={last:#010x}"),
                     source,
                 })?;
-                if held.len() >= limit.max(1) || (bytes >= max_bytes && !held.is_empty()) {
-                    return Ok((held, true));
-                }
                 let tail = raw.get(PLACED..).ok_or_else(|| StoreError::MalformedKey {
                     key: show_placed_key(&raw),
                 })?;
                 let key = item_key_of(tail, &raw)?;
                 let head = decode_head(&raw, &key.product, &value)?;
-                let state = self.state_of(&key, head)?;
-                bytes += held_bytes(&key, &state);
-                held.push(HeldState {
-                    user: key.user,
-                    state,
-                });
+                if !visit(key, head)? {
+                    return Ok(true);
+                }
             }
         }
-        Ok((held, false))
+        Ok(false)
     }
 
     /// This replica's items in key order (user, then product) after `after`, at most
