@@ -160,7 +160,9 @@ function drawGroups(status) {
       ["anti-entropy leader", "gateway " + sweep.leader],
       ["sweep progress", sweep.pgs_done + " / " + sweep.pgs_total + " PGs"],
       ["sweeps completed", String(sweep.sweeps_completed)],
-      ["sweep repairs", String(sweep.repairs)],
+      ["PGs streaming now", String(sweep.rounds_running)],
+      ["items streamed", String(sweep.items_streamed)],
+      ["sweep repairs (ops)", sweep.repairs + " (" + sweep.ops_repaired + ")"],
       ["PGs cleaned / items handed back", sweep.pgs_cleaned + " / " + sweep.handed_back],
     );
     const done = sweep.pgs_total ? (100 * sweep.pgs_done) / sweep.pgs_total : 0;

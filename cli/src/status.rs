@@ -223,9 +223,12 @@ fn summary(doc: &ClusterDocument) -> String {
             repairs,
             pgs_cleaned,
             handed_back,
+            items_streamed,
+            ops_repaired,
+            rounds_running,
             ..
         }) => format!(
-            "anti-entropy (led by gw-{leader}): pass {pgs_done}/{pgs_total} PGs, {sweeps_completed} passes done, {repairs} repairs, {pgs_cleaned} PGs cleaned, {handed_back} items handed back\n"
+            "anti-entropy (led by gw-{leader}): pass {pgs_done}/{pgs_total} PGs, {sweeps_completed} passes done, {rounds_running} PGs streaming, {items_streamed} items streamed, {repairs} repairs ({ops_repaired} operations), {pgs_cleaned} PGs cleaned, {handed_back} items handed back\n"
         ),
     };
     out
@@ -312,7 +315,7 @@ mod tests {
         );
         assert!(text.contains("gw-0: 3 repairs (5 operations)"), "{text}");
         assert!(
-            text.contains("pass 1/4 PGs, 2 passes done, 1 repairs, 3 PGs cleaned, 7 items"),
+            text.contains("pass 1/4 PGs, 2 passes done, 0 PGs streaming, 0 items streamed, 1 repairs (0 operations), 3 PGs cleaned, 7 items"),
             "{text}"
         );
     }

@@ -791,6 +791,16 @@ pub struct SweepStatus {
     pub handed_back: u64,
     /// Wall-clock milliseconds of the last update.
     pub updated_ms: u64,
+    /// Items streamed in the sweep's PG windows (each compared across its PG's read set),
+    /// and operations its repairs added to up-set devices, since that gateway started
+    /// leading.
+    #[serde(default)]
+    pub items_streamed: u64,
+    #[serde(default)]
+    pub ops_repaired: u64,
+    /// Rounds of PGs running now (several PGs with a past set stream at once).
+    #[serde(default)]
+    pub rounds_running: u64,
 }
 
 /// One device of the map and whether it is up.
