@@ -12,9 +12,11 @@
 //!          merged (the merge policy, overruled by the built-in merge if it drops an
 //!          operation id); what each up-set device lacks goes to it in one RepairMany,
 //!          one commit for the chunk; settled logs are compacted
-//! clean?   the PG's round was clean when no window needed a repair, every up-set device
-//!          answered every window, fewer than W devices of the read set were silent, and
-//!          the PG's up and past sets did not change meanwhile
+//! clean?   the PG's round was clean when every up-set device answered every window and
+//!          acknowledged every repair it was sent (so it now holds every operation id any
+//!          device of the read set held), no merge dropped an operation, fewer than W
+//!          devices of the read set were silent, and the PG's up and past sets did not
+//!          change meanwhile
 //! handback if the PG has a past set and the round was clean: DropItems to each past
 //!          device for the items it held, each only if still in the state the stream saw;
 //!          a second scan of those devices must then find nothing of the PG; its past set
@@ -29,15 +31,18 @@
 //! path, paced in users per second: at a million carts a pass took about 14 hours, and a
 //! PG with more than 10,000 items on a device was never declared clean.
 //!
-//! A round that needed repairs is not clean; the PG is tried again (PGs with a past set go
-//! first, least recently tried first, each at most once per [`PAST_RETRY`]), and the second
-//! round, with nothing left to repair, is. Batching the clears keeps one map epoch for
-//! many clean PGs: after a device returns, half the PGs of a small cluster have a past set,
-//! and one epoch per PG would make every gateway recompute its PG table as often. Why a
-//! clean round proves the up set holds everything: each read merged every live copy in the
-//! up and past sets and found each up-set device already equal to the merge; the reads'
-//! quorum rule tolerates fewer than W silent devices, so every acknowledged write had a copy
-//! among those read. Past devices take no writes placed with the current map, and every
+//! A round whose repair failed, or that could not hear enough devices, is not clean; the PG
+//! is tried again (PGs with a past set go first, least recently tried first, each at most
+//! once per [`PAST_RETRY`]). Batching the clears keeps one map epoch for many clean PGs:
+//! after a device returns, half the PGs of a small cluster have a past set, and one epoch
+//! per PG would make every gateway recompute its PG table as often. Why a clean round
+//! proves the up set holds everything: each window merged every live copy in the up and
+//! past sets, and each up-set device either already held the merge or acknowledged (durably)
+//! the repair that gave it what it lacked; the quorum rule tolerates fewer than W silent
+//! devices, so every acknowledged write had a copy among those read. (An earlier sweep
+//! asked for a second round with nothing to repair; the acknowledged repairs prove the same,
+//! and at a million carts the second round took a third of the recovery.) Past devices take
+//! no writes placed with the current map, and every
 //! request carries the epoch it was placed with, so a past device that answered the scan
 //! (and so knows the PG's current interval) refuses a gateway still placing with an older
 //! map ("Safety" in docs/design.md). A write such a gateway sent before that lands at most
@@ -176,12 +181,15 @@ impl AntiEntropy {
                     for (next, step) in futures::future::join_all(steps).await {
                         status.repairs += step.repairs;
                         status.handed_back += step.handed_back;
+                        status.items_streamed += step.items;
+                        status.ops_repaired += step.ops_repaired;
                         clean.extend(step.cleaned);
                         cost = cost.saturating_add(step.cost);
                         rounds.extend(next);
                     }
                     pause = self.pace(cost);
                 }
+                status.rounds_running = rounds.len() as u64;
             } else if !rounds.is_empty() || !pass.is_empty() {
                 rounds.clear();
                 pass.clear();
@@ -316,6 +324,12 @@ impl AntiEntropy {
             metrics::counter!("cartdb_anti_entropy_repairs_total").absolute(status.repairs);
             metrics::counter!("cartdb_anti_entropy_pgs_cleaned_total").absolute(status.pgs_cleaned);
             metrics::counter!("cartdb_anti_entropy_handed_back_total").absolute(status.handed_back);
+            metrics::counter!("cartdb_anti_entropy_items_streamed_total")
+                .absolute(status.items_streamed);
+            metrics::counter!("cartdb_anti_entropy_ops_repaired_total")
+                .absolute(status.ops_repaired);
+            #[allow(clippy::cast_precision_loss, reason = "a handful of rounds")]
+            metrics::gauge!("cartdb_anti_entropy_rounds_running").set(status.rounds_running as f64);
         }
         let shown = self.leads().then(|| SweepStatus {
             updated_ms: wall_clock_millis(),

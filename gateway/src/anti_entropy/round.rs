@@ -11,6 +11,7 @@ use cartdb_core::wire::{DataCall, DataRequest, DataResponse, ItemRepair};
 use super::{AntiEntropy, CHUNK_ITEMS, WINDOW_COST};
 use crate::cluster_view::Topology;
 use crate::pg_stream::{Chunk, StreamKey, Window, WindowPlan};
+use crate::replicas::ReplicaError;
 
 /// One PG being swept.
 #[derive(Debug)]
@@ -113,6 +114,13 @@ impl AntiEntropy {
                 }
                 other => {
                     round.silent.insert(device);
+                    // A device that is down (not registered) may stay down for good: the
+                    // quorum rule covers it. A live one that did not answer this window
+                    // still holds items the round has not seen, so its copies cannot be
+                    // handed back this round.
+                    if !matches!(other, Err(ReplicaError::Down { .. })) {
+                        round.clean = false;
+                    }
                     tracing::debug!(pg = round.pg, device, answer = ?other.err(), "cannot stream a device of the PG");
                 }
             }
@@ -135,13 +143,16 @@ impl AntiEntropy {
         let plan = WindowPlan::new(&window, &up, &answered, all_answered, &merged);
         let repairs = plan.repair_count();
         step.repairs += repairs as u64;
-        round.clean &= repairs == 0 && plan.dropped_by_merge == 0;
+        // Repairs do not make the round unclean: each is acknowledged (durably applied) by its
+        // up-set device before the round goes on, and a failed one makes it unclean. What
+        // does is a merge that dropped an operation: the proof is on ids, not on the policy.
+        round.clean &= plan.dropped_by_merge == 0;
         if plan.dropped_by_merge > 0 {
             metrics::counter!("cartdb_gateway_merge_dropped_total")
                 .increment(plan.dropped_by_merge as u64);
         }
-        metrics::counter!("cartdb_anti_entropy_items_streamed_total").increment(plan.items as u64);
-        self.send_repairs(round, plan.repairs).await;
+        step.items += plan.items as u64;
+        self.send_repairs(round, plan.repairs, step).await;
         for (user, settled) in plan.settled {
             self.service
                 .compact_settled(&user, settled, round.epoch)
@@ -157,7 +168,12 @@ impl AntiEntropy {
 
     /// Sends each up-set device its repairs in one `RepairMany`; a device that fails leaves
     /// the round unclean (it was unclean anyway: it needed repairs).
-    async fn send_repairs(&self, round: &mut Round, repairs: BTreeMap<DeviceId, Vec<ItemRepair>>) {
+    async fn send_repairs(
+        &self,
+        round: &mut Round,
+        repairs: BTreeMap<DeviceId, Vec<ItemRepair>>,
+        step: &mut Step,
+    ) {
         let epoch = round.epoch;
         let calls = repairs.into_iter().map(|(device, items)| {
             let call = DataCall {
@@ -174,10 +190,7 @@ impl AntiEntropy {
         });
         for (device, answer) in futures::future::join_all(calls).await {
             match answer {
-                Ok(DataResponse::Repaired { added }) => {
-                    metrics::counter!("cartdb_anti_entropy_ops_repaired_total")
-                        .increment(u64::from(added));
-                }
+                Ok(DataResponse::Repaired { added }) => step.ops_repaired += u64::from(added),
                 other => {
                     round.clean = false;
                     tracing::debug!(pg = round.pg, device, answer = ?other, "a repair failed; a later round retries");
@@ -259,6 +272,9 @@ pub(super) struct Step {
     pub(super) cost: u32,
     pub(super) repairs: u64,
     pub(super) handed_back: u64,
+    /// Items in the step's window, and operations its repairs added.
+    pub(super) items: u64,
+    pub(super) ops_repaired: u64,
     /// The PG, handed back and clean, whose past set may be cleared.
     pub(super) cleaned: Option<(u32, PgSets)>,
 }
