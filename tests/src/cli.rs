@@ -38,3 +38,35 @@ pub fn cartdb_json(api: &str, args: &[&str]) -> anyhow::Result<serde_json::Value
     let out = cartdb(api, &with_json)?;
     serde_json::from_str(&out).with_context(|| format!("cartdb {args:?} --json printed {out}"))
 }
+
+/// Puts one item in each of `carts` new shoppers' carts with `cartdb bench --fill` (`clients`
+/// at once, then a one-second run that only reads the catalog, so the carts stay as
+/// filled), and checks that every insert was acknowledged.
+///
+/// # Errors
+/// As [`cartdb_json`], or a fill that did not put exactly `carts` items.
+pub fn fill_carts(api: &str, carts: usize, clients: usize) -> anyhow::Result<serde_json::Value> {
+    let (carts_arg, clients_arg) = (carts.to_string(), clients.to_string());
+    let bench = cartdb_json(
+        api,
+        &[
+            "bench",
+            "--fill",
+            "--users",
+            &carts_arg,
+            "--clients",
+            &clients_arg,
+            "--mix",
+            "products=1",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+        ],
+    )?;
+    ensure!(
+        bench["fill"]["items"] == carts && bench["fill"]["failed"] == 0,
+        "the fill of {carts} carts: {bench}"
+    );
+    Ok(bench)
+}

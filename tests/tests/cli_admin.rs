@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use cartdb_tests::cli::{cartdb, cartdb_json};
+use cartdb_tests::cli::{cartdb, cartdb_json, fill_carts};
 use cartdb_tests::{Cluster, ClusterOptions, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,27 +128,7 @@ async fn every_admin_action_has_a_command() -> Result<()> {
 
     // `cartdb bench --fill` gives every shopper one item before the run; a run that only
     // reads the catalog leaves exactly those carts, which the category index then lists.
-    let bench = cartdb_json(
-        &url,
-        &[
-            "bench",
-            "--users",
-            "40",
-            "--clients",
-            "4",
-            "--fill",
-            "--mix",
-            "products=1",
-            "--duration",
-            "1s",
-            "--warmup",
-            "0s",
-        ],
-    )?;
-    ensure!(
-        bench["fill"]["items"] == 40 && bench["fill"]["failed"] == 0,
-        "{bench}"
-    );
+    fill_carts(&url, 40, 4)?;
     let catalog = cartdb_json(&url, &["product", "list"])?;
     let categories: BTreeSet<&str> = catalog["products"]
         .as_array()

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use cartdb_core::pg::Pool;
 use cartdb_core::placement_key::placement_key;
-use cartdb_tests::cli::{cartdb, cartdb_json};
+use cartdb_tests::cli::{cartdb, cartdb_json, fill_carts};
 use cartdb_tests::replica_check::{replica_states, settled};
 use cartdb_tests::workload::ITEMS;
 use cartdb_tests::{ApiClient, Cluster, ClusterOptions, Deadline, History, Workload, wait_until};
@@ -353,7 +353,7 @@ async fn items_on(api: &ApiClient, device: u64) -> Result<usize> {
 /// a chunk at a time, ends clean, and the new device holds every item the survivors hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pg_larger_than_the_old_scan_cap_is_backfilled_and_ends_clean() -> Result<()> {
-    const CARTS: &str = "10500";
+    const CARTS: usize = 10_500;
     let mut options = options().with_sweep(200_000);
     options
         .gateway_args
@@ -361,23 +361,7 @@ async fn a_pg_larger_than_the_old_scan_cap_is_backfilled_and_ends_clean() -> Res
     let mut cluster = Cluster::start(options).await?;
     let api = cluster.client().clone();
     let api_url = cluster.api_url().to_owned();
-    cartdb(
-        &api_url,
-        &[
-            "bench",
-            "--fill",
-            "--users",
-            CARTS,
-            "--clients",
-            "16",
-            "--mix",
-            "products=1",
-            "--duration",
-            "1s",
-            "--warmup",
-            "0s",
-        ],
-    )?;
+    fill_carts(&api_url, CARTS, 16)?;
     let table = pg_table(&api).await?;
     let (up, _) = table.get(&0).context("no PG 0")?.clone();
     let victim = *up.first().context("an empty up set")?;
