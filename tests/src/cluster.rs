@@ -156,13 +156,17 @@ impl ClusterOptions {
         self
     }
 
-    /// These options with the gateways' anti-entropy sweep at `items_per_sec` (0: off).
+    /// These options with the gateways' anti-entropy sweep at `items_per_sec` (0: off),
+    /// replacing an earlier pace.
     #[must_use]
     pub fn with_sweep(mut self, items_per_sec: u32) -> Self {
-        self.gateway_args.extend([
-            "--anti-entropy-items-per-sec".to_owned(),
-            items_per_sec.to_string(),
-        ]);
+        const FLAG: &str = "--anti-entropy-items-per-sec";
+        if let Some(at) = self.gateway_args.iter().position(|arg| arg == FLAG) {
+            self.gateway_args
+                .drain(at..(at + 2).min(self.gateway_args.len()));
+        }
+        self.gateway_args
+            .extend([FLAG.to_owned(), items_per_sec.to_string()]);
         self
     }
 }
