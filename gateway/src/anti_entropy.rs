@@ -105,6 +105,12 @@ const CHUNK_ITEMS: u32 = 1_000;
 /// read set, even for an empty PG.
 pub const WINDOW_COST: u32 = 100;
 
+/// How many times the cart requests' time limit a sweep request gets: a chunk of 1,000
+/// items read from disk, or committed, under foreground load took over 2 s at a million
+/// carts (docs/benchmarks.md, the handback run), and a timed-out window only makes the
+/// round start again.
+pub const SWEEP_TIMEOUT_FACTOR: u32 = 5;
+
 /// The pause between steps while this gateway does not lead, or has nothing to do.
 const IDLE: Duration = Duration::from_millis(200);
 
@@ -119,7 +125,8 @@ pub struct AntiEntropy {
     pub items_per_sec: u32,
     /// Most PG rounds with a past set any one device takes part in at once.
     pub max_backfills: usize,
-    /// Time limit of one scan or drop request.
+    /// Time limit of one stream, repair, scan or drop request: a chunk of up to
+    /// [`CHUNK_ITEMS`] items, so [`SWEEP_TIMEOUT_FACTOR`] times the cart requests' limit.
     pub request_timeout: Duration,
     /// Acknowledgements a write needs (W): a PG is clean only if fewer than W devices of
     /// its read set were silent, so every acknowledged write had a copy among those read.

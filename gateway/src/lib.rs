@@ -175,7 +175,7 @@ pub async fn run(
             gateway_id,
             items_per_sec: rate.get(),
             max_backfills: settings.max_backfills,
-            request_timeout: settings.request_timeout,
+            request_timeout: settings.request_timeout * anti_entropy::SWEEP_TIMEOUT_FACTOR,
             write_quorum: settings.replication.write_quorum,
         };
         tokio::spawn(sweep.run(shutdown.clone()))
