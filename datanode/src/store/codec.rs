@@ -75,9 +75,15 @@ pub(super) fn placement_entry(key: &ItemKey) -> Result<Vec<u8>, StoreError> {
 /// item, so that a placement group's entries are one or two key ranges, like its
 /// `placement` entries.
 pub(super) fn log_prefix(key: &ItemKey) -> Result<Vec<u8>, StoreError> {
-    let mut raw = placement_entry(key)?;
+    Ok(log_prefix_after(&placement_entry(key)?))
+}
+
+/// The log prefix of the item whose `placement` entry key is `placed`.
+pub(super) fn log_prefix_after(placed: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(placed.len() + 1);
+    raw.extend_from_slice(placed);
     raw.push(SEP);
-    Ok(raw)
+    raw
 }
 
 /// Bytes of the reversed placement key that lead `placement` and `log` keys.

@@ -7,7 +7,8 @@ use fjall::PersistMode;
 
 use super::codec::{
     encode_head, id_entry_key, id_entry_value, index_key, item_key, key_prefix, kind_byte,
-    log_entry_key, log_prefix, placement_entry, product_of, show_key, show_placed_key,
+    log_entry_key, log_prefix, log_prefix_after, placement_entry, product_of, show_key,
+    show_placed_key,
 };
 use super::{CartStore, ItemWrite, StoreError, listed_category};
 
@@ -129,7 +130,9 @@ impl CartStore {
     ) -> Result<(), StoreError> {
         let raw = item_key(&write.key)?;
         let value = encode_head(&raw, &write.head)?;
-        let prefix = log_prefix(&write.key)?;
+        // One placement key hash per write: the placement entry, and the log prefix after it.
+        let placed = placement_entry(&write.key)?;
+        let prefix = log_prefix_after(&placed);
         for op in &write.added {
             batch.insert(&self.log, id_entry_key(&prefix, op.id), id_entry_value(op));
             // An operation added and folded by the same batch needs no log entry at all.
@@ -157,7 +160,7 @@ impl CartStore {
                 Vec::new(),
             );
         }
-        batch.insert(&self.placement, placement_entry(&write.key)?, value.clone());
+        batch.insert(&self.placement, placed, value.clone());
         batch.insert(&self.items, raw, value);
         if write.created {
             batch.insert(&self.users, write.key.user.as_bytes(), Vec::new());
