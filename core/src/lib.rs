@@ -20,7 +20,7 @@ pub mod config;
 pub mod connection_slots;
 pub mod coord;
 pub mod merge;
-pub use cartdb_model::{pg, pg_table, placement_key};
+pub use cartdb_model::{digest_bucket, pg, pg_table, placement_key};
 pub mod rpc;
 pub mod telemetry;
 pub mod version;

@@ -29,7 +29,9 @@ use crate::cart::{
 /// drops are conditional on the scanned digest.
 /// 8: `list_category` is paged (`after`, `limit`; `more` / `next`); `ReadPg` streams a
 /// placement group's full states and `RepairMany` repairs many items in one commit.
-pub const PROTOCOL_VERSION: u16 = 8;
+/// 9: `PgDigests` answers a PG's digest buckets, so anti-entropy reads only those that
+/// differ.
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// Users in one `list_category` page when the client names no limit.
 pub const DEFAULT_CATEGORY_PAGE: u32 = 1_000;
@@ -150,6 +152,24 @@ pub enum DataRequest {
     /// Backfill: [`DataRequest::Repair`] for many items at once, applied through the same
     /// rules and committed together.
     RepairMany { items: Vec<ItemRepair> },
+    /// Anti-entropy: this replica's digest of every bucket
+    /// (`cartdb_model::digest_bucket`) of `ranges`, which must be whole buckets that do not
+    /// overlap (a PG's ranges always are).
+    PgDigests { ranges: Vec<(u32, u32)> },
+}
+
+/// Operations an item's unfolded log must hold for its digest bucket to count it in
+/// [`BucketDigest::long_logs`]: the gateways' default `--compact-min-ops`.
+pub const LONG_LOG_OPS: u32 = 32;
+
+/// One digest bucket of one replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketDigest {
+    /// The XOR of the fingerprints (`ItemSummary::fingerprint`) of the bucket's items.
+    pub digest: u64,
+    /// How many of its items hold at least [`LONG_LOG_OPS`] unfolded operations: the
+    /// sweep reads such a bucket even when every replica agrees, to compact their logs.
+    pub long_logs: u32,
 }
 
 /// Most bytes of item states one [`DataRequest::ReadPg`] answer carries (about; an answer
@@ -187,6 +207,7 @@ impl DataRequest {
             Self::DropItems { .. } => "drop_items",
             Self::ListItems { .. } => "list_items",
             Self::ReadPg { .. } => "read_pg",
+            Self::PgDigests { .. } => "pg_digests",
             Self::RepairMany { .. } => "repair_many",
         }
     }
@@ -238,6 +259,8 @@ pub enum DataResponse {
     /// The answer to [`DataRequest::ReadPg`], in placement order; `more` when items of the
     /// PG follow the last one.
     PgStates { items: Vec<HeldState>, more: bool },
+    /// The answer to [`DataRequest::PgDigests`]: one per bucket of the ranges, in key order.
+    PgDigests { buckets: Vec<BucketDigest> },
 }
 
 /// Why a data node could not serve a request.

@@ -94,7 +94,8 @@ pub fn verdict(fence: Option<&FenceMap>, epoch: u64, request: &DataRequest) -> V
         | DataRequest::ReadSummaries { .. }
         | DataRequest::ReadItems { .. }
         | DataRequest::ScanPg { .. }
-        | DataRequest::ReadPg { .. } => *newest_interval,
+        | DataRequest::ReadPg { .. }
+        | DataRequest::PgDigests { .. } => *newest_interval,
     };
     if epoch < interval {
         Verdict::Stale { interval }

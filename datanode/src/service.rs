@@ -6,7 +6,7 @@
 //!                  a newer epoch than this node's waits until the node has learnt it
 //!                  Apply, Repair, RepairMany, Compact, DropItems
 //!                                    --> GroupCommit (writer thread, one fsync per batch)
-//!                  ReadSummaries, ReadItems, ReadUser --> CartStore, inline
+//!                  ReadSummaries, ReadItems, ReadUser, PgDigests --> CartStore, inline
 //!                  ListCategory, ScanPg, ReadPg, ListItems --> CartStore, on the blocking pool
 //! ```
 //!
@@ -344,6 +344,14 @@ impl Service for DataNodeService {
                 .await
             }
             DataRequest::RepairMany { items } => self.repair_many(items).await,
+            // Inline: the buckets are in memory, a PG's few hundred atomic loads.
+            DataRequest::PgDigests { ranges } => match self.store.pg_digests(&ranges) {
+                Ok(buckets) => DataResponse::PgDigests { buckets },
+                Err(problem) => DataResponse::Failed(DataFailure::InvalidRequest {
+                    device: self.device,
+                    problem: problem.to_string(),
+                }),
+            },
         }
     }
 }

@@ -61,7 +61,7 @@ use std::sync::Arc;
 
 use cartdb_core::cart::{InputError, ItemKey, ItemState, ItemSummary, OpId, Operation};
 use cartdb_core::placement_key::is_index_entry;
-use cartdb_core::wire::{HeldItem, HeldState};
+use cartdb_core::wire::{BucketDigest, HeldItem, HeldState};
 use fjall::compaction::Leveled;
 use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -69,8 +69,11 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use crate::head_cache::HeadCache;
 
 mod codec;
+mod digests;
 mod format;
 mod write;
+
+use digests::{DigestChange, Digests};
 
 use codec::{
     ID_TAG, LOG_TAG, PLACED, decode_head, decode_id_entry, decode_log_entry, item_key, item_key_of,
@@ -204,6 +207,7 @@ pub struct CartStore {
     placement: Keyspace,
     users: Keyspace,
     heads: HeadCache,
+    digests: Digests,
 }
 
 /// One item's change, written together: its new head, the operations added to and removed
@@ -222,6 +226,9 @@ pub struct ItemWrite {
     pub index: IndexChange,
     /// The item is new on this replica: its user's `users` entry is written with it.
     pub created: bool,
+    /// The head before this write (`None` when the item is new here), whose fingerprint
+    /// leaves the item's digest bucket.
+    pub before: Option<ItemSummary>,
 }
 
 /// How the category index changes when an item's state changes.
@@ -288,7 +295,7 @@ impl CartStore {
             .keyspace("placement", keyspace_options)
             .map_err(open_error)?;
         let users = db.keyspace("users", keyspace_options).map_err(open_error)?;
-        Ok(Self {
+        let store = Self {
             db,
             items,
             log,
@@ -296,7 +303,44 @@ impl CartStore {
             placement,
             users,
             heads: HeadCache::default(),
-        })
+            digests: Digests::new(),
+        };
+        store.rebuild_digests()?;
+        Ok(store)
+    }
+
+    /// Fills the digest buckets from every head in `placement` (the module docs of
+    /// `digests.rs` say why they are not stored).
+    fn rebuild_digests(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let mut items = 0u64;
+        self.visit_placement(&[(0, u32::MAX)], None, |placed, key, head| {
+            self.digests
+                .apply(DigestChange::between(placed, &key, None, Some(&head)));
+            items += 1;
+            Ok(true)
+        })?;
+        let seconds = started.elapsed().as_secs_f64();
+        metrics::gauge!("cartdb_datanode_digest_rebuild_seconds").set(seconds);
+        tracing::info!(
+            items,
+            seconds,
+            "digest buckets rebuilt from the stored heads"
+        );
+        Ok(())
+    }
+
+    /// This replica's digest of every bucket of `ranges`, in key order (see
+    /// `cartdb_core::digest_bucket`).
+    ///
+    /// # Errors
+    /// [`BucketError`](cartdb_core::digest_bucket::BucketError) when `ranges` are not
+    /// whole, disjoint buckets.
+    pub fn pg_digests(
+        &self,
+        ranges: &[(u32, u32)],
+    ) -> Result<Vec<BucketDigest>, cartdb_core::digest_bucket::BucketError> {
+        self.digests.answer(ranges)
     }
 
     /// The head of one item, if this replica has seen an operation on it.
@@ -524,7 +568,7 @@ impl CartStore {
         limit: usize,
     ) -> Result<(Vec<HeldItem>, bool), StoreError> {
         let mut held = Vec::new();
-        let more = self.visit_placement(ranges, None, |key, summary| {
+        let more = self.visit_placement(ranges, None, |_, key, summary| {
             if held.len() == limit {
                 return Ok(false);
             }
@@ -558,7 +602,7 @@ impl CartStore {
         });
         let mut held = Vec::new();
         let mut bytes = 0usize;
-        let more = self.visit_placement(ranges, after.as_deref(), |key, head| {
+        let more = self.visit_placement(ranges, after.as_deref(), |_, key, head| {
             if held.len() >= limit.max(1) || (bytes >= max_bytes && !held.is_empty()) {
                 return Ok(false);
             }
@@ -573,14 +617,14 @@ impl CartStore {
         Ok((held, more))
     }
 
-    /// Calls `visit` with every item (and its head) whose reversed placement key falls in
+    /// Calls `visit` with every item (its placement entry, key and head) whose reversed placement key falls in
     /// `ranges`, in key order, from the key `from` on if given, until `visit` answers
     /// `false`; `true` when it stopped before the end.
     fn visit_placement(
         &self,
         ranges: &[(u32, u32)],
         from: Option<&[u8]>,
-        mut visit: impl FnMut(ItemKey, ItemSummary) -> Result<bool, StoreError>,
+        mut visit: impl FnMut(&[u8], ItemKey, ItemSummary) -> Result<bool, StoreError>,
     ) -> Result<bool, StoreError> {
         let mut ranges = ranges.to_vec();
         ranges.sort_unstable();
@@ -605,7 +649,7 @@ impl CartStore {
                 })?;
                 let key = item_key_of(tail, &raw)?;
                 let head = decode_head(&raw, &key.product, &value)?;
-                if !visit(key, head)? {
+                if !visit(&raw, key, head)? {
                     return Ok(true);
                 }
             }

@@ -6,6 +6,10 @@
 //! ([`crate::pg_stream`]):
 //!
 //! ```text
+//! digests  a PG with no past set: PgDigests to every device of its up set, one digest per
+//!          bucket (`cartdb_model::digest_bucket`, kept by each data node as writes land);
+//!          only the buckets whose digests differ, or that hold a long log to compact,
+//!          are streamed, and a PG whose copies agree is done
 //! stream   ReadPg to every device of the PG's up and past sets: the full states of its
 //!          items after the cursor, a chunk each (data format 5 keeps a PG contiguous)
 //! compare  per item of the window: states equal everywhere and on every up-set device, or
@@ -27,7 +31,9 @@
 //!
 //! There is no per-shopper round trip and no item cap: a PG of any size is a sequence of
 //! chunks. The pace is `--anti-entropy-items-per-sec` (a window costs its items, and at
-//! least [`WINDOW_COST`]). An earlier sweep read one shopper at a time through the cart read
+//! least [`WINDOW_COST`], as does a PG's digest comparison). Background passes start at
+//! most every [`PASS_INTERVAL`]; over agreeing copies a pass is one digest request per
+//! device and PG, so at a million carts it takes seconds and reads no item. An earlier sweep read one shopper at a time through the cart read
 //! path, paced in users per second: at a million carts a pass took about 14 hours, and a
 //! PG with more than 10,000 items on a device was never declared clean.
 //!
@@ -111,6 +117,11 @@ pub const WINDOW_COST: u32 = 100;
 /// round start again.
 pub const SWEEP_TIMEOUT_FACTOR: u32 = 5;
 
+/// Shortest time between the starts of two background passes. Over agreeing copies a pass
+/// costs one digest request per device of each PG and takes a second or two; back to back,
+/// passes would keep hundreds of requests a second going to find nothing.
+pub const PASS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The pause between steps while this gateway does not lead, or has nothing to do.
 const IDLE: Duration = Duration::from_millis(200);
 
@@ -161,6 +172,7 @@ impl AntiEntropy {
             ..SweepStatus::default()
         };
         let mut pass: Vec<u32> = Vec::new();
+        let mut pass_started: Option<Instant> = None;
         let mut rounds: Vec<Round> = Vec::new();
         let mut attempted: HashMap<u32, Instant> = HashMap::new();
         let mut clean: Vec<(u32, PgSets)> = Vec::new();
@@ -179,6 +191,7 @@ impl AntiEntropy {
                     &mut rounds,
                     &mut attempted,
                     &mut pass,
+                    &mut pass_started,
                     &topology,
                     &mut status,
                 );
@@ -222,6 +235,7 @@ impl AntiEntropy {
         rounds: &mut Vec<Round>,
         attempted: &mut HashMap<u32, Instant>,
         pass: &mut Vec<u32>,
+        pass_started: &mut Option<Instant>,
         topology: &Topology,
         status: &mut SweepStatus,
     ) {
@@ -252,7 +266,7 @@ impl AntiEntropy {
             rounds.push(Round::new(pg, topology));
         }
         if rounds.is_empty()
-            && let Some(pg) = self.next_in_pass(pass, topology, status)
+            && let Some(pg) = self.next_in_pass(pass, pass_started, topology, status)
             && may_move(topology, pg)
         {
             rounds.push(Round::new(pg, topology));
@@ -268,13 +282,19 @@ impl AntiEntropy {
     fn next_in_pass(
         &self,
         pass: &mut Vec<u32>,
+        pass_started: &mut Option<Instant>,
         topology: &Topology,
         status: &mut SweepStatus,
     ) -> Option<u32> {
         if pass.is_empty() {
             if status.pgs_total > 0 && status.pgs_done >= status.pgs_total {
                 status.sweeps_completed += 1;
+                status.pgs_done = 0;
             }
+            if pass_started.is_some_and(|at| at.elapsed() < PASS_INTERVAL) {
+                return None;
+            }
+            *pass_started = Some(Instant::now());
             let pg_num = topology.map.pool.pg_num();
             *pass = (0..pg_num).rev().collect();
             status.pgs_total = u64::from(pg_num);

@@ -98,7 +98,8 @@ pub struct GatewayConfig {
 
     /// Items the anti-entropy sweep (backfill, repair and handback) streams per second, on
     /// the gateway that leads it: each placement group is read a chunk at a time from every
-    /// device of its read set, and a chunk costs at least 100. 0 turns the sweep off.
+    /// device of its read set, and a chunk costs at least 100, as does comparing a PG's
+    /// digests (a PG whose copies agree is not streamed). 0 turns the sweep off.
     /// Default: 20000.
     #[arg(
         long,

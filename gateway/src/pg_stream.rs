@@ -17,12 +17,15 @@
 //!
 //! Past devices are never repaired; what they hold, with its digest, is what a clean PG's
 //! handback may drop.
+//!
+//! Before it streams a PG with no past set, a round compares the digest buckets of its
+//! copies ([`buckets_to_read`]) and streams only the buckets that differ.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use cartdb_core::cart::{DeviceId, ItemKey, ItemState, StateDigest};
 use cartdb_core::placement_key::placement_order;
-use cartdb_core::wire::{HeldState, ItemRepair};
+use cartdb_core::wire::{BucketDigest, HeldState, ItemRepair};
 
 use crate::compaction::SettledItem;
 use crate::read_resolution::{Repair, covers};
@@ -193,6 +196,26 @@ impl WindowPlan {
     pub fn repair_count(&self) -> usize {
         self.repairs.values().map(Vec::len).sum()
     }
+}
+
+/// The buckets of a PG a round must stream (`buckets`, the PG's, in key order), given each
+/// answering device's digests of them (`answers`, one per bucket, in the same order): those
+/// whose digests differ between devices, and those in which a device counts a long log
+/// (whose item may be due for compaction, which only a stream finds). A PG whose copies
+/// agree costs its digest requests and nothing more. An answer of the wrong length cannot
+/// be compared and is left out by the caller.
+pub fn buckets_to_read(buckets: &[u32], answers: &[&[BucketDigest]]) -> Vec<u32> {
+    buckets
+        .iter()
+        .enumerate()
+        .filter(|(at, _)| {
+            let mut digests = answers.iter().filter_map(|answer| answer.get(*at));
+            let first = digests.next();
+            first.is_some_and(|first| first.long_logs > 0)
+                || digests.any(|d| first.is_some_and(|f| d.digest != f.digest) || d.long_logs > 0)
+        })
+        .map(|(_, bucket)| *bucket)
+        .collect()
 }
 
 #[cfg(test)]
@@ -391,5 +414,24 @@ mod tests {
         ];
         assert_eq!(window_end(pages), Some(&3));
         assert_eq!(window_end([(Some(&1), false)]), None);
+    }
+
+    #[test]
+    fn only_buckets_that_differ_or_hold_long_logs_are_read() {
+        let d = |digest, long_logs| BucketDigest { digest, long_logs };
+        let a = [d(1, 0), d(2, 0), d(3, 0), d(4, 0)];
+        let b = [d(1, 0), d(9, 0), d(3, 1), d(4, 0)];
+        let c = [d(1, 0), d(2, 0), d(3, 0), d(4, 0)];
+        assert_eq!(
+            buckets_to_read(&[10, 11, 12, 13], &[&a, &b, &c]),
+            vec![11, 12]
+        );
+        assert_eq!(
+            buckets_to_read(&[10, 11, 12, 13], &[&a, &c]),
+            Vec::<u32>::new()
+        );
+        // One device alone: only its long logs.
+        assert_eq!(buckets_to_read(&[10, 11, 12, 13], &[&b]), vec![12]);
+        assert_eq!(buckets_to_read(&[10, 11], &[]), Vec::<u32>::new());
     }
 }

@@ -252,6 +252,7 @@ pub fn response_name(response: &DataResponse) -> &'static str {
         DataResponse::Held { .. } => "Held",
         DataResponse::Dropped { .. } => "Dropped",
         DataResponse::PgStates { .. } => "PgStates",
+        DataResponse::PgDigests { .. } => "PgDigests",
         DataResponse::Failed(_) => "Failed",
     }
 }

@@ -7,8 +7,10 @@
 //!   user's cart index.
 //! - [`rjenkins`]: Bob Jenkins' rjenkins1 hash as CRUSH and Ceph use it.
 //! - [`pg`]: Ceph's object -> placement group -> CRUSH input arithmetic.
+//! - [`digest_bucket`]: the fixed sub-ranges of a PG that anti-entropy compares by digest.
 //! - [`pg_table`]: the up and past sets of every placement group, and how past sets change.
 
+pub mod digest_bucket;
 pub mod pg;
 pub mod pg_table;
 pub mod placement_key;

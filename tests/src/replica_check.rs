@@ -1,10 +1,10 @@
 //! Checks of the replicas' own states through `GET /api/admin/replicas`: what each device
 //! holds, unmerged, and whether they agree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use serde_json::Value;
 
 use crate::ApiClient;
@@ -185,4 +185,33 @@ pub async fn placement_sets(
         }
     }
     Ok(sets)
+}
+
+/// Every item (user, product) data node `device` holds, paging through
+/// `GET /api/admin/device-items`.
+///
+/// # Errors
+/// The admin endpoint failing.
+pub async fn device_items(api: &ApiClient, device: u64) -> Result<BTreeSet<(String, String)>> {
+    let mut held = BTreeSet::new();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let mut path = format!("/api/admin/device-items?device={device}&limit=1000");
+        if let Some((user, product)) = &after {
+            path += &format!("&after_userid={user}&after_productid={product}");
+        }
+        let reply = api.get(&path).await?;
+        ensure!(reply.status == 200, "device-items {device}: {reply}");
+        for item in reply.json["items"].as_array().into_iter().flatten() {
+            let field = |name: &str| item[name].as_str().unwrap_or_default().to_owned();
+            held.insert((field("userid"), field("productid")));
+        }
+        match reply.json["next"].as_object() {
+            Some(next) => {
+                let field = |name: &str| next[name].as_str().unwrap_or_default().to_owned();
+                after = Some((field("user"), field("product")));
+            }
+            None => return Ok(held),
+        }
+    }
 }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use cartdb_core::pg::Pool;
 use cartdb_core::placement_key::placement_key;
 use cartdb_tests::cli::{cartdb, cartdb_json, fill_carts};
-use cartdb_tests::replica_check::{replica_states, settled};
+use cartdb_tests::replica_check::{device_items, replica_states, settled};
 use cartdb_tests::workload::ITEMS;
 use cartdb_tests::{ApiClient, Cluster, ClusterOptions, Deadline, History, Workload, wait_until};
 use serde_json::{Value, json};
@@ -325,28 +325,6 @@ async fn norebalance_holds_a_new_devices_pgs_until_unset() -> Result<()> {
     final_checks(&api, &history).await
 }
 
-/// How many items data node `device` holds, paging through `GET /api/admin/device-items`.
-async fn items_on(api: &ApiClient, device: u64) -> Result<usize> {
-    let mut count = 0;
-    let mut after: Option<(String, String)> = None;
-    loop {
-        let mut path = format!("/api/admin/device-items?device={device}&limit=1000");
-        if let Some((user, product)) = &after {
-            path += &format!("&after_userid={user}&after_productid={product}");
-        }
-        let reply = api.get(&path).await?;
-        ensure!(reply.status == 200, "device-items {device}: {reply}");
-        count += reply.json["items"].as_array().map_or(0, Vec::len);
-        match reply.json["next"].as_object() {
-            Some(next) => {
-                let field = |name: &str| next[name].as_str().unwrap_or_default().to_owned();
-                after = Some((field("user"), field("product")));
-            }
-            None => return Ok(count),
-        }
-    }
-}
-
 /// One placement group holding more items than a PG scan used to return (10,000 per
 /// device): a pool of one PG and 10,500 carts, so 21,000 items with their cart-index
 /// entries. One of its devices is killed for good; the PG is streamed onto its new up set
@@ -366,14 +344,14 @@ async fn a_pg_larger_than_the_old_scan_cap_is_backfilled_and_ends_clean() -> Res
     let (up, _) = table.get(&0).context("no PG 0")?.clone();
     let victim = *up.first().context("an empty up set")?;
     let survivor = *up.last().context("an empty up set")?;
-    let held = items_on(&api, survivor).await?;
+    let held = device_items(&api, survivor).await?.len();
     ensure!(held > 20_000, "device {survivor} holds {held} items");
     cluster.kill_datanode(usize::try_from(victim)?)?;
     let live: BTreeSet<u64> = (1..=6).filter(|d| *d != victim).collect();
     wait_all_clean(&api, &live).await?;
     let (after, _) = pg_table(&api).await?.get(&0).context("no PG 0")?.clone();
     for device in after {
-        let now = items_on(&api, device).await?;
+        let now = device_items(&api, device).await?.len();
         ensure!(
             now == held,
             "device {device} holds {now} items after the backfill, the survivors {held}"

@@ -593,6 +593,7 @@ impl BatchPlan {
             .map(|(key, slot)| ItemWrite {
                 index: IndexChange::between(slot.before.as_ref(), &slot.head),
                 created: slot.before.is_none(),
+                before: slot.before,
                 key,
                 head: slot.head,
                 added: slot.added,

@@ -7,10 +7,9 @@ use fjall::PersistMode;
 
 use super::codec::{
     encode_head, id_entry_key, id_entry_value, index_key, item_key, key_prefix, kind_byte,
-    log_entry_key, log_prefix, log_prefix_after, placement_entry, product_of, show_key,
-    show_placed_key,
+    log_entry_key, log_prefix_after, placement_entry, product_of, show_key, show_placed_key,
 };
-use super::{CartStore, ItemWrite, StoreError, listed_category};
+use super::{CartStore, DigestChange, ItemWrite, StoreError, listed_category};
 
 impl CartStore {
     /// Deletes every trace of the `items` (head, log and id entries, category and placement
@@ -26,6 +25,7 @@ impl CartStore {
     pub fn drop_items(&self, items: &[(ItemKey, StateDigest)]) -> Result<(u32, u32), StoreError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut dropped = Vec::new();
+        let mut changes = Vec::new();
         let mut changed = 0u32;
         let items: std::collections::BTreeMap<&ItemKey, StateDigest> =
             items.iter().map(|(key, digest)| (key, *digest)).collect();
@@ -37,7 +37,9 @@ impl CartStore {
                 changed = changed.saturating_add(1);
                 continue;
             }
-            let prefix = log_prefix(key)?;
+            let placed = placement_entry(key)?;
+            changes.push(DigestChange::between(&placed, key, Some(&head), None));
+            let prefix = log_prefix_after(&placed);
             for guard in self.log.prefix(&prefix) {
                 let raw = guard.key().map_err(|source| StoreError::Read {
                     key: show_placed_key(&prefix),
@@ -48,7 +50,7 @@ impl CartStore {
             if let Some(category) = listed_category(&head) {
                 batch.remove(&self.categories, index_key(category, key)?);
             }
-            batch.remove(&self.placement, placement_entry(key)?);
+            batch.remove(&self.placement, placed);
             batch.remove(&self.items, item_key(key)?);
             dropped.push(key);
         }
@@ -63,6 +65,9 @@ impl CartStore {
             source,
         })?;
         self.heads.dropped(dropped.iter().copied());
+        for change in changes {
+            self.digests.apply(change);
+        }
         Ok((u32::try_from(dropped.len()).unwrap_or(u32::MAX), changed))
     }
 
@@ -110,8 +115,9 @@ impl CartStore {
             return Ok(());
         }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut changes = Vec::with_capacity(writes.len());
         for write in writes {
-            self.stage(&mut batch, write)?;
+            changes.push(self.stage(&mut batch, write)?);
         }
         batch.commit().map_err(|source| StoreError::Commit {
             writes: writes.len(),
@@ -119,15 +125,19 @@ impl CartStore {
         })?;
         // Durable now; readers must see it before the writer acknowledges anything.
         self.heads.written(writes.iter().map(|w| (&w.key, &w.head)));
+        for change in changes {
+            self.digests.apply(change);
+        }
         Ok(())
     }
 
-    /// Adds one item write and its index change to `batch`.
+    /// Adds one item write and its index change to `batch`; returns how it changes the
+    /// item's digest bucket once committed.
     fn stage(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         write: &ItemWrite,
-    ) -> Result<(), StoreError> {
+    ) -> Result<DigestChange, StoreError> {
         let raw = item_key(&write.key)?;
         let value = encode_head(&raw, &write.head)?;
         // One placement key hash per write: the placement entry, and the log prefix after it.
@@ -160,12 +170,18 @@ impl CartStore {
                 Vec::new(),
             );
         }
+        let change = DigestChange::between(
+            &placed,
+            &write.key,
+            write.before.as_ref(),
+            Some(&write.head),
+        );
         batch.insert(&self.placement, placed, value.clone());
         batch.insert(&self.items, raw, value);
         if write.created {
             batch.insert(&self.users, write.key.user.as_bytes(), Vec::new());
         }
-        Ok(())
+        Ok(change)
     }
 
     /// fsyncs the journal and everything before it (`SyncAll`), for an orderly shutdown.

@@ -6,11 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cartdb_core::cart::{DeviceId, ItemKey, ItemState, StateDigest};
-use cartdb_core::wire::{DataCall, DataRequest, DataResponse, ItemRepair};
+use cartdb_core::digest_bucket::{buckets_of, ranges_of};
+use cartdb_core::wire::{BucketDigest, DataCall, DataRequest, DataResponse, ItemRepair};
 
 use super::{AntiEntropy, CHUNK_ITEMS, WINDOW_COST};
 use crate::cluster_view::Topology;
-use crate::pg_stream::{Chunk, StreamKey, Window, WindowPlan};
+use crate::pg_stream::{Chunk, StreamKey, Window, WindowPlan, buckets_to_read};
 use crate::replicas::ReplicaError;
 
 /// One PG being swept.
@@ -19,6 +20,12 @@ pub(super) struct Round {
     pub(super) pg: u32,
     /// The PG's up and past sets when the round began.
     sets: PgSets,
+    /// The key ranges to stream: the PG's, or after the digests were compared only the
+    /// buckets that differ.
+    ranges: Vec<(u32, u32)>,
+    /// The digests were compared (or need not be: a PG with a past set is streamed whole,
+    /// since its handback needs every item the past devices hold).
+    compared: bool,
     /// Where the next window starts (after this item); `None` before the first.
     cursor: Option<ItemKey>,
     /// The last window has been compared.
@@ -64,6 +71,11 @@ impl AntiEntropy {
             // again later, from the beginning.
             return (None, step);
         }
+        if !round.compared {
+            self.compare_digests(&mut round, topology).await;
+            step.cost = WINDOW_COST;
+            return (Some(round), step);
+        }
         if !round.done {
             let items = self.compare_window(&mut round, topology, &mut step).await;
             step.cost = u32::try_from(items).unwrap_or(u32::MAX).max(WINDOW_COST);
@@ -77,6 +89,89 @@ impl AntiEntropy {
         (None, step)
     }
 
+    /// Sends `request` to every device of the PG's read set and returns the answers `pick`
+    /// accepts. A device that fails, or answers otherwise, is silent for the round.
+    async fn ask_read_set<T>(
+        &self,
+        round: &mut Round,
+        read_set: &[DeviceId],
+        request: DataRequest,
+        pick: impl Fn(DataResponse) -> Option<T>,
+    ) -> BTreeMap<DeviceId, T> {
+        let call = DataCall {
+            epoch: round.epoch,
+            request,
+        };
+        let calls = read_set.iter().map(|&device| {
+            let call = &call;
+            async move {
+                let answer = self.replicas.call(device, call, self.request_timeout).await;
+                (device, answer)
+            }
+        });
+        let mut answers = BTreeMap::new();
+        for (device, answer) in futures::future::join_all(calls).await {
+            let failure = match answer.map(&pick) {
+                Ok(Some(answer)) => {
+                    answers.insert(device, answer);
+                    continue;
+                }
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            round.silent.insert(device);
+            // A device that is down (not registered) may stay down for good: the quorum
+            // rule covers it. A live one that did not answer still holds items the round
+            // has not seen, so its copies cannot be handed back this round.
+            if !matches!(failure, Some(ReplicaError::Down { .. })) {
+                round.clean = false;
+            }
+            tracing::debug!(pg = round.pg, device, error = ?failure, "a device of the PG did not answer the sweep");
+        }
+        answers
+    }
+
+    /// Compares the digest buckets of the round's PG on every device of its read set and
+    /// narrows the round to the buckets that differ ([`buckets_to_read`]); a PG whose
+    /// copies all agree is done. A PG with a past set is streamed whole.
+    async fn compare_digests(&self, round: &mut Round, topology: &Topology) {
+        round.compared = true;
+        if round.sets.past.is_some() {
+            return;
+        }
+        let buckets = match buckets_of(&round.ranges) {
+            Ok(buckets) => buckets,
+            Err(e) => {
+                tracing::warn!(pg = round.pg, error = %e, "cannot compare the PG's digests; streaming it whole");
+                return;
+            }
+        };
+        let read_set = topology.read_set_of_pg(round.pg);
+        let request = DataRequest::PgDigests {
+            ranges: round.ranges.clone(),
+        };
+        let answers = self
+            .ask_read_set(round, &read_set, request, |answer| match answer {
+                DataResponse::PgDigests { buckets: digests } if digests.len() == buckets.len() => {
+                    Some(digests)
+                }
+                _ => None,
+            })
+            .await;
+        if answers.is_empty() {
+            round.clean = false;
+            round.done = true;
+            return;
+        }
+        let answers: Vec<&[BucketDigest]> = answers.values().map(Vec::as_slice).collect();
+        let read = buckets_to_read(&buckets, &answers);
+        metrics::counter!("cartdb_anti_entropy_buckets_compared_total")
+            .increment(buckets.len() as u64);
+        metrics::counter!("cartdb_anti_entropy_buckets_read_total").increment(read.len() as u64);
+        round.ranges = ranges_of(&read);
+        round.done = round.ranges.is_empty();
+    }
+
     /// Streams one window of the round's PG from every device of its read set, repairs the
     /// up-set devices, compacts settled logs and remembers the past devices' items. Returns
     /// how many items the window held.
@@ -88,43 +183,17 @@ impl AntiEntropy {
     ) -> usize {
         let read_set = topology.read_set_of_pg(round.pg);
         let up: BTreeSet<DeviceId> = round.sets.up.iter().copied().collect();
-        let request = DataCall {
-            epoch: round.epoch,
-            request: DataRequest::ReadPg {
-                ranges: pg_ranges(topology, round.pg),
-                after: round.cursor.clone(),
-                limit: CHUNK_ITEMS,
-            },
+        let request = DataRequest::ReadPg {
+            ranges: round.ranges.clone(),
+            after: round.cursor.clone(),
+            limit: CHUNK_ITEMS,
         };
-        let calls = read_set.iter().map(|&device| {
-            let request = &request;
-            async move {
-                let answer = self
-                    .replicas
-                    .call(device, request, self.request_timeout)
-                    .await;
-                (device, answer)
-            }
-        });
-        let mut chunks = BTreeMap::new();
-        for (device, answer) in futures::future::join_all(calls).await {
-            match answer {
-                Ok(DataResponse::PgStates { items, more }) => {
-                    chunks.insert(device, Chunk { items, more });
-                }
-                other => {
-                    round.silent.insert(device);
-                    // A device that is down (not registered) may stay down for good: the
-                    // quorum rule covers it. A live one that did not answer this window
-                    // still holds items the round has not seen, so its copies cannot be
-                    // handed back this round.
-                    if !matches!(other, Err(ReplicaError::Down { .. })) {
-                        round.clean = false;
-                    }
-                    tracing::debug!(pg = round.pg, device, answer = ?other.err(), "cannot stream a device of the PG");
-                }
-            }
-        }
+        let chunks = self
+            .ask_read_set(round, &read_set, request, |answer| match answer {
+                DataResponse::PgStates { items, more } => Some(Chunk { items, more }),
+                _ => None,
+            })
+            .await;
         if chunks.is_empty() {
             round.clean = false;
             round.done = true;
@@ -296,6 +365,8 @@ impl Round {
         Self {
             pg,
             sets: PgSets::of(topology, pg),
+            ranges: pg_ranges(topology, pg),
+            compared: false,
             cursor: None,
             done: false,
             silent: BTreeSet::new(),
