@@ -159,7 +159,7 @@ function drawGroups(status) {
     rows.push(
       ["anti-entropy leader", "gateway " + sweep.leader],
       ["sweep progress", sweep.pgs_done + " / " + sweep.pgs_total + " PGs"],
-      ["sweeps completed", String(sweep.sweeps_completed)],
+      ["sweeps completed", sweep.sweeps_completed + " (the last in " + (sweep.last_pass_ms / 1000).toFixed(1) + " s)"],
       ["PGs streaming now", String(sweep.rounds_running)],
       ["items streamed", String(sweep.items_streamed)],
       ["sweep repairs (ops)", sweep.repairs + " (" + sweep.ops_repaired + ")"],

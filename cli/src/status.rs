@@ -226,9 +226,11 @@ fn summary(doc: &ClusterDocument) -> String {
             items_streamed,
             ops_repaired,
             rounds_running,
+            last_pass_ms,
             ..
         }) => format!(
-            "anti-entropy (led by gw-{leader}): pass {pgs_done}/{pgs_total} PGs, {sweeps_completed} passes done, {rounds_running} PGs streaming, {items_streamed} items streamed, {repairs} repairs ({ops_repaired} operations), {pgs_cleaned} PGs cleaned, {handed_back} items handed back\n"
+            "anti-entropy (led by gw-{leader}): pass {pgs_done}/{pgs_total} PGs, {sweeps_completed} passes done (the last in {:.1} s), {rounds_running} PGs streaming, {items_streamed} items streamed, {repairs} repairs ({ops_repaired} operations), {pgs_cleaned} PGs cleaned, {handed_back} items handed back\n",
+            *last_pass_ms as f64 / 1000.0
         ),
     };
     out
@@ -315,7 +317,7 @@ mod tests {
         );
         assert!(text.contains("gw-0: 3 repairs (5 operations)"), "{text}");
         assert!(
-            text.contains("pass 1/4 PGs, 2 passes done, 0 PGs streaming, 0 items streamed, 1 repairs (0 operations), 3 PGs cleaned, 7 items"),
+            text.contains("pass 1/4 PGs, 2 passes done (the last in 0.0 s), 0 PGs streaming, 0 items streamed, 1 repairs (0 operations), 3 PGs cleaned, 7 items"),
             "{text}"
         );
     }

@@ -273,6 +273,10 @@ pub enum DataFailure {
     /// The node is shutting down and accepts no more writes.
     #[error("device {device} is shutting down")]
     ShuttingDown { device: DeviceId },
+    /// The node is still rebuilding its digest buckets after it started (seconds at a
+    /// million carts); nothing was read. The sweep streams the PG instead.
+    #[error("device {device} is still rebuilding its digest buckets after start-up")]
+    DigestsNotReady { device: DeviceId },
     /// A field of the request cannot be stored (the gateway validates first, so this is a
     /// gateway bug or a foreign client).
     #[error("device {device} refused the request: {problem}")]
@@ -824,6 +828,9 @@ pub struct SweepStatus {
     /// Rounds of PGs running now (several PGs with a past set stream at once).
     #[serde(default)]
     pub rounds_running: u64,
+    /// How long the last whole pass took, in milliseconds (0 before the first).
+    #[serde(default)]
+    pub last_pass_ms: u64,
 }
 
 /// One device of the map and whether it is up.

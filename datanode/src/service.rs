@@ -38,7 +38,7 @@ use crate::group_commit::{
     ApplyRequest, BatchCounters, CompactRequest, GroupCommit, GroupCommitSettings, RepairRequest,
     StopError,
 };
-use crate::store::{CartStore, StoreError};
+use crate::store::{CartStore, DigestError, StoreError};
 
 /// How long a request placed with a map newer than this node's waits for the node to learn
 /// it (a ZooKeeper watch usually delivers it within milliseconds).
@@ -347,6 +347,9 @@ impl Service for DataNodeService {
             // Inline: the buckets are in memory, a PG's few hundred atomic loads.
             DataRequest::PgDigests { ranges } => match self.store.pg_digests(&ranges) {
                 Ok(buckets) => DataResponse::PgDigests { buckets },
+                Err(DigestError::NotReady) => DataResponse::Failed(DataFailure::DigestsNotReady {
+                    device: self.device,
+                }),
                 Err(problem) => DataResponse::Failed(DataFailure::InvalidRequest {
                     device: self.device,
                     problem: problem.to_string(),

@@ -73,6 +73,7 @@ mod digests;
 mod format;
 mod write;
 
+pub use digests::DigestError;
 use digests::{DigestChange, Digests};
 
 use codec::{
@@ -193,6 +194,12 @@ pub enum StoreError {
         #[source]
         source: postcard::Error,
     },
+    /// The thread that rebuilds the digest buckets could not start.
+    #[error("cannot start the digest rebuild thread: {source}")]
+    Spawn {
+        #[source]
+        source: std::io::Error,
+    },
     /// An identifier would not make a well-formed key.
     #[error("invalid identifier: {0}")]
     InvalidId(#[from] InputError),
@@ -207,7 +214,19 @@ pub struct CartStore {
     placement: Keyspace,
     users: Keyspace,
     heads: HeadCache,
-    digests: Digests,
+    digests: Arc<Digests>,
+    /// The thread rebuilding `digests`, joined when the store is dropped.
+    rebuild: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for CartStore {
+    fn drop(&mut self) {
+        self.digests.stop();
+        if let Some(rebuild) = self.rebuild.take() {
+            // It checks `stop` between items; a panic in it was logged already.
+            let _ = rebuild.join();
+        }
+    }
 }
 
 /// One item's change, written together: its new head, the operations added to and removed
@@ -295,7 +314,18 @@ impl CartStore {
             .keyspace("placement", keyspace_options)
             .map_err(open_error)?;
         let users = db.keyspace("users", keyspace_options).map_err(open_error)?;
-        let store = Self {
+        // Before any write: the rebuild adds this snapshot's heads, the writer every change
+        // made after it.
+        let snapshot = db.snapshot();
+        let digests = Arc::new(Digests::new());
+        let rebuild = {
+            let (placement, digests) = (placement.clone(), digests.clone());
+            std::thread::Builder::new()
+                .name("digest-rebuild".to_owned())
+                .spawn(move || rebuild_digests(&snapshot, &placement, &digests))
+                .map_err(|source| StoreError::Spawn { source })?
+        };
+        Ok(Self {
             db,
             items,
             log,
@@ -303,43 +333,18 @@ impl CartStore {
             placement,
             users,
             heads: HeadCache::default(),
-            digests: Digests::new(),
-        };
-        store.rebuild_digests()?;
-        Ok(store)
-    }
-
-    /// Fills the digest buckets from every head in `placement` (the module docs of
-    /// `digests.rs` say why they are not stored).
-    fn rebuild_digests(&self) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        let mut items = 0u64;
-        self.visit_placement(&[(0, u32::MAX)], None, |placed, key, head| {
-            self.digests
-                .apply(DigestChange::between(placed, &key, None, Some(&head)));
-            items += 1;
-            Ok(true)
-        })?;
-        let seconds = started.elapsed().as_secs_f64();
-        metrics::gauge!("cartdb_datanode_digest_rebuild_seconds").set(seconds);
-        tracing::info!(
-            items,
-            seconds,
-            "digest buckets rebuilt from the stored heads"
-        );
-        Ok(())
+            digests,
+            rebuild: Some(rebuild),
+        })
     }
 
     /// This replica's digest of every bucket of `ranges`, in key order (see
     /// `cartdb_core::digest_bucket`).
     ///
     /// # Errors
-    /// [`BucketError`](cartdb_core::digest_bucket::BucketError) when `ranges` are not
-    /// whole, disjoint buckets.
-    pub fn pg_digests(
-        &self,
-        ranges: &[(u32, u32)],
-    ) -> Result<Vec<BucketDigest>, cartdb_core::digest_bucket::BucketError> {
+    /// [`DigestError::NotReady`] while the buckets are being rebuilt after the store opened,
+    /// [`DigestError::Buckets`] when `ranges` are not whole, disjoint buckets.
+    pub fn pg_digests(&self, ranges: &[(u32, u32)]) -> Result<Vec<BucketDigest>, DigestError> {
         self.digests.answer(ranges)
     }
 
@@ -568,7 +573,7 @@ impl CartStore {
         limit: usize,
     ) -> Result<(Vec<HeldItem>, bool), StoreError> {
         let mut held = Vec::new();
-        let more = self.visit_placement(ranges, None, |_, key, summary| {
+        let more = self.visit_placement(ranges, None, |key, summary| {
             if held.len() == limit {
                 return Ok(false);
             }
@@ -602,7 +607,7 @@ impl CartStore {
         });
         let mut held = Vec::new();
         let mut bytes = 0usize;
-        let more = self.visit_placement(ranges, after.as_deref(), |_, key, head| {
+        let more = self.visit_placement(ranges, after.as_deref(), |key, head| {
             if held.len() >= limit.max(1) || (bytes >= max_bytes && !held.is_empty()) {
                 return Ok(false);
             }
@@ -617,14 +622,14 @@ impl CartStore {
         Ok((held, more))
     }
 
-    /// Calls `visit` with every item (its placement entry, key and head) whose reversed placement key falls in
+    /// Calls `visit` with every item (and its head) whose reversed placement key falls in
     /// `ranges`, in key order, from the key `from` on if given, until `visit` answers
     /// `false`; `true` when it stopped before the end.
     fn visit_placement(
         &self,
         ranges: &[(u32, u32)],
         from: Option<&[u8]>,
-        mut visit: impl FnMut(&[u8], ItemKey, ItemSummary) -> Result<bool, StoreError>,
+        mut visit: impl FnMut(ItemKey, ItemSummary) -> Result<bool, StoreError>,
     ) -> Result<bool, StoreError> {
         let mut ranges = ranges.to_vec();
         ranges.sort_unstable();
@@ -649,7 +654,7 @@ impl CartStore {
                 })?;
                 let key = item_key_of(tail, &raw)?;
                 let head = decode_head(&raw, &key.product, &value)?;
-                if !visit(&raw, key, head)? {
+                if !visit(key, head)? {
                     return Ok(true);
                 }
             }
@@ -734,6 +739,50 @@ fn scan<T>(
 /// 1,000,000 shoppers that was 30 % of a data node's CPU, growing with the data; pinned,
 /// they cost about 1.3 bytes per key of memory. fjall stores these settings with the
 /// keyspace when it creates it: data directories created by earlier builds keep theirs.
+/// Fills `digests` from every head in `placement` as `snapshot` saw it, then marks them
+/// ready; gives up if the store closes first, and leaves them not ready after a read error
+/// (logged), so the sweep streams this device's PGs instead of trusting partial digests.
+fn rebuild_digests(snapshot: &fjall::Snapshot, placement: &Keyspace, digests: &Digests) {
+    use fjall::Readable;
+    let started = std::time::Instant::now();
+    let mut items = 0u64;
+    for guard in snapshot.iter(placement) {
+        if digests.stopping() {
+            return;
+        }
+        let entry = guard
+            .into_inner()
+            .map_err(|source| StoreError::Read {
+                key: "placement".to_owned(),
+                source,
+            })
+            .and_then(|(raw, value)| {
+                let tail = raw.get(PLACED..).ok_or_else(|| StoreError::MalformedKey {
+                    key: show_placed_key(&raw),
+                })?;
+                let key = item_key_of(tail, &raw)?;
+                let head = decode_head(&raw, &key.product, &value)?;
+                Ok(DigestChange::between(&raw, &key, None, Some(&head)))
+            });
+        match entry {
+            Ok(change) => digests.apply(change),
+            Err(error) => {
+                tracing::error!(%error, "cannot rebuild the digest buckets; anti-entropy streams this device's PGs whole");
+                return;
+            }
+        }
+        items += 1;
+    }
+    digests.set_ready();
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::gauge!("cartdb_datanode_digest_rebuild_seconds").set(seconds);
+    tracing::info!(
+        items,
+        seconds,
+        "digest buckets rebuilt from the stored heads"
+    );
+}
+
 fn keyspace_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)

@@ -1,18 +1,21 @@
 //! A store's digest buckets follow its writes: two replicas given the same operations in
 //! different orders and batches agree on every bucket, an operation one of them lacks
 //! changes exactly its item's bucket, a handback drop takes the item's fingerprint out, a
-//! long log is counted, and reopening the store rebuilds the same digests from disk.
+//! long log is counted, and reopening the store rebuilds the same digests from disk, with
+//! the writes made while it rebuilds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
 
 mod common;
+
+use std::time::{Duration, Instant};
 
 use cartdb_core::cart::{ItemKey, OpKind};
 use cartdb_core::digest_bucket::{bucket_of, buckets_of};
 use cartdb_core::placement_key::placement_key;
 use cartdb_core::wire::{BucketDigest, DataResponse, LONG_LOG_OPS};
 use cartdb_datanode::group_commit::ApplyRequest;
-use cartdb_datanode::store::CartStore;
+use cartdb_datanode::store::{CartStore, DigestError};
 use common::{apply_qty, close, op, open};
 
 const EVERYTHING: [(u32, u32); 1] = [(0, u32::MAX)];
@@ -33,8 +36,16 @@ fn ops() -> Vec<ApplyRequest> {
         .collect()
 }
 
+/// The store's digests of every bucket, once its rebuild after opening has finished.
 fn digests(store: &CartStore) -> Vec<BucketDigest> {
-    store.pg_digests(&EVERYTHING).unwrap()
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.pg_digests(&EVERYTHING) {
+            Ok(digests) => return digests,
+            Err(DigestError::NotReady) if Instant::now() < deadline => std::thread::yield_now(),
+            Err(e) => panic!("no digests: {e}"),
+        }
+    }
 }
 
 /// The indexes of the buckets where `a` and `b` differ.
@@ -121,10 +132,18 @@ async fn digests_follow_writes_and_survive_a_restart() {
         .collect();
     assert_eq!(long, vec![hot]);
 
-    // Reopened, the store rebuilds the same digests from what is on disk.
+    // Reopened, the store rebuilds the same digests from what is on disk, and writes made
+    // while it rebuilds count as well: the same write on both sides still agrees.
     close(a, writer_a).await;
     let (a, writer_a) = open(dir_a.path(), 64);
-    assert_eq!(digests(&a), before);
+    let late = || op("late", "p", "c", 30_000, OpKind::Add, 30_000);
+    apply_qty(&writer_a, late()).await;
+    apply_qty(&writer_b, late()).await;
+    let after = digests(&a);
+    assert_eq!(
+        differing(&after, &before),
+        vec![bucket_of_item("late", "p")]
+    );
 
     // A request that does not name whole buckets is refused, by range.
     let refused = a.pg_digests(&[(5, 7)]).unwrap_err().to_string();

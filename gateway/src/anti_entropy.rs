@@ -196,6 +196,7 @@ impl AntiEntropy {
                     &mut status,
                 );
                 if !rounds.is_empty() {
+                    let started = Instant::now();
                     let steps = rounds.drain(..).map(|round| self.step(round, &topology));
                     let mut cost = 0u32;
                     for (next, step) in futures::future::join_all(steps).await {
@@ -207,7 +208,7 @@ impl AntiEntropy {
                         cost = cost.saturating_add(step.cost);
                         rounds.extend(next);
                     }
-                    pause = self.pace(cost);
+                    pause = self.pace(cost).saturating_sub(started.elapsed());
                 }
                 status.rounds_running = rounds.len() as u64;
             } else if !rounds.is_empty() || !pass.is_empty() {
@@ -241,7 +242,7 @@ impl AntiEntropy {
     ) {
         let mut load: HashMap<DeviceId, usize> = HashMap::new();
         for round in rounds.iter() {
-            for device in topology.read_set_of_pg(round.pg) {
+            for device in busy_devices(topology, round.pg) {
                 *load.entry(device).or_default() += 1;
             }
         }
@@ -251,8 +252,7 @@ impl AntiEntropy {
             let eligible = |pg: u32| {
                 !running.contains(&pg)
                     && may_move(topology, pg)
-                    && topology
-                        .read_set_of_pg(pg)
+                    && busy_devices(topology, pg)
                         .iter()
                         .all(|d| load.get(d).copied().unwrap_or(0) < self.max_backfills)
             };
@@ -260,7 +260,7 @@ impl AntiEntropy {
                 break;
             };
             attempted.insert(pg, now);
-            for device in topology.read_set_of_pg(pg) {
+            for device in busy_devices(topology, pg) {
                 *load.entry(device).or_default() += 1;
             }
             rounds.push(Round::new(pg, topology));
@@ -273,7 +273,9 @@ impl AntiEntropy {
         }
     }
 
-    /// How long to pause after a step that cost `items`, to keep to the pace.
+    /// How long steps that cost `items` must take at least, to keep to the pace: the
+    /// sweep pauses for what is left of it after the steps themselves (so a pace the
+    /// devices can keep up with is the rate, not the rate less the steps' own latency).
     fn pace(&self, items: u32) -> Duration {
         Duration::from_secs(1) * items / self.items_per_sec.max(1)
     }
@@ -290,6 +292,16 @@ impl AntiEntropy {
             if status.pgs_total > 0 && status.pgs_done >= status.pgs_total {
                 status.sweeps_completed += 1;
                 status.pgs_done = 0;
+                let took = pass_started.map_or(Duration::ZERO, |at| at.elapsed());
+                status.last_pass_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+                metrics::gauge!("cartdb_anti_entropy_last_pass_seconds").set(took.as_secs_f64());
+                tracing::info!(
+                    pass = status.sweeps_completed,
+                    seconds = took.as_secs_f64(),
+                    items_streamed = status.items_streamed,
+                    repairs = status.repairs,
+                    "anti-entropy pass complete"
+                );
             }
             if pass_started.is_some_and(|at| at.elapsed() < PASS_INTERVAL) {
                 return None;
@@ -364,6 +376,15 @@ impl AntiEntropy {
         });
         self.service.set_sweep_status(shown);
     }
+}
+
+/// The devices a round of `pg` keeps busy: its read set's live devices. A down device
+/// serves nothing, so it takes no share of `--max-backfills`: after a device dies it is in
+/// the past set of every PG it held, and counting it would stream them two at a time.
+fn busy_devices(topology: &Topology, pg: u32) -> Vec<DeviceId> {
+    let mut devices = topology.read_set_of_pg(pg);
+    devices.retain(|device| topology.members.devices.contains_key(device));
+    devices
 }
 
 /// Whether the cluster flags let the sweep stream `pg` (`nobackfill`, `norebalance`).

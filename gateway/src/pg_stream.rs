@@ -11,9 +11,11 @@
 //! - *agreed* when every answering device of the read set holds the same state and every
 //!   answering up-set device holds it: nothing to do; *settled* (a compaction candidate)
 //!   when, on top of that, every device of the read set answered;
-//! - *divergent* otherwise: its states are merged (the merge policy, checked on operation
-//!   ids as a cart read does, [`Repairs::plan`](crate::read_resolution::Repairs::plan)), and
-//!   every answering up-set device is sent what it lacks of the merge.
+//! - *divergent* otherwise: when its holders disagree, their states are merged (the merge
+//!   policy, checked on operation ids as a cart read does,
+//!   [`Repairs::plan`](crate::read_resolution::Repairs::plan)); when they agree and an
+//!   up-set device lacks it (backfill), the agreed state is the target with no merge. Every
+//!   answering up-set device is sent what it lacks of the target.
 //!
 //! Past devices are never repaired; what they hold, with its digest, is what a clean PG's
 //! handback may drop.
@@ -92,24 +94,29 @@ impl Window {
         Self { items, next }
     }
 
-    /// The divergent items' states, to merge: those whose holders disagree, or that an
-    /// answering up-set device lacks.
-    pub fn divergent(&self, up: &BTreeSet<DeviceId>) -> Vec<(StreamKey, Vec<ItemState>)> {
+    /// The states to merge: of the items whose holders disagree. An item its holders agree
+    /// on needs no merge even when an up-set device lacks it (backfill): that device is
+    /// sent the agreed state.
+    pub fn to_merge(&self) -> Vec<(StreamKey, Vec<ItemState>)> {
         self.items
             .iter()
-            .filter(|(_, held)| !agreed(held, up))
+            .filter(|(_, held)| same_state(held).is_none())
             .map(|(key, held)| (key.clone(), held.values().cloned().collect()))
             .collect()
     }
 }
 
+/// The state every holder holds, if they all hold the same.
+fn same_state(held: &BTreeMap<DeviceId, ItemState>) -> Option<&ItemState> {
+    let mut states = held.values();
+    let first = states.next()?;
+    states.all(|s| s == first).then_some(first)
+}
+
 /// Whether every holder holds the same state and every answering up-set device (`up`,
 /// already cut to those that answered) holds it.
 fn agreed(held: &BTreeMap<DeviceId, ItemState>, up: &BTreeSet<DeviceId>) -> bool {
-    let mut states = held.values();
-    let first = states.next();
-    first.is_some_and(|first| states.all(|s| s == first))
-        && up.iter().all(|device| held.contains_key(device))
+    same_state(held).is_some() && up.iter().all(|device| held.contains_key(device))
 }
 
 /// What a window asks of the devices, and what it proved.
@@ -131,8 +138,9 @@ pub struct WindowPlan {
 impl WindowPlan {
     /// Plans `window` for a PG whose up set is `up`, where `answered` devices answered and
     /// `all_answered` says whether that is the whole read set. `merged` holds the merge of
-    /// each divergent item's states (from [`Window::divergent`]); an item missing there,
-    /// or whose merge leaves out an operation, is merged with the built-in merge.
+    /// each divergent item's states (from [`Window::to_merge`]); an item missing there,
+    /// or whose merge leaves out an operation, is merged with the built-in merge; an item
+    /// every holder holds in the same state needs no merge.
     pub fn new(
         window: &Window,
         up: &BTreeSet<DeviceId>,
@@ -169,14 +177,20 @@ impl WindowPlan {
                 }
                 continue;
             }
-            let inputs: Vec<&ItemState> = held.values().collect();
-            let mut target = merged.get(key).cloned();
-            if target.as_ref().is_none_or(|m| !covers(m, &inputs)) {
-                if target.is_some() {
-                    plan.dropped_by_merge += 1;
+            let target = match same_state(held) {
+                Some(agreed) => Some(agreed.clone()),
+                None => {
+                    let inputs: Vec<&ItemState> = held.values().collect();
+                    let mut target = merged.get(key).cloned();
+                    if target.as_ref().is_none_or(|m| !covers(m, &inputs)) {
+                        if target.is_some() {
+                            plan.dropped_by_merge += 1;
+                        }
+                        target = cartdb_core::merge::merge_states(&inputs);
+                    }
+                    target
                 }
-                target = cartdb_core::merge::merge_states(&inputs);
-            }
+            };
             let Some(target) = target else { continue };
             for device in &live_up {
                 if let Some(repair) = Repair::between(*device, held.get(device), &target) {
@@ -337,7 +351,7 @@ mod tests {
                 },
             ),
         ]));
-        assert_eq!(window.divergent(&up).len(), 1);
+        assert_eq!(window.to_merge().len(), 1);
         let plan = WindowPlan::new(&window, &up, &answered, true, &BTreeMap::new());
         let ops = |device: DeviceId| -> Vec<u128> {
             plan.repairs[&device][0]
@@ -367,11 +381,31 @@ mod tests {
             more: false,
         };
         let window = Window::of(BTreeMap::from([(1, chunk()), (2, chunk())]));
-        assert!(window.divergent(&up).is_empty());
+        assert!(window.to_merge().is_empty());
         let plan = WindowPlan::new(&window, &up, &both, true, &BTreeMap::new());
         assert_eq!((plan.repair_count(), plan.settled["u"].len()), (0, 1));
         let partial = WindowPlan::new(&window, &up, &both, false, &BTreeMap::new());
         assert!(partial.settled.is_empty());
+    }
+
+    /// Backfill: the holders agree and a new up-set device lacks the item; it gets the
+    /// agreed state, with no merge.
+    #[test]
+    fn an_item_its_holders_agree_on_is_copied_without_a_merge() {
+        let up = BTreeSet::from([1, 2, 3]);
+        let chunk = || Chunk {
+            items: vec![held("u", "p", &[1, 2])],
+            more: false,
+        };
+        let empty = Chunk::default();
+        let window = Window::of(BTreeMap::from([(1, chunk()), (2, chunk()), (3, empty)]));
+        assert!(window.to_merge().is_empty());
+        let plan = WindowPlan::new(&window, &up, &up, true, &BTreeMap::new());
+        assert_eq!(plan.repair_count(), 1);
+        let repair = &plan.repairs[&3][0];
+        let ids: Vec<u128> = repair.ops.iter().map(|op| op.id.0).collect();
+        assert_eq!(ids, [1, 2]);
+        assert_eq!(plan.dropped_by_merge, 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! sends the requests.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use cartdb_core::cart::{DeviceId, ItemKey, ItemState, StateDigest};
 use cartdb_core::digest_bucket::{buckets_of, ranges_of};
@@ -72,7 +73,9 @@ impl AntiEntropy {
             return (None, step);
         }
         if !round.compared {
+            let started = Instant::now();
             self.compare_digests(&mut round, topology).await;
+            timed("digests", started);
             step.cost = WINDOW_COST;
             return (Some(round), step);
         }
@@ -83,10 +86,32 @@ impl AntiEntropy {
         }
         let up: BTreeSet<DeviceId> = round.sets.up.iter().copied().collect();
         round.clean &= round.silent.is_disjoint(&up) && round.silent.len() < self.write_quorum;
-        if round.clean && round.sets.past.is_some() && self.hand_back(&round, &mut step).await {
-            step.cleaned = Some((round.pg, round.sets));
+        if round.clean && round.sets.past.is_some() {
+            let started = Instant::now();
+            if self.hand_back(&round, &mut step).await {
+                step.cleaned = Some((round.pg, round.sets));
+            }
+            timed("handback", started);
         }
         (None, step)
+    }
+
+    /// Sends `request`, placed with `epoch`, to every device of `read_set` at once.
+    async fn call_read_set(
+        &self,
+        epoch: u64,
+        read_set: &[DeviceId],
+        request: DataRequest,
+    ) -> Vec<(DeviceId, Result<DataResponse, ReplicaError>)> {
+        let call = DataCall { epoch, request };
+        let calls = read_set.iter().map(|&device| {
+            let call = &call;
+            async move {
+                let answer = self.replicas.call(device, call, self.request_timeout).await;
+                (device, answer)
+            }
+        });
+        futures::future::join_all(calls).await
     }
 
     /// Sends `request` to every device of the PG's read set and returns the answers `pick`
@@ -98,19 +123,8 @@ impl AntiEntropy {
         request: DataRequest,
         pick: impl Fn(DataResponse) -> Option<T>,
     ) -> BTreeMap<DeviceId, T> {
-        let call = DataCall {
-            epoch: round.epoch,
-            request,
-        };
-        let calls = read_set.iter().map(|&device| {
-            let call = &call;
-            async move {
-                let answer = self.replicas.call(device, call, self.request_timeout).await;
-                (device, answer)
-            }
-        });
         let mut answers = BTreeMap::new();
-        for (device, answer) in futures::future::join_all(calls).await {
+        for (device, answer) in self.call_read_set(round.epoch, read_set, request).await {
             let failure = match answer.map(&pick) {
                 Ok(Some(answer)) => {
                     answers.insert(device, answer);
@@ -133,7 +147,9 @@ impl AntiEntropy {
 
     /// Compares the digest buckets of the round's PG on every device of its read set and
     /// narrows the round to the buckets that differ ([`buckets_to_read`]); a PG whose
-    /// copies all agree is done. A PG with a past set is streamed whole.
+    /// copies all agree is done. The PG is streamed whole when it has a past set (its
+    /// handback needs every item the past devices hold) or a live device gave no digests
+    /// (still rebuilding them after a restart, or failing): the stream then decides.
     async fn compare_digests(&self, round: &mut Round, topology: &Topology) {
         round.compared = true;
         if round.sets.past.is_some() {
@@ -150,20 +166,26 @@ impl AntiEntropy {
         let request = DataRequest::PgDigests {
             ranges: round.ranges.clone(),
         };
-        let answers = self
-            .ask_read_set(round, &read_set, request, |answer| match answer {
-                DataResponse::PgDigests { buckets: digests } if digests.len() == buckets.len() => {
-                    Some(digests)
+        let mut answers = Vec::new();
+        for (device, answer) in self.call_read_set(round.epoch, &read_set, request).await {
+            match answer {
+                Ok(DataResponse::PgDigests { buckets: digests })
+                    if digests.len() == buckets.len() =>
+                {
+                    answers.push(digests);
                 }
-                _ => None,
-            })
-            .await;
+                // A down device answers neither this nor the stream.
+                Err(ReplicaError::Down { .. }) => {}
+                other => {
+                    tracing::debug!(pg = round.pg, device, answer = ?other, "no digests from a device of the PG; streaming it whole");
+                    return;
+                }
+            }
+        }
         if answers.is_empty() {
-            round.clean = false;
-            round.done = true;
             return;
         }
-        let answers: Vec<&[BucketDigest]> = answers.values().map(Vec::as_slice).collect();
+        let answers: Vec<&[BucketDigest]> = answers.iter().map(Vec::as_slice).collect();
         let read = buckets_to_read(&buckets, &answers);
         metrics::counter!("cartdb_anti_entropy_buckets_compared_total")
             .increment(buckets.len() as u64);
@@ -188,12 +210,14 @@ impl AntiEntropy {
             after: round.cursor.clone(),
             limit: CHUNK_ITEMS,
         };
+        let started = Instant::now();
         let chunks = self
             .ask_read_set(round, &read_set, request, |answer| match answer {
                 DataResponse::PgStates { items, more } => Some(Chunk { items, more }),
                 _ => None,
             })
             .await;
+        let started = timed("stream", started);
         if chunks.is_empty() {
             round.clean = false;
             round.done = true;
@@ -202,12 +226,15 @@ impl AntiEntropy {
         let answered: BTreeSet<DeviceId> = chunks.keys().copied().collect();
         let all_answered = answered.len() == read_set.len();
         let window = Window::of(chunks);
-        let divergent = window.divergent(&up.intersection(&answered).copied().collect());
-        let keys: Vec<StreamKey> = divergent.iter().map(|(key, _)| key.clone()).collect();
-        let merges = self
-            .service
-            .merge_all(divergent.into_iter().map(|(_, states)| states).collect())
-            .await;
+        let to_merge = window.to_merge();
+        let keys: Vec<StreamKey> = to_merge.iter().map(|(key, _)| key.clone()).collect();
+        let merges = if to_merge.is_empty() {
+            Vec::new()
+        } else {
+            self.service
+                .merge_all(to_merge.into_iter().map(|(_, states)| states).collect())
+                .await
+        };
         let merged: BTreeMap<StreamKey, ItemState> = keys.into_iter().zip(merges).collect();
         let plan = WindowPlan::new(&window, &up, &answered, all_answered, &merged);
         let repairs = plan.repair_count();
@@ -221,12 +248,15 @@ impl AntiEntropy {
                 .increment(plan.dropped_by_merge as u64);
         }
         step.items += plan.items as u64;
+        let started = timed("plan", started);
         self.send_repairs(round, plan.repairs, step).await;
+        let started = timed("repair", started);
         for (user, settled) in plan.settled {
             self.service
                 .compact_settled(&user, settled, round.epoch)
                 .await;
         }
+        timed("compact", started);
         for (device, items) in plan.past {
             round.past_items.entry(device).or_default().extend(items);
         }
@@ -332,6 +362,15 @@ impl AntiEntropy {
         }
         true
     }
+}
+
+/// Records how long a phase of a round took since `started`
+/// (`cartdb_anti_entropy_phase_seconds`), and returns now, for the next phase.
+fn timed(phase: &'static str, started: Instant) -> Instant {
+    let now = Instant::now();
+    metrics::histogram!("cartdb_anti_entropy_phase_seconds", "phase" => phase)
+        .record(now.duration_since(started).as_secs_f64());
+    now
 }
 
 /// What one step of a round did, for the sweep's status and pace.
