@@ -56,6 +56,7 @@
 //! parses the keys and values above; the two writers are in `write.rs`; the format marker
 //! is checked in `format.rs`.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -78,7 +79,8 @@ use digests::{DigestChange, Digests};
 
 use codec::{
     ID_TAG, LOG_TAG, PLACED, decode_head, decode_id_entry, decode_log_entry, item_key, item_key_of,
-    key_prefix, log_prefix, placement_entry, product_of, show_key, show_placed_key,
+    key_prefix, log_prefix, log_prefix_after, placement_entry, product_of, show_key,
+    show_placed_key,
 };
 
 /// The file in the data directory that names its layout.
@@ -573,7 +575,7 @@ impl CartStore {
         limit: usize,
     ) -> Result<(Vec<HeldItem>, bool), StoreError> {
         let mut held = Vec::new();
-        let more = self.visit_placement(ranges, None, |key, summary| {
+        let more = self.visit_placement(ranges, None, false, |key, summary, _| {
             if held.len() == limit {
                 return Ok(false);
             }
@@ -607,11 +609,16 @@ impl CartStore {
         });
         let mut held = Vec::new();
         let mut bytes = 0usize;
-        let more = self.visit_placement(ranges, after.as_deref(), |key, head| {
+        let more = self.visit_placement(ranges, after.as_deref(), true, |key, head, ops| {
             if held.len() >= limit.max(1) || (bytes >= max_bytes && !held.is_empty()) {
                 return Ok(false);
             }
-            let state = self.state_of(&key, head)?;
+            let state = ItemState {
+                ops,
+                product: head.product,
+                meta: head.meta,
+                base: head.base,
+            };
             bytes += held_bytes(&key, &state);
             held.push(HeldState {
                 user: key.user,
@@ -622,39 +629,46 @@ impl CartStore {
         Ok((held, more))
     }
 
-    /// Calls `visit` with every item (and its head) whose reversed placement key falls in
-    /// `ranges`, in key order, from the key `from` on if given, until `visit` answers
-    /// `false`; `true` when it stopped before the end.
+    /// Calls `visit` with every item (its head, and with `logs` its operation log) whose
+    /// reversed placement key falls in `ranges`, in key order, from the key `from` on if
+    /// given, until `visit` answers `false`; `true` when it stopped before the end. The
+    /// logs come from one range scan of `log` alongside the one of `placement` (format 5
+    /// keeps both in placement order), not from a seek per item.
     fn visit_placement(
         &self,
         ranges: &[(u32, u32)],
         from: Option<&[u8]>,
-        mut visit: impl FnMut(ItemKey, ItemSummary) -> Result<bool, StoreError>,
+        logs: bool,
+        mut visit: impl FnMut(ItemKey, ItemSummary, Vec<Operation>) -> Result<bool, StoreError>,
     ) -> Result<bool, StoreError> {
         let mut ranges = ranges.to_vec();
         ranges.sort_unstable();
         for (first, last) in ranges {
-            let end = u64::from(last) + 1;
-            let mut start = first.to_be_bytes().to_vec();
-            if let Some(from) = from.filter(|from| *from > start.as_slice()) {
-                start = from.to_vec();
-            }
-            let entries = match u32::try_from(end) {
-                Ok(end) if start.as_slice() >= end.to_be_bytes().as_slice() => continue,
-                Ok(end) => self.placement.range(start..end.to_be_bytes().to_vec()),
-                Err(_) => self.placement.range(start..),
+            let Some(bounds) = placed_bounds(first, last, from) else {
+                continue;
             };
-            for guard in entries {
-                let (raw, value) = guard.into_inner().map_err(|source| StoreError::Read {
-                    key: format!("placement range {first:#010x}..={last:#010x}"),
-                    source,
-                })?;
+            let read_error = |source| StoreError::Read {
+                key: format!("placement range {first:#010x}..={last:#010x}"),
+                source,
+            };
+            let mut log_entries = logs.then(|| {
+                self.log
+                    .range(bounds.clone())
+                    .map(fjall::Guard::into_inner)
+                    .peekable()
+            });
+            for guard in self.placement.range(bounds) {
+                let (raw, value) = guard.into_inner().map_err(read_error)?;
                 let tail = raw.get(PLACED..).ok_or_else(|| StoreError::MalformedKey {
                     key: show_placed_key(&raw),
                 })?;
                 let key = item_key_of(tail, &raw)?;
                 let head = decode_head(&raw, &key.product, &value)?;
-                if !visit(key, head)? {
+                let ops = match log_entries.as_mut() {
+                    Some(entries) => take_log(entries, &raw).map_err(read_error)??,
+                    None => Vec::new(),
+                };
+                if !visit(key, head, ops)? {
                     return Ok(true);
                 }
             }
@@ -730,15 +744,65 @@ fn scan<T>(
         .collect()
 }
 
-/// Options of every keyspace; see [`MEMTABLE_BYTES`].
-///
-/// Filter and index blocks are pinned in memory on every level (fjall pins only L0's
-/// filters and L0-L1's indexes). Unpinned, they went through the small block cache: once
-/// the tables outgrew it, nearly every point read (a write's duplicate check in `log`, an
-/// item's head) loaded a whole filter block from disk and checksummed it. Profiled at
-/// 1,000,000 shoppers that was 30 % of a data node's CPU, growing with the data; pinned,
-/// they cost about 1.3 bytes per key of memory. fjall stores these settings with the
-/// keyspace when it creates it: data directories created by earlier builds keep theirs.
+/// The `placement` (and `log`) key bounds of the reversed placement keys `first..=last`,
+/// starting at `from` if it is later; `None` when nothing is left.
+fn placed_bounds(first: u32, last: u32, from: Option<&[u8]>) -> Option<PlacedBounds> {
+    let mut start = first.to_be_bytes().to_vec();
+    if let Some(from) = from.filter(|from| *from > start.as_slice()) {
+        start = from.to_vec();
+    }
+    match last.checked_add(1) {
+        Some(end) if start.as_slice() >= end.to_be_bytes().as_slice() => None,
+        Some(end) => Some((
+            Bound::Included(start),
+            Bound::Excluded(end.to_be_bytes().to_vec()),
+        )),
+        None => Some((Bound::Included(start), Bound::Unbounded)),
+    }
+}
+
+type PlacedBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// Takes from `entries` (a range of `log` in key order) the log entries of the item whose
+/// placement entry is `placed`, skipping its id entries and any orphan before it: the
+/// item's entries start with `placed 0x00` (no product holds a 0x00, so no other item's
+/// key falls between). The outer error is fjall's, the inner one a malformed entry.
+fn take_log<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    entries: &mut std::iter::Peekable<impl Iterator<Item = fjall::Result<(K, V)>>>,
+    placed: &[u8],
+) -> Result<Result<Vec<Operation>, StoreError>, fjall::Error> {
+    let prefix = log_prefix_after(placed);
+    let mut ops = Vec::new();
+    loop {
+        // Whether the next entry is the item's (`false`: an orphan before it to skip).
+        let mine = match entries.peek() {
+            None => break,
+            Some(Err(_)) => false,
+            Some(Ok((raw, _))) => {
+                let raw = raw.as_ref();
+                if raw >= prefix.as_slice() && !raw.starts_with(&prefix) {
+                    break;
+                }
+                raw.starts_with(&prefix)
+            }
+        };
+        match entries.next() {
+            Some(Err(e)) => return Err(e),
+            Some(Ok((raw, value))) if mine => {
+                let (raw, value) = (raw.as_ref(), value.as_ref());
+                if raw.get(prefix.len()) == Some(&LOG_TAG) {
+                    match decode_log_entry(raw, &raw[prefix.len() + 1..], value) {
+                        Ok(op) => ops.push(op),
+                        Err(e) => return Ok(Err(e)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Ok(ops))
+}
+
 /// Fills `digests` from every head in `placement` as `snapshot` saw it, then marks them
 /// ready; gives up if the store closes first, and leaves them not ready after a read error
 /// (logged), so the sweep streams this device's PGs instead of trusting partial digests.
@@ -783,6 +847,15 @@ fn rebuild_digests(snapshot: &fjall::Snapshot, placement: &Keyspace, digests: &D
     );
 }
 
+/// Options of every keyspace; see [`MEMTABLE_BYTES`].
+///
+/// Filter and index blocks are pinned in memory on every level (fjall pins only L0's
+/// filters and L0-L1's indexes). Unpinned, they went through the small block cache: once
+/// the tables outgrew it, nearly every point read (a write's duplicate check in `log`, an
+/// item's head) loaded a whole filter block from disk and checksummed it. Profiled at
+/// 1,000,000 shoppers that was 30 % of a data node's CPU, growing with the data; pinned,
+/// they cost about 1.3 bytes per key of memory. fjall stores these settings with the
+/// keyspace when it creates it: data directories created by earlier builds keep theirs.
 fn keyspace_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)

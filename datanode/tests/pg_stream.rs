@@ -42,6 +42,11 @@ async fn a_pg_is_paged_through_in_placement_order_with_no_item_cap() {
             });
         }
     }
+    // One item with a longer log: its neighbours' logs must not leak into it.
+    for id in [1_000, 1_001] {
+        let hlc = u64::try_from(id).unwrap();
+        apply_qty(&writer, op("shopper 7", "p7", "c", id, OpKind::Add, hlc)).await;
+    }
     let pool = Pool::new(1, 8).unwrap();
     let mut seen = BTreeSet::new();
     for pg in 0..8 {
@@ -60,7 +65,14 @@ async fn a_pg_is_paged_through_in_placement_order_with_no_item_cap() {
                 .unwrap();
             assert!(page.len() <= 7);
             for held in &page {
-                assert_eq!(held.state.qty(), 1, "{}", held.user);
+                let key = ItemKey {
+                    user: held.user.clone(),
+                    product: held.state.product.clone(),
+                };
+                // The stream's logs (one scan alongside the heads) are the item's own.
+                assert_eq!(Some(&held.state), store.read_item(&key).unwrap().as_ref());
+                let expected_qty = if key.product == "p7" { 3 } else { 1 };
+                assert_eq!(held.state.qty(), expected_qty, "{}", held.user);
                 streamed.push(ItemKey {
                     user: held.user.clone(),
                     product: held.state.product.clone(),
