@@ -763,16 +763,16 @@ fn placed_bounds(first: u32, last: u32, from: Option<&[u8]>) -> Option<PlacedBou
 
 type PlacedBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 
-/// Takes from `entries` (a range of `log` in key order) the log entries of the item whose
-/// placement entry is `placed`, skipping its id entries and any orphan before it: the
-/// item's entries start with `placed 0x00` (no product holds a 0x00, so no other item's
-/// key falls between). The outer error is fjall's, the inner one a malformed entry.
-fn take_log<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+/// Walks `entries` (a range of `log` in key order) over the entries of the item whose
+/// placement entry is `placed`, calling `each` with every one (key and value), and skipping
+/// any orphan before it: the item's entries start with `placed 0x00`, and no product holds
+/// a 0x00, so no other item's key falls between.
+fn walk_item_entries<K: AsRef<[u8]>, V: AsRef<[u8]>>(
     entries: &mut std::iter::Peekable<impl Iterator<Item = fjall::Result<(K, V)>>>,
     placed: &[u8],
-) -> Result<Result<Vec<Operation>, StoreError>, fjall::Error> {
+    mut each: impl FnMut(&[u8], usize, &[u8]),
+) -> Result<(), fjall::Error> {
     let prefix = log_prefix_after(placed);
-    let mut ops = Vec::new();
     loop {
         // Whether the next entry is the item's (`false`: an orphan before it to skip).
         let mine = match entries.peek() {
@@ -788,19 +788,42 @@ fn take_log<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         };
         match entries.next() {
             Some(Err(e)) => return Err(e),
-            Some(Ok((raw, value))) if mine => {
-                let (raw, value) = (raw.as_ref(), value.as_ref());
-                if raw.get(prefix.len()) == Some(&LOG_TAG) {
-                    match decode_log_entry(raw, &raw[prefix.len() + 1..], value) {
-                        Ok(op) => ops.push(op),
-                        Err(e) => return Ok(Err(e)),
-                    }
-                }
-            }
+            Some(Ok((raw, value))) if mine => each(raw.as_ref(), prefix.len(), value.as_ref()),
             _ => {}
         }
     }
-    Ok(Ok(ops))
+    Ok(())
+}
+
+/// The operation log of the item whose placement entry is `placed`, from `entries` (see
+/// [`walk_item_entries`]). The outer error is fjall's, the inner one a malformed entry.
+fn take_log<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    entries: &mut std::iter::Peekable<impl Iterator<Item = fjall::Result<(K, V)>>>,
+    placed: &[u8],
+) -> Result<Result<Vec<Operation>, StoreError>, fjall::Error> {
+    let mut ops = Ok(Vec::new());
+    walk_item_entries(entries, placed, |raw, at, value| {
+        if let Ok(list) = ops.as_mut()
+            && raw.get(at) == Some(&LOG_TAG)
+        {
+            match decode_log_entry(raw, &raw[at + 1..], value) {
+                Ok(op) => list.push(op),
+                Err(e) => ops = Err(e),
+            }
+        }
+    })?;
+    Ok(ops)
+}
+
+/// Every `log` key (log and id entries) of the item whose placement entry is `placed`, from
+/// `entries` (see [`walk_item_entries`]).
+fn take_item_entries<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    entries: &mut std::iter::Peekable<impl Iterator<Item = fjall::Result<(K, V)>>>,
+    placed: &[u8],
+) -> Result<Vec<Vec<u8>>, fjall::Error> {
+    let mut keys = Vec::new();
+    walk_item_entries(entries, placed, |raw, _, _| keys.push(raw.to_vec()))?;
+    Ok(keys)
 }
 
 /// Fills `digests` from every head in `placement` as `snapshot` saw it, then marks them

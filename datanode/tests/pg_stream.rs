@@ -93,3 +93,104 @@ async fn a_pg_is_paged_through_in_placement_order_with_no_item_cap() {
     assert_eq!(seen.len(), all.len(), "every item in exactly one PG");
     close(store, writer).await;
 }
+
+/// A handback's drop of most of a store (more than the range-scan threshold): exactly the
+/// named items still in the state named go, with their logs, category entries and emptied
+/// users; changed items stay and are counted; items not held are skipped.
+#[tokio::test]
+async fn a_large_drop_removes_exactly_the_named_items_in_their_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path(), 64);
+    let key = |n: u64| ItemKey {
+        user: format!("shopper {}", n % 150),
+        product: format!("p{}", n % 4),
+    };
+    for n in 0..600u64 {
+        let k = key(n);
+        apply_qty(
+            &writer,
+            op(
+                &k.user,
+                &k.product,
+                "c",
+                u128::from(n) + 1,
+                OpKind::Add,
+                n + 1,
+            ),
+        )
+        .await;
+    }
+    // Named: every item of the first 140 shoppers, and three never written.
+    let mut named: Vec<_> = (0..600u64)
+        .map(key)
+        .filter(|k| {
+            k.user
+                .trim_start_matches("shopper ")
+                .parse::<u64>()
+                .unwrap()
+                < 140
+        })
+        .map(|k| {
+            let digest = store.read_summary(&k).unwrap().unwrap().digest;
+            (k, digest)
+        })
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.dedup_by(|a, b| a.0 == b.0);
+    for n in 0..3 {
+        let nobody = ItemKey {
+            user: format!("nobody {n}"),
+            product: "p0".into(),
+        };
+        named.push((nobody, cartdb_core::cart::StateDigest(n)));
+    }
+    // Five of them change after the handback's scan.
+    for n in 0..5u64 {
+        let k = key(n);
+        apply_qty(
+            &writer,
+            op(
+                &k.user,
+                &k.product,
+                "c",
+                50_000 + u128::from(n),
+                OpKind::Add,
+                50_000 + n,
+            ),
+        )
+        .await;
+    }
+    let reply = writer.drop_items(named.clone()).await;
+    let held_named = named.len() as u32 - 3;
+    assert_eq!(
+        reply,
+        cartdb_core::wire::DataResponse::Dropped {
+            items: held_named - 5,
+            changed: 5
+        }
+    );
+    let changed: BTreeSet<ItemKey> = (0..5).map(key).collect();
+    for (k, _) in &named {
+        let kept = store.read_item(k).unwrap();
+        assert_eq!(kept.is_some(), changed.contains(k), "{k:?}");
+    }
+    let (left, more) = store
+        .read_pg(&[(0, u32::MAX)], None, 10_000, usize::MAX)
+        .unwrap();
+    assert!(!more);
+    // The ten untouched shoppers' items and the five changed ones, each with its log.
+    let all: BTreeSet<ItemKey> = (0..600).map(key).collect();
+    let expected = all.len() - (held_named as usize - 5);
+    assert_eq!(left.len(), expected);
+    for held in &left {
+        let k = ItemKey {
+            user: held.user.clone(),
+            product: held.state.product.clone(),
+        };
+        assert_eq!(Some(&held.state), store.read_item(&k).unwrap().as_ref());
+    }
+    let (listed, _) = store.category_page("c", None, usize::MAX).unwrap();
+    assert_eq!(listed.len(), expected, "category entries went with their items");
+    assert!(store.read_user_summaries("shopper 139").unwrap().is_empty());
+    close(store, writer).await;
+}
