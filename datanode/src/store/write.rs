@@ -200,10 +200,12 @@ impl CartStore {
                     source,
                 })?;
                 let product = product_of(&raw[prefix.len()..], &raw)?;
-                if !dropped
-                    .iter()
-                    .any(|k| k.user == user && k.product == product)
-                {
+                // `dropped` is sorted: a binary search, not a scan per item (a handback
+                // drops thousands of items, and the scan made the drop quadratic).
+                let found = dropped.binary_search_by(|k| {
+                    (k.user.as_str(), k.product.as_str()).cmp(&(user, product))
+                });
+                if found.is_err() {
                     kept = true;
                     break;
                 }
