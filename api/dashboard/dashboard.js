@@ -157,7 +157,7 @@ function drawGroups(status) {
   }
   if (sweep) {
     rows.push(
-      ["anti-entropy leader", "gateway " + sweep.leader],
+      ["anti-entropy leader", "gateway " + sweep.leader + ", " + sweep.items_per_sec + " items/s"],
       ["sweep progress", sweep.pgs_done + " / " + sweep.pgs_total + " PGs"],
       ["sweeps completed", sweep.sweeps_completed + " (the last in " + (sweep.last_pass_ms / 1000).toFixed(1) + " s)"],
       ["PGs streaming now", String(sweep.rounds_running)],

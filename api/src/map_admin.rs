@@ -7,6 +7,7 @@
 //! ```
 //!
 //! A change is one of `{"change": "flag", "flag": "noout", "on": true}`,
+//! `{"change": "pace", "items_per_sec": 50000}` (`null`: each gateway's own setting),
 //! `{"change": "reweight", "device": 3, "weight": 0}` (0 = out, 65536 = in),
 //! `{"change": "add_device", "device": 7, "name": "device_7", "host": "host6", "weight": 65536}`
 //! and `{"change": "remove_device", "device": 7}`. The gateway answering does the work
@@ -15,6 +16,7 @@
 use axum::Json;
 use axum::extract::State;
 use cartdb_core::cart::DeviceId;
+use cartdb_core::coord::check_pace;
 use cartdb_core::wire::{
     GatewayFailure, GatewayRequest, GatewayResponse, MapChange, MapPreview, PgEntry,
 };
@@ -45,6 +47,12 @@ pub struct MapChanges {
 pub enum MapChangeBody {
     /// Sets (`on: true`) or clears a cluster flag: `noout`.
     Flag { flag: String, on: bool },
+    /// Sets the anti-entropy sweep's pace in items per second for every gateway, or with
+    /// `null` returns each to its own `--anti-entropy-items-per-sec`.
+    Pace {
+        #[schema(minimum = 1, maximum = 10_000_000)]
+        items_per_sec: Option<u32>,
+    },
     /// Sets a device's reweight in 16.16 fixed point: 0 marks it out, 65536 fully in.
     Reweight {
         device: DeviceId,
@@ -73,6 +81,10 @@ impl MapChangeBody {
     fn into_change(self) -> Result<MapChange, ApiError> {
         Ok(match self {
             Self::Flag { flag, on } => MapChange::Flag { flag, on },
+            Self::Pace { items_per_sec } => {
+                check_pace(items_per_sec).map_err(|e| invalid("items_per_sec", e.to_string()))?;
+                MapChange::Pace { items_per_sec }
+            }
             Self::Reweight { device, weight } => MapChange::Reweight { device, weight },
             Self::AddDevice {
                 device,

@@ -1,5 +1,6 @@
-//! `cartdb device add|remove|out|in|reweight` and `cartdb flags set|unset`: operator changes
-//! of the cluster map (admin), each printed with what it moves (see [`crate::map`]).
+//! `cartdb device add|remove|out|in|reweight`, `cartdb flags set|unset` and `cartdb pace
+//! set|unset`: operator changes of the cluster map (admin), each printed with what it moves
+//! (see [`crate::map`]).
 //!
 //! `device remove` is the long one, Cassandra's `nodetool decommission`: it marks the device
 //! out, waits while backfill copies its placement groups to their new devices and hands its
@@ -112,6 +113,54 @@ pub struct FlagArgs {
     flag: String,
     #[command(flatten)]
     api: ApiArgs,
+}
+
+/// `cartdb pace ...`: the anti-entropy sweep's pace for every gateway, at runtime (Ceph's
+/// `osd_recovery_max_active`-style knob, kept in the cluster map).
+#[derive(Debug, Subcommand)]
+pub enum PaceCommand {
+    /// Stream at most this many items per second (1 to 10,000,000), on whichever gateway
+    /// leads the sweep, until unset.
+    Set(PaceArgs),
+    /// Return every gateway to its own `--anti-entropy-items-per-sec`.
+    Unset(ApiOnly),
+}
+
+/// Arguments of `cartdb pace set`.
+#[derive(Debug, Args)]
+pub struct PaceArgs {
+    /// Items streamed per second.
+    items_per_sec: u32,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Only the API server to talk to.
+#[derive(Debug, Args)]
+pub struct ApiOnly {
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Runs a `pace` subcommand.
+///
+/// # Errors
+/// The API refusing the change (naming the field and why).
+pub fn run_pace(command: PaceCommand) -> anyhow::Result<()> {
+    let (api, items_per_sec) = match &command {
+        PaceCommand::Set(args) => (&args.api, Some(args.items_per_sec)),
+        PaceCommand::Unset(args) => (&args.api, None),
+    };
+    send(
+        api,
+        true,
+        vec![json!({"change": "pace", "items_per_sec": items_per_sec})],
+    )?;
+    match items_per_sec {
+        Some(pace) => println!("anti-entropy pace set to {pace} items/s"),
+        None => println!("anti-entropy pace unset: each gateway's --anti-entropy-items-per-sec"),
+    }
+    Ok(())
 }
 
 /// How often `device remove` looks at the drain.

@@ -77,6 +77,10 @@ enum Command {
     /// Set or clear cluster flags: noout, nobackfill, norebalance (admin).
     #[command(subcommand)]
     Flags(device::FlagsCommand),
+    /// Set or unset the anti-entropy sweep's pace (backfill, handback, repair) for every
+    /// gateway, at runtime (admin).
+    #[command(subcommand)]
+    Pace(device::PaceCommand),
     /// Preview map changes before making them (admin).
     #[command(subcommand)]
     Map(MapCommand),
@@ -105,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Traffic(args) => traffic::run(args).map(|()| ExitCode::SUCCESS),
         Command::Device(command) => device::run(command).map(|()| ExitCode::SUCCESS),
         Command::Flags(command) => device::run_flags(command).map(|()| ExitCode::SUCCESS),
+        Command::Pace(command) => device::run_pace(command).map(|()| ExitCode::SUCCESS),
         Command::Map(MapCommand::Preview(args)) => map::preview(args).map(|()| ExitCode::SUCCESS),
         Command::Map(MapCommand::Pgs(args)) => map::pgs(args).map(|()| ExitCode::SUCCESS),
     }

@@ -227,9 +227,10 @@ fn summary(doc: &ClusterDocument) -> String {
             ops_repaired,
             rounds_running,
             last_pass_ms,
+            items_per_sec,
             ..
         }) => format!(
-            "anti-entropy (led by gw-{leader}): pass {pgs_done}/{pgs_total} PGs, {sweeps_completed} passes done (the last in {:.1} s), {rounds_running} PGs streaming, {items_streamed} items streamed, {repairs} repairs ({ops_repaired} operations), {pgs_cleaned} PGs cleaned, {handed_back} items handed back\n",
+            "anti-entropy (led by gw-{leader}, {items_per_sec} items/s): pass {pgs_done}/{pgs_total} PGs, {sweeps_completed} passes done (the last in {:.1} s), {rounds_running} PGs streaming, {items_streamed} items streamed, {repairs} repairs ({ops_repaired} operations), {pgs_cleaned} PGs cleaned, {handed_back} items handed back\n",
             *last_pass_ms as f64 / 1000.0
         ),
     };

@@ -436,6 +436,9 @@ pub enum GatewayRequest {
 pub enum MapChange {
     /// Sets or clears a cluster flag (`noout`).
     Flag { flag: String, on: bool },
+    /// Sets the anti-entropy sweep's pace in items per second (1 to `MAX_PACE`) for every
+    /// gateway, or with `None` returns each to its `--anti-entropy-items-per-sec`.
+    Pace { items_per_sec: Option<u32> },
     /// Sets a device's reweight, 16.16 fixed point: 0 marks it out, 0x10000 fully in.
     /// An operator's reweight is kept when the device goes down and comes back.
     Reweight { device: DeviceId, weight: u32 },
@@ -831,6 +834,10 @@ pub struct SweepStatus {
     /// How long the last whole pass took, in milliseconds (0 before the first).
     #[serde(default)]
     pub last_pass_ms: u64,
+    /// The pace the sweep keeps now, in items per second: the map's (`cartdb pace`) or the
+    /// leader's `--anti-entropy-items-per-sec`.
+    #[serde(default)]
+    pub items_per_sec: u64,
 }
 
 /// One device of the map and whether it is up.

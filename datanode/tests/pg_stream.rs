@@ -190,7 +190,11 @@ async fn a_large_drop_removes_exactly_the_named_items_in_their_state() {
         assert_eq!(Some(&held.state), store.read_item(&k).unwrap().as_ref());
     }
     let (listed, _) = store.category_page("c", None, usize::MAX).unwrap();
-    assert_eq!(listed.len(), expected, "category entries went with their items");
+    assert_eq!(
+        listed.len(),
+        expected,
+        "category entries went with their items"
+    );
     assert!(store.read_user_summaries("shopper 139").unwrap().is_empty());
     close(store, writer).await;
 }

@@ -208,9 +208,10 @@ impl AntiEntropy {
                         cost = cost.saturating_add(step.cost);
                         rounds.extend(next);
                     }
-                    pause = self.pace(cost).saturating_sub(started.elapsed());
+                    pause = self.pace(cost, &topology).saturating_sub(started.elapsed());
                 }
                 status.rounds_running = rounds.len() as u64;
+                status.items_per_sec = u64::from(self.items_per_sec(&self.view.current()));
             } else if !rounds.is_empty() || !pass.is_empty() {
                 rounds.clear();
                 pass.clear();
@@ -276,8 +277,14 @@ impl AntiEntropy {
     /// How long steps that cost `items` must take at least, to keep to the pace: the
     /// sweep pauses for what is left of it after the steps themselves (so a pace the
     /// devices can keep up with is the rate, not the rate less the steps' own latency).
-    fn pace(&self, items: u32) -> Duration {
-        Duration::from_secs(1) * items / self.items_per_sec.max(1)
+    fn pace(&self, items: u32, topology: &Topology) -> Duration {
+        Duration::from_secs(1) * items / self.items_per_sec(topology).max(1)
+    }
+
+    /// The pace in items per second: the map's, set by an operator (`cartdb pace`), or this
+    /// gateway's `--anti-entropy-items-per-sec`.
+    fn items_per_sec(&self, topology: &Topology) -> u32 {
+        topology.map.pace.unwrap_or(self.items_per_sec)
     }
 
     /// The next PG of the current pass over every PG, starting a new pass when it is done.

@@ -197,6 +197,7 @@ mod tests {
             intervals: BTreeMap::default(),
             auto_out: auto_out.iter().copied().collect(),
             flags: ClusterFlags::default(),
+            pace: None,
             policies: cartdb_core::coord::ActivePolicies::default(),
             policy_history: Vec::new(),
         }

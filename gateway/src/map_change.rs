@@ -21,7 +21,7 @@ use cartdb_core::cart::DeviceId;
 use cartdb_core::coord::map::record_policy_event;
 use cartdb_core::coord::map_edit::{self, MapEditError, NewDevice};
 use cartdb_core::coord::policy_store::PolicyKind;
-use cartdb_core::coord::{ClusterMap, FULL_WEIGHT, Placement, PolicyEvent};
+use cartdb_core::coord::{ClusterMap, FULL_WEIGHT, Placement, PolicyEvent, check_pace};
 use cartdb_core::pg_table::PgTable;
 use cartdb_core::wire::{DevicePreview, GatewayFailure, MapChange, MapPreview, PgEntry};
 
@@ -182,6 +182,10 @@ pub fn apply(
                 .flags
                 .set(flag, *on)
                 .map_err(|e| invalid("flag", &e.to_string()))?,
+            MapChange::Pace { items_per_sec } => {
+                check_pace(*items_per_sec).map_err(|e| invalid("items_per_sec", &e.to_string()))?;
+                placement.pace = *items_per_sec;
+            }
             MapChange::Reweight { device, weight } => {
                 known(&devices, *device)?;
                 if *weight > FULL_WEIGHT {

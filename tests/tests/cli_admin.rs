@@ -1,5 +1,6 @@
 //! The operator CLI covers the admin API: `cartdb product set|list`, `cartdb category`,
-//! `cartdb replicas`, `cartdb traffic`, `cartdb status`, `cartdb map pgs|preview` (the
+//! `cartdb replicas`, `cartdb traffic`, `cartdb status`, `cartdb pace set|unset`,
+//! `cartdb map pgs|preview` (the
 //! map changes are in `data_movement.rs`) and `cartdb bench --fill`, in text and with
 //! `--json`, on a
 //! running cluster, with `--api` given and the token taken from `CARTDB_ADMIN_TOKEN`.
@@ -126,6 +127,19 @@ async fn every_admin_action_has_a_command() -> Result<()> {
         "a preview changed the map: {after}"
     );
 
+    // The sweep's pace, changed at runtime: the leader keeps the map's, then its own again.
+    wait_pace(&url, 20_000).await?;
+    ensure!(cartdb(&url, &["pace", "set", "1234"])?.contains("1234 items/s"));
+    wait_pace(&url, 1_234).await?;
+    ensure!(cartdb(&url, &["status"])?.contains("1234 items/s"));
+    let refused = cartdb(&url, &["pace", "set", "0"]).unwrap_err().to_string();
+    ensure!(
+        refused.contains("400") && refused.contains("items_per_sec"),
+        "{refused}"
+    );
+    cartdb(&url, &["pace", "unset"])?;
+    wait_pace(&url, 20_000).await?;
+
     // `cartdb bench --fill` gives every shopper one item before the run; a run that only
     // reads the catalog leaves exactly those carts, which the category index then lists.
     fill_carts(&url, 40, 4)?;
@@ -155,4 +169,18 @@ async fn every_admin_action_has_a_command() -> Result<()> {
         shoppers.len()
     );
     Ok(())
+}
+
+/// Waits until `cartdb status` shows the sweep's leader keeping `want` items per second.
+async fn wait_pace(url: &str, want: u64) -> Result<()> {
+    wait_until(
+        &format!("the sweep's leader at {want} items/s"),
+        Duration::from_secs(30),
+        || async {
+            let status = cartdb_json(url, &["status"])?;
+            let pace = status["maintenance"]["anti_entropy"]["items_per_sec"].as_u64();
+            Ok((pace == Some(want)).then_some(()))
+        },
+    )
+    .await
 }

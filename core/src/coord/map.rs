@@ -19,7 +19,8 @@
 //! bootstrap; written by [`Placement`]'s writer, never by hand), the devices the
 //! cluster marked out by itself after their down grace (they are marked in again when they
 //! return; a device an operator marked out is not listed and stays out), and the cluster
-//! flags ([`ClusterFlags`]). `auto_out` and `flags` may be absent (none). `policies` names
+//! flags ([`ClusterFlags`]), and the sweep's pace if an operator set one (`"pace": 50000`,
+//! items per second). `auto_out`, `flags` and `pace` may be absent (none). `policies` names
 //! the placement and merge policy components every gateway must run, by sha256 (their
 //! bytes are in the policy store, `super::policy_store`; `merge: null` is the built-in
 //! merge), and `policy_history` the last [`MAX_POLICY_HISTORY`] activations. Keeping all of
@@ -168,6 +169,9 @@ pub struct ClusterMap {
     pub auto_out: BTreeSet<DeviceId>,
     /// The cluster flags.
     pub flags: ClusterFlags,
+    /// The anti-entropy sweep's pace in items per second, set at runtime by an operator
+    /// (`cartdb pace`); `None`: each gateway's `--anti-entropy-items-per-sec`.
+    pub pace: Option<u32>,
     /// The policies every gateway runs at this epoch.
     pub policies: ActivePolicies,
     /// The last policy activations, oldest first.
@@ -255,6 +259,8 @@ struct MapDoc {
     auto_out: BTreeSet<DeviceId>,
     #[serde(default)]
     flags: Vec<String>,
+    #[serde(default)]
+    pace: Option<u32>,
     policies: Option<ActivePolicies>,
     #[serde(default)]
     policy_history: Vec<PolicyEvent>,
@@ -293,6 +299,7 @@ impl ClusterMap {
         for name in &doc.flags {
             flags.set(name, true)?;
         }
+        check_pace(doc.pace)?;
         let policies = doc.policies.ok_or(MapError::Missing {
             path: "policies".to_owned(),
         })?;
@@ -324,6 +331,7 @@ impl ClusterMap {
             intervals,
             auto_out: doc.auto_out,
             flags,
+            pace: doc.pace,
             policies,
             policy_history: doc.policy_history,
         })
@@ -394,6 +402,8 @@ pub struct Placement {
     pub intervals: Intervals,
     pub auto_out: BTreeSet<DeviceId>,
     pub flags: ClusterFlags,
+    /// The sweep's pace set by an operator ([`ClusterMap::pace`]).
+    pub pace: Option<u32>,
     /// A new CRUSH map JSON; `None` keeps the map's.
     pub crush: Option<String>,
     pub policies: ActivePolicies,
@@ -409,6 +419,7 @@ impl Placement {
             intervals: map.intervals.clone(),
             auto_out: map.auto_out.clone(),
             flags: map.flags,
+            pace: map.pace,
             crush: None,
             policies: map.policies.clone(),
             policy_history: map.policy_history.clone(),
@@ -463,16 +474,34 @@ pub(crate) fn document(map_json: &str, settings: PoolSettings, placement: &Place
         .collect();
     let auto_out = Value::from(placement.auto_out.iter().copied().collect::<Vec<_>>());
     let flags = Value::from(placement.flags.names());
+    let pace = placement
+        .pace
+        .map_or_else(String::new, |pace| format!(r#","pace":{pace}"#));
     // Plain structs of strings and integers: serialising them cannot fail.
     let policies = serde_json::to_string(&placement.policies).unwrap_or_default();
     let history = serde_json::to_string(&placement.policy_history).unwrap_or_default();
     format!(
-        r#"{{"format":{MAP_FORMAT},"map":{map_json},"reweights":{},"pool":{settings},"past":{},"intervals":{},"auto_out":{auto_out},"flags":{flags},"policies":{policies},"policy_history":{history}}}"#,
+        r#"{{"format":{MAP_FORMAT},"map":{map_json},"reweights":{},"pool":{settings},"past":{},"intervals":{},"auto_out":{auto_out},"flags":{flags}{pace},"policies":{policies},"policy_history":{history}}}"#,
         Value::Object(reweights),
         Value::Object(past),
         Value::Object(intervals)
     )
     .into_bytes()
+}
+
+/// Fastest pace an operator may set, in items per second: far above what a data node
+/// streams, so it only means "as fast as the devices go".
+pub const MAX_PACE: u32 = 10_000_000;
+
+/// Checks an operator's pace: `None`, or 1 to [`MAX_PACE`] items per second.
+///
+/// # Errors
+/// [`MapError::Pace`] naming the value.
+pub fn check_pace(pace: Option<u32>) -> Result<(), MapError> {
+    match pace {
+        Some(value) if !(1..=MAX_PACE).contains(&value) => Err(MapError::Pace { value }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a policy named in the map: a sha256 and a short name.
@@ -725,6 +754,8 @@ pub enum MapError {
     UnknownAutoOutDevice { device: DeviceId },
     #[error("flags: {name:?} is not a cluster flag (known: noout, nobackfill, norebalance)")]
     UnknownFlag { name: String },
+    #[error("pace: {value} is not in 1..={MAX_PACE} items per second")]
+    Pace { value: u32 },
     #[error("policy_history has {len} entries, more than {MAX_POLICY_HISTORY}")]
     PolicyHistory { len: usize },
 }
@@ -891,7 +922,7 @@ mod tests {
     }
 
     #[test]
-    fn auto_out_and_flags_survive_the_document() {
+    fn auto_out_flags_and_pace_survive_the_document() {
         let map = ClusterMap::parse(&seed_doc(), 1).unwrap();
         assert_eq!(
             (map.auto_out.len(), map.flags),
@@ -900,9 +931,11 @@ mod tests {
         let mut change = placement(&[(2, 0)], &[]);
         change.auto_out.insert(2);
         change.flags.set("noout", true).unwrap();
+        change.pace = Some(5_000);
         let map = ClusterMap::parse(&document(&map.map_json, POOL, &change), 2).unwrap();
         assert_eq!(map.auto_out, BTreeSet::from([2]));
         assert!(map.flags.noout);
+        assert_eq!(map.pace, Some(5_000));
         assert!(change.is_that_of(&map));
         assert_eq!(Placement::of(&map), change);
         assert!(matches!(
@@ -1022,6 +1055,8 @@ mod tests {
         assert!(with(r#", "past": {"3": []}"#).unwrap().past.is_empty());
         assert!(err(r#", "auto_out": [9]"#).contains("auto_out: device 9 is not in the map"));
         assert!(err(r#", "flags": ["nodown"]"#).contains("\"nodown\" is not a cluster flag"));
+        assert!(err(r#", "pace": 0"#).contains("pace: 0 is not in 1..=10000000"));
+        assert!(err(r#", "pace": -3"#).contains("not JSON of the form"));
         assert!(err(r#", "flags": "noout""#).contains("not JSON of the form"));
         let pool = |pool: &str| {
             let doc = format!(

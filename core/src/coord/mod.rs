@@ -47,8 +47,8 @@ mod zk;
 
 pub use error::CoordError;
 pub use map::{
-    ActivePolicies, ClusterFlags, ClusterMap, FULL_WEIGHT, MAP_FORMAT, MapError, Placement,
-    PolicyEvent, PolicyRef, PoolSettings,
+    ActivePolicies, ClusterFlags, ClusterMap, FULL_WEIGHT, MAP_FORMAT, MAX_PACE, MapError,
+    Placement, PolicyEvent, PolicyRef, PoolSettings, check_pace,
 };
 pub use membership::Membership;
 
