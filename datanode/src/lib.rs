@@ -122,6 +122,7 @@ async fn serve_registered(
         .await
         .with_context(|| format!("--metrics-listen: cannot register {metrics_address}"))?;
     node.follow_map(coord.map());
+    node.watch_journals();
     coord
         .register_device(settings.device, advertise)
         .await

@@ -44,6 +44,12 @@ use crate::store::{CartStore, DigestError, StoreError};
 /// it (a ZooKeeper watch usually delivers it within milliseconds).
 const MAP_WAIT: Duration = Duration::from_secs(2);
 
+/// How often [`DataNodeService::watch_journals`] looks.
+const JOURNAL_WATCH_EVERY: Duration = Duration::from_secs(10);
+
+/// Journal files beyond which the store is not flushing (normally one or two).
+const JOURNAL_ALARM: usize = 8;
+
 /// Most items one `ScanPg` or `ListItems` answer carries, whatever the request asks: a
 /// few hundred bytes each keeps an answer well under the RPC frame limit.
 const MAX_LISTED: usize = 10_000;
@@ -91,6 +97,31 @@ impl DataNodeService {
             writer,
             map: watch::Sender::new(None),
         }))
+    }
+
+    /// Watches the store's journal count every [`JOURNAL_WATCH_EVERY`] while the service
+    /// lives: the gauge `cartdb_datanode_journals`, and an error in the log once more than
+    /// [`JOURNAL_ALARM`] pile up (fjall stopped flushing; see `WORKER_THREADS` in
+    /// `store.rs`). Restarting the node replays and flushes them.
+    pub fn watch_journals(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut alarmed = false;
+            loop {
+                tokio::time::sleep(JOURNAL_WATCH_EVERY).await;
+                let Some(me) = me.upgrade() else { return };
+                let journals = me.store.journal_count();
+                #[allow(clippy::cast_precision_loss, reason = "a handful of files")]
+                metrics::gauge!("cartdb_datanode_journals").set(journals as f64);
+                if journals > JOURNAL_ALARM && !alarmed {
+                    tracing::error!(
+                        journals,
+                        "the store's journals are not being flushed (fjall's workers are stuck); writes stay durable, but memory and disk grow until the data node is restarted"
+                    );
+                }
+                alarmed = journals > JOURNAL_ALARM;
+            }
+        });
     }
 
     /// Fences requests with the maps `maps` publishes (the coordinator's copy of `/map`)

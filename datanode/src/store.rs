@@ -114,9 +114,16 @@ const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 const TABLE_TARGET_BYTES: u64 = 8 * 1024 * 1024;
 /// Open table files kept cached (fjall defaults to the process's file limit).
 const MAX_CACHED_FILES: usize = 256;
-/// fjall's background flush and compaction threads. Six data nodes share two cores; two
-/// threads each spent more in scheduling than they gained (measured with the memtable size).
-const WORKER_THREADS: usize = 1;
+/// fjall's background flush and compaction threads. One thread each was cheaper on six
+/// nodes sharing two cores, but fjall 3.1.13 can deadlock with one: writers poke the
+/// workers' bounded channel (1,000 messages) each time a memtable is over its size, and the
+/// worker that rotates it then blocks sending a flush on that same full channel, which only
+/// it reads (fjall-rs/fjall PR #323). At a million carts a backfill's writes did exactly
+/// that while the one worker compacted: the node kept acknowledging writes (its journal is
+/// fsync'd) but never flushed again, and its journal and memory grew past 500 MiB and
+/// 2.3 GiB. With two, one worker reading the channel frees the other. The journal count is
+/// watched ([`CartStore::journal_count`]) in case both ever block.
+const WORKER_THREADS: usize = 2;
 /// Journal bytes kept before fjall flushes the memtables that pin the oldest journal
 /// (fjall's minimum; its default is 512 MiB). The `categories` keyspace changes rarely, so
 /// its memtable would otherwise pin journals full of already-flushed `items` writes, which
@@ -338,6 +345,12 @@ impl CartStore {
             digests,
             rebuild: Some(rebuild),
         })
+    }
+
+    /// How many journal files fjall keeps: one or two normally (a journal is flushed away
+    /// past [`MAX_JOURNAL_BYTES`]); more means its workers stopped flushing.
+    pub fn journal_count(&self) -> usize {
+        self.db.journal_count()
     }
 
     /// This replica's digest of every bucket of `ranges`, in key order (see
