@@ -105,20 +105,19 @@ async fn a_large_drop_removes_exactly_the_named_items_in_their_state() {
         user: format!("shopper {}", n % 150),
         product: format!("p{}", n % 4),
     };
-    for n in 0..600u64 {
-        let k = key(n);
-        apply_qty(
-            &writer,
-            op(
-                &k.user,
-                &k.product,
-                "c",
-                u128::from(n) + 1,
-                OpKind::Add,
-                n + 1,
-            ),
+    // An add of `key`'s item with op id and version `id`.
+    let add = |key: &ItemKey, id: u64| {
+        op(
+            &key.user,
+            &key.product,
+            "c",
+            u128::from(id),
+            OpKind::Add,
+            id,
         )
-        .await;
+    };
+    for n in 0..600u64 {
+        apply_qty(&writer, add(&key(n), n + 1)).await;
     }
     // Named: every item of the first 140 shoppers, and three never written.
     let mut named: Vec<_> = (0..600u64)
@@ -146,19 +145,7 @@ async fn a_large_drop_removes_exactly_the_named_items_in_their_state() {
     }
     // Five of them change after the handback's scan.
     for n in 0..5u64 {
-        let k = key(n);
-        apply_qty(
-            &writer,
-            op(
-                &k.user,
-                &k.product,
-                "c",
-                50_000 + u128::from(n),
-                OpKind::Add,
-                50_000 + n,
-            ),
-        )
-        .await;
+        apply_qty(&writer, add(&key(n), 50_000 + n)).await;
     }
     let reply = writer.drop_items(named.clone()).await;
     let held_named = named.len() as u32 - 3;
