@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use cartdb_core::cart::{ItemKey, ItemSummary};
 use cartdb_core::digest_bucket::{BUCKETS, BucketError, bucket_of, buckets_of};
 use cartdb_core::wire::{BucketDigest, LONG_LOG_OPS};
+use fjall::Keyspace;
+
+use super::StoreError;
+use super::codec::{PLACED, decode_head, item_key_of, show_placed_key};
 
 /// Every bucket's digest and long-log count.
 pub(super) struct Digests {
@@ -140,6 +144,50 @@ impl Digests {
             })
             .collect())
     }
+}
+
+/// Fills `digests` from every head in `placement` as `snapshot` saw it, then marks them
+/// ready; gives up if the store closes first, and leaves them not ready after a read error
+/// (logged), so the sweep streams this device's PGs instead of trusting partial digests.
+pub(super) fn rebuild_digests(snapshot: &fjall::Snapshot, placement: &Keyspace, digests: &Digests) {
+    use fjall::Readable;
+    let started = std::time::Instant::now();
+    let mut items = 0u64;
+    for guard in snapshot.iter(placement) {
+        if digests.stopping() {
+            return;
+        }
+        let entry = guard
+            .into_inner()
+            .map_err(|source| StoreError::Read {
+                key: "placement".to_owned(),
+                source,
+            })
+            .and_then(|(raw, value)| {
+                let tail = raw.get(PLACED..).ok_or_else(|| StoreError::MalformedKey {
+                    key: show_placed_key(&raw),
+                })?;
+                let key = item_key_of(tail, &raw)?;
+                let head = decode_head(&raw, &key.product, &value)?;
+                Ok(DigestChange::between(&raw, &key, None, Some(&head)))
+            });
+        match entry {
+            Ok(change) => digests.apply(change),
+            Err(error) => {
+                tracing::error!(%error, "cannot rebuild the digest buckets; anti-entropy streams this device's PGs whole");
+                return;
+            }
+        }
+        items += 1;
+    }
+    digests.set_ready();
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::gauge!("cartdb_datanode_digest_rebuild_seconds").set(seconds);
+    tracing::info!(
+        items,
+        seconds,
+        "digest buckets rebuilt from the stored heads"
+    );
 }
 
 #[cfg(test)]

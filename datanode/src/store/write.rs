@@ -12,7 +12,8 @@ use super::codec::{
     encode_head, id_entry_key, id_entry_value, index_key, item_key, key_prefix, kind_byte,
     log_entry_key, log_prefix_after, placement_entry, product_of, show_key, show_placed_key,
 };
-use super::{CartStore, DigestChange, ItemWrite, StoreError, listed_category, take_item_entries};
+use super::pg::take_item_entries;
+use super::{CartStore, DigestChange, ItemWrite, StoreError, listed_category};
 
 /// From this many items on, [`CartStore::drop_items`] finds them with a range scan instead
 /// of a read per item.
