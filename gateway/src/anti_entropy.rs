@@ -6,10 +6,10 @@
 //! ([`crate::pg_stream`]):
 //!
 //! ```text
-//! digests  a PG with no past set: PgDigests to every device of its up set, one digest per
-//!          bucket (`cartdb_model::digest_bucket`, kept by each data node as writes land);
-//!          only the buckets whose digests differ, or that hold a long log to compact,
-//!          are streamed, and a PG whose copies agree is done
+//! digests  a PG with no past set: PgDigests to every device of its read set (its up set),
+//!          one digest per bucket (`cartdb_model::digest_bucket`, kept by each data node
+//!          as writes land); only the buckets whose digests differ, or that hold a long log
+//!          to compact, are streamed, and a PG whose copies agree is done
 //! stream   ReadPg to every device of the PG's up and past sets: the full states of its
 //!          items after the cursor, a chunk each (data format 5 keeps a PG contiguous)
 //! compare  per item of the window: states equal everywhere and on every up-set device, or
@@ -31,11 +31,13 @@
 //!
 //! There is no per-shopper round trip and no item cap: a PG of any size is a sequence of
 //! chunks. The pace is `--anti-entropy-items-per-sec` (a window costs its items, and at
-//! least [`WINDOW_COST`], as does a PG's digest comparison). Background passes start at
-//! most every [`PASS_INTERVAL`]; over agreeing copies a pass is one digest request per
-//! device and PG, so at a million carts it takes seconds and reads no item. An earlier sweep read one shopper at a time through the cart read
-//! path, paced in users per second: at a million carts a pass took about 14 hours, and a
-//! PG with more than 10,000 items on a device was never declared clean.
+//! least [`WINDOW_COST`], as does a PG's digest comparison); an operator may change it at
+//! runtime (`cartdb pace`, kept in the map). Background passes start at most every
+//! [`PASS_INTERVAL`]; over agreeing copies a pass is one digest request per device and PG,
+//! so at a million carts it takes seconds and reads no item. An earlier sweep read one
+//! shopper at a time through the cart read path, paced in users per second: at a million
+//! carts a pass took about 14 hours, and a PG with more than 10,000 items on a device was
+//! never declared clean.
 //!
 //! A round whose repair failed, or that could not hear enough devices, is not clean; the PG
 //! is tried again (PGs with a past set go first, least recently tried first, each at most
