@@ -147,14 +147,11 @@ impl AntiEntropy {
 
     /// Compares the digest buckets of the round's PG on every device of its read set and
     /// narrows the round to the buckets that differ ([`buckets_to_read`]); a PG whose
-    /// copies all agree is done. The PG is streamed whole when it has a past set (its
-    /// handback needs every item the past devices hold) or a live device gave no digests
-    /// (still rebuilding them after a restart, or failing): the stream then decides.
+    /// copies all agree is done. The PG is streamed whole when a live device gave no
+    /// digests (still rebuilding them after a restart, or failing): the stream then
+    /// decides. A round of a PG with a past set never comes here ([`Round::new`]).
     async fn compare_digests(&self, round: &mut Round, topology: &Topology) {
         round.compared = true;
-        if round.sets.past.is_some() {
-            return;
-        }
         let buckets = match buckets_of(&round.ranges) {
             Ok(buckets) => buckets,
             Err(e) => {
@@ -405,7 +402,9 @@ impl Round {
             pg,
             sets: PgSets::of(topology, pg),
             ranges: pg_ranges(topology, pg),
-            compared: false,
+            // A PG with a past set is streamed whole: its handback needs every item the
+            // past devices hold.
+            compared: topology.map.past_of(pg).is_some(),
             cursor: None,
             done: false,
             silent: BTreeSet::new(),
