@@ -288,22 +288,23 @@ impl ItemSummary {
 
 /// [`mix_words`] over bytes, eight at a time (the last word zero-padded), and the length.
 fn mix_bytes(bytes: &[u8]) -> u64 {
-    let mut words: Vec<u64> = bytes
-        .chunks(8)
-        .map(|chunk| {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            u64::from_le_bytes(word)
-        })
-        .collect();
-    words.push(bytes.len() as u64);
-    mix_words(&words)
+    let words = bytes.chunks(8).map(|chunk| {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        u64::from_le_bytes(word)
+    });
+    mix_iter(words.chain([bytes.len() as u64]))
 }
 
 /// A fixed 64-bit hash of a few words (splitmix64 finalisers chained). It must never change:
 /// replicas built from different releases compare digests.
 fn mix_words(words: &[u64]) -> u64 {
-    words.iter().fold(0x9e37_79b9_7f4a_7c15_u64, |acc, &w| {
+    mix_iter(words.iter().copied())
+}
+
+/// [`mix_words`] over any sequence of words, without collecting them first.
+fn mix_iter(words: impl Iterator<Item = u64>) -> u64 {
+    words.fold(0x9e37_79b9_7f4a_7c15_u64, |acc, w| {
         let mut z = (acc ^ w).wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
